@@ -1,0 +1,303 @@
+"""MTT-family trajectory matching (MTT, TESLA labels, DATM, FTD) as a `Distiller`.
+
+One outer iteration (spec section 2): given an expert segment (theta_0 = traj[s],
+theta_target = traj[s + M]) run N SGD steps on the synthetic set from theta_0, match
+theta_N to theta_target with the normalised distance of `param_distance_loss`, and update
+the images, the inner step size and (DATM) the label logits with SGD + momentum.
+
+The driver chooses the expert and start epoch (`sample_segment_index`, `datm_upper_bound`)
+and passes the segment as the step's `batch`; `step` itself is pure and jittable.
+
+Learned step size. `SynState.log_lr` stores log(alpha). How it is optimised is set by
+`MTTConfig.lr_space`:
+- "linear" (default): exactly the references' update, SGD(lr_lr, momentum 0.5) on alpha itself
+  with dL/dalpha = (dL/dlog_lr) / alpha, followed by a clip alpha >= lr_min. The reference
+  `lr_lr` values keep their meaning; the clip is the positivity guard the references lack.
+- "log": SGD(lr_lr / lr_init^2, momentum 0.5) on log(alpha). Near alpha = lr_init this is
+  the reference step to first order (d log alpha = d alpha / alpha and dL/dlog_lr =
+  alpha dL/dalpha), and it is scale-free and positive by construction afterwards (alpha is
+  still floored at lr_min so that it cannot underflow to 0).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal, Mapping, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from jaxdd.methods.base import Distiller, Metrics, PRNGKey, PyTree, SynState
+from jaxdd.methods.tm_grad import (
+    GRAD_MODES,
+    ApplyFn,
+    AugmentFn,
+    identity_augment,
+    make_inner_schedule,
+    matching_loss_and_grads,
+    param_distance_loss,
+)
+
+__all__ = [
+    "MTTConfig",
+    "MTTState",
+    "ExpertSegment",
+    "make_mtt",
+    "sample_segment_index",
+    "datm_upper_bound",
+    "datm_init_labels",
+    "tesla_assign_labels",
+    "matching_loss_and_grads",
+    "param_distance_loss",
+    "make_inner_schedule",
+]
+
+LABEL_MODES: tuple[str, ...] = ("hard", "tesla", "learned")
+
+
+@dataclasses.dataclass(frozen=True)
+class MTTConfig:
+    """Hyper-parameters of one MTT-family run. Defaults are the MTT reference (distill.py)."""
+
+    syn_steps: int = 20  # N: inner SGD steps on the synthetic set per outer iteration
+    expert_epochs: int = 3  # M: target checkpoint is M expert epochs after the start
+    min_start: int = 0  # smallest start epoch s (inclusive) [epochs]
+    max_start: int = 25  # start epoch s is drawn from [min_start, max_start) [epochs]
+    batch_syn: int | None = None  # synthetic images per inner step; None = all
+    lr_img: float = 1000.0  # SGD step size on the synthetic images (momentum 0.5)
+    lr_lr: float = 1e-5  # SGD step size on the inner step size alpha (momentum 0.5); see lr_space
+    lr_y: float = 2.0  # SGD step size on learned label logits (momentum 0.9); DATM only
+    lr_init: float = 0.01  # initial alpha (the references' lr_teacher = expert lr)
+    lr_space: Literal["linear", "log"] = "linear"  # how alpha is optimised (module docstring)
+    lr_min: float = 1e-8  # lower clip for alpha (keeps alpha > 0, in both lr_spaces)
+    momentum_img: float = 0.5  # momentum of the image optimiser
+    momentum_lr: float = 0.5  # momentum of the step-size optimiser
+    momentum_y: float = 0.9  # momentum of the label-logit optimiser (DATM)
+    grad_mode: Literal["bptt", "remat", "tesla"] = "remat"  # gradient of the matching loss
+    # lax.scan unroll of the inner loop. True (full) is ~4x faster on XLA:CPU but XLA then keeps
+    # bptt-sized temporaries in every mode (measured, conv width 32, 64 imgs, N=20: rolled
+    # remat 12 MB vs bptt 88 MB; unroll=4 remat 26 MB; unroll=True all modes 110-140 MB).
+    unroll: int | bool = 1
+    label_mode: Literal["hard", "tesla", "learned"] = "hard"  # hard ids / expert-assigned / DATM
+    ema_decay: float | None = None  # FTD: decay of the EMA of synthetic images; None = off
+    max_loss: float | None = None  # skip the update when loss > max_loss (DATM: 1.0); None = off
+    current_max_start: int | None = None  # DATM: initial upper bound of the start window [epochs]
+    expansion_end: int | None = None  # DATM: iteration at which the window reaches max_start
+    dsa_strategy: str = "color_crop_cutout_flip_scale_rotate"  # DSA ops; used by the driver
+    iterations: int = 5000  # outer iterations (MTT 5000; TESLA, DATM 10000); used by the driver
+
+    def __post_init__(self):
+        if self.grad_mode not in GRAD_MODES:
+            raise ValueError(f"grad_mode={self.grad_mode!r}; expected one of {GRAD_MODES}")
+        if self.label_mode not in LABEL_MODES:
+            raise ValueError(f"label_mode={self.label_mode!r}; expected one of {LABEL_MODES}")
+        if self.lr_space not in ("linear", "log"):
+            raise ValueError(f"lr_space={self.lr_space!r}; expected 'linear' or 'log'")
+        if not 0 <= self.min_start < self.max_start:
+            raise ValueError(f"need 0 <= min_start < max_start, got {self.min_start}, {self.max_start}")
+
+
+class MTTState(NamedTuple):
+    """All state of the MTT distiller; a plain pytree (absent parts are None)."""
+
+    syn: SynState  # images, labels (int ids, or (S, K) logits for tesla/learned), log alpha
+    opt_img: optax.OptState  # momentum of the image optimiser
+    opt_lr: optax.OptState  # momentum of the step-size optimiser
+    opt_y: optax.OptState | None  # momentum of the label-logit optimiser (label_mode="learned")
+    x_ema_NHWC: jax.Array | None  # FTD EMA of the images (ema_decay set), else None
+    iteration: jax.Array  # int32 count of completed (finite) iterations
+
+
+class ExpertSegment(NamedTuple):
+    """The step's `batch`: one expert segment. A mapping with these keys works too."""
+
+    theta_0: PyTree  # expert parameters at start epoch s
+    theta_target: PyTree  # expert parameters at epoch s + expert_epochs
+
+
+def _segment(batch: ExpertSegment | Mapping[str, PyTree]) -> tuple[PyTree, PyTree]:
+    if isinstance(batch, Mapping):
+        return batch["theta_0"], batch["theta_target"]
+    return batch.theta_0, batch.theta_target
+
+
+# ----------------------------------------------------------------------------------------------
+# Helpers for the driver (pure)
+# ----------------------------------------------------------------------------------------------
+
+
+def sample_segment_index(
+    key: PRNGKey, num_experts: int, min_start: int | jax.Array, upper: int | jax.Array
+) -> tuple[jax.Array, jax.Array]:
+    """(expert, start): expert uniform in [0, num_experts), start uniform in [min_start, upper)."""
+    k_e, k_s = jax.random.split(key)
+    expert = jax.random.randint(k_e, (), 0, num_experts)
+    start = jax.random.randint(k_s, (), min_start, upper)
+    return expert, start
+
+
+def datm_upper_bound(
+    iteration: int | jax.Array, current_max_start: int, max_start: int, expansion_end: int | None
+) -> int | jax.Array:
+    """DATM sequential generation: the start-epoch upper bound grows linearly with iteration.
+
+    upper(it) = min(cur + floor((max - cur) * it / expansion_end), max), as in DATM; it equals
+    `current_max_start` at it = 0 and `max_start` from it = expansion_end on. Integer
+    arithmetic, so it works on python ints and on traced int arrays alike.
+    """
+    if not expansion_end:
+        return max_start
+    grown = current_max_start + ((max_start - current_max_start) * iteration) // expansion_end
+    return jnp.minimum(grown, max_start) if isinstance(grown, jax.Array) else min(grown, max_start)
+
+
+def tesla_assign_labels(apply_fn: ApplyFn, theta_expert: PyTree, x_NHWC: jax.Array) -> jax.Array:
+    """TESLA soft labels as log-probabilities (S, K): log_softmax(expert(x)); not learned."""
+    return jax.lax.stop_gradient(jax.nn.log_softmax(apply_fn(theta_expert, x_NHWC), axis=-1))
+
+
+def datm_init_labels(
+    apply_fn: ApplyFn, experts_params_E: PyTree, x_NHWC: jax.Array, y_N: jax.Array
+) -> tuple[jax.Array, jax.Array]:
+    """DATM label-logit initialisation over stacked expert params (leading axis E).
+
+    Returns (logits_NxK, num_correct_N): logits_NxK[n] is the average of the logits of the
+    experts that classify image n correctly (their last checkpoints, stacked by the driver);
+    num_correct_N counts them. Images with num_correct_N == 0 get the average over all experts;
+    the driver should initialise only from images with num_correct_N > 0 (DATM picks images a
+    final expert classifies correctly).
+    """
+    logits_ExNxK = jax.vmap(apply_fn, in_axes=(0, None))(experts_params_E, x_NHWC)
+    correct_ExN = jnp.argmax(logits_ExNxK, axis=-1) == y_N[None, :]
+    num_correct_N = jnp.sum(correct_ExN, axis=0)
+    summed_NxK = jnp.sum(jnp.where(correct_ExN[..., None], logits_ExNxK, 0.0), axis=0)
+    mean_correct_NxK = summed_NxK / jnp.maximum(num_correct_N, 1)[:, None]
+    logits_NxK = jnp.where((num_correct_N > 0)[:, None], mean_correct_NxK, jnp.mean(logits_ExNxK, axis=0))
+    return logits_NxK, num_correct_N
+
+
+# ----------------------------------------------------------------------------------------------
+# The distiller
+# ----------------------------------------------------------------------------------------------
+
+
+def _global_norm(x: jax.Array | None) -> jax.Array:
+    return jnp.zeros(()) if x is None else optax.tree.norm(x)
+
+
+def _all_finite(tree: PyTree) -> jax.Array:
+    leaves = [jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(tree)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
+
+
+def make_mtt(
+    config: MTTConfig,
+    apply_fn: ApplyFn,
+    augment_fn: AugmentFn = identity_augment,
+) -> Distiller:
+    """Build the MTT-family distiller: `init(key, x_init_NHWC, y_init, lr_init=None)` and
+    `step(state, segment, key) -> (state, metrics)`.
+
+    `augment_fn(key, x_NHWC)` must be deterministic given the key (e.g. a partial of
+    `jaxdd.augment.dsa`), so that `remat`/`tesla` recomputation replays it.
+    Labels by `config.label_mode`: "hard" takes int ids (S,); "learned" (DATM) takes label
+    logits (S, K), e.g. from `datm_init_labels`; "tesla" takes (S, K) logits too (e.g.
+    `tesla_assign_labels` with any expert) and each step overwrites them with
+    log_softmax(theta_target(x_syn)), so the stored labels are the latest assigned ones.
+    """
+    cfg = config
+    opt_img = optax.sgd(cfg.lr_img, momentum=cfg.momentum_img)
+    lr_step = cfg.lr_lr if cfg.lr_space == "linear" else cfg.lr_lr / cfg.lr_init**2
+    opt_lr = optax.sgd(lr_step, momentum=cfg.momentum_lr)
+    opt_y = optax.sgd(cfg.lr_y, momentum=cfg.momentum_y)
+    learned = cfg.label_mode == "learned"
+
+    def init(key: PRNGKey, x_init_NHWC: jax.Array, y_init: jax.Array, lr_init: float | None = None) -> MTTState:
+        """Wrap the initial set; `key` is unused (initial images/labels come from the caller)."""
+        del key
+        y_init = jnp.asarray(y_init)
+        is_int = jnp.issubdtype(y_init.dtype, jnp.integer)
+        if cfg.label_mode == "hard" and not (is_int and y_init.ndim == 1):
+            raise ValueError("label_mode='hard' needs integer class ids of shape (S,)")
+        if cfg.label_mode != "hard" and (is_int or y_init.ndim != 2):
+            raise ValueError(f"label_mode={cfg.label_mode!r} needs float label logits of shape (S, K): "
+                             "use datm_init_labels or tesla_assign_labels")
+        x = jnp.asarray(x_init_NHWC)
+        lr0 = cfg.lr_init if lr_init is None else lr_init
+        log_lr = jnp.log(jnp.asarray(lr0, dtype=x.dtype))
+        opt_lr_state = opt_lr.init(jnp.exp(log_lr) if cfg.lr_space == "linear" else log_lr)
+        return MTTState(
+            syn=SynState(x, y_init, log_lr),
+            opt_img=opt_img.init(x),
+            opt_lr=opt_lr_state,
+            opt_y=opt_y.init(y_init) if learned else None,
+            x_ema_NHWC=x if cfg.ema_decay is not None else None,
+            iteration=jnp.zeros((), jnp.int32),
+        )
+
+    def step(state: MTTState, batch: ExpertSegment | Mapping[str, PyTree], key: PRNGKey) -> tuple[MTTState, Metrics]:
+        """One outer iteration on the expert segment `batch`; state is unchanged on NaN/inf."""
+        theta_0, theta_target = _segment(batch)
+        syn = state.syn
+        x_SHWC = syn.x_syn_NHWC
+        step_idx_NxB, step_keys_N = make_inner_schedule(key, x_SHWC.shape[0], cfg.syn_steps, cfg.batch_syn)
+
+        if cfg.label_mode == "tesla":
+            y_new = tesla_assign_labels(apply_fn, theta_target, x_SHWC)
+            labels, label_kind = jnp.exp(y_new), "probs"
+        elif learned:
+            y_new, labels, label_kind = syn.y_syn, syn.y_syn, "logits"
+        else:
+            y_new, labels, label_kind = syn.y_syn, syn.y_syn, "hard"
+
+        loss, grads = matching_loss_and_grads(
+            cfg.grad_mode, apply_fn, x_SHWC, labels, syn.log_lr, theta_0, theta_target,
+            step_idx_NxB, step_keys_N, augment_fn=augment_fn, label_kind=label_kind, unroll=cfg.unroll)
+
+        # Images: SGD(lr_img, momentum) as torch.optim.SGD (optax's trace = torch's buffer).
+        upd_x, opt_img_state = opt_img.update(grads.x_syn_NHWC, state.opt_img, x_SHWC)
+        x_next = optax.apply_updates(x_SHWC, upd_x)
+
+        # Step size (module docstring): linear alpha with clip, or log alpha.
+        lr = jnp.exp(syn.log_lr)
+        if cfg.lr_space == "linear":
+            upd_lr, opt_lr_state = opt_lr.update(grads.log_lr / lr, state.opt_lr)  # dL/dalpha
+            log_lr_next = jnp.log(jnp.maximum(lr + upd_lr, cfg.lr_min))
+        else:
+            upd_lr, opt_lr_state = opt_lr.update(grads.log_lr, state.opt_lr)
+            log_lr_next = jnp.maximum(syn.log_lr + upd_lr, jnp.log(cfg.lr_min))  # no underflow to 0
+
+        opt_y_state = state.opt_y
+        if learned:
+            upd_y, opt_y_state = opt_y.update(grads.labels, state.opt_y, syn.y_syn)
+            y_new = optax.apply_updates(syn.y_syn, upd_y)
+
+        x_ema = state.x_ema_NHWC
+        if cfg.ema_decay is not None:  # FTD: EMA of the images after the update
+            x_ema = cfg.ema_decay * x_ema + (1.0 - cfg.ema_decay) * x_next
+
+        candidate = MTTState(SynState(x_next, y_new, log_lr_next), opt_img_state, opt_lr_state,
+                             opt_y_state, x_ema, state.iteration + 1)
+
+        finite = jnp.isfinite(loss) & _all_finite(grads)
+        apply_update = finite
+        if cfg.max_loss is not None:  # DATM: update only when loss <= threshold
+            apply_update = apply_update & (loss <= cfg.max_loss)
+        new_state = jax.tree.map(lambda new, old: jnp.where(apply_update, new, old), candidate, state)
+        # A loss-gated skip still counts as an iteration (the window schedule advances); a
+        # non-finite one leaves the whole state unchanged so the driver can stop and report it.
+        new_state = new_state._replace(iteration=jnp.where(finite, state.iteration + 1, state.iteration))
+
+        metrics = {
+            "loss": loss,
+            "lr": jnp.exp(new_state.syn.log_lr),
+            "grad_norm_img": _global_norm(grads.x_syn_NHWC),
+            "grad_norm_log_lr": jnp.abs(grads.log_lr),
+            "grad_norm_y": _global_norm(grads.labels),
+            "skipped": ~apply_update,
+            "nonfinite": ~finite,
+        }
+        return new_state, metrics
+
+    return Distiller(init=init, step=step)

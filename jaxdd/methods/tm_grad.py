@@ -1,0 +1,276 @@
+"""Trajectory-matching loss and its gradient, three ways (spec sections 2-3).
+
+The matching loss of one outer iteration (spec 2.3) is
+
+    L(X, Y, alpha) = ||theta_N - theta_T||^2 / D,        D = ||theta_0 - theta_T||^2,   (1)
+    theta_{i+1} = theta_i - alpha * g_i,                 g_i = grad_theta CE_i(theta_i; X, Y),  (2)
+
+with alpha = exp(log_lr), summed over all parameter leaves (one ratio). This module gives
+(L, dL/dX, dL/dY, dL/dlog_lr) for a fixed inner schedule (minibatch indices and augmentation
+keys), so that all three modes see exactly the same inner loop:
+
+- ``bptt``:  reverse-mode through the `lax.scan` of (2). Exact; memory ~ N x activations.
+- ``remat``: the same, with `jax.checkpoint` on each inner step. Exact; memory ~ N x |theta|
+  plus one step's activations (the scan keeps the carries, each step is recomputed).
+- ``tesla``: TESLA's first-order procedure. From (1)-(2), theta_N = theta_0 - alpha G with
+  G = sum_i g_i. Treating every theta_i as a constant (i.e. dropping the Hessian chain through
+  which X changes later iterates), dL/dG = -(2 alpha / D) r with r = theta_N - theta_T, so
+
+      dL/dX = sum_i v^T dg_i/dX,   v = (2/D) [alpha (theta_T - theta_0) + alpha^2 G],      (3)
+      dL/dalpha = -(2/D) <r, G>,   dL/dlog_lr = alpha dL/dalpha.                           (4)
+
+  (4) is the derivative of the closed form ||theta_0 - alpha G - theta_T||^2 / D with G held
+  fixed. Exact for N = 1; an approximation for N > 1 (measured in tests/test_mtt.py).
+
+Every function here is pure and jittable; nothing depends on a model library.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Literal, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax import lax
+
+PyTree = Any
+ApplyFn = Callable[[PyTree, jax.Array], jax.Array]  # (params, x_NHWC) -> logits_BxK
+AugmentFn = Callable[[jax.Array, jax.Array], jax.Array]  # (key, x_NHWC) -> x_NHWC
+GradMode = Literal["bptt", "remat", "tesla"]
+LabelKind = Literal["hard", "probs", "logits"]
+
+GRAD_MODES: tuple[str, ...] = ("bptt", "remat", "tesla")
+
+
+def identity_augment(key: jax.Array, x_NHWC: jax.Array) -> jax.Array:
+    """No augmentation; the default `augment_fn`."""
+    del key
+    return x_NHWC
+
+
+class MatchingGrads(NamedTuple):
+    """Gradients of the matching loss (1). `labels` is None for hard (integer) labels."""
+
+    x_syn_NHWC: jax.Array
+    labels: jax.Array | None
+    log_lr: jax.Array
+
+
+# ----------------------------------------------------------------------------------------------
+# Pieces
+# ----------------------------------------------------------------------------------------------
+
+
+def _tree_sq_norm(tree: PyTree) -> jax.Array:
+    return sum(jnp.sum(jnp.square(leaf)) for leaf in jax.tree.leaves(tree))
+
+
+def param_distance_loss(theta_N: PyTree, theta_0: PyTree, theta_target: PyTree) -> jax.Array:
+    """Eq. (1): ||theta_N - theta_T||^2 / ||theta_0 - theta_T||^2, summed over all leaves.
+
+    The references also divide both norms by the parameter count; that cancels in the ratio.
+    """
+    num = _tree_sq_norm(jax.tree.map(jnp.subtract, theta_N, theta_target))
+    den = _tree_sq_norm(jax.tree.map(jnp.subtract, theta_0, theta_target))
+    return num / den
+
+
+def infer_label_kind(labels: jax.Array) -> LabelKind:
+    """Integer labels are hard class ids; float labels default to logits (DATM)."""
+    return "hard" if jnp.issubdtype(labels.dtype, jnp.integer) else "logits"
+
+
+def inner_cross_entropy(logits_BxK: jax.Array, labels_B: jax.Array, label_kind: LabelKind) -> jax.Array:
+    """Inner-loop loss: mean CE for hard labels; `sum(-log_softmax(out) * p) / B` for soft ones.
+
+    `probs` takes target probabilities (TESLA-assigned labels); `logits` takes label logits and
+    uses p = softmax(logits) (DATM's SoftCrossEntropy), so the logits can be learned.
+    """
+    if label_kind == "hard":
+        return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits_BxK, labels_B))
+    if label_kind == "probs":
+        p_BxK = labels_B
+    elif label_kind == "logits":
+        p_BxK = jax.nn.softmax(labels_B, axis=-1)
+    else:
+        raise ValueError(f"unknown label_kind {label_kind!r}")
+    return jnp.sum(-jax.nn.log_softmax(logits_BxK, axis=-1) * p_BxK) / logits_BxK.shape[0]
+
+
+def make_inner_schedule(
+    key: jax.Array, num_syn: int, syn_steps: int, batch_syn: int | None
+) -> tuple[jax.Array, jax.Array]:
+    """Minibatch indices (N, batch_syn) and per-step augmentation keys (N,) for one iteration.
+
+    Indices are consecutive chunks of concatenated fresh permutations of the synthetic set,
+    i.e. a new permutation is drawn whenever the previous one is exhausted, as in the
+    references. Fixing the schedule up front (rather than drawing inside the loop) is what lets
+    `remat` and `tesla` replay the exact same minibatches and augmentations. When batch_syn
+    does not divide num_syn a chunk may straddle two permutations (the references instead take
+    one smaller chunk); the reference presets all use divisors.
+    """
+    batch_syn = num_syn if batch_syn is None else int(batch_syn)
+    if not 0 < batch_syn <= num_syn:
+        raise ValueError(f"batch_syn={batch_syn} must be in [1, {num_syn}]")
+    k_perm, k_aug = jax.random.split(key)
+    num_perms = math.ceil(syn_steps * batch_syn / num_syn)
+    perms_PxS = jax.vmap(lambda k: jax.random.permutation(k, num_syn))(jax.random.split(k_perm, num_perms))
+    step_idx_NxB = perms_PxS.reshape(-1)[: syn_steps * batch_syn].reshape(syn_steps, batch_syn)
+    return step_idx_NxB.astype(jnp.int32), jax.random.split(k_aug, syn_steps)
+
+
+def _make_step_grad(apply_fn: ApplyFn, augment_fn: AugmentFn, label_kind: LabelKind):
+    """g_i of eq. (2): the inner gradient at theta on minibatch `idx_B` augmented with `key`."""
+
+    def step_grad(theta: PyTree, x_syn_NHWC: jax.Array, labels: jax.Array, idx_B: jax.Array, key: jax.Array):
+        x_BHWC = augment_fn(key, x_syn_NHWC[idx_B])
+        y_B = labels[idx_B]
+        return jax.grad(lambda th: inner_cross_entropy(apply_fn(th, x_BHWC), y_B, label_kind))(theta)
+
+    return step_grad
+
+
+def unroll_inner(
+    apply_fn: ApplyFn,
+    x_syn_NHWC: jax.Array,
+    labels: jax.Array,
+    log_lr: jax.Array,
+    theta_0: PyTree,
+    step_idx_NxB: jax.Array,
+    step_keys_N: jax.Array,
+    *,
+    augment_fn: AugmentFn = identity_augment,
+    label_kind: LabelKind | None = None,
+    unroll: int | bool = 1,
+    remat: bool = False,
+) -> PyTree:
+    """theta_N of eq. (2): N plain SGD steps (no momentum, no weight decay) as a `lax.scan`.
+
+    Differentiable in (x_syn, labels, log_lr). `remat=True` wraps each step in
+    `jax.checkpoint`, so reverse mode stores only the N carries (parameter vectors).
+    """
+    label_kind = label_kind or infer_label_kind(labels)
+    step_grad = _make_step_grad(apply_fn, augment_fn, label_kind)
+    lr = jnp.exp(log_lr)
+
+    def body(theta, idx_and_key):
+        idx_B, key = idx_and_key
+        g = step_grad(theta, x_syn_NHWC, labels, idx_B, key)
+        return jax.tree.map(lambda p, gi: p - lr * gi, theta, g), None
+
+    if remat:
+        # prevent_cse=False is safe (and cheaper) under scan, per the jax.checkpoint docs.
+        body = jax.checkpoint(body, prevent_cse=False)
+    theta_N, _ = lax.scan(body, theta_0, (step_idx_NxB, step_keys_N), unroll=unroll)
+    return theta_N
+
+
+# ----------------------------------------------------------------------------------------------
+# Loss and gradients
+# ----------------------------------------------------------------------------------------------
+
+
+def _exact_loss_and_grads(remat, apply_fn, x_syn_NHWC, labels, log_lr, theta_0, theta_target,
+                          step_idx_NxB, step_keys_N, augment_fn, label_kind, unroll):
+    theta_0 = lax.stop_gradient(theta_0)
+    theta_target = lax.stop_gradient(theta_target)
+
+    def loss_fn(x, y, log_lr):
+        theta_N = unroll_inner(apply_fn, x, y, log_lr, theta_0, step_idx_NxB, step_keys_N,
+                               augment_fn=augment_fn, label_kind=label_kind, unroll=unroll, remat=remat)
+        return param_distance_loss(theta_N, theta_0, theta_target)
+
+    if label_kind == "hard":  # integer labels carry no gradient
+        loss, (g_x, g_lr) = jax.value_and_grad(loss_fn, argnums=(0, 2))(x_syn_NHWC, labels, log_lr)
+        return loss, MatchingGrads(g_x, None, g_lr)
+    loss, (g_x, g_y, g_lr) = jax.value_and_grad(loss_fn, argnums=(0, 1, 2))(x_syn_NHWC, labels, log_lr)
+    return loss, MatchingGrads(g_x, g_y, g_lr)
+
+
+def _tesla_loss_and_grads(apply_fn, x_syn_NHWC, labels, log_lr, theta_0, theta_target,
+                          step_idx_NxB, step_keys_N, augment_fn, label_kind, unroll):
+    """Eqs. (3)-(4): forward without a graph, then one recomputing pass of per-step VJPs."""
+    step_grad = _make_step_grad(apply_fn, augment_fn, label_kind)
+    x_syn_NHWC, labels, log_lr, theta_0, theta_target = lax.stop_gradient(
+        (x_syn_NHWC, labels, log_lr, theta_0, theta_target))
+    lr = jnp.exp(log_lr)
+
+    # Forward: keep theta_i (i = 0..N-1) and G = sum_i g_i; memory N x |theta|, no activations.
+    def fwd(carry, idx_and_key):
+        theta, G = carry
+        g = step_grad(theta, x_syn_NHWC, labels, *idx_and_key)
+        theta_next = jax.tree.map(lambda p, gi: p - lr * gi, theta, g)
+        return (theta_next, jax.tree.map(jnp.add, G, g)), theta
+
+    G0 = jax.tree.map(jnp.zeros_like, theta_0)
+    (theta_N, G), thetas_N = lax.scan(fwd, (theta_0, G0), (step_idx_NxB, step_keys_N), unroll=unroll)
+
+    loss = param_distance_loss(theta_N, theta_0, theta_target)
+    D = _tree_sq_norm(jax.tree.map(jnp.subtract, theta_0, theta_target))
+    r = jax.tree.map(jnp.subtract, theta_N, theta_target)  # = theta_0 - lr G - theta_T
+    # dL/dG = -(2 lr / D) r = (2/D) [lr (theta_T - theta_0) + lr^2 G]        -- eq. (3)
+    v = jax.tree.map(lambda ri: (-2.0 * lr / D) * ri, r)
+    # dL/dlr = -(2/D) <r, G>; chain rule to log_lr                              -- eq. (4)
+    g_log_lr = lr * (-2.0 / D) * sum(jnp.vdot(a, b) for a, b in zip(jax.tree.leaves(r), jax.tree.leaves(G)))
+
+    # Backward: recompute g_i at the stored theta_i and accumulate v^T dg_i/d(X, Y).
+    hard = label_kind == "hard"
+
+    def bwd(acc, theta_idx_key):
+        theta_i, idx_B, key = theta_idx_key
+        if hard:
+            _, vjp = jax.vjp(lambda x: step_grad(theta_i, x, labels, idx_B, key), x_syn_NHWC)
+            (gx,) = vjp(v)
+            return (acc[0] + gx, acc[1]), None
+        _, vjp = jax.vjp(lambda x, y: step_grad(theta_i, x, y, idx_B, key), x_syn_NHWC, labels)
+        gx, gy = vjp(v)
+        return (acc[0] + gx, acc[1] + gy), None
+
+    acc0 = (jnp.zeros_like(x_syn_NHWC), None if hard else jnp.zeros_like(labels))
+    (g_x, g_y), _ = lax.scan(bwd, acc0, (thetas_N, step_idx_NxB, step_keys_N), unroll=unroll)
+    return loss, MatchingGrads(g_x, g_y, g_log_lr)
+
+
+def matching_loss_and_grads(
+    mode: GradMode,
+    apply_fn: ApplyFn,
+    x_syn_NHWC: jax.Array,
+    labels: jax.Array,
+    log_lr: jax.Array,
+    theta_0: PyTree,
+    theta_target: PyTree,
+    step_idx_NxB: jax.Array,
+    step_keys_N: jax.Array,
+    *,
+    augment_fn: AugmentFn = identity_augment,
+    label_kind: LabelKind | None = None,
+    unroll: int | bool = 1,
+) -> tuple[jax.Array, MatchingGrads]:
+    """Matching loss (1) and its gradient w.r.t. (x_syn, labels, log_lr) by `mode`.
+
+    Args:
+      mode: "bptt" | "remat" (exact) | "tesla" (first-order, eqs. 3-4).
+      apply_fn: pure student `(params, x_NHWC) -> logits_BxK`.
+      labels: int (S,) class ids, or float (S, K) probabilities / logits (see `label_kind`).
+      log_lr: log of the inner step size alpha (scalar).
+      theta_0, theta_target: expert checkpoints at epochs s and s + M (not differentiated).
+      step_idx_NxB, step_keys_N: the inner schedule (`make_inner_schedule`); replaying it
+        replays minibatches and augmentations exactly.
+      label_kind: "hard" | "probs" | "logits"; inferred from the dtype when None
+        (int -> hard, float -> logits).
+      unroll: `lax.scan` unroll factor (True = fully unrolled; ~4x faster on XLA:CPU).
+    Returns:
+      (loss, MatchingGrads(x_syn_NHWC, labels or None for hard labels, log_lr)).
+    """
+    label_kind = label_kind or infer_label_kind(labels)
+    args = (apply_fn, x_syn_NHWC, labels, log_lr, theta_0, theta_target, step_idx_NxB, step_keys_N,
+            augment_fn, label_kind, unroll)
+    if mode == "bptt":
+        return _exact_loss_and_grads(False, *args)
+    if mode == "remat":
+        return _exact_loss_and_grads(True, *args)
+    if mode == "tesla":
+        return _tesla_loss_and_grads(*args)
+    raise ValueError(f"unknown grad mode {mode!r}; expected one of {GRAD_MODES}")

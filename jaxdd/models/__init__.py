@@ -1,0 +1,100 @@
+"""Model registry: one name -> a `Model` with pure `init`/`apply` functions.
+
+Names: `convnet` (depth picked from the resolution: 28/32 px -> D3, 64 -> D4, 128 -> D5),
+`convnet_d4`, `convnet_d3_w64`, `convnet_bn` / `convnet_d3_w64_bn` (BatchNorm),
+`convnet_d3_none` (no norm), `resnet18` (CIFAR stem, BN), `mlp`, `mlp_w64`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jaxdd.models.convnet import ConvNet
+from jaxdd.models.mlp import MLP
+from jaxdd.models.resnet import ResNet18
+
+Variables = dict[str, Any]
+
+_CONVNET = re.compile(r"^convnet(?:_d(\d+))?(?:_w(\d+))?(?:_(instance|bn|none))?$")
+_MLP = re.compile(r"^mlp(?:_w(\d+))?$")
+MODEL_NAMES = ("convnet", "convnet_d3", "convnet_d4", "convnet_d5", "convnet_bn",
+               "convnet_d3_w64", "convnet_d3_w32", "resnet18", "mlp")
+
+
+@dataclasses.dataclass(frozen=True)
+class Model:
+    """A network as pure functions of (variables, images).
+
+    `variables` is Flax's dict: {'params': ...} plus {'batch_stats': ...} for BN models.
+    """
+
+    name: str
+    module: nn.Module
+    input_shape: tuple[int, int, int]  # (H, W, C)
+    num_classes: int
+
+    @property
+    def has_batch_stats(self) -> bool:
+        return isinstance(self.module, ResNet18) or getattr(self.module, "norm", "") == "batch"
+
+    def init(self, key: jax.Array) -> Variables:
+        x = jnp.zeros((1, *self.input_shape), jnp.float32)
+        return dict(self.module.init(key, x, train=False))
+
+    def apply(self, variables: Variables, x_NHWC: jax.Array) -> jax.Array:
+        """Inference logits (BN uses running statistics)."""
+        return self.module.apply(variables, x_NHWC, train=False)
+
+    def apply_train(self, variables: Variables, x_NHWC: jax.Array) -> tuple[jax.Array, Variables]:
+        """Training-mode logits and the variables with updated BN statistics."""
+        if not self.has_batch_stats:
+            return self.module.apply(variables, x_NHWC, train=True), variables
+        logits, upd = self.module.apply(variables, x_NHWC, train=True, mutable=["batch_stats"])
+        return logits, {**variables, "batch_stats": upd["batch_stats"]}
+
+
+def default_depth(height: int) -> int:
+    return {28: 3, 32: 3, 64: 4, 128: 5}.get(height, 3)
+
+
+def get_model(name: str, num_classes: int, input_shape: tuple[int, int, int],
+              conv_impl: str = "im2col") -> Model:
+    """Build a registered model for images of `input_shape` (H, W, C)."""
+    input_shape = tuple(int(s) for s in input_shape)
+    if m := _CONVNET.match(name):
+        depth = int(m.group(1)) if m.group(1) else default_depth(input_shape[0])
+        width = int(m.group(2)) if m.group(2) else 128
+        norm = {"bn": "batch", None: "instance"}.get(m.group(3), m.group(3))
+        if input_shape[0] // 2**depth < 1:
+            raise ValueError(f"model {name!r}: depth {depth} pools {input_shape[0]} px images "
+                             f"to nothing; use a smaller depth (e.g. convnet_d3)")
+        module = ConvNet(num_classes, width=width, depth=depth, norm=norm, conv_impl=conv_impl)
+    elif name == "resnet18":
+        module = ResNet18(num_classes)
+    elif m := _MLP.match(name):
+        module = MLP(num_classes, width=int(m.group(1) or 128))
+    else:
+        raise ValueError(f"unknown model {name!r}; use one of {', '.join(MODEL_NAMES)} "
+                         f"(convnet_dD_wW[_bn|_none] for other depths/widths)")
+    return Model(name, module, input_shape, num_classes)
+
+
+def count_params(variables: Variables) -> int:
+    """Trainable parameters only (BN running statistics excluded), as the papers count."""
+    return sum(int(x.size) for x in jax.tree.leaves(variables["params"]))
+
+
+def param_count(name: str, num_classes: int, input_shape: tuple[int, int, int]) -> int:
+    """Parameter count without allocating (shapes only)."""
+    model = get_model(name, num_classes, input_shape)
+    shapes = jax.eval_shape(model.init, jax.random.key(0))
+    return sum(int(x.size) for x in jax.tree.leaves(shapes["params"]))
+
+
+__all__ = ["Model", "get_model", "count_params", "param_count", "MODEL_NAMES"]
