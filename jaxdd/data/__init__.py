@@ -15,12 +15,14 @@ from jaxdd.data.sources import (
     clear_cache,
     default_data_dir,
     load_dataset,
+    check_ipc,
+    sample_indices_per_class,
     sample_per_class,
     split_validation,
 )
 
 __all__ = [
     "KINDS", "Preprocess", "apply", "fit_preprocess", "from_dict", "invert", "to_dict",
-    "Dataset", "clear_cache", "default_data_dir", "load_dataset", "sample_per_class",
+    "Dataset", "clear_cache", "default_data_dir", "load_dataset", "sample_per_class", "sample_indices_per_class", "check_ipc",
     "split_validation",
 ]

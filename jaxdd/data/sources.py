@@ -161,14 +161,8 @@ def split_validation(y_N: np.ndarray, num_classes: int, val_per_class: int | Non
     return np.flatnonzero(train_mask), val_idx
 
 
-def sample_per_class(key_or_seed: Any, dataset: Dataset, ipc: int
-                     ) -> tuple[np.ndarray, np.ndarray]:
-    """`ipc` distinct random training images of every class, class-major.
-
-    Used for real-image initialisation of a distilled set. `key_or_seed` is an int seed or
-    a JAX PRNG key; the draw depends on nothing else. Returns (x (K*ipc,H,W,C) uint8,
-    y (K*ipc,) int32) with y = [0]*ipc + [1]*ipc + ...
-    """
+def check_ipc(dataset: Dataset, ipc: int) -> None:
+    """Clear error when a class has fewer than `ipc` training images."""
     counts = np.array([len(ix) for ix in dataset.class_indices])
     if ipc < 1:
         raise ValueError(f"IPC must be >= 1, got {ipc}")
@@ -177,9 +171,25 @@ def sample_per_class(key_or_seed: Any, dataset: Dataset, ipc: int
         raise ValueError(
             f"IPC {ipc} is larger than class {k} of {dataset.name}, which has {counts[k]} "
             f"training images; use --ipc <= {counts.min()}")
+
+
+def sample_indices_per_class(key_or_seed: Any, dataset: Dataset, ipc: int) -> np.ndarray:
+    """Indices of `ipc` distinct random training images of every class, class-major."""
+    check_ipc(dataset, ipc)
     rng = np.random.default_rng(_seed_of(key_or_seed))
-    idx = np.concatenate([rng.choice(ix, size=ipc, replace=False)
-                          for ix in dataset.class_indices])
+    return np.concatenate([rng.choice(ix, size=ipc, replace=False)
+                           for ix in dataset.class_indices])
+
+
+def sample_per_class(key_or_seed: Any, dataset: Dataset, ipc: int
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """`ipc` distinct random training images of every class, class-major.
+
+    Used for real-image initialisation of a distilled set. `key_or_seed` is an int seed or
+    a JAX PRNG key; the draw depends on nothing else. Returns (x (K*ipc,H,W,C) uint8,
+    y (K*ipc,) int32) with y = [0]*ipc + [1]*ipc + ...
+    """
+    idx = sample_indices_per_class(key_or_seed, dataset, ipc)
     y = np.repeat(np.arange(dataset.num_classes, dtype=np.int32), ipc)
     return dataset.x_train[idx], y
 

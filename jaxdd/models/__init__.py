@@ -97,4 +97,21 @@ def param_count(name: str, num_classes: int, input_shape: tuple[int, int, int]) 
     return sum(int(x.size) for x in jax.tree.leaves(shapes["params"]))
 
 
-__all__ = ["Model", "get_model", "count_params", "param_count", "MODEL_NAMES"]
+__all__ = ["Model", "get_model", "count_params", "param_count", "embed", "MODEL_NAMES"]
+
+
+def embed(model: Model, variables: Variables, x_NHWC: jax.Array) -> jax.Array:
+    """Features entering the final linear layer (the embedding DM/herding use).
+
+    Captured with `nn.intercept_methods`, so no model needs an `embed` method of its own.
+    """
+    captured = []
+
+    def grab(next_fun, args, kwargs, context):
+        if isinstance(context.module, nn.Dense) and context.method_name == "__call__":
+            captured.append(args[0])
+        return next_fun(*args, **kwargs)
+
+    with nn.intercept_methods(grab):
+        model.apply(variables, x_NHWC)
+    return captured[-1]

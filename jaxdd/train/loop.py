@@ -1,9 +1,14 @@
-"""Compiled training of one network; vmap it over keys for several seeds."""
+"""Compiled training of one network; vmap it over keys for several seeds.
+
+A run is `train_init` followed by `train_epochs` (any number of chunks: epoch e always uses
+`fold_in(key, e)`, so chunked and one-shot runs are identical). Chunks let the driver show
+progress with an ETA without giving up the compiled `lax.scan`.
+"""
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -20,10 +25,10 @@ class TrainConfig:
 
     epochs: int                 # passes over the training set
     batch_size: int = 256       # images per step (the last batch of an epoch is masked)
-    lr: float = 0.01            # default step size; a learned lr passed to train_network wins
+    lr: float = 0.01            # default step size; a learned lr passed to train_init wins
     momentum: float = 0.9       # SGD momentum (PyTorch convention: buf = m * buf + g)
     weight_decay: float = 5e-4  # coupled L2 as PyTorch SGD, applied to every parameter
-    schedule: str = "step"      # step: x0.1 at epochs // 2 | cosine | constant
+    schedule: str = "step"      # step: x0.1 at half the steps | cosine | constant
     optimizer: str = "sgd"      # sgd | adamw (decoupled wd, for statistics-matching students)
     dsa: str = "color_crop_cutout_flip_scale_rotate"  # DSA strategy; "" = no augmentation
 
@@ -36,52 +41,66 @@ class TrainConfig:
             raise ValueError(f"unknown optimizer {self.optimizer!r}; use sgd or adamw")
 
 
+class TrainState(NamedTuple):
+    variables: Variables
+    opt_state: Any
+    lr: jax.Array      # base step size (may be a learned one)
+    key: jax.Array     # epoch e draws its order and augmentations from fold_in(key, e)
+    epoch: jax.Array   # epochs done
+
+
 def soft_cross_entropy(logits_BxK: jax.Array, target_BxK: jax.Array) -> jax.Array:
     """Per-example CE against probability targets (equals hard CE for one-hot targets)."""
     return -(jax.nn.log_softmax(logits_BxK) * target_BxK).sum(-1)
 
 
-def _schedule(cfg: TrainConfig, lr: jax.Array, total_steps: int) -> optax.Schedule:
-    if cfg.schedule == "step":
-        boundary = total_steps // 2
-        return lambda count: lr * jnp.where(count >= boundary, 0.1, 1.0)
-    if cfg.schedule == "cosine":
-        return lambda count: lr * 0.5 * (1 + jnp.cos(jnp.pi * jnp.minimum(count, total_steps) / total_steps))
-    return lambda count: lr
-
-
-def make_optimizer(cfg: TrainConfig, lr: jax.Array, total_steps: int) -> optax.GradientTransformation:
-    sched = _schedule(cfg, lr, total_steps)
-    if cfg.optimizer == "adamw":
-        return optax.adamw(sched, weight_decay=cfg.weight_decay)
-    return optax.chain(optax.add_decayed_weights(cfg.weight_decay),
-                       optax.sgd(sched, momentum=cfg.momentum or None))
-
-
 def steps_per_epoch(n: int, batch_size: int) -> int:
-    return -(-n // batch_size)
+    return -(-n // min(batch_size, n))
 
 
-def train_network(key: jax.Array, model: Model, cfg: TrainConfig, x_NHWC: jax.Array,
-                  y_target: jax.Array, lr: jax.Array | float | None = None,
-                  augment_fn: AugmentFn | None = None,
-                  init_variables: Variables | None = None) -> Variables:
-    """Train a fresh network (from `key`) on (x, y) and return its variables.
+def make_optimizer(cfg: TrainConfig, total_steps: int) -> optax.GradientTransformation:
+    """Optimiser whose lr is injected (so a traced, learned lr can drive it)."""
 
-    y_target: (N,) int labels or (N, K) probabilities. Pure and jittable; vmap over `key`
-    for several seeds. Every random choice (init, order, augmentation) comes from `key`.
-    """
+    def sched_scale(count):
+        if cfg.schedule == "step":
+            return jnp.where(count >= total_steps // 2, 0.1, 1.0)
+        if cfg.schedule == "cosine":
+            return 0.5 * (1 + jnp.cos(jnp.pi * jnp.minimum(count, total_steps) / total_steps))
+        return jnp.ones_like(count, jnp.float32)
+
+    def build(learning_rate):
+        sched = lambda count: learning_rate * sched_scale(count)
+        if cfg.optimizer == "adamw":
+            return optax.adamw(sched, weight_decay=cfg.weight_decay)
+        return optax.chain(optax.add_decayed_weights(cfg.weight_decay),
+                           optax.sgd(sched, momentum=cfg.momentum or None))
+
+    return optax.inject_hyperparams(build)(learning_rate=cfg.lr)
+
+
+def train_init(key: jax.Array, model: Model, cfg: TrainConfig, n: int,
+               lr: jax.Array | float | None = None,
+               init_variables: Variables | None = None) -> TrainState:
+    """Fresh network (from `key`) and optimiser for a training set of n images."""
+    k_init, k_loop = jax.random.split(key)
+    variables = model.init(k_init) if init_variables is None else init_variables
+    tx = make_optimizer(cfg, cfg.epochs * steps_per_epoch(n, cfg.batch_size))
+    opt_state = tx.init(variables["params"])
+    lr = jnp.asarray(cfg.lr if lr is None else lr, jnp.float32)
+    opt_state.hyperparams["learning_rate"] = lr
+    return TrainState(variables, opt_state, lr, k_loop, jnp.zeros((), jnp.int32))
+
+
+def train_epochs(state: TrainState, model: Model, cfg: TrainConfig, x_NHWC: jax.Array,
+                 y_target: jax.Array, num_epochs: int,
+                 augment_fn: AugmentFn | None = None) -> TrainState:
+    """Run `num_epochs` more epochs. y_target: (N,) int labels or (N, K) probabilities."""
     n = x_NHWC.shape[0]
     if y_target.ndim == 1:
         y_target = jax.nn.one_hot(y_target, model.num_classes, dtype=x_NHWC.dtype)
-    spe = steps_per_epoch(n, min(cfg.batch_size, n))
     bs = min(cfg.batch_size, n)
-    total = cfg.epochs * spe
-    lr = jnp.asarray(cfg.lr if lr is None else lr, x_NHWC.dtype)
-    tx = make_optimizer(cfg, lr, total)
-    k_init, k_loop = jax.random.split(key)
-    variables = model.init(k_init) if init_variables is None else init_variables
-    opt_state = tx.init(variables["params"])
+    spe = steps_per_epoch(n, bs)
+    tx = make_optimizer(cfg, cfg.epochs * spe)
 
     def loss_fn(params, rest, xb, yb, mask):
         logits, new_vars = model.apply_train({**rest, "params": params}, xb)
@@ -100,8 +119,8 @@ def train_network(key: jax.Array, model: Model, cfg: TrainConfig, x_NHWC: jax.Ar
         params = optax.apply_updates(variables["params"], updates)
         return ({**new_vars, "params": params}, opt_state), None
 
-    def epoch_step(carry, k_epoch):
-        k_perm, k_aug = jax.random.split(k_epoch)
+    def epoch_step(carry, epoch):
+        k_perm, k_aug = jax.random.split(jax.random.fold_in(state.key, epoch))
         perm = jax.random.permutation(k_perm, n)
         pad = spe * bs - n
         idx = jnp.concatenate([perm, jnp.zeros((pad,), perm.dtype)]).reshape(spe, bs)
@@ -109,15 +128,25 @@ def train_network(key: jax.Array, model: Model, cfg: TrainConfig, x_NHWC: jax.Ar
         carry, _ = jax.lax.scan(batch_step, carry, (idx, mask, jax.random.split(k_aug, spe)))
         return carry, None
 
-    (variables, _), _ = jax.lax.scan(epoch_step, (variables, opt_state),
-                                     jax.random.split(k_loop, cfg.epochs))
-    return variables
+    epochs = state.epoch + jnp.arange(num_epochs)
+    (variables, opt_state), _ = jax.lax.scan(epoch_step, (state.variables, state.opt_state), epochs)
+    return state._replace(variables=variables, opt_state=opt_state, epoch=state.epoch + num_epochs)
+
+
+def train_network(key: jax.Array, model: Model, cfg: TrainConfig, x_NHWC: jax.Array,
+                  y_target: jax.Array, lr: jax.Array | float | None = None,
+                  augment_fn: AugmentFn | None = None,
+                  init_variables: Variables | None = None) -> Variables:
+    """Train a fresh network on (x, y) for cfg.epochs; pure, jittable, vmappable over key."""
+    state = train_init(key, model, cfg, x_NHWC.shape[0], lr, init_variables)
+    return train_epochs(state, model, cfg, x_NHWC, y_target, cfg.epochs, augment_fn).variables
 
 
 def accuracy(model: Model, variables: Variables, x_NHWC: jax.Array, y: jax.Array,
              batch_size: int = 1000) -> jax.Array:
     """Top-1 accuracy in [0, 1], evaluated in fixed-size chunks (jittable, vmappable)."""
     n = x_NHWC.shape[0]
+    batch_size = min(batch_size, n)
     nb = steps_per_epoch(n, batch_size)
     pad = nb * batch_size - n
     xp = jnp.pad(x_NHWC, ((0, pad),) + ((0, 0),) * 3).reshape(nb, batch_size, *x_NHWC.shape[1:])

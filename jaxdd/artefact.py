@@ -1,0 +1,178 @@
+"""A distilled (or selected) set as a self-describing directory.
+
+    DIR/arrays.npz        x_syn_NHWC (float32, model space, lossless), y_syn, preprocessing
+    DIR/meta.json         format, method, dataset, shapes, label kind, lr, preprocess kind,
+                          config, seed, versions, sha256 of arrays.npz
+    DIR/evaluations.json  every evaluation run on it (appended)
+    DIR/grid.png          the images in pixel space (un-whitened), one row per class
+
+Loading needs nothing but this directory. Writes go to a temporary sibling that is
+renamed into place, so an interrupted or failed save never corrupts an existing artefact.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from typing import Any, NamedTuple
+
+import numpy as np
+
+import jaxdd
+from jaxdd import data as jdata
+
+FORMAT = "jaxdd-artefact"
+FORMAT_VERSION = 1
+
+
+class ArtefactError(ValueError):
+    """A missing, corrupt or incompatible artefact (message says what to do)."""
+
+
+class Artefact(NamedTuple):
+    x_syn_NHWC: np.ndarray   # model space (after preprocessing)
+    y_syn: np.ndarray        # (N,) int hard labels or (N, K) label logits
+    lr: float | None         # learned step size for evaluation, if any
+    preprocess: jdata.Preprocess
+    meta: dict[str, Any]
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.meta["num_classes"])
+
+
+def _versions() -> dict[str, str]:
+    import flax
+    import jax
+    import optax
+    return {"jaxdd": jaxdd.__version__, "jax": jax.__version__, "flax": flax.__version__,
+            "optax": optax.__version__, "numpy": np.__version__}
+
+
+def _sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _write_json_atomic(path: str, obj: Any) -> None:
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-", suffix=".json")
+    with os.fdopen(fd, "w") as f:
+        json.dump(obj, f, indent=2, default=str)
+    os.replace(tmp, path)
+
+
+def exists(out_dir: str) -> bool:
+    return os.path.exists(os.path.join(out_dir, "meta.json"))
+
+
+def save(out_dir: str, x_syn_NHWC: np.ndarray, y_syn: np.ndarray, *, preprocess: jdata.Preprocess,
+         method: str, dataset: str, num_classes: int, ipc: int, seed: int,
+         config: dict | None = None, lr: float | None = None, overwrite: bool = False,
+         extra: dict | None = None) -> str:
+    """Write an artefact; refuses to replace an existing one unless `overwrite`."""
+    x = np.asarray(x_syn_NHWC, np.float32)
+    y = np.asarray(y_syn)
+    if x.ndim != 4 or x.shape[1:] != tuple(preprocess.image_shape):
+        raise ArtefactError(f"images must be (N, {', '.join(map(str, preprocess.image_shape))}), got {x.shape}")
+    if len(y) != len(x):
+        raise ArtefactError(f"{len(x)} images but {len(y)} labels")
+    if not np.isfinite(x).all():
+        raise ArtefactError("the synthetic images contain NaN/inf; refusing to save them")
+    if exists(out_dir) and not overwrite:
+        raise ArtefactError(f"{out_dir} already holds an artefact; choose another --out or pass --overwrite")
+    parent = os.path.dirname(os.path.abspath(out_dir))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(dir=parent, prefix=".tmp-artefact-")
+    try:
+        pre = {f"pre_{k}": v for k, v in jdata.to_dict(preprocess).items()}
+        arrays = {"x_syn_NHWC": x, "y_syn": y, **pre}
+        if lr is not None:
+            arrays["lr"] = np.float64(lr)
+        np.savez(os.path.join(tmp, "arrays.npz"), **arrays)
+        meta = {
+            "format": FORMAT, "format_version": FORMAT_VERSION, "method": method,
+            "dataset": dataset, "num_classes": int(num_classes), "ipc": int(ipc),
+            "image_shape": list(x.shape[1:]), "num_images": int(len(x)),
+            "label_kind": "hard" if y.ndim == 1 else "logits",
+            "lr": None if lr is None else float(lr), "preprocess": preprocess.kind,
+            "seed": int(seed), "config": config or {}, "versions": _versions(),
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+            "arrays_sha256": _sha256(os.path.join(tmp, "arrays.npz")),
+            "image_bytes": int(x.nbytes), "label_bytes": int(y.nbytes), **(extra or {}),
+        }
+        _write_json_atomic(os.path.join(tmp, "meta.json"), meta)
+        _write_json_atomic(os.path.join(tmp, "evaluations.json"), [])
+        save_grid(os.path.join(tmp, "grid.png"), jdata.invert(preprocess, x, clip=True),
+                  y if y.ndim == 1 else y.argmax(-1), num_classes)
+        if os.path.exists(out_dir):
+            old = out_dir.rstrip("/") + ".old-" + next(tempfile._get_candidate_names())
+            os.replace(out_dir, old)
+            os.replace(tmp, out_dir)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, out_dir)
+    finally:
+        if os.path.exists(tmp):
+            shutil.rmtree(tmp)
+    return out_dir
+
+
+def load(path: str) -> Artefact:
+    """Load and verify an artefact directory; clear errors for anything wrong with it."""
+    meta_path = os.path.join(path, "meta.json")
+    arrays_path = os.path.join(path, "arrays.npz")
+    if not os.path.isdir(path):
+        raise ArtefactError(f"no artefact at {path}: the directory does not exist")
+    if not os.path.exists(meta_path) or not os.path.exists(arrays_path):
+        raise ArtefactError(f"{path} is not a jaxdd artefact (meta.json or arrays.npz missing)")
+    try:
+        with open(meta_path) as f:
+            meta = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ArtefactError(f"{meta_path} is corrupt ({e}); re-create the artefact") from None
+    if meta.get("format") != FORMAT:
+        raise ArtefactError(f"{path} is not a jaxdd artefact (format {meta.get('format')!r})")
+    if meta.get("format_version", 0) > FORMAT_VERSION:
+        raise ArtefactError(f"{path} was written by a newer jaxdd (format "
+                            f"{meta['format_version']}); upgrade jaxdd to read it")
+    if _sha256(arrays_path) != meta.get("arrays_sha256"):
+        raise ArtefactError(f"{arrays_path} is corrupt (checksum mismatch); re-create the artefact")
+    with np.load(arrays_path) as z:
+        arrays = {k: z[k] for k in z.files}
+    pre = jdata.from_dict({k[4:]: v for k, v in arrays.items() if k.startswith("pre_")})
+    lr = float(arrays["lr"]) if "lr" in arrays else None
+    return Artefact(arrays["x_syn_NHWC"], arrays["y_syn"], lr, pre, meta)
+
+
+def add_evaluation(path: str, result: dict) -> None:
+    """Append one evaluation result (atomic rewrite of evaluations.json)."""
+    ev_path = os.path.join(path, "evaluations.json")
+    try:
+        with open(ev_path) as f:
+            evs = json.load(f)
+    except (FileNotFoundError, json.JSONDecodeError):
+        evs = []
+    evs.append({**result, "time": datetime.datetime.now(datetime.timezone.utc).isoformat()})
+    _write_json_atomic(ev_path, evs)
+
+
+def save_grid(path: str, x_NHWC_01: np.ndarray, y: np.ndarray, num_classes: int,
+              max_per_class: int = 10) -> None:
+    """PNG grid: one row per class, up to `max_per_class` images each, 1 px gaps."""
+    from PIL import Image
+
+    n, h, w, c = x_NHWC_01.shape
+    cols = max(1, min(max_per_class, max(int((y == k).sum()) for k in range(num_classes))))
+    canvas = np.ones((num_classes * (h + 1) + 1, cols * (w + 1) + 1, c), np.float32)
+    for k in range(num_classes):
+        for j, i in enumerate(np.flatnonzero(y == k)[:cols]):
+            canvas[1 + k * (h + 1):1 + k * (h + 1) + h, 1 + j * (w + 1):1 + j * (w + 1) + w] = x_NHWC_01[i]
+    img = (np.clip(canvas, 0, 1) * 255).round().astype(np.uint8)
+    Image.fromarray(img[..., 0] if c == 1 else img).save(path)

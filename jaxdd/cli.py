@@ -1,0 +1,199 @@
+"""`jaxdd` command line: configs and flags -> the library -> artefacts and JSON.
+
+Every subcommand prints one clear `jaxdd: error: ...` line and exits non-zero on bad
+input; with --json the last stdout line is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+
+def _setup_jax() -> None:
+    import jax
+    cache = os.environ.get("JAXDD_CACHE_DIR", os.path.expanduser("~/.cache/jaxdd/xla"))
+    jax.config.update("jax_compilation_cache_dir", cache)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+
+
+def _emit(result: dict, as_json: bool, human: str) -> None:
+    if as_json:
+        print(json.dumps(result))
+    else:
+        print(human)
+
+
+def _fmt_acc(r: dict) -> str:
+    return (f"{100 * r['accuracy_mean']:.2f} +- {100 * r['accuracy_std']:.2f} % test accuracy "
+            f"({r['seeds']} seeds, protocol {r['protocol']}, model {r['model']}, {r['seconds']:.0f} s)")
+
+
+def cmd_models(args) -> int:
+    from jaxdd.models import MODEL_NAMES, param_count
+    shape, k = _dataset_shape(args.dataset)
+    rows = [{"name": n, "params": param_count(n, k, shape)} for n in MODEL_NAMES]
+    out = {"dataset": args.dataset, "num_classes": k, "input_shape": list(shape), "models": rows}
+    _emit(out, args.json, "\n".join(f"{r['name']:<18} {r['params']:>12,d}" for r in rows))
+    return 0
+
+
+_KNOWN_SHAPES = {"cifar10": ((32, 32, 3), 10), "cifar100": ((32, 32, 3), 100),
+                 "mnist": ((28, 28, 1), 10), "fashion_mnist": ((28, 28, 1), 10),
+                 "svhn_cropped": ((32, 32, 3), 10), "tiny_imagenet": ((64, 64, 3), 200),
+                 "imagenet_resized/64x64": ((64, 64, 3), 1000)}
+
+
+def _dataset_shape(name: str):
+    if name in _KNOWN_SHAPES:
+        return _KNOWN_SHAPES[name]
+    from jaxdd.data import load_dataset
+    ds = load_dataset(name)
+    return ds.image_shape, ds.num_classes
+
+
+def _load(name: str, seed: int = 0):
+    from jaxdd.data import load_dataset
+    return load_dataset(name, seed=seed)
+
+
+def _evaluate_artefact(path: str, protocol: str, seeds: int, model: str | None, seed: int,
+                       epochs: int | None, quiet: bool) -> dict:
+    import jax
+
+    from jaxdd import artefact
+    from jaxdd.evaluate import eval_data, evaluate_set, get_protocol
+    from jaxdd.run.progress import Progress
+    art = artefact.load(path)
+    proto = get_protocol(protocol, **({"epochs": epochs} if epochs else {}))
+    ds = _load(art.meta["dataset"])
+    res = evaluate_set(jax.random.key(seed), art.x_syn_NHWC, art.y_syn,
+                       eval_data(ds, art.preprocess), proto, seeds, lr=art.lr, model_name=model,
+                       progress=Progress(f"evaluate {protocol}", enabled=not quiet))
+    res.update(method=art.meta["method"], dataset=art.meta["dataset"], ipc=art.meta["ipc"],
+               eval_seed=seed, epochs=proto.train.epochs)
+    artefact.add_evaluation(path, res)
+    return res
+
+
+def cmd_evaluate(args) -> int:
+    res = _evaluate_artefact(args.dir, args.protocol, args.seeds, args.model, args.seed,
+                             args.epochs, args.quiet)
+    _emit(res, args.json, f"{args.dir}: {_fmt_acc(res)}")
+    return 0
+
+
+def cmd_baseline(args) -> int:
+    import jax
+
+    from jaxdd import artefact
+    from jaxdd import data as jdata
+    from jaxdd.evaluate import select
+    if artefact.exists(args.out) and not args.overwrite:
+        raise artefact.ArtefactError(f"{args.out} already holds an artefact; choose another --out or pass --overwrite")
+    ds = _load(args.dataset, args.seed)
+    pre = jdata.fit_preprocess(args.preprocess, ds.x_train, dataset_name=ds.name)
+    t0 = time.time()
+    idx = select(args.method, jax.random.key(args.seed), ds, pre, args.ipc, args.features)
+    x = jdata.apply(pre, ds.x_train[idx])
+    artefact.save(args.out, x, ds.y_train[idx], preprocess=pre, method=args.method,
+                  dataset=ds.name, num_classes=ds.num_classes, ipc=args.ipc, seed=args.seed,
+                  config={"features": args.features, "preprocess": args.preprocess},
+                  overwrite=args.overwrite, extra={"distill_seconds": round(time.time() - t0, 2)})
+    if not args.evaluate:
+        _emit({"out": args.out}, args.json, f"wrote {args.out}")
+        return 0
+    res = _evaluate_artefact(args.out, args.evaluate, args.seeds, None, args.seed, None, args.quiet)
+    _emit(res, args.json, f"{args.method} IPC {args.ipc} on {ds.name}: {_fmt_acc(res)}")
+    return 0
+
+
+def cmd_full(args) -> int:
+    """Upper bound: the protocol's network trained on the whole training set."""
+    import jax
+
+    from jaxdd import data as jdata
+    from jaxdd.evaluate import eval_data, evaluate_set, get_protocol
+    from jaxdd.run.progress import Progress
+    ds = _load(args.dataset, args.seed)
+    pre = jdata.fit_preprocess(args.preprocess, ds.x_train, dataset_name=ds.name)
+    proto = get_protocol(args.protocol)
+    proto = proto.__class__(**{**proto.__dict__, "train": proto.full_train})
+    if args.epochs:
+        import dataclasses
+        proto = dataclasses.replace(proto, train=dataclasses.replace(proto.train, epochs=args.epochs))
+    res = evaluate_set(jax.random.key(args.seed), jdata.apply(pre, ds.x_train), ds.y_train,
+                       eval_data(ds, pre), proto, args.seeds, model_name=args.model,
+                       progress=Progress("full data", enabled=not args.quiet))
+    res.update(method="full", dataset=ds.name, epochs=proto.train.epochs)
+    _emit(res, args.json, f"full {ds.name}: {_fmt_acc(res)}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="jaxdd", description="Dataset distillation in JAX.")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    def common(sp, json_flag=True):
+        if json_flag:
+            sp.add_argument("--json", action="store_true", help="last stdout line is one JSON object")
+        sp.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+
+    sp = sub.add_parser("models", help="model names and parameter counts for a dataset")
+    sp.add_argument("--dataset", default="cifar10")
+    common(sp)
+    sp.set_defaults(fn=cmd_models)
+
+    sp = sub.add_parser("evaluate", help="train fresh networks on an artefact, report test accuracy")
+    sp.add_argument("dir")
+    sp.add_argument("--protocol", default="cpu", help="mtt | cpu | smoke")
+    sp.add_argument("--seeds", type=int, default=5, help="independent networks (vmapped)")
+    sp.add_argument("--model", default=None, help="cross-architecture: another registry name")
+    sp.add_argument("--epochs", type=int, default=None, help="override the protocol's epochs")
+    sp.add_argument("--seed", type=int, default=0)
+    common(sp)
+    sp.set_defaults(fn=cmd_evaluate)
+
+    sp = sub.add_parser("baseline", help="random / herding / k-center real subset as an artefact")
+    sp.add_argument("method", choices=["random", "herding", "kcenter"])
+    sp.add_argument("--dataset", default="fashion_mnist")
+    sp.add_argument("--ipc", type=int, required=True, help="images per class")
+    sp.add_argument("--out", required=True)
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--preprocess", default="normalize", help="normalize | zca | zca_kip | none")
+    sp.add_argument("--features", default="pixels", help="herding/k-center space: pixels | convnet")
+    sp.add_argument("--evaluate", default=None, metavar="PROTOCOL", help="also evaluate it")
+    sp.add_argument("--seeds", type=int, default=5)
+    sp.add_argument("--overwrite", action="store_true")
+    common(sp)
+    sp.set_defaults(fn=cmd_baseline)
+
+    sp = sub.add_parser("full", help="upper bound: train on the whole training set")
+    sp.add_argument("--dataset", default="fashion_mnist")
+    sp.add_argument("--protocol", default="cpu")
+    sp.add_argument("--seeds", type=int, default=1)
+    sp.add_argument("--epochs", type=int, default=None)
+    sp.add_argument("--model", default=None)
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--preprocess", default="normalize")
+    common(sp)
+    sp.set_defaults(fn=cmd_full)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_jax()
+    try:
+        return args.fn(args)
+    except (ValueError, FileNotFoundError, KeyError) as e:
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        print(f"jaxdd: error: {msg}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

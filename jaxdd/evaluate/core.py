@@ -1,0 +1,109 @@
+"""Evaluate a (distilled or selected) set: train K fresh networks, test on real data.
+
+The K runs are one `vmap` over seed keys of the compiled training loop, run in a few
+chunks of epochs so long evaluations can report progress with an ETA.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxdd import data as jdata
+from jaxdd.augment import dsa
+from jaxdd.evaluate.protocols import Protocol
+from jaxdd.models import Model, get_model
+from jaxdd.train import TrainConfig, accuracy, train_epochs, train_init
+
+Progress = Callable[[int, int], None]
+
+
+class EvalData(NamedTuple):
+    """Preprocessed validation and test splits (model space, float32 NHWC)."""
+
+    x_val: np.ndarray
+    y_val: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    num_classes: int
+    image_shape: tuple[int, int, int]
+
+
+def eval_data(ds: jdata.Dataset, pre: jdata.Preprocess) -> EvalData:
+    return EvalData(jdata.apply(pre, ds.x_val), ds.y_val, jdata.apply(pre, ds.x_test),
+                    ds.y_test, ds.num_classes, ds.image_shape)
+
+
+def _chunk_size(epochs: int, target_chunks: int = 10) -> int:
+    """Largest divisor of `epochs` giving at least `target_chunks` chunks (one compile)."""
+    for d in range(max(1, epochs // target_chunks), 0, -1):
+        if epochs % d == 0:
+            return d
+    return epochs
+
+
+def label_targets(y_syn: np.ndarray, num_classes: int) -> jax.Array:
+    """Hard labels (N,) -> one-hot; soft label logits (N, K) -> probabilities."""
+    y = jnp.asarray(y_syn)
+    if y.ndim == 1:
+        return jax.nn.one_hot(y, num_classes, dtype=jnp.float32)
+    return jax.nn.softmax(y.astype(jnp.float32), axis=-1)
+
+
+def augment_fn(cfg: TrainConfig):
+    return functools.partial(dsa, strategy=cfg.dsa) if cfg.dsa else None
+
+
+def train_seeds(keys: jax.Array, model: Model, cfg: TrainConfig, x_NHWC, y_target,
+                lr=None, progress: Progress | None = None):
+    """Train len(keys) networks at once (vmap over keys); returns stacked variables."""
+    x_NHWC, y_target = jnp.asarray(x_NHWC, jnp.float32), jnp.asarray(y_target)
+    aug = augment_fn(cfg)
+    init = jax.jit(jax.vmap(lambda k: train_init(k, model, cfg, x_NHWC.shape[0], lr)))
+    chunk = _chunk_size(cfg.epochs)
+    run = jax.jit(jax.vmap(lambda s: train_epochs(s, model, cfg, x_NHWC, y_target, chunk, aug)))
+    state = init(keys)
+    for done in range(0, cfg.epochs, chunk):
+        state = run(state)
+        if progress is not None:
+            jax.block_until_ready(state.epoch)
+            progress(done + chunk, cfg.epochs)
+    return state.variables
+
+
+def accuracies(model: Model, variables_S, x, y) -> np.ndarray:
+    f = jax.jit(jax.vmap(lambda v: accuracy(model, v, jnp.asarray(x), jnp.asarray(y))))
+    return np.asarray(f(variables_S), np.float64)
+
+
+def evaluate_set(key: jax.Array, x_syn_NHWC: np.ndarray, y_syn: np.ndarray, data: EvalData,
+                 protocol: Protocol, seeds: int = 5, lr: float | None = None,
+                 model_name: str | None = None, progress: Progress | None = None) -> dict:
+    """Train `seeds` fresh networks on the set and report final test accuracy.
+
+    Final-epoch accuracy is reported (no selection on test). Validation accuracy comes
+    from the validation split carved from the training data and may be used for selection.
+    """
+    if x_syn_NHWC.shape[1:] != tuple(data.image_shape):
+        raise ValueError(f"set images have shape {x_syn_NHWC.shape[1:]}, but the dataset's "
+                         f"are {tuple(data.image_shape)}; evaluate on the dataset the set was made from")
+    model = get_model(model_name or protocol.model, data.num_classes, data.image_shape)
+    t0 = time.time()
+    variables = train_seeds(jax.random.split(key, seeds), model, protocol.train, x_syn_NHWC,
+                            label_targets(y_syn, data.num_classes), lr, progress)
+    jax.block_until_ready(variables)
+    t_train = time.time() - t0
+    test = accuracies(model, variables, data.x_test, data.y_test)
+    val = accuracies(model, variables, data.x_val, data.y_val) if len(data.y_val) else np.array([np.nan])
+    return {
+        "accuracy_mean": float(test.mean()), "accuracy_std": float(test.std()),
+        "accuracies": test.tolist(), "val_accuracy_mean": float(val.mean()),
+        "seeds": seeds, "protocol": protocol.name, "model": model.name,
+        "lr": None if lr is None else float(lr), "report": "final epoch",
+        "train_seconds": round(t_train, 2), "seconds": round(time.time() - t0, 2),
+    }

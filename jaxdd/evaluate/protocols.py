@@ -1,0 +1,64 @@
+"""Named, serialisable evaluation protocols.
+
+`mtt` is the reference recipe of the trajectory-matching papers (../shared/specs/
+evaluation.md section 1). `cpu` is the same recipe reduced to fit this project's 2-core CI
+machine; its numbers are only comparable with other `cpu` numbers. `smoke` is for tests.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from jaxdd.train import TrainConfig
+
+DSA_ALL = "color_crop_cutout_flip_scale_rotate"
+
+
+@dataclasses.dataclass(frozen=True)
+class Protocol:
+    name: str
+    model: str            # registry name of the student (cross-arch: override per call)
+    train: TrainConfig    # recipe for training on a distilled set (lr: default if none learned)
+    full_train: TrainConfig  # recipe for the full-dataset upper bound
+    description: str = ""
+
+
+PROTOCOLS: dict[str, Protocol] = {
+    "mtt": Protocol(
+        "mtt", "convnet",
+        TrainConfig(epochs=1000, batch_size=256, lr=0.01, momentum=0.9, weight_decay=5e-4,
+                    schedule="step", dsa=DSA_ALL),
+        TrainConfig(epochs=50, batch_size=256, lr=0.01, momentum=0.9, weight_decay=5e-4,
+                    schedule="step", dsa=""),
+        "ConvNet-D3/D4 width 128, SGD(m 0.9, wd 5e-4), 1000 epochs, lr x0.1 at 500, "
+        "batch 256, DSA on every batch (MTT/TESLA/DATM/FTD evaluation)."),
+    "cpu": Protocol(
+        "cpu", "convnet_d3_w64",
+        TrainConfig(epochs=300, batch_size=256, lr=0.01, momentum=0.9, weight_decay=5e-4,
+                    schedule="step", dsa=DSA_ALL),
+        TrainConfig(epochs=5, batch_size=256, lr=0.01, momentum=0.9, weight_decay=5e-4,
+                    schedule="step", dsa=""),
+        "ConvNet-D3 width 64, SGD(m 0.9, wd 5e-4), 300 epochs, lr x0.1 at 150, batch 256, "
+        "DSA; full data: 5 epochs without DSA. Sized for a 2-core CPU."),
+    "smoke": Protocol(
+        "smoke", "mlp_w32",
+        TrainConfig(epochs=20, batch_size=64, lr=0.01, momentum=0.9, weight_decay=5e-4,
+                    schedule="step", dsa=""),
+        TrainConfig(epochs=1, batch_size=256, lr=0.01, momentum=0.9, weight_decay=5e-4,
+                    schedule="constant", dsa=""),
+        "Tiny MLP, 20 epochs, no augmentation: for tests and smoke runs only."),
+}
+
+
+def get_protocol(name: str, **overrides) -> Protocol:
+    """A named protocol; `overrides` replace TrainConfig fields (e.g. epochs=10)."""
+    if name not in PROTOCOLS:
+        raise ValueError(f"unknown protocol {name!r}; use one of {', '.join(PROTOCOLS)}")
+    p = PROTOCOLS[name]
+    if overrides:
+        p = dataclasses.replace(p, train=dataclasses.replace(p.train, **overrides))
+    return p
+
+
+def protocol_to_dict(p: Protocol) -> dict:
+    return dataclasses.asdict(p)

@@ -1,0 +1,1 @@
+"""The driver side: progress, loops, checkpoints, mesh (the functional API never needs it)."""
