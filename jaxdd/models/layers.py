@@ -61,7 +61,7 @@ class Conv3x3(nn.Module):
         init = torch_default_init(9 * cin)
         kernel = self.param("kernel", init, (3, 3, cin, self.features))
         bias = self.param("bias", init, (self.features,))
-        return CONV_IMPLS[self.impl](x_NHWC, kernel, self.padding) + bias
+        return CONV_IMPLS[self.impl](x_NHWC, kernel, self.padding) + bias[None, None, None, :]
 
 
 class InstanceNorm(nn.Module):
@@ -77,7 +77,7 @@ class InstanceNorm(nn.Module):
         bias = self.param("bias", nn.initializers.zeros, (c,))
         mean = x_NHWC.mean(axis=(1, 2), keepdims=True)
         var = jnp.square(x_NHWC - mean).mean(axis=(1, 2), keepdims=True)
-        return (x_NHWC - mean) * jax.lax.rsqrt(var + self.eps) * scale + bias
+        return (x_NHWC - mean) * jax.lax.rsqrt(var + self.eps) * scale[None, None, None, :] + bias[None, None, None, :]
 
 
 class TorchDense(nn.Module):

@@ -1,0 +1,92 @@
+import json
+import os
+
+import numpy as np
+import pytest
+
+from jaxdd import artefact
+from jaxdd.cli import main
+from jaxdd.data import fit_preprocess
+
+
+def _run(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_baseline_then_evaluate_json(tiny_npz, tmp_path, capsys):
+    out = str(tmp_path / "rand")
+    code, o, e = _run(capsys, "baseline", "random", "--dataset", f"npz:{tiny_npz}", "--ipc", "4",
+                      "--out", out, "--quiet")
+    assert code == 0, e
+    art = artefact.load(out)
+    assert art.x_syn_NHWC.shape == (12, 8, 8, 1) and art.meta["label_kind"] == "hard"
+    assert os.path.exists(os.path.join(out, "grid.png"))
+    code, o, e = _run(capsys, "evaluate", out, "--protocol", "smoke", "--seeds", "2", "--json",
+                      "--epochs", "5")
+    assert code == 0, e
+    res = json.loads(o.strip().splitlines()[-1])
+    assert res["seeds"] == 2 and 0 <= res["accuracy_mean"] <= 1 and res["epochs"] == 5
+    assert len(json.load(open(os.path.join(out, "evaluations.json")))) == 1
+
+
+def test_models_json(capsys):
+    code, o, _ = _run(capsys, "models", "--dataset", "cifar100", "--json")
+    rows = {r["name"]: r["params"] for r in json.loads(o.strip().splitlines()[-1])["models"]}
+    assert code == 0 and rows["convnet"] == 504_420
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["baseline", "random", "--dataset", "no_such_set", "--ipc", "1", "--out", "X"], "unknown dataset"),
+    (["baseline", "random", "--dataset", "NPZ", "--ipc", "1000", "--out", "X"], "larger than class"),
+    (["evaluate", "MISSING"], "does not exist"),
+    (["evaluate", "ART", "--protocol", "fastest"], "unknown protocol"),
+])
+def test_bad_input_is_one_clear_error(argv, needle, tiny_npz, tmp_path, capsys):
+    art = str(tmp_path / "art")
+    _run(capsys, "baseline", "random", "--dataset", f"npz:{tiny_npz}", "--ipc", "2", "--out", art, "--quiet")
+    argv = [a.replace("NPZ", f"npz:{tiny_npz}").replace("MISSING", str(tmp_path / "nope"))
+            .replace("ART", art).replace("X", str(tmp_path / "x")) for a in argv]
+    code, o, e = _run(capsys, *argv)
+    assert code != 0
+    lines = [line for line in e.strip().splitlines() if line.startswith("jaxdd: error:")]
+    assert len(lines) == 1 and needle in lines[0], e
+
+
+def test_existing_artefact_never_overwritten_and_corruption_detected(tiny_npz, tmp_path, capsys):
+    out = str(tmp_path / "a")
+    assert _run(capsys, "baseline", "random", "--dataset", f"npz:{tiny_npz}", "--ipc", "2",
+                "--out", out, "--quiet")[0] == 0
+    before = open(os.path.join(out, "arrays.npz"), "rb").read()
+    code, _, e = _run(capsys, "baseline", "herding", "--dataset", f"npz:{tiny_npz}", "--ipc", "3",
+                      "--out", out, "--quiet")
+    assert code != 0 and "already holds an artefact" in e
+    assert open(os.path.join(out, "arrays.npz"), "rb").read() == before
+    with open(os.path.join(out, "arrays.npz"), "r+b") as f:   # flip one byte
+        f.seek(len(before) // 2)
+        b = f.read(1)
+        f.seek(len(before) // 2)
+        f.write(bytes([b[0] ^ 0xFF]))
+    code, _, e = _run(capsys, "evaluate", out, "--protocol", "smoke")
+    assert code != 0 and "corrupt" in e
+
+
+def test_artefact_roundtrip_with_zca_and_soft_labels(tmp_path):
+    rng = np.random.default_rng(0)
+    x_train = rng.integers(0, 255, (50, 4, 4, 2)).astype(np.uint8)
+    pre = fit_preprocess("zca", x_train)
+    x = rng.normal(size=(6, 4, 4, 2)).astype(np.float32)
+    y = rng.normal(size=(6, 3)).astype(np.float32)
+    artefact.save(str(tmp_path / "s"), x, y, preprocess=pre, method="test", dataset="d",
+                  num_classes=3, ipc=2, seed=7, lr=0.0123, config={"a": 1})
+    art = artefact.load(str(tmp_path / "s"))
+    np.testing.assert_array_equal(art.x_syn_NHWC, x)
+    np.testing.assert_array_equal(art.y_syn, y)
+    assert art.lr == pytest.approx(0.0123) and art.meta["label_kind"] == "logits"
+    assert art.preprocess.kind == "zca" and art.meta["seed"] == 7 and "jax" in art.meta["versions"]
+    np.testing.assert_allclose(art.preprocess.whiten_DxD, pre.whiten_DxD)
+    with pytest.raises(artefact.ArtefactError, match="NaN"):
+        artefact.save(str(tmp_path / "bad"), x * np.nan, y, preprocess=pre, method="t", dataset="d",
+                      num_classes=3, ipc=2, seed=0)
+    assert not os.path.exists(tmp_path / "bad")

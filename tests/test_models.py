@@ -1,0 +1,63 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxdd.models import embed, get_model, param_count
+
+
+@pytest.mark.parametrize("name,k,shape,count", [
+    ("convnet", 10, (32, 32, 3), 320_010),        # ConvNet-D3 CIFAR-10
+    ("convnet", 100, (32, 32, 3), 504_420),       # ConvNet-D3 CIFAR-100
+    ("convnet_d4", 200, (64, 64, 3), 857_160),    # ConvNet-D4 Tiny-ImageNet
+    ("resnet18", 10, (32, 32, 3), 11_173_962),    # ResNet-18, CIFAR stem
+])
+def test_param_counts_match_references(name, k, shape, count):
+    assert param_count(name, k, shape) == count
+
+
+def test_im2col_conv_equals_lax_conv():
+    x = jax.random.normal(jax.random.key(0), (2, 28, 28, 1))
+    a = get_model("convnet_d3_w8", 10, (28, 28, 1), conv_impl="im2col")
+    b = get_model("convnet_d3_w8", 10, (28, 28, 1), conv_impl="lax")
+    v = a.init(jax.random.key(1))
+    np.testing.assert_allclose(a.apply(v, x), b.apply(v, x), rtol=1e-5, atol=1e-5)
+    ga = jax.grad(lambda x: a.apply(v, x).sum())(x)
+    gb = jax.grad(lambda x: b.apply(v, x).sum())(x)
+    np.testing.assert_allclose(ga, gb, rtol=1e-4, atol=1e-5)
+
+
+def test_grey_28px_padded_to_32_and_torch_init():
+    m = get_model("convnet", 10, (28, 28, 1))
+    v = m.init(jax.random.key(0))
+    # 28 px + first-layer pad 3 -> 32 -> 16 -> 8 -> 4: the linear layer sees 4*4*128.
+    dense = v["params"]["TorchDense_0"]["Dense_0"]["kernel"]
+    assert dense.shape == (2048, 10)
+    # PyTorch default init: U(+-1/sqrt(fan_in)), for weights and biases.
+    k0 = v["params"]["Conv3x3_0"]["kernel"]
+    assert float(jnp.abs(k0).max()) <= 1 / 3 + 1e-6 and float(k0.std()) > 0.1
+    assert m.apply(v, jnp.zeros((3, 28, 28, 1))).shape == (3, 10)
+
+
+def test_bn_models_train_mode_updates_statistics():
+    m = get_model("convnet_d2_w8_bn", 4, (8, 8, 3))
+    v = m.init(jax.random.key(0))
+    x = jax.random.normal(jax.random.key(1), (5, 8, 8, 3)) * 3 + 1
+    logits, v2 = m.apply_train(v, x)
+    assert logits.shape == (5, 4) and m.has_batch_stats
+    changed = jax.tree.map(lambda a, b: float(jnp.abs(a - b).max()), v["batch_stats"], v2["batch_stats"])
+    assert max(jax.tree.leaves(changed)) > 0
+
+
+def test_embed_is_penultimate_features():
+    m = get_model("mlp_w16", 3, (4, 4, 1))
+    v = m.init(jax.random.key(0))
+    x = jax.random.normal(jax.random.key(1), (6, 4, 4, 1))
+    e = embed(m, v, x)
+    last = v["params"]["TorchDense_2"]["Dense_0"]
+    np.testing.assert_allclose(e @ last["kernel"] + last["bias"][None], m.apply(v, x), rtol=1e-5, atol=1e-6)
+
+
+def test_unknown_model_is_a_clear_error():
+    with pytest.raises(ValueError, match="unknown model 'vgg99'"):
+        get_model("vgg99", 10, (32, 32, 3))

@@ -1,0 +1,92 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxdd.data import fit_preprocess, load_dataset
+from jaxdd.evaluate import eval_data, evaluate_set, get_protocol, herding, kcenter, select, train_seeds
+from jaxdd.models import get_model
+from jaxdd.train import TrainConfig, accuracy, train_epochs, train_init, train_network
+
+
+def _toy(n=24, k=3):
+    x = jax.random.normal(jax.random.key(0), (n, 8, 8, 1))
+    return x, jnp.arange(n) % k
+
+
+def test_vmapped_seeds_equal_sequential_runs():
+    m = get_model("convnet_d2_w4", 3, (8, 8, 1))
+    cfg = TrainConfig(epochs=3, batch_size=10, dsa="crop_flip")
+    x, y = _toy()
+    keys = jax.random.split(jax.random.key(1), 3)
+    stacked = train_seeds(keys, m, cfg, x, jax.nn.one_hot(y, 3))
+    from jaxdd.evaluate.core import augment_fn
+    for i, k in enumerate(keys):
+        single = jax.jit(lambda k: train_network(k, m, cfg, x, y, augment_fn=augment_fn(cfg)))(k)
+        for a, b in zip(jax.tree.leaves(single), jax.tree.leaves(stacked)):
+            np.testing.assert_allclose(a, b[i], rtol=2e-5, atol=2e-6)
+
+
+def test_chunked_training_equals_one_shot_and_learns():
+    m = get_model("mlp_w16", 3, (8, 8, 1))
+    cfg = TrainConfig(epochs=30, batch_size=7, lr=0.1, dsa="")
+    x, y = _toy()
+    one = train_network(jax.random.key(2), m, cfg, x, y)
+    s = train_init(jax.random.key(2), m, cfg, len(x))
+    s = train_epochs(s, m, cfg, x, y, 10)
+    s = train_epochs(s, m, cfg, x, y, 20)
+    for a, b in zip(jax.tree.leaves(one), jax.tree.leaves(s.variables)):
+        np.testing.assert_array_equal(a, b)
+    assert float(accuracy(m, one, x, y, batch_size=5)) > 0.9   # memorises 24 points
+
+
+def test_learned_lr_is_used():
+    m = get_model("mlp_w16", 3, (8, 8, 1))
+    cfg = TrainConfig(epochs=2, batch_size=8, dsa="")
+    x, y = _toy()
+    a = train_network(jax.random.key(0), m, cfg, x, y, lr=0.0)
+    init = m.init(jax.random.split(jax.random.key(0))[0])
+    # lr 0 but weight decay is also scaled by lr: nothing moves.
+    for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(init)):
+        np.testing.assert_array_equal(u, v)
+
+
+def test_evaluate_set_and_baselines_on_npz(tiny_npz):
+    ds = load_dataset(f"npz:{tiny_npz}", val_per_class=5)
+    pre = fit_preprocess("normalize", ds.x_train)
+    proto = get_protocol("smoke", epochs=30)
+    idx = select("random", jax.random.key(0), ds, pre, 5)
+    assert len(idx) == 15 and (np.bincount(ds.y_train[idx]) == 5).all()
+    from jaxdd.data import apply
+    res = evaluate_set(jax.random.key(0), apply(pre, ds.x_train[idx]), ds.y_train[idx],
+                       eval_data(ds, pre), proto, seeds=2)
+    assert res["seeds"] == 2 and len(res["accuracies"]) == 2
+    assert res["accuracy_mean"] > 0.6, res     # the toy task is easy: chance is 1/3
+    for method in ("herding", "kcenter"):
+        idx2 = select(method, jax.random.key(0), ds, pre, 3)
+        assert (np.bincount(ds.y_train[idx2]) == 3).all()
+    with pytest.raises(ValueError, match="IPC 1000 is larger than class"):
+        select("random", jax.random.key(0), ds, pre, 1000)
+    # soft labels (logits) train too
+    logits = np.eye(3, dtype=np.float32)[ds.y_train[idx]] * 5
+    res2 = evaluate_set(jax.random.key(0), apply(pre, ds.x_train[idx]), logits, eval_data(ds, pre), proto, seeds=1)
+    assert res2["accuracy_mean"] > 0.6
+
+
+def test_herding_and_kcenter_greedy_rules():
+    f = np.array([[0.0], [1.0], [2.0], [10.0]])
+    # mean 3.25: best single point is 2.0; then the pair whose mean is nearest 3.25 adds 1 or 10
+    assert herding(f, 1).tolist() == [2]
+    assert list(herding(f, 2)) == [2, 3] or list(herding(f, 2)) == [2, 1]
+    d = np.linalg.norm
+    sel = herding(f, 2)
+    best = min(((i, j) for i in range(4) for j in range(4) if i != j and i == 2),
+               key=lambda p: d(f[list(p)].mean(0) - f.mean(0)))
+    assert sorted(sel) == sorted(best)
+    # k-center: start nearest the mean (2.0), then farthest (10.0), then farthest from both (0.0)
+    assert kcenter(f, 3).tolist() == [2, 3, 0]
+
+
+def test_unknown_protocol():
+    with pytest.raises(ValueError, match="unknown protocol 'fast'"):
+        get_protocol("fast")
