@@ -133,6 +133,74 @@ def cmd_full(args) -> int:
     return 0
 
 
+PIPELINES = {"mtt": "jaxdd.pipelines.mtt"}
+
+
+def _pipeline(method: str):
+    import importlib
+    if method not in PIPELINES:
+        raise ValueError(f"unknown method {method!r} in config; use one of {', '.join(PIPELINES)}")
+    return importlib.import_module(PIPELINES[method])
+
+
+def cmd_distill(args) -> int:
+    from jaxdd.configs import load_config
+    from jaxdd.pipelines import common
+    cfg = load_config(args.config, args.ipc, args.set)
+    out = args.out or os.path.join("runs", f"{os.path.splitext(os.path.basename(args.config))[0]}-ipc{cfg['ipc']}")
+    ctx = common.context(cfg, out, args.quiet)
+    prep = _pipeline(cfg["method"]).prepare(ctx)
+    res = common.run_and_export(ctx, prep, resume_step=args.resume_step, stop_after=args.stop_after)
+    if res.get("stopped_early"):
+        _emit({"out": out, "stopped_early": True}, args.json, f"stopped early; resume with the same command")
+        return 0
+    result = {"out": out, "method": cfg["method"], "dataset": cfg["dataset"], "ipc": cfg["ipc"],
+              "distill_seconds": res["distill_seconds"], "artefacts": res["artefacts"]}
+    if not args.no_eval:
+        evals = common.evaluate_with_baseline(ctx, res["artefacts"])
+        result["evaluations"] = evals
+    common.write_result(out, result)
+    human = [f"distilled {cfg['dataset']} IPC {cfg['ipc']} with {cfg['method']} in "
+             f"{res['distill_seconds']:.0f} s -> {out}"]
+    for name, r in result.get("evaluations", {}).items():
+        human.append(f"  {name:<14} {_fmt_acc(r)}")
+    flat = dict(result)
+    if "evaluations" in result:
+        main_ev = result["evaluations"]["artefact"]
+        flat.update(accuracy_mean=main_ev["accuracy_mean"], accuracy_std=main_ev["accuracy_std"],
+                    seeds=main_ev["seeds"])
+        if "random" in result["evaluations"]:
+            flat["random_accuracy_mean"] = result["evaluations"]["random"]["accuracy_mean"]
+    _emit(flat, args.json, "\n".join(human))
+    return 0
+
+
+def cmd_buffer(args) -> int:
+    from jaxdd.configs import load_config
+    from jaxdd.pipelines import common, mtt as tm
+    cfg = load_config(args.config, None, args.set) if args.config else {
+        "method": "mtt", "ipc": 1, "preprocess": args.preprocess, "experts": {}}
+    for k in ("dataset", "model"):
+        if getattr(args, k):
+            cfg[k] = getattr(args, k)
+    if args.experts:
+        cfg["experts"]["num_experts"] = args.experts
+    if args.epochs:
+        cfg["experts"]["epochs"] = args.epochs
+    if args.out:
+        cfg["buffer_dir"] = args.out
+    if "dataset" not in cfg or "model" not in cfg:
+        raise ValueError("jaxdd buffer needs --config or both --dataset and --model")
+    ctx = common.context(cfg, tm.buffer_dir(cfg), args.quiet)
+    path = tm.build_experts(ctx)
+    from jaxdd.experts import load_buffer
+    info = load_buffer(path)
+    res = {"buffer": path, "experts": len(info.complete_experts),
+           "expert_test_accuracy": [r.test_accuracy for r in info.experts if r.test_accuracy is not None]}
+    _emit(res, args.json, f"buffer {path}: {res['experts']} experts, test accuracy {res['expert_test_accuracy']}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="jaxdd", description="Dataset distillation in JAX.")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -171,6 +239,31 @@ def build_parser() -> argparse.ArgumentParser:
     common(sp)
     sp.set_defaults(fn=cmd_baseline)
 
+    sp = sub.add_parser("distill", help="distil a dataset with a config from configs/")
+    sp.add_argument("--config", required=True, help="a configs/*.py file")
+    sp.add_argument("--ipc", type=int, default=None, help="images per class (default: the config's)")
+    sp.add_argument("--out", default=None, help="run directory (default runs/<config>-ipc<N>)")
+    sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a config field, e.g. --set mtt.syn_steps=20 (repeatable)")
+    sp.add_argument("--resume-step", type=int, default=None,
+                    help="resume from this checkpoint step instead of the latest")
+    sp.add_argument("--stop-after", type=int, default=None, help=argparse.SUPPRESS)
+    sp.add_argument("--no-eval", action="store_true", help="skip the evaluation")
+    common(sp)
+    sp.set_defaults(fn=cmd_distill)
+
+    sp = sub.add_parser("buffer", help="train expert trajectories (resumable)")
+    sp.add_argument("--config", default=None, help="take dataset/model/experts from a config")
+    sp.add_argument("--dataset", default=None)
+    sp.add_argument("--model", default=None)
+    sp.add_argument("--experts", type=int, default=None, help="number of experts")
+    sp.add_argument("--epochs", type=int, default=None, help="epochs per expert")
+    sp.add_argument("--preprocess", default="normalize")
+    sp.add_argument("--out", default=None, help="buffer directory")
+    sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    common(sp)
+    sp.set_defaults(fn=cmd_buffer)
+
     sp = sub.add_parser("full", help="upper bound: train on the whole training set")
     sp.add_argument("--dataset", default="fashion_mnist")
     sp.add_argument("--protocol", default="cpu")
@@ -189,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     _setup_jax()
     try:
         return args.fn(args)
-    except (ValueError, FileNotFoundError, KeyError) as e:
+    except (ValueError, FileNotFoundError, KeyError, RuntimeError, FloatingPointError) as e:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         print(f"jaxdd: error: {msg}", file=sys.stderr)
         return 2

@@ -216,6 +216,17 @@ def per_class(fn: Callable[[jax.Array], Any], x_KxBx: jax.Array, coupled: bool) 
 # ----------------------------------------------------------------------------------------------
 
 
+def safe_norm(x: jax.Array, axis: int | None = None, keepdims: bool = False) -> jax.Array:
+    """L2 norm whose gradient at 0 is 0 (PyTorch's convention) instead of NaN.
+
+    A dead unit (all-zero gradient row, all-zero attention map) is common with BN nets and
+    ipc=1; `jnp.linalg.norm` would turn the whole update into NaN there.
+    """
+    sq = jnp.sum(x * x, axis=axis, keepdims=keepdims)
+    pos = sq > 0
+    return jnp.where(pos, jnp.sqrt(jnp.where(pos, sq, 1.0)), 0.0)
+
+
 def distance_wb(gw_real: jax.Array, gw_syn: jax.Array) -> jax.Array:
     """DC eq. (10): sum over output units i of 1 - cos(g_real[i], g_syn[i]).
 
@@ -228,7 +239,7 @@ def distance_wb(gw_real: jax.Array, gw_syn: jax.Array) -> jax.Array:
     out = gw_real.shape[-1]
     a = gw_real.reshape(-1, out).T
     b = gw_syn.reshape(-1, out).T
-    cos = jnp.sum(a * b, -1) / (jnp.linalg.norm(a, axis=-1) * jnp.linalg.norm(b, axis=-1) + COS_EPS)
+    cos = jnp.sum(a * b, -1) / (safe_norm(a, axis=-1) * safe_norm(b, axis=-1) + COS_EPS)
     return jnp.sum(1.0 - cos)
 
 
@@ -246,7 +257,7 @@ def gradient_match_loss(gw_real: PyTree, gw_syn: PyTree, metric: str = "ours") -
     if metric == "mse":
         return jnp.sum((vs - vr) ** 2)
     if metric == "cos":
-        return 1.0 - jnp.sum(vr * vs) / (jnp.linalg.norm(vr) * jnp.linalg.norm(vs) + COS_EPS)
+        return 1.0 - jnp.sum(vr * vs) / (safe_norm(vr) * safe_norm(vs) + COS_EPS)
     raise ValueError(f"unknown gradient distance {metric!r}; use one of {MATCH_METRICS}")
 
 
@@ -270,6 +281,6 @@ def tree_all_finite(tree: PyTree) -> jax.Array:
 
 __all__: Sequence[str] = [
     "RealBatch", "real_images", "Features", "forward_features", "per_class", "sample_real_batch", "class_index_table",
-    "syn_by_class", "hard_labels", "siamese_dsa", "fyi_flip_concat", "distance_wb",
+    "syn_by_class", "hard_labels", "siamese_dsa", "fyi_flip_concat", "safe_norm", "distance_wb",
     "gradient_match_loss", "mean_sq_distance", "MATCH_METRICS",
 ]

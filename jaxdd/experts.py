@@ -1,0 +1,621 @@
+"""Expert trajectories ("buffers") for trajectory matching (MTT, TESLA, FTD, DATM).
+
+`build_buffer` trains `num_experts` fresh networks on the full real training set and stores
+each one's parameters at initialisation and after every epoch (a trajectory is `epochs + 1`
+parameter pytrees); the distillation driver reads them back with `load_expert_epoch` /
+`load_segment`, or all at once on the device with `stack_experts`.
+
+On-disk layout (one (expert, epoch) is readable without touching the rest)::
+
+    out_dir/
+      buffer.json              manifest: model, dataset, preprocessing, config, seed,
+                               per-expert progress / test accuracy / train time, status
+      preprocess.npz           the fitted `Preprocess` (jaxdd.data.preprocess.to_dict)
+      expert_000/              Orbax CheckpointManager, step = epoch, all steps kept
+        0/ 1/ ... 50/          params pytree after that many epochs (0 = init)
+      expert_001/ ...
+      resume/expert_001/       Orbax CheckpointManager, latest step only: the full training
+                               state (variables incl. BN statistics, optimiser state) of an
+                               unfinished expert; deleted once the expert is complete
+
+Resume: every epoch is one jitted chunk of the compiled loop (`jaxdd.train.train_epochs`,
+epoch e draws from fold_in(key, e)), saved before the next starts. On restart with the same
+manifest identity, complete experts are skipped and an unfinished one continues from its
+last saved (trajectory epoch, resume state) pair, so the result is bit-identical to an
+uninterrupted run. A manifest built with another config, model, dataset, preprocessing or
+seed is refused. `num_experts` alone may grow (experts are independent: fold_in(key, i)).
+
+Expert i uses key fold_in(key, i): train_init splits it into the init key and the loop key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import json
+import os
+import shutil
+import time
+from typing import Any, Callable, Mapping, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+
+import jaxdd
+from jaxdd import data as jdata
+from jaxdd.augment.dsa import dsa as dsa_fn
+from jaxdd.models import Model, get_model
+from jaxdd.train.loop import (TrainConfig, TrainState, accuracy, make_optimizer,
+                              soft_cross_entropy, steps_per_epoch, train_epochs, train_init)
+
+PyTree = Any
+MANIFEST = "buffer.json"
+PREPROCESS_FILE = "preprocess.npz"
+FORMAT_VERSION = 1
+_GSAM_EPS = 1e-12  # the GSAM reference's perturb_eps (norm denominators)
+
+
+class BufferError(RuntimeError):
+    """A buffer on disk is missing, corrupt, incomplete or built with another config."""
+
+
+# ---------------------------------------------------------------------------------------
+# Config
+
+
+@dataclasses.dataclass(frozen=True)
+class ExpertConfig:
+    """How experts are trained; defaults are MTT's `buffer.py` recipe (spec section 1)."""
+
+    num_experts: int = 100      # independent networks (expert i uses fold_in(key, i))
+    epochs: int = 50            # epochs per expert; a trajectory holds epochs + 1 pytrees
+    batch_size: int = 256       # real images per SGD step
+    lr: float = 0.01            # SGD step size (MTT lr_teacher)
+    momentum: float = 0.0       # SGD momentum (MTT: none; AST: 0.9)
+    weight_decay: float = 0.0   # coupled L2 as torch SGD (MTT: none)
+    schedule: str = "constant"  # lr schedule: constant (MTT) | step | cosine
+    dsa: str = "color_crop_cutout_flip_scale_rotate"  # DSA on every batch; "" = none
+    optimizer: str = "sgd"      # sgd (MTT/TESLA/DATM-plain) | gsam (FTD/DATM experts)
+    gsam_rho: float = 0.01      # GSAM perturbation radius (constant, as FTD's buffers)
+    gsam_alpha: float = 0.3     # GSAM weight of the removed orthogonal component (0.3 / 1.0)
+    gsam_adaptive: bool = True  # adaptive (ASAM-style) perturbation e ~ g * w^2
+
+    def __post_init__(self):
+        if self.num_experts < 1:
+            raise ValueError(f"num_experts must be >= 1, got {self.num_experts}")
+        if self.optimizer not in ("sgd", "gsam"):
+            raise ValueError(f"unknown expert optimizer {self.optimizer!r}; use sgd or gsam")
+        if self.gsam_rho < 0:
+            raise ValueError(f"gsam_rho must be >= 0, got {self.gsam_rho}")
+        self.train_config()  # validates epochs, batch_size, schedule
+
+    def train_config(self) -> TrainConfig:
+        """The shared loop's config (GSAM reuses its optimiser: SGD on the GSAM direction)."""
+        return TrainConfig(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
+                           momentum=self.momentum, weight_decay=self.weight_decay,
+                           schedule=self.schedule, optimizer="sgd", dsa=self.dsa)
+
+
+# ---------------------------------------------------------------------------------------
+# GSAM
+
+
+def _tree_dot(a: PyTree, b: PyTree) -> jax.Array:
+    return sum(jnp.vdot(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+def _tree_norm(a: PyTree) -> jax.Array:
+    return jnp.sqrt(_tree_dot(a, a))
+
+
+def gsam_direction(grad_fn: Callable[[PyTree], PyTree], params: PyTree, grads: PyTree, *,
+                   rho: float | jax.Array, alpha: float | jax.Array, adaptive: bool = True,
+                   eps: float = _GSAM_EPS) -> PyTree:
+    """GSAM update direction at w (Zhuang et al. 2022; the FTD experts' optimiser).
+
+    With g = grads = grad L(w):
+      e      = rho * g * w^2 / (||w * g|| + eps)     (adaptive; else rho * g / (||g|| + eps))
+      g_p    = grad_fn(w + e)                        (gradient at the perturbed point)
+      cos    = <g, g_p> / (||g|| ||g_p|| + eps)
+      g_vert = g - cos ||g|| g_p / (||g_p|| + eps)   (part of g orthogonal to g_p)
+      d      = g_p - alpha * g_vert
+    Descending along -g_vert lowers the surrogate gap L(w + e) - L(w) without changing
+    the perturbed loss to first order. The base optimiser then steps from w (not w + e)
+    with d. Norms are global over the whole pytree, as in the reference.
+    """
+    if adaptive:
+        norm = _tree_norm(jax.tree.map(lambda w, g: w * g, params, grads))
+        e = jax.tree.map(lambda w, g: rho * g * w * w / (norm + eps), params, grads)
+    else:
+        norm = _tree_norm(grads)
+        e = jax.tree.map(lambda g: rho * g / (norm + eps), grads)
+    g_p = grad_fn(jax.tree.map(jnp.add, params, e))
+    norm_g, norm_gp = _tree_norm(grads), _tree_norm(g_p)
+    cos = _tree_dot(grads, g_p) / (norm_g * norm_gp + eps)
+    g_vert = jax.tree.map(lambda g, gp: g - cos * norm_g * gp / (norm_gp + eps), grads, g_p)
+    return jax.tree.map(lambda gp, gv: gp - alpha * gv, g_p, g_vert)
+
+
+def gsam_train_epochs(state: TrainState, model: Model, cfg: TrainConfig, x_NHWC: jax.Array,
+                      y_target: jax.Array, num_epochs: int, augment_fn=None, *,
+                      rho: float, alpha: float, adaptive: bool = True) -> TrainState:
+    """`train_epochs` with every SGD step taken along the GSAM direction (two passes/step).
+
+    Same batches, augmentations, masking and optimiser as the shared loop (epoch e uses
+    fold_in(state.key, e)), so chunked == one-shot and rho = 0 reproduces plain SGD up to
+    float rounding. BN statistics come from the first (unperturbed) pass only, as the
+    reference disables running statistics for the second pass.
+    """
+    n = x_NHWC.shape[0]
+    if y_target.ndim == 1:
+        y_target = jax.nn.one_hot(y_target, model.num_classes, dtype=x_NHWC.dtype)
+    bs = min(cfg.batch_size, n)
+    spe = steps_per_epoch(n, bs)
+    tx = make_optimizer(cfg, cfg.epochs * spe)
+
+    def loss_fn(params, rest, xb, yb, mask):
+        logits, new_vars = model.apply_train({**rest, "params": params}, xb)
+        return (soft_cross_entropy(logits, yb) * mask).sum() / mask.sum(), new_vars
+
+    def batch_step(carry, inp):
+        variables, opt_state = carry
+        idx, mask, k_aug = inp
+        xb, yb = x_NHWC[idx], y_target[idx]
+        if augment_fn is not None:
+            xb = augment_fn(k_aug, xb)
+        rest = {k: v for k, v in variables.items() if k != "params"}
+        grad = jax.grad(loss_fn, has_aux=True)
+        g, new_vars = grad(variables["params"], rest, xb, yb, mask)
+        direction = gsam_direction(lambda p: grad(p, rest, xb, yb, mask)[0],
+                                   variables["params"], g, rho=rho, alpha=alpha,
+                                   adaptive=adaptive)
+        updates, opt_state = tx.update(direction, opt_state, variables["params"])
+        params = optax.apply_updates(variables["params"], updates)
+        return ({**new_vars, "params": params}, opt_state), None
+
+    def epoch_step(carry, epoch):
+        k_perm, k_aug = jax.random.split(jax.random.fold_in(state.key, epoch))
+        perm = jax.random.permutation(k_perm, n)
+        idx = jnp.concatenate([perm, jnp.zeros((spe * bs - n,), perm.dtype)]).reshape(spe, bs)
+        mask = (jnp.arange(spe * bs) < n).astype(x_NHWC.dtype).reshape(spe, bs)
+        carry, _ = jax.lax.scan(batch_step, carry, (idx, mask, jax.random.split(k_aug, spe)))
+        return carry, None
+
+    epochs = state.epoch + jnp.arange(num_epochs)
+    (variables, opt_state), _ = jax.lax.scan(epoch_step, (state.variables, state.opt_state),
+                                             epochs)
+    return state._replace(variables=variables, opt_state=opt_state,
+                          epoch=state.epoch + num_epochs)
+
+
+@functools.lru_cache(maxsize=16)
+def _compiled(model_name: str, num_classes: int, input_shape: tuple[int, int, int],
+              cfg: ExpertConfig) -> tuple[Model, Callable, Callable]:
+    """(model, jitted one-epoch step, jitted accuracy), cached so reruns reuse compiles."""
+    model = get_model(model_name, num_classes, input_shape)
+    tcfg = cfg.train_config()
+    augment = None if cfg.dsa in ("", "none", "None") else (
+        lambda k, x: dsa_fn(k, x, cfg.dsa))
+    if cfg.optimizer == "gsam":
+        run = functools.partial(gsam_train_epochs, rho=cfg.gsam_rho, alpha=cfg.gsam_alpha,
+                                adaptive=cfg.gsam_adaptive)
+    else:
+        run = train_epochs
+    epoch_fn = jax.jit(lambda state, x, y: run(state, model, tcfg, x, y, 1, augment))
+    acc_fn = jax.jit(lambda variables, x, y: accuracy(model, variables, x, y))
+    return model, epoch_fn, acc_fn
+
+
+# ---------------------------------------------------------------------------------------
+# Manifest
+
+
+class ExpertRecord(NamedTuple):
+    index: int
+    epochs_done: int                # trajectory epochs on disk beyond init
+    complete: bool
+    test_accuracy: float | None     # top-1 in [0, 1] after the last epoch (None: no test set)
+    train_time_s: float             # wall time of training + saving, summed over resumes
+
+
+@dataclasses.dataclass(frozen=True)
+class BufferInfo:
+    """A buffer's manifest, parsed."""
+
+    out_dir: str
+    model_name: str
+    num_classes: int
+    input_shape: tuple[int, int, int]  # (H, W, C)
+    dataset: str
+    preprocess_kind: str
+    config: ExpertConfig
+    seed: Any                          # int, or the key's data as a nested list
+    experts: tuple[ExpertRecord, ...]
+    status: str                        # "complete" | "incomplete"
+    param_count: int
+    jaxdd_version: str
+
+    @property
+    def num_experts(self) -> int:
+        return len(self.experts)
+
+    @property
+    def epochs(self) -> int:
+        return self.config.epochs
+
+    @property
+    def complete_experts(self) -> list[int]:
+        return [r.index for r in self.experts if r.complete]
+
+    def model(self) -> Model:
+        return get_model(self.model_name, self.num_classes, self.input_shape)
+
+    def preprocess(self) -> jdata.Preprocess:
+        """The fitted preprocessing the experts were trained in (apply it to new data)."""
+        path = os.path.join(self.out_dir, PREPROCESS_FILE)
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                return jdata.from_dict(dict(z))
+        except (OSError, ValueError, KeyError) as e:
+            raise BufferError(f"cannot read preprocessing {path}: {e}") from e
+
+
+def _identity(m: Mapping[str, Any]) -> dict[str, Any]:
+    """Fields that must match to resume/extend a buffer (num_experts may grow)."""
+    cfg = {k: v for k, v in m["config"].items() if k != "num_experts"}
+    keys = ("model", "num_classes", "input_shape", "dataset", "dataset_fingerprint",
+            "preprocess", "preprocess_sha256", "seed")
+    return {**{k: m[k] for k in keys}, "config": cfg}
+
+
+def _write_json(path: str, obj: Any) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1)
+    os.replace(tmp, path)  # atomic: a crash never leaves half a manifest
+
+
+def _read_manifest(out_dir: str) -> dict[str, Any]:
+    path = os.path.join(out_dir, MANIFEST)
+    if not os.path.exists(path):
+        raise BufferError(f"no expert buffer at {out_dir} ({MANIFEST} missing)")
+    try:
+        with open(path) as f:
+            m = json.load(f)
+    except (OSError, ValueError) as e:
+        raise BufferError(f"corrupt buffer manifest {path}: {e}") from e
+    if m.get("format") != "jaxdd.expert_buffer":
+        raise BufferError(f"{path} is not a jaxdd expert-buffer manifest")
+    if m.get("format_version", 0) > FORMAT_VERSION:
+        raise BufferError(f"{path} has format {m['format_version']}, newer than this jaxdd "
+                          f"({FORMAT_VERSION}); upgrade jaxdd")
+    return m
+
+
+def _info(out_dir: str, m: Mapping[str, Any]) -> BufferInfo:
+    return BufferInfo(
+        out_dir=out_dir, model_name=m["model"], num_classes=int(m["num_classes"]),
+        input_shape=tuple(m["input_shape"]), dataset=m["dataset"],
+        preprocess_kind=m["preprocess"], config=ExpertConfig(**m["config"]), seed=m["seed"],
+        experts=tuple(ExpertRecord(**r) for r in m["experts"]), status=m["status"],
+        param_count=int(m["param_count"]), jaxdd_version=m["jaxdd_version"])
+
+
+def load_buffer(out_dir: str) -> BufferInfo:
+    """Read a buffer's manifest (complete or not)."""
+    return _info(out_dir, _read_manifest(out_dir))
+
+
+# ---------------------------------------------------------------------------------------
+# Building
+
+
+def _expert_dir(out_dir: str, i: int) -> str:
+    return os.path.join(out_dir, f"expert_{i:03d}")
+
+
+def _resume_dir(out_dir: str, i: int) -> str:
+    return os.path.join(out_dir, "resume", f"expert_{i:03d}")
+
+
+def _manager(directory: str, *, keep_latest: bool = False, read_only: bool = False
+             ) -> ocp.CheckpointManager:
+    # Synchronous saves: the step is on disk (atomically renamed) before the next epoch runs,
+    # which is what makes the resume bookkeeping simple; a save is ms against an epoch's s.
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=1 if keep_latest else None, create=not read_only, read_only=read_only,
+        enable_async_checkpointing=False, cleanup_tmp_directories=not read_only)
+    return ocp.CheckpointManager(os.path.abspath(directory), options=options)
+
+
+def _fingerprint(x: np.ndarray, y: np.ndarray) -> str:
+    """Cheap identity of a training set: shapes, all labels, <= 1024 strided images."""
+    h = hashlib.sha256()
+    h.update(repr((x.shape, str(x.dtype), y.shape)).encode())
+    h.update(np.ascontiguousarray(y).tobytes())
+    stride = max(1, len(x) // 1024)
+    h.update(np.ascontiguousarray(x[::stride]).tobytes())
+    return h.hexdigest()[:16]
+
+
+def _preprocess_sha(p: jdata.Preprocess) -> str:
+    h = hashlib.sha256()
+    for k, v in sorted(jdata.to_dict(p).items()):
+        h.update(k.encode())
+        h.update(np.ascontiguousarray(np.asarray(v)).tobytes() if isinstance(v, np.ndarray)
+                 else repr(v).encode())
+    return h.hexdigest()[:16]
+
+
+def _as_arrays(source: Any) -> tuple[str, np.ndarray, np.ndarray, np.ndarray | None,
+                                     np.ndarray | None, int | None]:
+    """(name, x_train, y_train, x_test, y_test, num_classes) from a name/Dataset/arrays."""
+    if isinstance(source, str):
+        # Experts train on the *full* training split (MTT), so no validation hold-out.
+        source = jdata.load_dataset(source, val_per_class=0)
+    if isinstance(source, jdata.Dataset):
+        return (source.name, source.x_train, source.y_train, source.x_test, source.y_test,
+                source.num_classes)
+    if isinstance(source, Mapping):
+        get = source.get
+        name = str(get("name", "arrays"))
+        return (name, np.asarray(source["x_train"]), np.asarray(source["y_train"]),
+                None if get("x_test") is None else np.asarray(get("x_test")),
+                None if get("y_test") is None else np.asarray(get("y_test")),
+                get("num_classes"))
+    if isinstance(source, (tuple, list)) and len(source) in (2, 4):
+        xs = [np.asarray(a) for a in source]
+        return ("arrays", xs[0], xs[1], *(xs[2:] if len(xs) == 4 else (None, None)), None)
+    raise TypeError("dataset must be a name, a jaxdd.data.Dataset, (x_train, y_train[, x_test, "
+                    "y_test]) or a mapping with x_train, y_train[, x_test, y_test, name, "
+                    f"num_classes]; got {type(source).__name__}")
+
+
+def _key_and_seed(key_or_seed: jax.Array | int) -> tuple[jax.Array, Any]:
+    if isinstance(key_or_seed, (int, np.integer)):
+        return jax.random.key(int(key_or_seed)), int(key_or_seed)
+    key = key_or_seed
+    raw = jax.random.key_data(key) if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) else key
+    return key, np.asarray(raw).tolist()
+
+
+def build_buffer(out_dir: str, dataset: Any, model_name: str, cfg: ExpertConfig,
+                 key_or_seed: jax.Array | int, *, preprocess: str | jdata.Preprocess = "none",
+                 progress_cb: Callable[[int, int], None] | None = None) -> BufferInfo:
+    """Train `cfg.num_experts` experts and store their trajectories under `out_dir`.
+
+    `dataset`: a name for `load_dataset` (full training split), a `Dataset`, or arrays
+    (x_train, y_train[, x_test, y_test]) / a mapping (uint8 or float in [0, 1]).
+    `preprocess`: a kind to fit on the training set, or a fitted `Preprocess`.
+    Resumes an interrupted run in `out_dir` (bit-identical); refuses a different config.
+    A larger `num_experts` extends a stored buffer; a smaller one trains only the first
+    `num_experts` (the manifest keeps the larger count, and its status says whether all
+    are complete). `progress_cb(done_epochs, total_epochs)` is called after every saved
+    epoch (counts over the requested experts, including epochs already on disk).
+    Trajectories hold `params` only (BN running statistics are not part of them).
+    """
+    name, x_train, y_train, x_test, y_test, num_classes = _as_arrays(dataset)
+    if x_train.ndim == 3:  # (N, H, W) greyscale
+        x_train = x_train[..., None]
+        x_test = None if x_test is None else x_test[..., None]
+    num_classes = int(num_classes or int(np.max(y_train)) + 1)
+    key, seed = _key_and_seed(key_or_seed)
+    os.makedirs(out_dir, exist_ok=True)
+
+    pre_path = os.path.join(out_dir, PREPROCESS_FILE)
+    man_path = os.path.join(out_dir, MANIFEST)
+    old = _read_manifest(out_dir) if os.path.exists(man_path) else None
+    if isinstance(preprocess, str):
+        if old is not None and old["preprocess"] == preprocess and os.path.exists(pre_path):
+            pre = load_buffer(out_dir).preprocess()  # the stored fit: no refit on resume
+        else:
+            pre = jdata.fit_preprocess(preprocess, x_train, dataset_name=name)
+    else:
+        pre = preprocess
+    input_shape = tuple(int(s) for s in x_train.shape[1:])
+    model, epoch_fn, acc_fn = _compiled(model_name, num_classes, input_shape, cfg)
+    param_count = sum(int(np.prod(s.shape)) for s in
+                      jax.tree.leaves(jax.eval_shape(model.init, jax.random.key(0))["params"]))
+
+    m = {
+        "format": "jaxdd.expert_buffer", "format_version": FORMAT_VERSION,
+        "jaxdd_version": jaxdd.__version__, "jax_version": jax.__version__,
+        "orbax_version": ocp.__version__,
+        "model": model_name, "num_classes": num_classes, "input_shape": list(input_shape),
+        "param_count": param_count,
+        "dataset": name, "dataset_fingerprint": _fingerprint(x_train, y_train),
+        "num_train": int(len(x_train)), "num_test": 0 if x_test is None else int(len(x_test)),
+        "preprocess": pre.kind, "preprocess_sha256": _preprocess_sha(pre),
+        "config": dataclasses.asdict(cfg), "seed": seed,
+        "layout": "expert_{i:03d}/{epoch}/ = Orbax CheckpointManager steps of params",
+        "status": "incomplete", "experts": [],
+    }
+    records: list[dict[str, Any]] = []
+    if old is not None:
+        if _identity(old) != _identity(m):
+            stored, asked = _identity(old), _identity(m)
+            diff = {k: (v, asked[k]) for k, v in stored.items()
+                    if k != "config" and asked[k] != v}
+            diff.update({f"config.{k}": (v, asked["config"].get(k))
+                         for k, v in stored["config"].items() if asked["config"].get(k) != v})
+            raise BufferError(
+                f"{man_path} was built with a different setup; refusing to mix trajectories. "
+                f"Differences (stored, requested): {diff}. Use another out_dir or delete it.")
+        records = list(old["experts"])
+        m["config"]["num_experts"] = max(cfg.num_experts, old["config"]["num_experts"])
+    num_experts = m["config"]["num_experts"]
+    records += [dict(index=i, epochs_done=0, complete=False, test_accuracy=None,
+                     train_time_s=0.0) for i in range(len(records), num_experts)]
+    m["experts"] = records
+    np.savez(pre_path + ".tmp.npz", **jdata.to_dict(pre))
+    os.replace(pre_path + ".tmp.npz", pre_path)
+    _write_json(man_path, m)
+
+    x_dev = jnp.asarray(jdata.apply(pre, x_train))
+    y_dev = jnp.asarray(y_train, jnp.int32)
+    test = None if x_test is None else (jnp.asarray(jdata.apply(pre, x_test)),
+                                         jnp.asarray(y_test, jnp.int32))
+    todo = records[:cfg.num_experts]  # stored experts beyond the request are kept as they are
+    total = len(todo) * cfg.epochs
+    done = sum(r["epochs_done"] for r in todo)
+
+    for rec in todo:
+        i = rec["index"]
+        if rec["complete"]:
+            shutil.rmtree(_resume_dir(out_dir, i), ignore_errors=True)
+            continue
+        t0 = time.perf_counter() - rec["train_time_s"]
+        state0 = train_init(jax.random.fold_in(key, i), model, cfg.train_config(), len(x_train))
+        with _manager(_expert_dir(out_dir, i)) as traj, \
+                _manager(_resume_dir(out_dir, i), keep_latest=True) as resume:
+            state, start = _restore_progress(state0, traj, resume, out_dir, i)
+            done += start - rec["epochs_done"]
+            rec["epochs_done"] = start
+            if start == 0:
+                traj.save(0, args=ocp.args.StandardSave(state.variables["params"]))
+            for epoch in range(start + 1, cfg.epochs + 1):
+                state = epoch_fn(state, x_dev, y_dev)
+                traj.save(epoch, args=ocp.args.StandardSave(state.variables["params"]))
+                resume.save(epoch, args=ocp.args.StandardSave(
+                    {"variables": state.variables, "opt_state": state.opt_state}))
+                rec.update(epochs_done=epoch, train_time_s=time.perf_counter() - t0)
+                _write_json(man_path, m)
+                done += 1
+                if progress_cb is not None:
+                    progress_cb(done, total)
+        if test is not None:
+            rec["test_accuracy"] = float(acc_fn(state.variables, *test))
+        rec.update(epochs_done=cfg.epochs, complete=True,
+                   train_time_s=time.perf_counter() - t0)
+        _write_json(man_path, m)
+        shutil.rmtree(_resume_dir(out_dir, i), ignore_errors=True)
+
+    m["status"] = "complete" if all(r["complete"] for r in records) else "incomplete"
+    _write_json(man_path, m)
+    try:
+        os.rmdir(os.path.join(out_dir, "resume"))  # empty once every expert is complete
+    except OSError:
+        pass
+    return _info(out_dir, m)
+
+
+def _restore_progress(state0: TrainState, traj: ocp.CheckpointManager,
+                      resume: ocp.CheckpointManager, out_dir: str, i: int
+                      ) -> tuple[TrainState, int]:
+    """(state, epochs done) of expert i: from the newest resume state r whose trajectory
+    0..r is on disk; otherwise from scratch (init is a pure function of the key)."""
+    steps = sorted(traj.all_steps())
+    r = resume.latest_step()
+    if r is not None and steps[:r + 1] == list(range(r + 1)):
+        try:
+            saved = resume.restore(r, args=ocp.args.StandardRestore(
+                {"variables": state0.variables, "opt_state": state0.opt_state}))
+        except Exception as e:  # noqa: BLE001 - any unreadable state means a restart
+            raise BufferError(f"cannot read the resume state of expert {i} at "
+                              f"{_resume_dir(out_dir, i)}/{r}: {e}; delete that folder to "
+                              f"retrain the expert from scratch") from e
+        for s in steps[r + 1:]:
+            traj.delete(s)
+        return state0._replace(variables=saved["variables"], opt_state=saved["opt_state"],
+                               epoch=jnp.asarray(r, jnp.int32)), r
+    for s in steps:
+        traj.delete(s)
+    if r is not None:
+        resume.delete(r)
+    return state0, 0
+
+
+# ---------------------------------------------------------------------------------------
+# Reading
+
+
+@functools.lru_cache(maxsize=16)
+def _abstract_params(model_name: str, num_classes: int, input_shape: tuple[int, ...]) -> PyTree:
+    model = get_model(model_name, num_classes, input_shape)
+    return jax.eval_shape(model.init, jax.random.key(0))["params"]
+
+
+def _check_request(info: BufferInfo, expert: int, epoch: int) -> None:
+    if not 0 <= expert < info.num_experts:
+        raise BufferError(f"expert {expert} out of range: buffer {info.out_dir} has "
+                          f"{info.num_experts} experts")
+    stored = info.experts[expert].epochs_done
+    if not 0 <= epoch <= stored:
+        raise BufferError(f"epoch {epoch} of expert {expert} is beyond the stored epochs "
+                          f"[0, {stored}] of buffer {info.out_dir}")
+
+
+def _read_params(info: BufferInfo, expert: int, epoch: int) -> dict[str, np.ndarray]:
+    """One (expert, epoch) params pytree as host numpy arrays."""
+    path = os.path.join(_expert_dir(info.out_dir, expert), str(epoch))
+    if not os.path.isdir(path):
+        raise BufferError(f"missing checkpoint {path} (expert {expert}, epoch {epoch})")
+    # numpy targets make Orbax restore to host memory (no per-leaf device transfers).
+    target = jax.tree.map(lambda s: np.empty(s.shape, s.dtype), _abstract_params(
+        info.model_name, info.num_classes, info.input_shape))
+    try:
+        with ocp.StandardCheckpointer() as ckptr:
+            return ckptr.restore(os.path.abspath(os.path.join(path, "default")), target)
+    except Exception as e:  # noqa: BLE001 - Orbax/tensorstore raise many types
+        raise BufferError(f"corrupt or unreadable checkpoint {path} (expert {expert}, "
+                          f"epoch {epoch}): {type(e).__name__}: {str(e)[:400]}") from e
+
+
+def load_expert_epoch(out_dir: str, expert: int, epoch: int) -> PyTree:
+    """Params of one expert after `epoch` epochs (0 = init), read alone (numpy leaves)."""
+    info = load_buffer(out_dir)
+    _check_request(info, expert, epoch)
+    return _read_params(info, expert, epoch)
+
+
+def load_segment(out_dir: str, expert: int, start: int, expert_epochs: int
+                 ) -> tuple[PyTree, PyTree]:
+    """(theta_start, theta_target) = (traj[start], traj[start + expert_epochs])."""
+    info = load_buffer(out_dir)
+    _check_request(info, expert, start)
+    _check_request(info, expert, start + expert_epochs)
+    return _read_params(info, expert, start), _read_params(info, expert, start + expert_epochs)
+
+
+def stack_experts(out_dir: str, max_start_epoch: int, expert_epochs: int, *,
+                  experts: Sequence[int] | None = None,
+                  device: jax.Device | jax.sharding.Sharding | None = None) -> PyTree:
+    """All epochs [0, max_start_epoch + expert_epochs] of the experts, stacked on device.
+
+    Returns the params pytree with leaves (E, T, ...), T = max_start_epoch + expert_epochs + 1,
+    so a jitted step picks (expert, start) with dynamic indexing (`take_segment`).
+    Memory: E * T * param_count * 4 B (float32), e.g. ConvNet-D3/CIFAR-10 (320,010 params),
+    100 experts, T = 23: 2.9 GB; pass `experts` to load a subset. Only complete experts by
+    default.
+    """
+    info = load_buffer(out_dir)
+    experts = list(info.complete_experts if experts is None else experts)
+    if not experts:
+        raise BufferError(f"buffer {out_dir} has no complete experts to stack")
+    t = max_start_epoch + expert_epochs + 1
+    for e in experts:
+        _check_request(info, e, t - 1)
+    target = _abstract_params(info.model_name, info.num_classes, info.input_shape)
+    out = jax.tree.map(lambda s: np.empty((len(experts), t, *s.shape), s.dtype), target)
+    for a, e in enumerate(experts):
+        for epoch in range(t):
+            params = _read_params(info, e, epoch)
+            jax.tree.map(lambda dst, src: dst.__setitem__((a, epoch), src), out, params)
+    return jax.device_put(out, device)
+
+
+def take_segment(stacked_ExT: PyTree, expert: jax.Array | int, start: jax.Array | int,
+                 expert_epochs: int) -> tuple[PyTree, PyTree]:
+    """(theta_start, theta_target) from `stack_experts`' output; jittable (traced indices)."""
+    theta_0 = jax.tree.map(lambda a: a[expert, start], stacked_ExT)
+    theta_t = jax.tree.map(lambda a: a[expert, start + expert_epochs], stacked_ExT)
+    return theta_0, theta_t
+
+
+__all__ = ["ExpertConfig", "BufferInfo", "ExpertRecord", "BufferError", "build_buffer",
+           "load_buffer", "load_expert_epoch", "load_segment", "stack_experts",
+           "take_segment", "gsam_direction", "gsam_train_epochs"]

@@ -1,0 +1,125 @@
+"""Shared pipeline pieces: data + preprocessing, synthetic init, run, export, evaluate."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from typing import Any, Callable, NamedTuple
+
+import jax
+import numpy as np
+
+from jaxdd import artefact
+from jaxdd import data as jdata
+from jaxdd.evaluate import eval_data, evaluate_set, get_protocol, select
+from jaxdd.methods.base import Distiller
+from jaxdd.run import driver
+from jaxdd.run.progress import Progress
+
+
+class Context(NamedTuple):
+    cfg: dict
+    ds: jdata.Dataset
+    pre: jdata.Preprocess
+    key: jax.Array
+    out_dir: str
+    quiet: bool
+
+
+class Prepared(NamedTuple):
+    distiller: Distiller
+    state: Any
+    batch_fn: Callable[[jax.Array, jax.Array], Any]
+    export: Callable[[Any], dict[str, tuple]]  # state -> {artefact name: (x, y, lr)}
+
+
+def context(cfg: dict, out_dir: str, quiet: bool = False) -> Context:
+    seed = int(cfg.get("seed", 0))
+    ds = jdata.load_dataset(cfg["dataset"], seed=seed)
+    jdata.check_ipc(ds, cfg["ipc"])
+    pre = jdata.fit_preprocess(cfg.get("preprocess", "normalize"), ds.x_train, dataset_name=ds.name)
+    return Context(cfg, ds, pre, jax.random.key(seed), out_dir, quiet)
+
+
+def init_images(ctx: Context, key: jax.Array) -> tuple[np.ndarray, np.ndarray]:
+    """Initial synthetic set in model space: real images of each class, or noise."""
+    ipc = ctx.cfg["ipc"]
+    x, y = jdata.sample_per_class(key, ctx.ds, ipc)
+    x = jdata.apply(ctx.pre, x)
+    if ctx.cfg.get("init", "real") == "noise":
+        x = np.asarray(jax.random.normal(key, x.shape), np.float32)
+    elif ctx.cfg.get("init", "real") != "real":
+        raise ValueError(f"unknown init {ctx.cfg['init']!r}; use real or noise")
+    return x, y
+
+
+def run_and_export(ctx: Context, prep: Prepared, resume_step: int | None = None,
+                   stop_after: int | None = None) -> dict:
+    """Run the distiller (resuming if possible), save artefact(s); returns their paths."""
+    cfg = ctx.cfg
+    t0 = time.time()
+    state, history = driver.run(
+        prep.distiller, prep.state, prep.batch_fn, jax.random.fold_in(ctx.key, 1),
+        cfg["iterations"], run_dir=os.path.join(ctx.out_dir, "run"), config=cfg,
+        ckpt_every=cfg.get("ckpt_every", 50), keep=cfg.get("ckpt_keep", 3),
+        resume_step=resume_step,
+        progress=Progress(f"distill {cfg['method']}", enabled=not ctx.quiet),
+        stop_after=stop_after)
+    if stop_after is not None and int(jax.device_get(_iteration(state))) < cfg["iterations"]:
+        return {"stopped_early": True}
+    seconds = round(time.time() - t0, 2)
+    paths = {}
+    if jax.process_index() == 0:
+        for name, (x, y, lr) in prep.export(state).items():
+            path = os.path.join(ctx.out_dir, name)
+            artefact.save(path, np.asarray(x), np.asarray(y), preprocess=ctx.pre,
+                          method=cfg["method"], dataset=ctx.ds.name,
+                          num_classes=ctx.ds.num_classes, ipc=cfg["ipc"],
+                          seed=int(cfg.get("seed", 0)), config=cfg, lr=lr, overwrite=True,
+                          extra={"distill_seconds": seconds,
+                                 "final_loss": history[-1].get("loss") if history else None})
+            paths[name] = path
+    return {"artefacts": paths, "distill_seconds": seconds, "history": history}
+
+
+def _iteration(state):
+    return getattr(state, "iteration", jax.numpy.asarray(10**9))
+
+
+def evaluate_with_baseline(ctx: Context, paths: dict[str, str]) -> dict:
+    """Evaluate each artefact and a random real subset under the same protocol and seeds."""
+    ev = ctx.cfg.get("eval", {})
+    proto = get_protocol(ev.get("protocol", "cpu"), **ev.get("overrides", {}))
+    seeds = int(ev.get("seeds", 3))
+    data = eval_data(ctx.ds, ctx.pre)
+    key = jax.random.fold_in(ctx.key, 2)
+    out = {}
+    for name, path in paths.items():
+        art = artefact.load(path)
+        r = evaluate_set(key, art.x_syn_NHWC, art.y_syn, data, proto, seeds, lr=art.lr,
+                         progress=Progress(f"evaluate {name}", enabled=not ctx.quiet))
+        artefact.add_evaluation(path, r)
+        out[name] = r
+    if ev.get("random_baseline", True):
+        idx = select("random", jax.random.fold_in(ctx.key, 3), ctx.ds, ctx.pre, ctx.cfg["ipc"])
+        out["random"] = evaluate_set(key, jdata.apply(ctx.pre, ctx.ds.x_train[idx]), ctx.ds.y_train[idx],
+                                     data, proto, seeds,
+                                     progress=Progress("evaluate random", enabled=not ctx.quiet))
+    return out
+
+
+def write_result(out_dir: str, result: dict) -> None:
+    if jax.process_index() == 0:
+        with open(os.path.join(out_dir, "result.json"), "w") as f:
+            json.dump(result, f, indent=2, default=str)
+
+
+def dataclass_from(cls, d: dict):
+    """Build a config dataclass from a dict, with a clear error for unknown fields."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - names)
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} field(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
+    return cls(**d)

@@ -1,0 +1,74 @@
+"""Trajectory matching end to end: buffer (experts) -> MTT/TESLA/DATM/FTD -> artefact."""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxdd import experts as jexperts
+from jaxdd.augment import dsa
+from jaxdd.methods import mtt
+from jaxdd.models import get_model
+from jaxdd.pipelines.common import Context, Prepared, dataclass_from, init_images
+from jaxdd.run.progress import Progress
+
+
+def buffer_dir(cfg: dict) -> str:
+    """Experts are shared by every IPC of a preset: one buffer per (dataset, model, recipe)."""
+    if cfg.get("buffer_dir"):
+        return cfg["buffer_dir"]
+    tag = f"{cfg['dataset'].replace('/', '_').replace(':', '_')}-{cfg['model']}-{cfg.get('preprocess', 'normalize')}"
+    opt = cfg.get("experts", {}).get("optimizer", "sgd")
+    return os.path.join(os.environ.get("JAXDD_BUFFERS", "runs/buffers"), f"{tag}-{opt}-s{cfg.get('seed', 0)}")
+
+
+def build_experts(ctx: Context) -> str:
+    cfg = ctx.cfg
+    path = buffer_dir(cfg)
+    ecfg = dataclass_from(jexperts.ExpertConfig, cfg.get("experts", {}))
+    jexperts.build_buffer(path, ctx.ds, cfg["model"], ecfg, int(cfg.get("seed", 0)),
+                          preprocess=ctx.pre,
+                          progress_cb=Progress("buffer", enabled=not ctx.quiet))
+    return path
+
+
+def prepare(ctx: Context) -> Prepared:
+    cfg = ctx.cfg
+    mcfg = dataclass_from(mtt.MTTConfig, {**cfg["mtt"], "iterations": cfg["iterations"]})
+    path = build_experts(ctx)
+    info = jexperts.load_buffer(path)
+    stacked = jexperts.stack_experts(path, mcfg.max_start, mcfg.expert_epochs)
+    num_experts = len(info.complete_experts)
+    model = get_model(cfg["model"], ctx.ds.num_classes, ctx.ds.image_shape)
+    apply_fn = lambda p, x: model.apply({"params": p}, x)
+    augment = functools.partial(dsa, strategy=mcfg.dsa_strategy) if mcfg.dsa_strategy else mtt.identity_augment
+    distiller = mtt.make_mtt(mcfg, apply_fn, augment)
+
+    x0, y0 = init_images(ctx, jax.random.fold_in(ctx.key, 0))
+    if mcfg.label_mode == "learned":   # DATM: logits of the experts that get the image right
+        last = jax.tree.map(lambda a: a[:, -1], stacked)
+        y0, _ = mtt.datm_init_labels(apply_fn, last, jnp.asarray(x0), jnp.asarray(y0))
+    elif mcfg.label_mode == "tesla":
+        first = jax.tree.map(lambda a: a[0, -1], stacked)
+        y0 = mtt.tesla_assign_labels(apply_fn, first, jnp.asarray(x0))
+    state = distiller.init(jax.random.fold_in(ctx.key, 0), jnp.asarray(x0), jnp.asarray(y0))
+
+    def batch_fn(key, t):
+        upper = mtt.datm_upper_bound(t, mcfg.current_max_start or mcfg.max_start,
+                                     mcfg.max_start, mcfg.expansion_end)
+        e, s = mtt.sample_segment_index(key, num_experts, mcfg.min_start, upper)
+        theta_0, theta_t = jexperts.take_segment(stacked, e, s, mcfg.expert_epochs)
+        return mtt.ExpertSegment(theta_0, theta_t)
+
+    def export(state):
+        lr = float(np.exp(np.asarray(state.syn.log_lr)))
+        out = {"artefact": (state.syn.x_syn_NHWC, state.syn.y_syn, lr)}
+        if state.x_ema_NHWC is not None:   # FTD: the EMA images are evaluated too
+            out["artefact_ema"] = (state.x_ema_NHWC, state.syn.y_syn, lr)
+        return out
+
+    return Prepared(distiller, state, batch_fn, export)
