@@ -145,51 +145,16 @@ def gsam_train_epochs(state: TrainState, model: Model, cfg: TrainConfig, x_NHWC:
                       rho: float, alpha: float, adaptive: bool = True) -> TrainState:
     """`train_epochs` with every SGD step taken along the GSAM direction (two passes/step).
 
-    Same batches, augmentations, masking and optimiser as the shared loop (epoch e uses
-    fold_in(state.key, e)), so chunked == one-shot and rho = 0 reproduces plain SGD up to
-    float rounding. BN statistics come from the first (unperturbed) pass only, as the
-    reference disables running statistics for the second pass.
+    Same batches, augmentations, masking and optimiser as the shared loop, so chunked ==
+    one-shot and rho = 0 reproduces plain SGD up to float rounding.
     """
-    n = x_NHWC.shape[0]
-    if y_target.ndim == 1:
-        y_target = jax.nn.one_hot(y_target, model.num_classes, dtype=x_NHWC.dtype)
-    bs = min(cfg.batch_size, n)
-    spe = steps_per_epoch(n, bs)
-    tx = make_optimizer(cfg, cfg.epochs * spe)
+    direction = functools.partial(_gsam_hook, rho=rho, alpha=alpha, adaptive=adaptive)
+    return train_epochs(state, model, cfg, x_NHWC, y_target, num_epochs, augment_fn,
+                        direction_fn=direction)
 
-    def loss_fn(params, rest, xb, yb, mask):
-        logits, new_vars = model.apply_train({**rest, "params": params}, xb)
-        return (soft_cross_entropy(logits, yb) * mask).sum() / mask.sum(), new_vars
 
-    def batch_step(carry, inp):
-        variables, opt_state = carry
-        idx, mask, k_aug = inp
-        xb, yb = x_NHWC[idx], y_target[idx]
-        if augment_fn is not None:
-            xb = augment_fn(k_aug, xb)
-        rest = {k: v for k, v in variables.items() if k != "params"}
-        grad = jax.grad(loss_fn, has_aux=True)
-        g, new_vars = grad(variables["params"], rest, xb, yb, mask)
-        direction = gsam_direction(lambda p: grad(p, rest, xb, yb, mask)[0],
-                                   variables["params"], g, rho=rho, alpha=alpha,
-                                   adaptive=adaptive)
-        updates, opt_state = tx.update(direction, opt_state, variables["params"])
-        params = optax.apply_updates(variables["params"], updates)
-        return ({**new_vars, "params": params}, opt_state), None
-
-    def epoch_step(carry, epoch):
-        k_perm, k_aug = jax.random.split(jax.random.fold_in(state.key, epoch))
-        perm = jax.random.permutation(k_perm, n)
-        idx = jnp.concatenate([perm, jnp.zeros((spe * bs - n,), perm.dtype)]).reshape(spe, bs)
-        mask = (jnp.arange(spe * bs) < n).astype(x_NHWC.dtype).reshape(spe, bs)
-        carry, _ = jax.lax.scan(batch_step, carry, (idx, mask, jax.random.split(k_aug, spe)))
-        return carry, None
-
-    epochs = state.epoch + jnp.arange(num_epochs)
-    (variables, opt_state), _ = jax.lax.scan(epoch_step, (state.variables, state.opt_state),
-                                             epochs)
-    return state._replace(variables=variables, opt_state=opt_state,
-                          epoch=state.epoch + num_epochs)
+def _gsam_hook(grad_fn, params, grads, *, rho, alpha, adaptive):
+    return gsam_direction(grad_fn, params, grads, rho=rho, alpha=alpha, adaptive=adaptive)
 
 
 @functools.lru_cache(maxsize=16)

@@ -17,11 +17,11 @@ import pytest
 
 from jaxdd.methods.datadam import (DataDAMConfig, attention_map, datadam_class_losses,
                                    make_datadam)
-from jaxdd.methods.dc import DCConfig, dc_class_losses, dc_loops, dsa_config, make_dc
+from jaxdd.methods.dc import DCConfig, dc_class_losses, dc_loops, make_dc
 from jaxdd.methods.dm import DMConfig, dm_class_losses, make_dm
 from jaxdd.methods.matching import (RealBatch, class_index_table, distance_wb,
                                     forward_features, fyi_flip_concat, gradient_match_loss,
-                                    hard_labels, sample_real_batch, syn_by_class)
+                                    hard_labels, sample_real_batch)
 from jaxdd.models import get_model
 
 K, IPC, B, HW = 3, 2, 6, 8

@@ -33,12 +33,12 @@ PROTOCOLS: dict[str, Protocol] = {
         "ConvNet-D3/D4 width 128, SGD(m 0.9, wd 5e-4), 1000 epochs, lr x0.1 at 500, "
         "batch 256, DSA on every batch (MTT/TESLA/DATM/FTD evaluation)."),
     "cpu": Protocol(
-        "cpu", "convnet_d3_w64",
+        "cpu", "convnet_d3_w32",
         TrainConfig(epochs=300, batch_size=256, lr=0.01, momentum=0.9, weight_decay=5e-4,
                     schedule="step", dsa=DSA_ALL),
         TrainConfig(epochs=5, batch_size=256, lr=0.01, momentum=0.9, weight_decay=5e-4,
                     schedule="step", dsa=""),
-        "ConvNet-D3 width 64, SGD(m 0.9, wd 5e-4), 300 epochs, lr x0.1 at 150, batch 256, "
+        "ConvNet-D3 width 32, SGD(m 0.9, wd 5e-4), 300 epochs, lr x0.1 at 150, batch 256, "
         "DSA; full data: 5 epochs without DSA. Sized for a 2-core CPU."),
     "smoke": Protocol(
         "smoke", "mlp_w32",

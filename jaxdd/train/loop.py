@@ -17,6 +17,9 @@ import optax
 from jaxdd.models import Model, Variables
 
 AugmentFn = Callable[[jax.Array, jax.Array], jax.Array]
+# direction_fn(grad_fn, params, grads) -> update direction; grad_fn(p) recomputes the
+# gradient at other parameters on the same batch (GSAM/SAM need a second pass).
+DirectionFn = Callable[[Callable[[Any], Any], Any, Any], Any]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,8 +96,13 @@ def train_init(key: jax.Array, model: Model, cfg: TrainConfig, n: int,
 
 def train_epochs(state: TrainState, model: Model, cfg: TrainConfig, x_NHWC: jax.Array,
                  y_target: jax.Array, num_epochs: int,
-                 augment_fn: AugmentFn | None = None) -> TrainState:
-    """Run `num_epochs` more epochs. y_target: (N,) int labels or (N, K) probabilities."""
+                 augment_fn: AugmentFn | None = None,
+                 direction_fn: DirectionFn | None = None) -> TrainState:
+    """Run `num_epochs` more epochs. y_target: (N,) int labels or (N, K) probabilities.
+
+    `direction_fn` replaces the gradient by another update direction (e.g. GSAM); BN
+    statistics always come from the first, unperturbed pass.
+    """
     n = x_NHWC.shape[0]
     if y_target.ndim == 1:
         y_target = jax.nn.one_hot(y_target, model.num_classes, dtype=x_NHWC.dtype)
@@ -114,7 +122,10 @@ def train_epochs(state: TrainState, model: Model, cfg: TrainConfig, x_NHWC: jax.
         if augment_fn is not None:
             xb = augment_fn(k_aug, xb)
         rest = {k: v for k, v in variables.items() if k != "params"}
-        grads, new_vars = jax.grad(loss_fn, has_aux=True)(variables["params"], rest, xb, yb, mask)
+        grad = jax.grad(loss_fn, has_aux=True)
+        grads, new_vars = grad(variables["params"], rest, xb, yb, mask)
+        if direction_fn is not None:
+            grads = direction_fn(lambda p: grad(p, rest, xb, yb, mask)[0], variables["params"], grads)
         updates, opt_state = tx.update(grads, opt_state, variables["params"])
         params = optax.apply_updates(variables["params"], updates)
         return ({**new_vars, "params": params}, opt_state), None
@@ -154,7 +165,7 @@ def accuracy(model: Model, variables: Variables, x_NHWC: jax.Array, y: jax.Array
 
     def chunk(c, xy):
         xb, yb = xy
-        return c + (model.apply(variables, xb).argmax(-1) == yb).sum(), None
+        return c + (model.apply(variables, xb).argmax(-1) == yb).sum(dtype=jnp.int32), None
 
     correct, _ = jax.lax.scan(chunk, jnp.zeros((), jnp.int32), (xp, yp))
     return correct / n
