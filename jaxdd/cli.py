@@ -133,7 +133,9 @@ def cmd_full(args) -> int:
     return 0
 
 
-PIPELINES = {"mtt": "jaxdd.pipelines.mtt"}
+PIPELINES = {"mtt": "jaxdd.pipelines.mtt", "dc": "jaxdd.pipelines.classic",
+             "dsa": "jaxdd.pipelines.classic", "dm": "jaxdd.pipelines.classic",
+             "datadam": "jaxdd.pipelines.classic"}
 
 
 def _pipeline(method: str):

@@ -1,0 +1,45 @@
+"""Classic matchers end to end: DC, DSA, DM, DataDAM -> artefact.
+
+Real batches are drawn inside the jitted step from the preprocessed training set kept on
+device with a per-class index table, so the whole iteration is one compiled function.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from jaxdd import data as jdata
+from jaxdd.methods import datadam, dc, dm
+from jaxdd.methods.matching import class_index_table, sample_real_batch
+from jaxdd.models import get_model
+from jaxdd.pipelines.common import Context, Prepared, dataclass_from, init_images
+
+METHODS = {
+    "dc": (dc.DCConfig, dc.make_dc, {}),
+    "dsa": (dc.DCConfig, dc.make_dc, {"dsa": True, "init": "real"}),
+    "dm": (dm.DMConfig, dm.make_dm, {}),
+    "datadam": (datadam.DataDAMConfig, datadam.make_datadam, {}),
+}
+
+
+def prepare(ctx: Context) -> Prepared:
+    cfg = ctx.cfg
+    method = cfg["method"]
+    cls, make, defaults = METHODS[method]
+    mcfg = dataclass_from(cls, {**defaults, **cfg.get(method, {})})
+    model = get_model(cfg["model"], ctx.ds.num_classes, ctx.ds.image_shape)
+    distiller = make(mcfg, model, ctx.ds.num_classes)
+    x_train = jnp.asarray(jdata.apply(ctx.pre, ctx.ds.x_train))
+    idx_KxM, counts_K = class_index_table(ctx.ds.y_train, ctx.ds.num_classes)
+    x0, y0 = init_images(ctx._replace(cfg={**cfg, "init": mcfg.init}),
+                         jax.random.fold_in(ctx.key, 0))
+    state = distiller.init(jax.random.fold_in(ctx.key, 0), jnp.asarray(x0), jnp.asarray(y0))
+
+    def batch_fn(key, t):
+        return sample_real_batch(key, (x_train, idx_KxM, counts_K), mcfg.batch_real)
+
+    def export(state):
+        return {"artefact": (state.syn.x_syn_NHWC, state.syn.y_syn, None)}
+
+    return Prepared(distiller, state, batch_fn, export)
