@@ -16,7 +16,10 @@ matching loss + its gradient w.r.t. the images and log(lr).
   then one recomputed VJP per step) written the same way.
 
 Before timing, each config checks that both compute the same loss and the same gradients
-w.r.t. images and lr (relative L2 error <= --tol, float32; exits non-zero otherwise).
+w.r.t. images and lr: relative L2 error <= 1e-9 in float64 (the same math; they agree to
+~1e-15) and <= --tol (1e-3) in float32; exits non-zero otherwise. In float32 the PyTorch
+result itself is ~1e-4 away from float64 (its second-order GroupNorm path) while jaxdd's is
+~1e-7, so 1e-4 would be a test of PyTorch's rounding; both errors are recorded in the JSON.
 Timing: --warmup untimed runs, then --repeats timed runs alternating jaxdd and PyTorch;
 medians reported. jaxdd's compile time (lower + compile) is reported separately.
 
@@ -43,6 +46,7 @@ FULL = [(w, n, ipc) for w in (32, 64, 128) for n in (5, 10, 20) for ipc in (1, 1
 QUICK = [(32, 10, 10), (32, 10, 1), (64, 10, 10)]
 MODES = ("bptt", "remat", "tesla")
 NUM_CLASSES, HW = 10, 28
+TOL64 = 1e-9  # jaxdd vs PyTorch in float64: the same computation agrees to ~1e-15
 
 
 def parse_args(argv=None):
@@ -55,7 +59,10 @@ def parse_args(argv=None):
                    help="lax.scan unroll of jaxdd's inner loop: auto (True on cpu, 1 on cuda), true, or an int")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--tol", type=float, default=1e-4, help="max relative L2 error jaxdd vs torch (float32)")
+    p.add_argument("--tol", type=float, default=1e-3,
+                   help="max relative L2 error jaxdd vs torch in float32 (float64 agreement is reported too)")
+    p.add_argument("--no-check64", dest="check64", action="store_false",
+                   help="skip the float64 equality check (jaxdd and torch in float64 agree to ~1e-15)")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: usable cores)")
     p.add_argument("--no-torch-tesla", action="store_true", help="skip the PyTorch TESLA reference")
     p.add_argument("--seed", type=int, default=0)
@@ -150,7 +157,7 @@ class TorchConvNet:
         self.sizes = [int(np.prod(s)) for s in shapes]
 
     def flat(self, arrays, device):
-        return torch.cat([torch.as_tensor(np.ascontiguousarray(a)).reshape(-1) for a in arrays]).to(device)
+        return torch.cat([torch.as_tensor(np.array(a)).reshape(-1) for a in arrays]).to(device)
 
     def __call__(self, flat, x_NCHW):
         ps = [t.view(s) for t, s in zip(torch.split(flat, self.sizes), self.shapes)]
@@ -213,6 +220,31 @@ def rel(a, b):
     return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
 
 
+def check_float64(model, jargs, t_args, torch_impls, args):
+    """jaxdd (bptt, and tesla when PyTorch TESLA runs) and PyTorch in float64: the same math
+    must agree to ~1e-12, whatever float32 rounding does. Returns per torch impl the agreement
+    and the float64 image gradient (the reference for the float32 errors)."""
+    out = {}
+    prev = jax.config.jax_enable_x64
+    jax.config.update("jax_enable_x64", True)
+    try:
+        to64 = lambda a: jnp.asarray(a, jnp.float64) if a.dtype == jnp.float32 else a  # noqa: E731
+        j64 = jax.tree.map(to64, jargs)
+        net, tx, ty, tl, ts, tt, tidx = t_args
+        t64 = (net, tx.double(), ty, tl.double(), ts.double(), tt.double(), tidx)
+        for name, fn in torch_impls.items():
+            loss, g = jax_step_fn(model, name, args.unroll_value)(*j64)
+            tl_, tgx, tglr = fn(*t64)
+            tgx = tgx.cpu().numpy().transpose(0, 2, 3, 1)
+            out[name] = {"gx": np.asarray(g.x_syn_NHWC),
+                         "agreement": {"loss_rel": rel(loss, tl_.detach().cpu().numpy()),
+                                       "grad_x_rel": rel(g.x_syn_NHWC, tgx),
+                                       "grad_log_lr_rel": rel(g.log_lr, tglr.cpu().numpy())}}
+    finally:
+        jax.config.update("jax_enable_x64", prev)
+    return out
+
+
 def sync(device):
     if device == "cuda":
         torch.cuda.synchronize()
@@ -247,22 +279,31 @@ def run_config(width, syn_steps, ipc, args, tdev):
         l, gx, glr = fn(*t_args)
         sync(tdev)
         torch_out[name] = (l.cpu().numpy(), gx.cpu().numpy().transpose(0, 2, 3, 1), glr.cpu().numpy())
+    ref64 = check_float64(model, jargs, t_args, torch_impls, args) if args.check64 else {}
     for mode in args.mode_list:
         t0 = time.perf_counter()
         compiled[mode] = jax_step_fn(model, mode, args.unroll_value).lower(*jargs).compile()
         compile_s[mode] = time.perf_counter() - t0
         loss, g = jax.block_until_ready(compiled[mode](*jargs))
-        tl, tgx, tglr = torch_out[torch_ref(mode)]
-        c = {"against": f"torch_{torch_ref(mode)}", "loss_rel": rel(loss, tl),
+        tref = torch_ref(mode)
+        tl, tgx, tglr = torch_out[tref]
+        c = {"against": f"torch_{tref}", "loss_rel": rel(loss, tl),
              "grad_x_rel": rel(g.x_syn_NHWC, tgx), "grad_log_lr_rel": rel(g.log_lr, tglr)}
-        if mode == "tesla" and torch_ref(mode) == "bptt":
-            c["note"] = "tesla is first-order: gradients differ from bptt by design; loss only checked"
-            bad = c["loss_rel"] > args.tol
-        else:
-            bad = max(c["loss_rel"], c["grad_x_rel"], c["grad_log_lr_rel"]) > args.tol
-        c["ok"] = not bad
+        exact = not (mode == "tesla" and tref == "bptt")
+        if not exact:
+            c["note"] = "tesla is first-order: its gradients differ from bptt by design; loss only checked"
+        worst = max(c["loss_rel"], c["grad_x_rel"], c["grad_log_lr_rel"]) if exact else c["loss_rel"]
+        if tref in ref64:  # float32 errors of each side against the float64 result
+            r64 = ref64[tref]
+            c["float64_agreement"] = r64["agreement"]
+            if exact:
+                c["jaxdd_f32_vs_f64_grad_x_rel"] = rel(g.x_syn_NHWC, r64["gx"])
+                c["torch_f32_vs_f64_grad_x_rel"] = rel(tgx, r64["gx"])
+                if max(r64["agreement"].values()) > TOL64:
+                    worst = float("inf")
+        c["ok"] = worst <= args.tol
         checks[mode] = c
-        if bad:
+        if not c["ok"]:
             print(f"MISMATCH jaxdd {mode} vs torch width={width} N={syn_steps} ipc={ipc}: {c}", file=sys.stderr)
             raise SystemExit(2)
 
@@ -342,6 +383,9 @@ def main(args):
                    labels="hard", batch_syn="all", augmentation="none", lr=0.01, dtype="float32",
                    theta_target="theta_0 + 0.02 N(0,1) per parameter", unroll=args.unroll_value,
                    repeats=args.repeats, warmup=args.warmup, statistic="median", tolerance_rel_l2=args.tol,
+                   check=("loss and grads (images, log lr) jaxdd vs PyTorch: relative L2 error <= tolerance in "
+                          "float32 and in float64 (where the two agree to ~1e-15); float32 errors of both "
+                          "against the float64 result are recorded"),
                    quick=bool(args.quick and not args.configs),
                    torch_impl="flat params + functional ConvNet, create_graph=True (MTT reference)"),
         total_s=round(time.perf_counter() - t_all, 1),

@@ -15,6 +15,9 @@ import time
 
 def _setup_jax() -> None:
     import jax
+
+    from jaxdd.run.mesh import maybe_initialize_distributed
+    maybe_initialize_distributed()
     cache = os.environ.get("JAXDD_CACHE_DIR", os.path.expanduser("~/.cache/jaxdd/xla"))
     jax.config.update("jax_compilation_cache_dir", cache)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)

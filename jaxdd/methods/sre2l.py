@@ -48,7 +48,7 @@ __all__ = [
     "sample_crop_box", "crop_resize",
     "sre2l_loss", "ema_stats", "cda_min_scale", "random_resized_crop", "random_flip",
     "random_jitter", "recover_augment", "pixel_bounds", "dwa_perturb", "RecoverConfig",
-    "RecoverState", "make_recover", "recover_batch", "recover_all", "stack_teachers",
+    "RecoverState", "make_recover", "recover_batch", "recover_batch_jit", "recover_all", "stack_teachers",
 ]
 
 CDA_FLOOR = 0.08  # torchvision's default RandomResizedCrop lower scale; CDA's end point
@@ -383,7 +383,7 @@ def dwa_perturb(model: Model | nn.Module, variables: Variables, x_NHWC: jax.Arra
 
     def body(params, _):
         g = jax.grad(lambda p: _ce_apply(model, {**rest, "params": p}, x_NHWC, y_B))(params)
-        gn = optax.global_norm(g)
+        gn = optax.tree.norm(g)
         scale = (rho / steps) / jnp.maximum(gn, 1e-12)
         return jax.tree.map(lambda p, gi: p + scale * gi, params, g), None
 
@@ -483,6 +483,10 @@ def recover_batch(config: RecoverConfig, model: Model | nn.Module, variables: Va
     return state.syn.x_syn_NHWC, metrics
 
 
+# One compiled program per (config, model, shapes), shared by every caller.
+recover_batch_jit = jax.jit(recover_batch, static_argnums=(0, 1))
+
+
 def recover_all(config: RecoverConfig, model: Model | nn.Module, variables: Variables,
                 key: PRNGKey, num_classes: int, ipc: int, image_shape: tuple[int, int, int],
                 bounds: tuple[Any, Any] | None = None,
@@ -495,7 +499,6 @@ def recover_all(config: RecoverConfig, model: Model | nn.Module, variables: Vari
     Batch (i, c0) uses key fold_in(fold_in(key, i), c0), so any batch can be rerun alone.
     Returns (x_NHWC, y_N) ordered by class (class-major, IPC-minor) like every SynState.
     """
-    run = jax.jit(recover_batch, static_argnums=(0, 1))
     h, w, c = image_shape
     out = np.zeros((num_classes, ipc, h, w, c), np.float32)
     for i in range(ipc):
@@ -506,7 +509,7 @@ def recover_all(config: RecoverConfig, model: Model | nn.Module, variables: Vari
             else:
                 x0 = jnp.zeros((len(cls), h, w, c), jnp.float32)
             k = jax.random.fold_in(jax.random.fold_in(key, i), c0)
-            x, metrics = run(config, model, variables, k, x0, jnp.asarray(cls, jnp.int32), bounds)
+            x, metrics = recover_batch_jit(config, model, variables, k, x0, jnp.asarray(cls, jnp.int32), bounds)
             out[cls, i] = np.asarray(x)
             if on_batch is not None:
                 on_batch(i, c0, metrics)

@@ -30,16 +30,16 @@ def prepare(ctx: Context) -> Prepared:
     mcfg = dataclass_from(cls, {**defaults, **cfg.get(method, {})})
     model = get_model(cfg["model"], ctx.ds.num_classes, ctx.ds.image_shape)
     distiller = make(mcfg, model, ctx.ds.num_classes)
-    x_train = jnp.asarray(jdata.apply(ctx.pre, ctx.ds.x_train))
+    x_train = jdata.apply(ctx.pre, ctx.ds.x_train)  # host numpy; the driver places it
     idx_KxM, counts_K = class_index_table(ctx.ds.y_train, ctx.ds.num_classes)
     x0, y0 = init_images(ctx._replace(cfg={**cfg, "init": mcfg.init}),
                          jax.random.fold_in(ctx.key, 0))
     state = distiller.init(jax.random.fold_in(ctx.key, 0), jnp.asarray(x0), jnp.asarray(y0))
 
-    def batch_fn(key, t):
-        return sample_real_batch(key, (x_train, idx_KxM, counts_K), mcfg.batch_real)
+    def batch_fn(real, key, t):
+        return sample_real_batch(key, real, mcfg.batch_real)
 
     def export(state):
         return {"artefact": (state.syn.x_syn_NHWC, state.syn.y_syn, None)}
 
-    return Prepared(distiller, state, batch_fn, export)
+    return Prepared(distiller, state, batch_fn, (x_train, idx_KxM, counts_K), export)

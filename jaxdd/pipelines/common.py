@@ -31,7 +31,8 @@ class Context(NamedTuple):
 class Prepared(NamedTuple):
     distiller: Distiller
     state: Any
-    batch_fn: Callable[[jax.Array, jax.Array], Any]
+    batch_fn: Callable[[Any, jax.Array, jax.Array], Any]  # (consts, key, t) -> batch
+    consts: Any  # real data / expert buffers the batch_fn reads (replicated on the mesh)
     export: Callable[[Any], dict[str, tuple]]  # state -> {artefact name: (x, y, lr)}
 
 
@@ -62,7 +63,7 @@ def run_and_export(ctx: Context, prep: Prepared, resume_step: int | None = None,
     t0 = time.time()
     state, history = driver.run(
         prep.distiller, prep.state, prep.batch_fn, jax.random.fold_in(ctx.key, 1),
-        cfg["iterations"], run_dir=os.path.join(ctx.out_dir, "run"), config=cfg,
+        cfg["iterations"], consts=prep.consts, mesh=mesh_from(cfg), run_dir=os.path.join(ctx.out_dir, "run"), config=cfg,
         ckpt_every=cfg.get("ckpt_every", 50), keep=cfg.get("ckpt_keep", 3),
         resume_step=resume_step,
         progress=Progress(f"distill {cfg['method']}", enabled=not ctx.quiet),
@@ -82,6 +83,13 @@ def run_and_export(ctx: Context, prep: Prepared, resume_step: int | None = None,
                                  "final_loss": history[-1].get("loss") if history else None})
             paths[name] = path
     return {"artefacts": paths, "distill_seconds": seconds, "history": history}
+
+
+def mesh_from(cfg: dict):
+    """The config's `mesh` = {"shape": [...], "names": [...]} (default: all devices, 'data')."""
+    from jaxdd.run.mesh import make_mesh
+    m = cfg.get("mesh") or {}
+    return make_mesh(m.get("shape"), m.get("names", ("data",)))
 
 
 def _iteration(state):

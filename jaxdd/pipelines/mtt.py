@@ -57,7 +57,7 @@ def prepare(ctx: Context) -> Prepared:
         y0 = mtt.tesla_assign_labels(apply_fn, first, jnp.asarray(x0))
     state = distiller.init(jax.random.fold_in(ctx.key, 0), jnp.asarray(x0), jnp.asarray(y0))
 
-    def batch_fn(key, t):
+    def batch_fn(stacked, key, t):
         upper = mtt.datm_upper_bound(t, mcfg.current_max_start or mcfg.max_start,
                                      mcfg.max_start, mcfg.expansion_end)
         e, s = mtt.sample_segment_index(key, num_experts, mcfg.min_start, upper)
@@ -71,4 +71,4 @@ def prepare(ctx: Context) -> Prepared:
             out["artefact_ema"] = (state.x_ema_NHWC, state.syn.y_syn, lr)
         return out
 
-    return Prepared(distiller, state, batch_fn, export)
+    return Prepared(distiller, state, batch_fn, stacked, export)

@@ -1,6 +1,6 @@
 """The one distillation loop shared by every method.
 
-    key_t = fold_in(key, t);  batch = batch_fn(key_t[0], t);  state = step(state, batch, key_t[1])
+    key_t = fold_in(key, t);  batch = batch_fn(consts, key_t[0], t);  state = step(state, batch, key_t[1])
 
 Everything random is a function of (key, t), so a run resumed from a checkpoint at step t
 continues exactly as the uninterrupted run. The loop dispatches step t before pulling
@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxdd.methods.base import Distiller
+from jaxdd.run import mesh as jmesh
 from jaxdd.run.checkpoint import Checkpointer
 from jaxdd.run.progress import Progress
 
@@ -28,12 +29,14 @@ class NonFiniteError(FloatingPointError):
     pass
 
 
-def make_step(distiller: Distiller, batch_fn: Callable[[jax.Array, jax.Array], Any]):
-    """Fuse batch sampling and the method step into one pure function of (state, key, t)."""
+def make_step(distiller: Distiller, batch_fn: Callable[[Any, jax.Array, jax.Array], Any]):
+    """Fuse batch sampling and the method step into one pure function of
+    (state, consts, key, t); `consts` (real data, expert buffers) are arguments, not
+    closure constants, so large arrays are neither embedded in the program nor copied."""
 
-    def full_step(state, key, t):
+    def full_step(state, consts, key, t):
         k_batch, k_step = jax.random.split(jax.random.fold_in(key, t))
-        return distiller.step(state, batch_fn(k_batch, t), k_step)
+        return distiller.step(state, batch_fn(consts, k_batch, t), k_step)
 
     return full_step
 
@@ -43,16 +46,26 @@ def _host_metrics(m: dict) -> dict:
 
 
 def run(distiller: Distiller, state: Any, batch_fn: Callable, key: jax.Array, iterations: int, *,
-        run_dir: str | None = None, config: dict | None = None, ckpt_every: int = 100,
+        consts: Any = None, mesh: jax.sharding.Mesh | None = None, run_dir: str | None = None, config: dict | None = None, ckpt_every: int = 100,
         keep: int = 3, resume: bool = True, resume_step: int | None = None,
         progress: Progress | None = None, log_every: int = 10,
         jit_kwargs: dict | None = None, stop_after: int | None = None) -> tuple[Any, list[dict]]:
     """Run `iterations` steps (resuming from run_dir if it holds a checkpoint).
 
     `stop_after` ends the loop early after that many steps of this call (tests, budgets).
-    Returns the final state and the logged metrics (every `log_every` steps).
+    Returns the final state and the logged metrics (every `log_every` steps). The state is
+    placed on `mesh` (default: all devices) by `jaxdd.run.mesh.state_shardings`; consts
+    are replicated.
     """
-    step = jax.jit(make_step(distiller, batch_fn), donate_argnums=(0,), **(jit_kwargs or {}))
+    mesh = mesh or jmesh.make_mesh()
+    state_sh = jmesh.state_shardings(state, mesh)
+    repl = jmesh.replicated(mesh)
+    state = jmesh.put(state, state_sh)
+    consts = jmesh.put(consts, jax.tree.map(lambda _: repl, consts))
+    key = jmesh.put(key, repl)
+    step = jax.jit(make_step(distiller, batch_fn), donate_argnums=(0,),
+                   in_shardings=(state_sh, repl, repl, repl), out_shardings=(state_sh, repl),
+                   **(jit_kwargs or {}))
     ckpt = Checkpointer(run_dir, config or {}, ckpt_every, keep) if run_dir else None
     start = 0
     if ckpt and resume:
@@ -82,7 +95,7 @@ def run(distiller: Distiller, state: Any, batch_fn: Callable, key: jax.Array, it
     t = start
     try:
         for t in range(start + 1, iterations + 1):
-            state, metrics = step(state, key, jnp.asarray(t, jnp.int32))
+            state, metrics = step(state, consts, key, jnp.asarray(t, jnp.int32))
             if pending is not None:
                 check(*pending)
             pending = (t, metrics)

@@ -1,0 +1,318 @@
+"""Relabel: train a student on the distilled images with the teacher's soft labels.
+
+Every augmentation parameter of step s of epoch e (batch indices, crop boxes, flips, the
+CutMix permutation and box) is a pure function of (key, e, s) — `aug_params`. Hence
+"online" labels (the teacher labels each augmented batch on the fly, SRe2L's KD mode) and
+"stored" labels (FKD style: `generate_labels` precomputes the teacher's logits for every
+(e, s), fp16 or top-k, saved as .npz) are the same numbers, and a student trained from
+either is the same student. Both paths go through `_quantise`, so they agree bit for bit.
+
+Student loss (SRe2L `train_KD`/`relabel_cifar.py`: nn.KLDivLoss(reduction='batchmean') of
+log_softmax(s / T) against softmax(t / T)):
+
+    L = (T^2 if t2_factor else 1) * mean_b sum_k p_t,bk (log p_t,bk - log softmax(s_b / T)_k)   (2)
+
+Facts carried from the references: SRe2L ImageNet KD: AdamW lr 1e-3, wd 0.01, cosine per
+epoch, T = 20, no T^2, CutMix, RandomResizedCrop(0.08, 1) + flip; the CIFAR script
+(`relabel_cifar.py`) uses T = 30 and MixUp(0.8), and never puts its teacher in eval mode
+(its BN teacher labels with batch statistics — a quirk we do not copy: the teacher here is
+always in inference mode). CutMix mixes the images only: the teacher labels the mixed
+image, so no label mixing is needed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jaxdd.methods.sre2l import crop_resize, sample_crop_box
+from jaxdd.models import Model, Variables
+from jaxdd.train.loop import TrainConfig, make_optimizer, steps_per_epoch
+
+__all__ = ["RelabelConfig", "AugParams", "StoredLabels", "aug_params", "apply_aug",
+           "teacher_labels", "online_labels", "generate_labels", "kd_loss", "ensemble_logits",
+           "train_student", "label_bytes", "estimate_label_bytes", "save_labels",
+           "load_labels"]
+
+TeacherFn = Callable[[jax.Array], jax.Array]  # x_NHWC -> logits_BxK (inference mode)
+
+
+@dataclasses.dataclass(frozen=True)
+class RelabelConfig:
+    """Defaults: SRe2L ImageNet-1K relabel/KD recipe (spec section 7)."""
+
+    temperature: float = 20.0       # T in eq. (2) (SRe2L IN-1K 20; its CIFAR script 30)
+    t2_factor: bool = False         # multiply eq. (2) by T^2 (Hinton KD); SRe2L: no
+    crop_min_scale: float = 0.08    # RandomResizedCrop area lower bound; 1.0 with flip=False = none
+    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)  # aspect-ratio range of the crop
+    flip: bool = True               # horizontal flip, p = 0.5 per image
+    cutmix_alpha: float = 1.0       # CutMix lambda ~ Beta(a, a), one box per batch; 0 = off
+    label_dtype: str = "float16"    # precision of the teacher logits, stored and online alike
+    top_k: int = 0                  # keep only the k largest teacher logits (0 = all K)
+    lr_per_epoch: bool = True       # lr schedule stepped per epoch (torch scheduler) vs per step
+    decay_norms_biases: bool = False  # weight decay on 1-D params too (references: no)
+
+    def __post_init__(self):
+        if self.label_dtype not in ("float16", "bfloat16", "float32"):
+            raise ValueError(f"label_dtype={self.label_dtype!r}; use float16, bfloat16 or float32")
+        if self.temperature <= 0:
+            raise ValueError("temperature must be > 0")
+
+
+class AugParams(NamedTuple):
+    """Everything random about one student batch; a pure function of (key, epoch, step)."""
+
+    idx_B: jax.Array        # int32 indices into the distilled set (padded with 0)
+    mask_B: jax.Array       # 1 for real entries, 0 for padding of the last batch
+    box_Bx4: jax.Array      # (y0, x0, h, w) crop per image
+    flip_B: jax.Array       # bool
+    mix_perm_B: jax.Array   # CutMix partner of each image
+    mix_box_4: jax.Array    # (y0, y1, x0, x1) int32 pasted region (empty when CutMix is off)
+
+
+class StoredLabels(NamedTuple):
+    """Teacher logits for every (epoch, step): values (E, S, B, k) in label_dtype, and the
+    class indices (E, S, B, k) int32 when top-k (else None, k = K)."""
+
+    values_ExSxBxk: jax.Array
+    indices_ExSxBxk: jax.Array | None
+
+
+# ---------------------------------------------------------------------------------------
+# Augmentation as a pure function of (key, epoch, step)
+
+
+def aug_params(key: jax.Array, epoch: jax.Array | int, step: jax.Array | int, n: int,
+               batch_size: int, image_hw: tuple[int, int], cfg: RelabelConfig) -> AugParams:
+    """Batch `step` of epoch `epoch` over n images: order from fold_in(key, epoch), the rest
+    from fold_in(fold_in(key, epoch), step + 1)."""
+    h, w = image_hw
+    bs = min(batch_size, n)
+    spe = steps_per_epoch(n, bs)
+    k_epoch = jax.random.fold_in(key, epoch)
+    perm = jax.random.permutation(jax.random.fold_in(k_epoch, 0), n)
+    pad = spe * bs - n
+    order = jnp.concatenate([perm, jnp.zeros((pad,), perm.dtype)])
+    start = step * bs
+    idx = jax.lax.dynamic_slice(order, (start,), (bs,)).astype(jnp.int32)
+    mask = ((start + jnp.arange(bs)) < n).astype(jnp.float32)
+    k_box, k_flip, k_perm, k_lam, k_cy, k_cx = jax.random.split(
+        jax.random.fold_in(k_epoch, step + 1), 6)
+    boxes = jax.vmap(lambda k: sample_crop_box(k, h, w, cfg.crop_min_scale, cfg.crop_ratio))(
+        jax.random.split(k_box, bs))
+    flip = (jax.random.bernoulli(k_flip, 0.5, (bs,)) if cfg.flip
+            else jnp.zeros((bs,), jnp.bool_))
+    mix_perm = jax.random.permutation(k_perm, bs).astype(jnp.int32)
+    if cfg.cutmix_alpha > 0:
+        # CutMix box: side ratio sqrt(1 - lam), centre uniform, clipped to the image.
+        lam = jax.random.beta(k_lam, cfg.cutmix_alpha, cfg.cutmix_alpha)
+        cut = jnp.sqrt(1.0 - lam)
+        ch, cw = (cut * h).astype(jnp.int32), (cut * w).astype(jnp.int32)
+        cy, cx = jax.random.randint(k_cy, (), 0, h), jax.random.randint(k_cx, (), 0, w)
+        mix_box = jnp.stack([jnp.clip(cy - ch // 2, 0, h), jnp.clip(cy + ch // 2, 0, h),
+                             jnp.clip(cx - cw // 2, 0, w), jnp.clip(cx + cw // 2, 0, w)])
+    else:
+        mix_box = jnp.zeros((4,), jnp.int32)
+    return AugParams(idx, mask, boxes, flip, mix_perm, mix_box.astype(jnp.int32))
+
+
+def apply_aug(x_syn_NHWC: jax.Array, p: AugParams, cfg: RelabelConfig) -> jax.Array:
+    """Gather the batch, random-resized-crop + flip per image, then paste the CutMix box."""
+    x = x_syn_NHWC[p.idx_B]
+    if cfg.crop_min_scale < 1.0:
+        x = jax.vmap(crop_resize)(x, p.box_Bx4)
+    b = x.shape[0]
+    x = jnp.where(p.flip_B.reshape(b, 1, 1, 1), x[:, :, ::-1], x)
+    h, w = x.shape[1], x.shape[2]
+    ys, xs = jnp.arange(h).reshape(h, 1), jnp.arange(w).reshape(1, w)
+    inside_HW = ((ys >= p.mix_box_4[0]) & (ys < p.mix_box_4[1])
+                 & (xs >= p.mix_box_4[2]) & (xs < p.mix_box_4[3]))
+    return jnp.where(inside_HW.reshape(1, h, w, 1), x[p.mix_perm_B], x)
+
+
+# ---------------------------------------------------------------------------------------
+# Labels: one quantisation path for stored and online
+
+
+def _quantise(logits_BxK: jax.Array, cfg: RelabelConfig) -> tuple[jax.Array, jax.Array | None]:
+    """Teacher logits -> (values_Bxk in label_dtype, indices_Bxk | None): the stored form."""
+    v = logits_BxK.astype(jnp.float32)
+    idx = None
+    if cfg.top_k:
+        v, idx = jax.lax.top_k(v, cfg.top_k)
+        idx = idx.astype(jnp.int32)
+    return v.astype(cfg.label_dtype), idx
+
+
+def _expand(values_Bxk: jax.Array, indices_Bxk: jax.Array | None, num_classes: int) -> jax.Array:
+    """Stored form -> dense float32 logits (B, K); classes outside the top-k get -inf."""
+    v = values_Bxk.astype(jnp.float32)
+    if indices_Bxk is None:
+        return v
+    b = v.shape[0]
+    dense = jnp.full((b, num_classes), -jnp.inf, jnp.float32)
+    return dense.at[jnp.arange(b).reshape(b, 1), indices_Bxk].set(v)
+
+
+def teacher_labels(teacher_fn: TeacherFn, x_aug_NHWC: jax.Array, cfg: RelabelConfig
+                   ) -> tuple[jax.Array, jax.Array | None]:
+    """The stored form of the teacher's labels for an augmented batch."""
+    return _quantise(jax.lax.stop_gradient(teacher_fn(x_aug_NHWC)), cfg)
+
+
+def online_labels(teacher_fn: TeacherFn, x_syn_NHWC: jax.Array, key: jax.Array,
+                  epoch: jax.Array | int, step: jax.Array | int, batch_size: int,
+                  cfg: RelabelConfig) -> tuple[jax.Array, jax.Array | None]:
+    """Labels of batch (epoch, step), computed on the fly (what the online student sees)."""
+    p = aug_params(key, epoch, step, x_syn_NHWC.shape[0], batch_size, x_syn_NHWC.shape[1:3], cfg)
+    return teacher_labels(teacher_fn, apply_aug(x_syn_NHWC, p, cfg), cfg)
+
+
+def generate_labels(teacher_fn: TeacherFn, x_syn_NHWC: jax.Array, key: jax.Array,
+                    epochs: int, batch_size: int, cfg: RelabelConfig) -> StoredLabels:
+    """FKD-style precomputation of every (epoch, step)'s labels in one scan (jittable)."""
+    spe = steps_per_epoch(x_syn_NHWC.shape[0], batch_size)
+
+    def one(_, es):
+        return None, online_labels(teacher_fn, x_syn_NHWC, key, es[0], es[1], batch_size, cfg)
+
+    e, s = jnp.meshgrid(jnp.arange(epochs), jnp.arange(spe), indexing="ij")
+    _, (vals, idx) = jax.lax.scan(one, None, (e.reshape(-1), s.reshape(-1)))
+    reshape = lambda a: None if a is None else a.reshape(epochs, spe, *a.shape[1:])
+    return StoredLabels(reshape(vals), reshape(idx))
+
+
+def ensemble_logits(logits_TxBxK: jax.Array) -> jax.Array:
+    """G-VBSM ensemble: rescale each teacher's logits to the mean Frobenius norm, average."""
+    norms_T = jnp.sqrt(jnp.sum(jnp.square(logits_TxBxK), axis=(1, 2)))
+    scale_T = norms_T.mean() / jnp.maximum(norms_T, 1e-12)
+    return (logits_TxBxK * scale_T.reshape(-1, 1, 1)).mean(0)
+
+
+# ---------------------------------------------------------------------------------------
+# Student training
+
+
+def kd_loss(student_logits_BxK: jax.Array, teacher_logits_BxK: jax.Array, temperature: float,
+            t2_factor: bool = False) -> jax.Array:
+    """Per-example KL(softmax(t/T) || softmax(s/T)), eq. (2); -inf teacher logits allowed."""
+    log_p = jax.nn.log_softmax(teacher_logits_BxK / temperature)
+    log_q = jax.nn.log_softmax(student_logits_BxK.astype(jnp.float32) / temperature)
+    p = jnp.exp(log_p)
+    kl = jnp.where(p > 0, p * (log_p - log_q), 0.0).sum(-1)
+    return kl * (temperature ** 2 if t2_factor else 1.0)
+
+
+def _lr_scale(schedule: str, progress: jax.Array) -> jax.Array:
+    """TrainConfig.schedule at progress in [0, 1] (epochs or steps done / total)."""
+    if schedule == "cosine":
+        return 0.5 * (1 + jnp.cos(jnp.pi * progress))
+    if schedule == "step":
+        return jnp.where(progress >= 0.5, 0.1, 1.0)
+    return jnp.ones_like(progress)
+
+
+def _student_tx(cfg: TrainConfig, rcfg: RelabelConfig) -> optax.GradientTransformation:
+    """Optimiser with an injected lr the loop sets every step. AdamW without decay on 1-D
+    parameters (biases, norms) unless decay_norms_biases; else jaxdd's make_optimizer."""
+    if cfg.optimizer == "adamw" and not rcfg.decay_norms_biases:
+        mask = lambda params: jax.tree.map(lambda p: p.ndim > 1, params)
+        return optax.inject_hyperparams(optax.adamw, static_args=("mask",))(
+            learning_rate=cfg.lr, weight_decay=cfg.weight_decay, mask=mask)
+    return make_optimizer(dataclasses.replace(cfg, schedule="constant"), 1)
+
+
+def train_student(key: jax.Array, student: Model, cfg: TrainConfig, rcfg: RelabelConfig,
+                  x_syn_NHWC: jax.Array, teacher_fn: TeacherFn | None = None,
+                  stored: StoredLabels | None = None, aug_key: jax.Array | None = None,
+                  init_variables: Variables | None = None) -> Variables:
+    """Train a fresh student (from `key`) for cfg.epochs on eq. (2); one compiled scan.
+
+    Labels come from `stored` (generate_labels with the same aug_key, epochs, batch size)
+    or, if None, online from `teacher_fn`. aug_key defaults to fold_in(key, 1).
+    """
+    if (stored is None) == (teacher_fn is None):
+        raise ValueError("pass exactly one of teacher_fn (online) or stored (precomputed)")
+    n = x_syn_NHWC.shape[0]
+    bs = min(cfg.batch_size, n)
+    spe = steps_per_epoch(n, bs)
+    total = cfg.epochs * spe
+    aug_key = jax.random.fold_in(key, 1) if aug_key is None else aug_key
+    variables = student.init(jax.random.fold_in(key, 0)) if init_variables is None else init_variables
+    tx = _student_tx(cfg, rcfg)
+    opt_state = tx.init(variables["params"])
+    hw = x_syn_NHWC.shape[1:3]
+
+    def loss_fn(params, rest, xb, tb, mask):
+        logits, new_vars = student.apply_train({**rest, "params": params}, xb)
+        per = kd_loss(logits, tb, rcfg.temperature, rcfg.t2_factor)
+        return (per * mask).sum() / mask.sum(), new_vars
+
+    def batch_step(carry, es):
+        variables, opt_state = carry
+        epoch, step = es[0], es[1]
+        p = aug_params(aug_key, epoch, step, n, bs, hw, rcfg)
+        xb = apply_aug(x_syn_NHWC, p, rcfg)
+        if stored is None:
+            vals, idx = teacher_labels(teacher_fn, xb, rcfg)
+        else:
+            vals = stored.values_ExSxBxk[epoch, step]
+            idx = None if stored.indices_ExSxBxk is None else stored.indices_ExSxBxk[epoch, step]
+        tb = _expand(vals, idx, student.num_classes)
+        progress = (epoch / cfg.epochs if rcfg.lr_per_epoch else (epoch * spe + step) / total)
+        opt_state.hyperparams["learning_rate"] = cfg.lr * _lr_scale(cfg.schedule, progress)
+        rest = {k: v for k, v in variables.items() if k != "params"}
+        grads, new_vars = jax.grad(loss_fn, has_aux=True)(variables["params"], rest, xb, tb, p.mask_B)
+        updates, opt_state = tx.update(grads, opt_state, variables["params"])
+        return ({**new_vars, "params": optax.apply_updates(variables["params"], updates)},
+                opt_state), None
+
+    e, s = jnp.meshgrid(jnp.arange(cfg.epochs), jnp.arange(spe), indexing="ij")
+    (variables, _), _ = jax.lax.scan(batch_step, (variables, opt_state),
+                                     jnp.stack([e.reshape(-1), s.reshape(-1)], axis=1))
+    return variables
+
+
+# ---------------------------------------------------------------------------------------
+# Storage
+
+
+def label_bytes(stored: StoredLabels) -> int:
+    """Bytes the stored labels occupy (report next to the image bytes)."""
+    n = stored.values_ExSxBxk.size * stored.values_ExSxBxk.dtype.itemsize
+    if stored.indices_ExSxBxk is not None:
+        n += stored.indices_ExSxBxk.size * stored.indices_ExSxBxk.dtype.itemsize
+    return int(n)
+
+
+def estimate_label_bytes(num_images: int, epochs: int, num_classes: int,
+                         label_dtype: str = "float16", top_k: int = 0,
+                         index_bytes: int = 4) -> int:
+    """Bytes of FKD labels: epochs * images * k * (value + index bytes); crop parameters
+    are not stored (they are recomputed from (key, epoch, step))."""
+    k = top_k or num_classes
+    per = np.dtype(jnp.dtype(label_dtype)).itemsize + (index_bytes if top_k else 0)
+    return int(epochs * num_images * k * per)
+
+
+def save_labels(path: str, stored: StoredLabels, **meta: Any) -> None:
+    """npz with `values` (and `indices`) plus scalar metadata (seed, temperature, ...)."""
+    arrays = {"values": np.asarray(stored.values_ExSxBxk)}
+    if stored.indices_ExSxBxk is not None:
+        arrays["indices"] = np.asarray(stored.indices_ExSxBxk)
+    arrays.update({f"meta_{k}": np.asarray(v) for k, v in meta.items()})
+    np.savez(path, **arrays)
+
+
+def load_labels(path: str) -> tuple[StoredLabels, dict[str, Any]]:
+    with np.load(path) as f:
+        values = jnp.asarray(f["values"])
+        indices = jnp.asarray(f["indices"]) if "indices" in f.files else None
+        meta = {k[5:]: f[k][()] for k in f.files if k.startswith("meta_")}
+    return StoredLabels(values, indices), meta

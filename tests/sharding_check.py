@@ -1,0 +1,67 @@
+"""Run by tests/test_sharding.py in a subprocess with 8 forced CPU devices.
+
+Runs a few distiller steps through the shared driver on a 1-device mesh and on two
+8-device meshes, and prints the max abs difference of the final synthetic images.
+"""
+
+import json
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxdd.run import driver
+from jaxdd.run.mesh import make_mesh
+
+
+def mtt_case():
+    from jaxdd.methods.mtt import ExpertSegment, MTTConfig, make_mtt
+    from jaxdd.models import get_model
+    m = get_model("convnet_d2_w4", 4, (8, 8, 1))
+    apply_fn = lambda p, x: m.apply({"params": p}, x)
+    t0 = m.init(jax.random.key(0))["params"]
+    t1 = jax.tree.map(lambda a: a * 0.9, t0)
+    cfg = MTTConfig(syn_steps=3, expert_epochs=1, max_start=1, lr_img=10.0, unroll=True)
+    d = make_mtt(cfg, apply_fn)
+    x = np.asarray(jax.random.normal(jax.random.key(1), (16, 8, 8, 1)))
+    state = d.init(jax.random.key(2), x, jnp.arange(16) % 4)
+    batch_fn = lambda consts, k, t: ExpertSegment(*consts)
+    return d, state, batch_fn, (t0, t1)
+
+
+def dm_case():
+    from jaxdd.methods.dm import DMConfig, make_dm
+    from jaxdd.models import get_model
+    m = get_model("convnet_d2_w4", 4, (8, 8, 1))
+    d = make_dm(DMConfig(batch_real=4, dsa_strategy="crop"), m, 4)
+    x = np.asarray(jax.random.normal(jax.random.key(1), (16, 8, 8, 1)))
+    state = d.init(jax.random.key(2), x, jnp.arange(16) // 4)
+    real = np.asarray(jax.random.normal(jax.random.key(3), (4, 4, 8, 8, 1)))
+    return d, state, lambda consts, k, t: consts, real
+
+
+CASES = {"mtt": mtt_case, "dm": dm_case}
+
+
+def main(names):
+    out = {}
+    devs = jax.devices()
+    assert len(devs) == 8, devs
+    meshes = {"1": make_mesh(devices=devs[:1]), "8": make_mesh((8,)),
+              "4x2": make_mesh((4, 2), ("data", "pool"))}
+    for name in names:
+        results = {}
+        for mname, mesh in meshes.items():
+            d, state, batch_fn, consts = CASES[name]()
+            final, _ = driver.run(d, state, batch_fn, jax.random.key(5), 3, consts=consts, mesh=mesh)
+            results[mname] = (np.asarray(final.syn.x_syn_NHWC), str(final.syn.x_syn_NHWC.sharding.spec))
+        ref = results["1"][0]
+        out[name] = {m: {"maxdiff": float(np.abs(r - ref).max()), "spec": spec,
+                         "changed": float(np.abs(r - np.asarray(CASES[name]()[1].syn.x_syn_NHWC)).max())}
+                     for m, (r, spec) in results.items()}
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:] or list(CASES))
