@@ -39,12 +39,19 @@ def _teacher():
     return model, v
 
 
+@functools.lru_cache(maxsize=None)
+def _teacher_stats():
+    """bn_input_stats of the teacher model, compiled once for all tests."""
+    model, _ = _teacher()
+    return jax.jit(lambda v, x: S.bn_input_stats(model, v, x))
+
+
 def test_capture_equals_hand_computation():
     net = TinyBN()
     x = jax.random.normal(jax.random.key(0), (5, 4, 4, 2))
     v = net.init(jax.random.key(1), x)
     v = {**v, "batch_stats": {"BatchNorm_0": {"mean": jnp.arange(3.0), "var": jnp.arange(1.0, 4.0)}}}
-    logits, stats = S.bn_input_stats(net, v, x)
+    logits, stats = jax.jit(lambda v, x: S.bn_input_stats(net, v, x))(v, x)
     k, b = v["params"]["Conv_0"]["kernel"][0, 0], v["params"]["Conv_0"]["bias"]
     h = np.asarray(x).reshape(-1, 2) @ np.asarray(k) + np.asarray(b)
     np.testing.assert_allclose(stats[0].mean_C, h.mean(0), rtol=1e-5, atol=1e-6)
@@ -57,8 +64,8 @@ def test_capture_equals_hand_computation():
 
     # A registry model: the first BN input is the first conv's output.
     model, tv = _teacher()
-    xm = jax.random.normal(jax.random.key(2), (6, 8, 8, 3))
-    _, st = S.bn_input_stats(model, tv, xm)
+    xm = jax.random.normal(jax.random.key(2), (8, 8, 8, 3))
+    _, st = _teacher_stats()(tv, xm)
     p = tv["params"]["Conv3x3_0"]
     h0 = np.asarray(conv3x3_im2col(xm, p["kernel"], 1) + p["bias"].reshape(1, 1, 1, -1)).reshape(-1, 8)
     np.testing.assert_allclose(st[0].mean_C, h0.mean(0), rtol=1e-4, atol=1e-5)
@@ -70,17 +77,17 @@ def test_capture_equals_hand_computation():
 def test_bn_loss_zero_when_matched_and_safe_gradients():
     model, tv = _teacher()
     x = jax.random.normal(jax.random.key(3), (8, 8, 8, 3))
-    _, st = S.bn_input_stats(model, tv, x)
+    _, st = _teacher_stats()(tv, x)
     assert float(S.bn_matching_loss(st)) > 0.1
     # Set the running statistics to this batch's, layer by layer (later inputs depend on
     # earlier layers' normalisation).
     v = tv
     for layer in range(2):
-        _, st = S.bn_input_stats(model, v, x)
+        _, st = _teacher_stats()(v, x)
         name = f"BatchNorm_{layer}"
         v = {**v, "batch_stats": {**v["batch_stats"],
                                   name: {"mean": st[layer].mean_C, "var": st[layer].var_C}}}
-    _, st = S.bn_input_stats(model, v, x)
+    _, st = _teacher_stats()(v, x)
     assert float(S.bn_matching_loss(st)) < 1e-4
     # Exact zero of the norm: value 0, gradient 0 (a plain sqrt gives NaN).
     z = jnp.zeros(5)
@@ -193,9 +200,9 @@ def test_dwa_perturbation_per_batch_no_leak():
 
 
 def test_stored_labels_equal_online(tmp_path):
-    model, tv = _teacher()
-    teacher_fn = lambda x: model.apply(tv, x)
     x_syn = jax.random.normal(jax.random.key(0), (6, 8, 8, 3))
+    tv = TinyBN().init(jax.random.key(1), x_syn)  # a cheap BN teacher (compile time)
+    teacher_fn = lambda x: TinyBN().apply(tv, x)
     key, epochs, bs = jax.random.key(3), 2, 4  # 2 steps per epoch, last batch padded
     rcfg = R.RelabelConfig(top_k=2)  # fp16 values + int32 indices, crop, flip, CutMix
     stored = jax.jit(R.generate_labels, static_argnums=(0, 3, 4, 5))(

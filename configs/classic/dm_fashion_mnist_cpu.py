@@ -14,7 +14,6 @@ def get_config():
         seed=0,
         preprocess="normalize",
         model="convnet_d3_w32",       # feature extractor (freshly initialised every step)
-        init="real",
         iterations=1000,              # distiller steps
         ckpt_every=200,
         dm=dict(lr_img=1.0, batch_real=64,

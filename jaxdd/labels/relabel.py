@@ -111,7 +111,8 @@ def aug_params(key: jax.Array, epoch: jax.Array | int, step: jax.Array | int, n:
     mix_perm = jax.random.permutation(k_perm, bs).astype(jnp.int32)
     if cfg.cutmix_alpha > 0:
         # CutMix box: side ratio sqrt(1 - lam), centre uniform, clipped to the image.
-        lam = jax.random.beta(k_lam, cfg.cutmix_alpha, cfg.cutmix_alpha)
+        lam = (jax.random.uniform(k_lam) if cfg.cutmix_alpha == 1.0  # Beta(1, 1), cheap to compile
+               else jax.random.beta(k_lam, cfg.cutmix_alpha, cfg.cutmix_alpha))
         cut = jnp.sqrt(1.0 - lam)
         ch, cw = (cut * h).astype(jnp.int32), (cut * w).astype(jnp.int32)
         cy, cx = jax.random.randint(k_cy, (), 0, h), jax.random.randint(k_cx, (), 0, w)

@@ -64,6 +64,12 @@ class Conv3x3(nn.Module):
         return CONV_IMPLS[self.impl](x_NHWC, kernel, self.padding) + bias[None, None, None, :]
 
 
+def instance_norm(x_NHWC: jax.Array, scale_C: jax.Array, bias_C: jax.Array, eps: float) -> jax.Array:
+    mean = x_NHWC.mean(axis=(1, 2), keepdims=True)
+    var = jnp.square(x_NHWC - mean).mean(axis=(1, 2), keepdims=True)
+    return (x_NHWC - mean) * jax.lax.rsqrt(var + eps) * scale_C[None, None, None, :] + bias_C[None, None, None, :]
+
+
 class InstanceNorm(nn.Module):
     """Per-image, per-channel normalisation over (H, W), affine; eps 1e-5 as the
     references' GroupNorm(C, C). No running statistics, so the net is a pure function."""
@@ -75,9 +81,7 @@ class InstanceNorm(nn.Module):
         c = x_NHWC.shape[-1]
         scale = self.param("scale", nn.initializers.ones, (c,))
         bias = self.param("bias", nn.initializers.zeros, (c,))
-        mean = x_NHWC.mean(axis=(1, 2), keepdims=True)
-        var = jnp.square(x_NHWC - mean).mean(axis=(1, 2), keepdims=True)
-        return (x_NHWC - mean) * jax.lax.rsqrt(var + self.eps) * scale[None, None, None, :] + bias[None, None, None, :]
+        return instance_norm(x_NHWC, scale, bias, self.eps)
 
 
 class TorchDense(nn.Module):

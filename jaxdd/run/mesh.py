@@ -55,8 +55,12 @@ def put(tree: Any, shardings: Any) -> Any:
     """Place a host-identical pytree on the mesh (works across processes: every process
     passes the same values and keeps only its addressable shards)."""
     def one(x, s):
-        if jax.process_count() == 1:
-            return jax.device_put(x, s)
+        if jax.process_count() == 1 or (isinstance(x, jax.Array) and not x.is_fully_addressable):
+            return jax.device_put(x, s)   # single process, or already a global array
+        if isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+            # typed PRNG keys have no numpy form: place the raw key data, then re-wrap
+            return jax.random.wrap_key_data(one(jax.random.key_data(x), s),
+                                            impl=jax.random.key_impl(x))
         x = np.asarray(x)
         return jax.make_array_from_callback(x.shape, s, lambda idx: x[idx])
     return jax.tree.map(one, tree, shardings)
