@@ -34,7 +34,6 @@ A config is WIDTHxSYN_STEPSxIPC. Prints one JSON line and writes it to --out.
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import os
 import platform

@@ -157,7 +157,7 @@ def cmd_distill(args) -> int:
     prep = _pipeline(cfg["method"]).prepare(ctx)
     res = common.run_and_export(ctx, prep, resume_step=args.resume_step, stop_after=args.stop_after)
     if res.get("stopped_early"):
-        _emit({"out": out, "stopped_early": True}, args.json, f"stopped early; resume with the same command")
+        _emit({"out": out, "stopped_early": True}, args.json, "stopped early; resume with the same command")
         return 0
     result = {"out": out, "method": cfg["method"], "dataset": cfg["dataset"], "ipc": cfg["ipc"],
               "distill_seconds": res["distill_seconds"], "artefacts": res["artefacts"]}

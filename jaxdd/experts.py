@@ -42,15 +42,13 @@ from typing import Any, Callable, Mapping, NamedTuple, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import orbax.checkpoint as ocp
 
 import jaxdd
 from jaxdd import data as jdata
 from jaxdd.augment.dsa import dsa as dsa_fn
 from jaxdd.models import Model, get_model
-from jaxdd.train.loop import (TrainConfig, TrainState, accuracy, make_optimizer,
-                              soft_cross_entropy, steps_per_epoch, train_epochs, train_init)
+from jaxdd.train.loop import (TrainConfig, TrainState, accuracy, train_epochs, train_init)
 
 PyTree = Any
 MANIFEST = "buffer.json"

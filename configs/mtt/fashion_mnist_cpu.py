@@ -23,7 +23,7 @@ def get_config():
         iterations=200,               # outer iterations
         ckpt_every=50,                # checkpoint period [iterations]
         experts=dict(
-            num_experts=3,            # independent expert trajectories
+            num_experts=2,            # independent expert trajectories
             epochs=3,                 # epochs per expert (>= max_start + expert_epochs)
             lr=0.01,                  # expert SGD lr (MTT: 0.01, no momentum)
             batch_size=256,

@@ -23,7 +23,6 @@ image, so no label mixing is needed.
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any, Callable, NamedTuple
 
 import jax

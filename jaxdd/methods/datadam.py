@@ -22,17 +22,15 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import optax
 
 from jaxdd.augment.dsa import DEFAULT_STRATEGY, parse_strategy
-from jaxdd.methods.base import Distiller, Metrics, PRNGKey, SynState
-from jaxdd.methods.matching import (RealBatch, ensure_same_classes, forward_features,
-                                    fyi_flip_concat, mean_sq_distance, per_class, real_images,
-                                    safe_norm, siamese_dsa, syn_by_class, tree_all_finite)
+from jaxdd.methods.base import Distiller, PRNGKey
+from jaxdd.methods.matching import (ImageSGDState, forward_features,
+                                    fyi_flip_concat, make_random_net_matcher, mean_sq_distance,
+                                    per_class, safe_norm, siamese_dsa)
 from jaxdd.models import Model, Variables
 
 __all__ = ["DataDAMConfig", "DataDAMState", "make_datadam", "datadam_class_losses",
@@ -65,10 +63,7 @@ class DataDAMConfig:
             raise ValueError(f"init={self.init!r}; use 'real' or 'noise'")
 
 
-class DataDAMState(NamedTuple):
-    syn: SynState  # images (K*ipc, H, W, C) ordered by class, hard labels, log_lr=None
-    opt_img: optax.OptState  # momentum buffer of the images
-    iteration: jax.Array  # int32, steps done
+DataDAMState = ImageSGDState
 
 
 def attention_map(f_NHWC: jax.Array, power: float = 1.0) -> jax.Array:
@@ -113,37 +108,11 @@ def datadam_class_losses(model: Model, variables: Variables, x_real_KxBxHWC: jax
 def make_datadam(config: DataDAMConfig, model: Model, num_classes: int) -> Distiller:
     """DataDAM distiller: `init(key, x_init_NHWC, y_init) -> DataDAMState`,
     `step(state, x_real_KxBxHWC | RealBatch, key) -> (state, metrics)`."""
-    tx = optax.sgd(config.lr_img, momentum=config.momentum_img or None)
 
-    def init(key: PRNGKey, x_init_NHWC: jax.Array, y_init: jax.Array) -> DataDAMState:
-        del key
-        syn_by_class(x_init_NHWC, num_classes)
-        x = jnp.asarray(x_init_NHWC, jnp.float32)
-        return DataDAMState(SynState(x, jnp.asarray(y_init, jnp.int32), None), tx.init(x),
-                            jnp.zeros((), jnp.int32))
+    def loss_fn(variables, x_real, x_syn_KxI, key):
+        att_K, out_K = datadam_class_losses(model, variables, x_real, x_syn_KxI, key, config)
+        att = config.attention_weight * att_K.sum()
+        out = config.attention_weight * config.task_balance * out_K.sum()
+        return att + out, {"attention_loss": att, "output_loss": out}
 
-    def step(state: DataDAMState, batch: RealBatch | jax.Array, key: PRNGKey
-             ) -> tuple[DataDAMState, Metrics]:
-        x_real = real_images(batch)
-        ensure_same_classes(x_real, num_classes)
-        k_net, k_aug = jax.random.split(key)
-        variables = model.init(k_net)  # a new random network every iteration
-
-        def loss_fn(x_syn_NHWC):
-            att_K, out_K = datadam_class_losses(
-                model, variables, x_real, syn_by_class(x_syn_NHWC, num_classes), k_aug, config)
-            att, out = config.attention_weight * att_K.sum(), \
-                config.attention_weight * config.task_balance * out_K.sum()
-            return att + out, (att, out)
-
-        x = state.syn.x_syn_NHWC
-        (loss, (att, out)), g = jax.value_and_grad(loss_fn, has_aux=True)(x)
-        updates, opt_img = tx.update(g, state.opt_img, x)
-        new = DataDAMState(state.syn._replace(x_syn_NHWC=optax.apply_updates(x, updates)),
-                           opt_img, state.iteration + 1)
-        metrics = {"loss": loss, "loss_per_class": loss / num_classes, "attention_loss": att,
-                   "output_loss": out, "grad_norm": optax.tree.norm(g),
-                   "finite": tree_all_finite((loss, g))}
-        return new, metrics
-
-    return Distiller(init, step)
+    return make_random_net_matcher(config.lr_img, config.momentum_img, model, num_classes, loss_fn)

@@ -15,17 +15,14 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import NamedTuple
 
 import jax
-import jax.numpy as jnp
-import optax
 
 from jaxdd.augment.dsa import DEFAULT_STRATEGY, parse_strategy
-from jaxdd.methods.base import Distiller, Metrics, PRNGKey, SynState
-from jaxdd.methods.matching import (RealBatch, ensure_same_classes, forward_features,
-                                    fyi_flip_concat, mean_sq_distance, per_class, real_images,
-                                    siamese_dsa, syn_by_class, tree_all_finite)
+from jaxdd.methods.base import Distiller, PRNGKey
+from jaxdd.methods.matching import (ImageSGDState, forward_features,
+                                    fyi_flip_concat, make_random_net_matcher, mean_sq_distance,
+                                    per_class, siamese_dsa)
 from jaxdd.models import Model, Variables
 
 __all__ = ["DMConfig", "DMState", "make_dm", "dm_class_losses"]
@@ -50,10 +47,7 @@ class DMConfig:
             raise ValueError(f"init={self.init!r}; use 'real' or 'noise'")
 
 
-class DMState(NamedTuple):
-    syn: SynState  # images (K*ipc, H, W, C) ordered by class, hard labels, log_lr=None
-    opt_img: optax.OptState  # momentum buffer of the images
-    iteration: jax.Array  # int32, steps done
+DMState = ImageSGDState
 
 
 def dm_class_losses(model: Model, variables: Variables, x_real_KxBxHWC: jax.Array,
@@ -85,34 +79,10 @@ def dm_class_losses(model: Model, variables: Variables, x_real_KxBxHWC: jax.Arra
 def make_dm(config: DMConfig, model: Model, num_classes: int) -> Distiller:
     """DM distiller: `init(key, x_init_NHWC, y_init) -> DMState`,
     `step(state, x_real_KxBxHWC | RealBatch, key) -> (state, metrics)`."""
-    tx = optax.sgd(config.lr_img, momentum=config.momentum_img or None)
 
-    def init(key: PRNGKey, x_init_NHWC: jax.Array, y_init: jax.Array) -> DMState:
-        del key  # DM's state has no randomness of its own
-        syn_by_class(x_init_NHWC, num_classes)  # validates the layout
-        x = jnp.asarray(x_init_NHWC, jnp.float32)
-        return DMState(SynState(x, jnp.asarray(y_init, jnp.int32), None), tx.init(x),
-                       jnp.zeros((), jnp.int32))
+    def loss_fn(variables, x_real, x_syn_KxI, key):
+        per_K = dm_class_losses(model, variables, x_real, x_syn_KxI, key, config.dsa_strategy,
+                                config.fyi)
+        return per_K.sum(), {}
 
-    def step(state: DMState, batch: RealBatch | jax.Array, key: PRNGKey
-             ) -> tuple[DMState, Metrics]:
-        x_real = real_images(batch)
-        ensure_same_classes(x_real, num_classes)
-        k_net, k_aug = jax.random.split(key)
-        variables = model.init(k_net)  # a new random network every iteration
-
-        def loss_fn(x_syn_NHWC):
-            per_K = dm_class_losses(model, variables, x_real, syn_by_class(x_syn_NHWC, num_classes),
-                                    k_aug, config.dsa_strategy, config.fyi)
-            return per_K.sum(), per_K
-
-        x = state.syn.x_syn_NHWC
-        (loss, _), g = jax.value_and_grad(loss_fn, has_aux=True)(x)
-        updates, opt_img = tx.update(g, state.opt_img, x)
-        new = DMState(state.syn._replace(x_syn_NHWC=optax.apply_updates(x, updates)), opt_img,
-                      state.iteration + 1)
-        metrics = {"loss": loss, "loss_per_class": loss / num_classes,
-                   "grad_norm": optax.tree.norm(g), "finite": tree_all_finite((loss, g))}
-        return new, metrics
-
-    return Distiller(init, step)
+    return make_random_net_matcher(config.lr_img, config.momentum_img, model, num_classes, loss_fn)

@@ -22,12 +22,13 @@ from typing import Any, Callable, NamedTuple, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import optax
 
 from jaxdd.augment.dsa import dsa
+from jaxdd.methods.base import Distiller, Metrics, PRNGKey, SynState
 from jaxdd.models import Model, Variables
 
 PyTree = Any
-PRNGKey = jax.Array
 
 # The reference guards every cosine with this additive epsilon (`+ 0.000001`).
 COS_EPS = 1e-6
@@ -284,3 +285,44 @@ __all__: Sequence[str] = [
     "syn_by_class", "hard_labels", "siamese_dsa", "fyi_flip_concat", "safe_norm", "distance_wb",
     "gradient_match_loss", "mean_sq_distance", "MATCH_METRICS",
 ]
+
+
+class ImageSGDState(NamedTuple):
+    """State of the matchers that only move pixels (DM, DataDAM)."""
+
+    syn: SynState  # images (K*ipc, H, W, C) ordered by class, hard labels, log_lr=None
+    opt_img: optax.OptState  # momentum buffer of the images
+    iteration: jax.Array  # int32, steps done
+
+
+def make_random_net_matcher(lr_img: float, momentum_img: float, model: Model, num_classes: int,
+                            loss_fn: Callable[..., tuple[jax.Array, dict]]) -> Distiller:
+    """A distiller that draws a fresh random network every step and takes one SGD step on
+    the images against `loss_fn(variables, x_real_KxBxHWC, x_syn_KxIxHWC, key) -> (loss,
+    extra_metrics)` (DM: mean embeddings; DataDAM: attention maps + embeddings)."""
+    tx = optax.sgd(lr_img, momentum=momentum_img or None)
+
+    def init(key: PRNGKey, x_init_NHWC: jax.Array, y_init: jax.Array) -> ImageSGDState:
+        del key  # no randomness of its own
+        syn_by_class(x_init_NHWC, num_classes)  # validates the layout
+        x = jnp.asarray(x_init_NHWC, jnp.float32)
+        return ImageSGDState(SynState(x, jnp.asarray(y_init, jnp.int32), None), tx.init(x),
+                             jnp.zeros((), jnp.int32))
+
+    def step(state: ImageSGDState, batch: RealBatch | jax.Array, key: PRNGKey
+             ) -> tuple[ImageSGDState, Metrics]:
+        x_real = real_images(batch)
+        ensure_same_classes(x_real, num_classes)
+        k_net, k_aug = jax.random.split(key)
+        variables = model.init(k_net)  # a new random network every iteration
+        objective = lambda x: loss_fn(variables, x_real, syn_by_class(x, num_classes), k_aug)
+        x = state.syn.x_syn_NHWC
+        (loss, extra), g = jax.value_and_grad(objective, has_aux=True)(x)
+        updates, opt_img = tx.update(g, state.opt_img, x)
+        new = ImageSGDState(state.syn._replace(x_syn_NHWC=optax.apply_updates(x, updates)),
+                            opt_img, state.iteration + 1)
+        metrics = {"loss": loss, "loss_per_class": loss / num_classes, **extra,
+                   "grad_norm": optax.tree.norm(g), "finite": tree_all_finite((loss, g))}
+        return new, metrics
+
+    return Distiller(init, step)
