@@ -123,11 +123,10 @@ def cmd_full(args) -> int:
     from jaxdd.run.progress import Progress
     ds = _load(args.dataset, args.seed)
     pre = jdata.fit_preprocess(args.preprocess, ds.x_train, dataset_name=ds.name)
+    import dataclasses
     proto = get_protocol(args.protocol)
-    proto = proto.__class__(**{**proto.__dict__, "train": proto.full_train})
-    if args.epochs:
-        import dataclasses
-        proto = dataclasses.replace(proto, train=dataclasses.replace(proto.train, epochs=args.epochs))
+    full = proto.full_train if not args.epochs else dataclasses.replace(proto.full_train, epochs=args.epochs)
+    proto = dataclasses.replace(proto, train=full)
     res = evaluate_set(jax.random.key(args.seed), jdata.apply(pre, ds.x_train), ds.y_train,
                        eval_data(ds, pre), proto, args.seeds, model_name=args.model,
                        progress=Progress("full data", enabled=not args.quiet))
@@ -206,6 +205,78 @@ def cmd_buffer(args) -> int:
     return 0
 
 
+def _teacher_cfg_from_args(args) -> dict:
+    """A recover-style config dict holding the teacher section (from --config and flags)."""
+    from jaxdd.configs import load_config
+    cfg = load_config(args.config, None, args.set) if args.config else {
+        "dataset": None, "seed": 0, "preprocess": "normalize", "teacher": {}}
+    for flag, key in (("dataset", "dataset"), ("seed", "seed"), ("preprocess", "preprocess")):
+        if getattr(args, flag) is not None:
+            cfg[key] = getattr(args, flag)
+    t = cfg.setdefault("teacher", {})
+    for flag, key in (("model", "model"), ("epochs", "epochs"), ("lr", "lr"),
+                      ("batch_size", "batch_size"), ("teachers", "num_teachers"), ("out", "dir"),
+                      ("dsa", "dsa")):
+        if getattr(args, flag) is not None:
+            t[key] = getattr(args, flag)
+    if not cfg.get("dataset") or not t.get("model"):
+        raise ValueError("jaxdd teacher needs --config or both --dataset and --model")
+    return cfg
+
+
+def cmd_teacher(args) -> int:
+    from jaxdd import data as jdata
+    from jaxdd import teachers as jteachers
+    from jaxdd.pipelines import sre2l as sm
+    from jaxdd.run.progress import Progress
+    cfg = _teacher_cfg_from_args(args)
+    ds = jdata.load_dataset(cfg["dataset"], seed=int(cfg.get("seed", 0)))
+    path = sm.teacher_dir(cfg)
+    t0 = time.time()
+    m = jteachers.train_teachers(path, ds, cfg["teacher"]["model"], sm.teacher_config(cfg),
+                                 int(cfg.get("seed", 0)), preprocess=cfg.get("preprocess", "normalize"),
+                                 progress_cb=Progress("teacher", enabled=not args.quiet))
+    recs = m["teachers"][:sm.teacher_config(cfg).num_teachers]
+    res = {"teacher": path, "model": m["model"], "dataset": m["dataset"],
+           "teachers": len(recs), "test_accuracy": [r["test_accuracy"] for r in recs],
+           "train_seconds": [r["train_time_s"] for r in recs],
+           "seconds": round(time.time() - t0, 2)}
+    _emit(res, args.json, f"teacher {path}: {res['teachers']} x {m['model']} on {m['dataset']}, "
+                          f"test accuracy {res['test_accuracy']}")
+    return 0
+
+
+def cmd_recover(args) -> int:
+    from jaxdd.configs import load_config
+    from jaxdd.pipelines import sre2l as sm
+    cfg = load_config(args.config, args.ipc, args.set)
+    if args.teacher:
+        cfg.setdefault("teacher", {})["dir"] = args.teacher
+    out = args.out or os.path.join("runs", f"{os.path.splitext(os.path.basename(args.config))[0]}-ipc{cfg['ipc']}")
+    res = sm.recover(cfg, out, args.quiet)
+    with open(os.path.join(out, "result.json"), "w") as f:
+        json.dump(res, f, indent=2, default=str)
+    _emit(res, args.json, f"recovered {res['dataset']} IPC {res['ipc']} with {res['method']} in "
+                          f"{res['distill_seconds']:.0f} s ({res['batches']} batches; teacher "
+                          f"{res['teacher']}, test accuracy {res['teacher_test_accuracy']}) -> "
+                          f"{res['artefact']}")
+    return 0
+
+
+def cmd_relabel(args) -> int:
+    from jaxdd.pipelines import sre2l as sm
+    over = {"recipe": args.recipe, "mode": args.mode, "epochs": args.epochs, "top_k": args.top_k,
+            "protocol": args.protocol, "model": args.model, "seeds": args.seeds,
+            "seed": args.seed, "batch_size": args.batch_size, "lr": args.lr,
+            "temperature": args.temperature, "t2_factor": args.t2_factor,
+            "lr_per_epoch": args.lr_per_epoch, "report": args.report}
+    res = sm.relabel(args.dir, args.teacher, over, args.quiet)
+    lab = (f"; labels {res['label_bytes']:,d} B in {res['labels_file']}" if res["mode"] == "stored"
+           else f"; stored labels would take {res['label_bytes_if_stored']:,d} B")
+    _emit(res, args.json, f"{res['artefact']}: {_fmt_acc(res)}; images {res['image_bytes']:,d} B{lab}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="jaxdd", description="Dataset distillation in JAX.")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -279,6 +350,54 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--preprocess", default="normalize")
     common(sp)
     sp.set_defaults(fn=cmd_full)
+
+    sp = sub.add_parser("teacher", help="train BN teacher(s) for statistics matching (resumable)")
+    sp.add_argument("--config", default=None, help="take dataset/teacher from a configs/sre2l file")
+    sp.add_argument("--dataset", default=None)
+    sp.add_argument("--model", default=None, help="a BN model, e.g. convnet_d3_w32_bn, resnet18")
+    sp.add_argument("--epochs", type=int, default=None)
+    sp.add_argument("--lr", type=float, default=None, help="SGD lr (default 0.1, cosine)")
+    sp.add_argument("--batch-size", type=int, default=None)
+    sp.add_argument("--teachers", type=int, default=None, help="number of teachers (G-VBSM)")
+    sp.add_argument("--dsa", default=None, help="augmentation (default crop_flip; '' = none)")
+    sp.add_argument("--preprocess", default=None)
+    sp.add_argument("--out", default=None, help="teacher directory")
+    sp.add_argument("--seed", type=int, default=None)
+    sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    common(sp)
+    sp.set_defaults(fn=cmd_teacher)
+
+    sp = sub.add_parser("recover", help="statistics matching (SRe2L/CDA/G-VBSM/DWA) -> artefact")
+    sp.add_argument("--config", required=True, help="a configs/sre2l/*.py file")
+    sp.add_argument("--ipc", type=int, default=None)
+    sp.add_argument("--out", default=None, help="run directory (default runs/<config>-ipc<N>)")
+    sp.add_argument("--teacher", default=None, help="teacher directory (overrides teacher.dir)")
+    sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    common(sp)
+    sp.set_defaults(fn=cmd_recover)
+
+    sp = sub.add_parser("relabel", help="train KD students on an artefact with a teacher's soft labels")
+    sp.add_argument("dir", help="artefact directory (or a recover run directory)")
+    sp.add_argument("--teacher", default=None, help="teacher directory (default: the artefact's)")
+    sp.add_argument("--recipe", default=None, help="sre2l | cda | rded | gvbsm")
+    sp.add_argument("--mode", default=None, choices=["online", "stored"])
+    sp.add_argument("--epochs", type=int, default=None)
+    sp.add_argument("--top-k", type=int, default=None, help="stored labels: k largest logits")
+    sp.add_argument("--protocol", default=None, help="student = this protocol's model")
+    sp.add_argument("--model", default=None, help="student registry name (overrides protocol)")
+    sp.add_argument("--seeds", type=int, default=None)
+    sp.add_argument("--seed", type=int, default=None)
+    sp.add_argument("--batch-size", type=int, default=None)
+    sp.add_argument("--lr", type=float, default=None)
+    sp.add_argument("--temperature", type=float, default=None)
+    sp.add_argument("--t2", dest="t2_factor", action="store_const", const=True, default=None,
+                    help="multiply the KD loss by T^2 (Hinton); SRe2L: no")
+    sp.add_argument("--lr-per-step", dest="lr_per_epoch", action="store_const", const=False,
+                    default=None, help="cosine lr per step instead of per epoch")
+    sp.add_argument("--report", default=None, choices=["last", "best"],
+                    help="last (final epoch); best is not available yet")
+    common(sp)
+    sp.set_defaults(fn=cmd_relabel)
     return p
 
 

@@ -64,12 +64,15 @@ def train_seeds(keys: jax.Array, model: Model, cfg: TrainConfig, x_NHWC, y_targe
     """Train len(keys) networks at once (vmap over keys); returns stacked variables."""
     x_NHWC, y_target = jnp.asarray(x_NHWC, jnp.float32), jnp.asarray(y_target)
     aug = augment_fn(cfg)
-    init = jax.jit(jax.vmap(lambda k: train_init(k, model, cfg, x_NHWC.shape[0], lr)))
+    init = jax.jit(jax.vmap(lambda k, lr: train_init(k, model, cfg, x_NHWC.shape[0], lr),
+                            in_axes=(0, None)))
     chunk = _chunk_size(cfg.epochs)
-    run = jax.jit(jax.vmap(lambda s: train_epochs(s, model, cfg, x_NHWC, y_target, chunk, aug)))
-    state = init(keys)
+    # Data are arguments (not closure constants): XLA would otherwise fold them into the program.
+    run = jax.jit(jax.vmap(lambda s, x, y: train_epochs(s, model, cfg, x, y, chunk, aug),
+                           in_axes=(0, None, None)), donate_argnums=(0,))
+    state = init(keys, lr)
     for done in range(0, cfg.epochs, chunk):
-        state = run(state)
+        state = run(state, x_NHWC, y_target)
         if progress is not None:
             jax.block_until_ready(state.epoch)
             progress(done + chunk, cfg.epochs)
@@ -77,8 +80,8 @@ def train_seeds(keys: jax.Array, model: Model, cfg: TrainConfig, x_NHWC, y_targe
 
 
 def accuracies(model: Model, variables_S, x, y) -> np.ndarray:
-    f = jax.jit(jax.vmap(lambda v: accuracy(model, v, jnp.asarray(x), jnp.asarray(y))))
-    return np.asarray(f(variables_S), np.float64)
+    f = jax.jit(jax.vmap(lambda v, x, y: accuracy(model, v, x, y), in_axes=(0, None, None)))
+    return np.asarray(f(variables_S, jnp.asarray(x), jnp.asarray(y)), np.float64)
 
 
 def evaluate_set(key: jax.Array, x_syn_NHWC: np.ndarray, y_syn: np.ndarray, data: EvalData,
