@@ -1,0 +1,73 @@
+"""SRe2L on Fashion-MNIST, reduced to run on a 2-core CPU (the statistics-matching quickstart).
+
+Commands:
+  jaxdd teacher --config configs/sre2l/fashion_mnist_cpu.py            # squeeze (optional:
+                                                                         # recover trains it)
+  jaxdd recover --config configs/sre2l/fashion_mnist_cpu.py --ipc 10 --out runs/sm10
+  jaxdd relabel runs/sm10 --mode stored --json                          # KD students, test acc
+Runtime / expected: measured by jaxdd, see benchmarks/results/sm_fmnist.json
+(`python benchmarks/sm_fmnist.py`).
+
+Reductions against the references: ConvNet-D3 width 32 with BN as the teacher (3 epochs
+of the CIFAR-100 recipe instead of a 200-epoch ResNet-18), 300 recover iterations per
+batch instead of 1000, and a 300-epoch student on the `cpu` protocol's ConvNet-D3-W32.
+The recover hyper-parameters are otherwise the SRe2L CIFAR-100 preset (no crop, jitter
+0..4 px, r_bn 0.01, lr 0.25).
+"""
+
+
+def get_config():
+    return dict(
+        method="sre2l",               # sre2l | cda | gvbsm | dwa
+        dataset="fashion_mnist",
+        ipc=10,
+        seed=0,
+        preprocess="normalize",       # teacher, recover and student share this pixel space
+        teacher=dict(
+            model="convnet_d3_w32_bn",  # any registry model with BatchNorm
+            dir=None,                 # None = runs/teachers/<dataset>-<model>-<pre>-s<seed>
+            train_if_missing=True,    # train it there when absent (resumable per epoch)
+            num_teachers=1,           # > 1 for G-VBSM
+            epochs=3,                 # CIFAR-100 recipe: 200
+            batch_size=256,           # CIFAR-100 recipe: 128
+            lr=0.1,                   # SGD, momentum 0.9, wd 5e-4, cosine per step
+            momentum=0.9,
+            weight_decay=5e-4,
+            schedule="cosine",
+            dsa="crop_flip",          # per batch: translate-crop (1/8 of the side) or flip
+        ),
+        recover=dict(                 # jaxdd.methods.sre2l.RecoverConfig fields
+            lr=0.25,                  # Adam(0.5, 0.9) on normalised pixels, cosine to 0
+            iterations=300,           # per batch (SRe2L CIFAR-100: 1000)
+            r_bn=0.01,                # weight of the BN statistics term
+            first_bn_multiplier=10.0,  # w_0 of the stem's BN
+            jitter=(0, 4),            # circular shift range [px]
+            crop=False,               # no random-resized-crop at 28 px (CIFAR recipe)
+            batch_size=100,           # classes per batch (all 10 here: 1 image per class)
+            r_var=1.0,                # variance-term weight (DWA: 11 CIFAR/Tiny, 2 IN-1K)
+            crop_ratio=(3 / 4, 4 / 3),  # aspect-ratio range of the crop
+            per_image_aug=False,      # per-image crop/flip/jitter (references: one per batch)
+            cda_mode=None,              # CDA curriculum: cosine | linear | step | None
+            cda_milestone=1.0,          # curriculum ends at milestone * iterations
+            crop_min_scale=0.08,        # crop area lower bound when CDA is off
+            init="noise",               # noise (SRe2L) | real (DWA/EDC)
+            stacked_teachers=False,   # G-VBSM: match all teacher.num_teachers teachers (vmapped)
+            teacher_reduce="mean",      # mean | sum of the per-teacher losses
+            stat_ema=None,              # G-VBSM moving-average statistics a (0.8 CIFAR, 0.4 IN-1K)
+            dwa_steps=0,                # DWA: K ascent steps on the teacher per batch (0 = off)
+            dwa_rho=0.015,              # DWA: total step length rho
+        ),
+        relabel=dict(                 # defaults of `jaxdd relabel` on the artefact
+            recipe="sre2l",           # sre2l | cda | rded | gvbsm (jaxdd.pipelines.sre2l.RECIPES)
+            mode="online",            # online | stored (writes DIR/labels.npz)
+            epochs=300,               # student epochs (SRe2L IN-1K: 300)
+            seeds=3,                  # students (vmapped), mean +- std of final test accuracy
+            seed=0,
+            protocol="cpu",           # student = this protocol's model (convnet_d3_w32)
+            model=None,               # or a registry name (overrides protocol)
+            top_k=0,                  # stored labels: keep the k largest logits (0 = all)
+            batch_size=None,          # None = recipe's (1024; capped at the set size)
+            lr=None,                  # None = recipe's (AdamW 1e-3)
+            temperature=None,         # None = recipe's (T = 20)
+        ),
+    )

@@ -1,0 +1,274 @@
+"""Teachers for statistics matching (the "squeeze" stage): BN classifiers on real data.
+
+`train_teachers` trains `num_teachers` networks (teacher i from fold_in(key, i); several
+for G-VBSM) on the training split and stores their final variables (params + BN
+`batch_stats`); `load_teacher` / `load_teachers` read them back for recover and relabel.
+
+On-disk layout (the expert-buffer conventions of `jaxdd.experts`, whose helpers it reuses)::
+
+    out_dir/
+      teacher.json           manifest: model, dataset (+ fingerprint), preprocessing kind
+                             and hash, config, seed, per-teacher epochs / test accuracy /
+                             train time, status
+      preprocess.npz         the fitted `Preprocess` (jaxdd.data.preprocess.to_dict)
+      teacher_000/<E>/       Orbax CheckpointManager step E = epochs: final variables
+      resume/teacher_000/    latest epoch's full training state (variables, optimiser) of
+                             an unfinished teacher; deleted once it is complete
+
+Resume: every epoch is one jitted chunk of the shared loop (`jaxdd.train.train_epochs`,
+epoch e draws from fold_in(key, e)) saved before the next starts, so an interrupted run
+continues bit-identically. A directory built with another model, dataset, preprocessing,
+recipe or seed is refused; `num_teachers` alone may grow.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+import shutil
+import time
+from typing import Any, Callable, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+
+import jaxdd
+from jaxdd import data as jdata
+from jaxdd.augment.dsa import dsa as dsa_fn
+from jaxdd.experts import (_fingerprint, _key_and_seed, _manager, _preprocess_sha,
+                           _write_json)
+from jaxdd.models import Model, Variables, get_model
+from jaxdd.train.loop import TrainConfig, accuracy, train_epochs, train_init
+
+MANIFEST = "teacher.json"
+PREPROCESS_FILE = "preprocess.npz"
+FORMAT_VERSION = 1
+
+__all__ = ["TeacherConfig", "TeacherError", "train_teachers", "load_teacher", "load_teachers",
+           "read_manifest", "is_complete"]
+
+
+class TeacherError(ValueError):
+    """A teacher directory that is missing, corrupt or built with another setup."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TeacherConfig:
+    """How teachers are trained; defaults: the SRe2L CIFAR-100 ResNet-18 recipe (spec 1)."""
+
+    num_teachers: int = 1        # independent networks (teacher i uses fold_in(key, i)); G-VBSM > 1
+    epochs: int = 200            # passes over the training split
+    batch_size: int = 128        # images per SGD step
+    lr: float = 0.1              # SGD step size at t = 0
+    momentum: float = 0.9        # SGD momentum (PyTorch convention)
+    weight_decay: float = 5e-4   # coupled L2, as torch SGD
+    schedule: str = "cosine"     # cosine (per step) | step | constant (G-VBSM's weak teachers)
+    dsa: str = "crop_flip"       # per-batch DSA family: translate-crop or flip; "" = none
+
+    def __post_init__(self):
+        if self.num_teachers < 1:
+            raise TeacherError(f"num_teachers must be >= 1, got {self.num_teachers}")
+        self.train_config()  # validates epochs, batch size, schedule
+
+    def train_config(self) -> TrainConfig:
+        return TrainConfig(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
+                           momentum=self.momentum, weight_decay=self.weight_decay,
+                           schedule=self.schedule, optimizer="sgd", dsa=self.dsa)
+
+
+@functools.lru_cache(maxsize=8)
+def _compiled(model_name: str, num_classes: int, input_shape: tuple[int, int, int],
+              cfg: TeacherConfig) -> tuple[Model, Callable, Callable]:
+    """(model, jitted one-epoch step, jitted accuracy), cached across calls."""
+    model = get_model(model_name, num_classes, input_shape)
+    if not model.has_batch_stats:
+        raise TeacherError(f"model {model_name!r} has no BatchNorm; statistics matching needs "
+                           f"a BN teacher (e.g. convnet_d3_w32_bn, convnet_bn, resnet18)")
+    tcfg = cfg.train_config()
+    augment = None if cfg.dsa in ("", "none", "None") else (lambda k, x: dsa_fn(k, x, cfg.dsa))
+    epoch_fn = jax.jit(lambda state, x, y: train_epochs(state, model, tcfg, x, y, 1, augment))
+    acc_fn = jax.jit(lambda v, x, y: accuracy(model, v, x, y))
+    return model, epoch_fn, acc_fn
+
+
+def _identity(m: Mapping[str, Any]) -> dict[str, Any]:
+    cfg = {k: v for k, v in m["config"].items() if k != "num_teachers"}
+    keys = ("model", "num_classes", "input_shape", "dataset", "dataset_fingerprint",
+            "preprocess", "preprocess_sha256", "seed")
+    return {**{k: m[k] for k in keys}, "config": cfg}
+
+
+def read_manifest(out_dir: str) -> dict[str, Any]:
+    """The parsed manifest of a teacher directory (clear errors when absent or corrupt)."""
+    path = os.path.join(out_dir, MANIFEST)
+    if not os.path.exists(path):
+        raise TeacherError(f"no teacher at {out_dir} ({MANIFEST} missing); train one with "
+                           f"`jaxdd teacher --dataset D --model M --out {out_dir}`")
+    import json
+    try:
+        with open(path) as f:
+            m = json.load(f)
+    except (OSError, ValueError) as e:
+        raise TeacherError(f"corrupt teacher manifest {path}: {e}") from None
+    if m.get("format") != "jaxdd.teacher":
+        raise TeacherError(f"{path} is not a jaxdd teacher manifest")
+    if m.get("format_version", 0) > FORMAT_VERSION:
+        raise TeacherError(f"{path} has format {m['format_version']}, newer than this jaxdd; upgrade")
+    return m
+
+
+def is_complete(out_dir: str, num_teachers: int = 1) -> bool:
+    """True when `out_dir` holds at least `num_teachers` finished teachers."""
+    try:
+        m = read_manifest(out_dir)
+    except TeacherError:
+        return False
+    return sum(r["complete"] for r in m["teachers"][:num_teachers]) >= num_teachers
+
+
+def _teacher_dir(out_dir: str, i: int) -> str:
+    return os.path.join(out_dir, f"teacher_{i:03d}")
+
+
+def _resume_dir(out_dir: str, i: int) -> str:
+    return os.path.join(out_dir, "resume", f"teacher_{i:03d}")
+
+
+def train_teachers(out_dir: str, dataset: jdata.Dataset, model_name: str, cfg: TeacherConfig,
+                   key_or_seed: jax.Array | int, *, preprocess: str | jdata.Preprocess = "normalize",
+                   progress_cb: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+    """Train (or resume, or extend) `cfg.num_teachers` teachers on `dataset.x_train`.
+
+    The validation split of `dataset` is left out (it stays unseen for model selection);
+    test accuracy is recorded per teacher. Returns the manifest.
+    """
+    key, seed = _key_and_seed(key_or_seed)
+    x_train, y_train = dataset.x_train, dataset.y_train
+    os.makedirs(out_dir, exist_ok=True)
+    man_path = os.path.join(out_dir, MANIFEST)
+    pre_path = os.path.join(out_dir, PREPROCESS_FILE)
+    old = read_manifest(out_dir) if os.path.exists(man_path) else None
+    if isinstance(preprocess, str):
+        pre = (_read_preprocess(out_dir) if old is not None and old["preprocess"] == preprocess
+               else jdata.fit_preprocess(preprocess, x_train, dataset_name=dataset.name))
+    else:
+        pre = preprocess
+    shape = tuple(int(s) for s in dataset.image_shape)
+    model, epoch_fn, acc_fn = _compiled(model_name, dataset.num_classes, shape, cfg)
+    m = {
+        "format": "jaxdd.teacher", "format_version": FORMAT_VERSION,
+        "jaxdd_version": jaxdd.__version__, "jax_version": jax.__version__,
+        "model": model_name, "num_classes": dataset.num_classes, "input_shape": list(shape),
+        "dataset": dataset.name, "dataset_fingerprint": _fingerprint(x_train, y_train),
+        "num_train": int(len(x_train)), "num_val_held_out": int(len(dataset.y_val)),
+        "preprocess": pre.kind, "preprocess_sha256": _preprocess_sha(pre),
+        "config": dataclasses.asdict(cfg), "seed": seed,
+        "layout": "teacher_{i:03d}/{epochs}/ = Orbax step of the final variables",
+        "status": "incomplete", "teachers": [],
+    }
+    records: list[dict[str, Any]] = []
+    if old is not None:
+        if _identity(old) != _identity(m):
+            a, b = _identity(old), _identity(m)
+            diff = {k: (v, b[k]) for k, v in a.items() if k != "config" and b[k] != v}
+            diff.update({f"config.{k}": (v, b["config"].get(k))
+                         for k, v in a["config"].items() if b["config"].get(k) != v})
+            raise TeacherError(f"{out_dir} holds teachers built with a different setup "
+                               f"(stored, requested): {diff}; use another directory")
+        records = list(old["teachers"])
+        m["config"]["num_teachers"] = max(cfg.num_teachers, old["config"]["num_teachers"])
+    records += [dict(index=i, epochs_done=0, complete=False, test_accuracy=None,
+                     train_time_s=0.0) for i in range(len(records), m["config"]["num_teachers"])]
+    m["teachers"] = records
+    np.savez(pre_path + ".tmp.npz", **jdata.to_dict(pre))
+    os.replace(pre_path + ".tmp.npz", pre_path)
+    _write_json(man_path, m)
+
+    x_dev = jnp.asarray(jdata.apply(pre, x_train))
+    y_dev = jnp.asarray(y_train, jnp.int32)
+    test = (jnp.asarray(jdata.apply(pre, dataset.x_test)), jnp.asarray(dataset.y_test, jnp.int32))
+    todo = records[:cfg.num_teachers]
+    total = len(todo) * cfg.epochs
+    done = sum(r["epochs_done"] for r in todo)
+    tcfg = cfg.train_config()
+    for rec in todo:
+        i = rec["index"]
+        if rec["complete"]:
+            continue
+        t0 = time.perf_counter() - rec["train_time_s"]
+        state = train_init(jax.random.fold_in(key, i), model, tcfg, len(x_train))
+        with _manager(_resume_dir(out_dir, i), keep_latest=True) as resume:
+            start = resume.latest_step() or 0
+            if start:
+                saved = resume.restore(start, args=ocp.args.StandardRestore(
+                    {"variables": state.variables, "opt_state": state.opt_state}))
+                state = state._replace(variables=saved["variables"], opt_state=saved["opt_state"],
+                                       epoch=jnp.asarray(start, jnp.int32))
+            done += start - rec["epochs_done"]
+            for epoch in range(start + 1, cfg.epochs + 1):
+                state = epoch_fn(state, x_dev, y_dev)
+                resume.save(epoch, args=ocp.args.StandardSave(
+                    {"variables": state.variables, "opt_state": state.opt_state}))
+                rec.update(epochs_done=epoch, train_time_s=round(time.perf_counter() - t0, 2))
+                _write_json(man_path, m)
+                done += 1
+                if progress_cb is not None:
+                    progress_cb(done, total)
+        if not all(bool(jnp.isfinite(a).all()) for a in jax.tree.leaves(state.variables)):
+            raise FloatingPointError(f"teacher {i} diverged (NaN/inf weights); lower its lr")
+        with _manager(_teacher_dir(out_dir, i)) as final:
+            final.save(cfg.epochs, args=ocp.args.StandardSave(state.variables))
+        rec.update(complete=True, test_accuracy=round(float(acc_fn(state.variables, *test)), 4),
+                   train_time_s=round(time.perf_counter() - t0, 2))
+        _write_json(man_path, m)
+        shutil.rmtree(_resume_dir(out_dir, i), ignore_errors=True)
+    m["status"] = "complete" if all(r["complete"] for r in records) else "incomplete"
+    _write_json(man_path, m)
+    try:
+        os.rmdir(os.path.join(out_dir, "resume"))
+    except OSError:
+        pass
+    return m
+
+
+def _read_preprocess(out_dir: str) -> jdata.Preprocess:
+    path = os.path.join(out_dir, PREPROCESS_FILE)
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return jdata.from_dict(dict(z))
+    except (OSError, ValueError, KeyError) as e:
+        raise TeacherError(f"cannot read preprocessing {path}: {e}") from None
+
+
+def load_teachers(out_dir: str, num: int | None = None
+                  ) -> tuple[Model, list[Variables], jdata.Preprocess, dict[str, Any]]:
+    """(model, [variables of the first `num` complete teachers], preprocess, manifest)."""
+    m = read_manifest(out_dir)
+    complete = [r["index"] for r in m["teachers"] if r["complete"]]
+    num = len(complete) if num is None else num
+    if len(complete) < max(num, 1):
+        raise TeacherError(f"{out_dir} has {len(complete)} complete teacher(s), {max(num, 1)} "
+                           f"needed; finish training with `jaxdd teacher` (it resumes)")
+    model = get_model(m["model"], int(m["num_classes"]), tuple(m["input_shape"]))
+    target = jax.tree.map(lambda s: np.empty(s.shape, s.dtype),
+                          jax.eval_shape(model.init, jax.random.key(0)))
+    out = []
+    for i in complete[:num]:
+        path = os.path.join(_teacher_dir(out_dir, i), str(m["config"]["epochs"]), "default")
+        try:
+            with ocp.StandardCheckpointer() as ckptr:
+                out.append(dict(ckptr.restore(os.path.abspath(path), target)))
+        except Exception as e:  # noqa: BLE001 - Orbax/tensorstore raise many types
+            raise TeacherError(f"corrupt or unreadable teacher checkpoint {path}: "
+                               f"{type(e).__name__}: {str(e)[:300]}") from None
+    return model, out, _read_preprocess(out_dir), m
+
+
+def load_teacher(out_dir: str, index: int = 0
+                 ) -> tuple[Model, Variables, jdata.Preprocess, dict[str, Any]]:
+    """(model, variables (params + batch_stats), preprocess, manifest) of one teacher."""
+    model, vs, pre, m = load_teachers(out_dir, index + 1)
+    return model, vs[index], pre, m
