@@ -2,7 +2,8 @@
 
     python tests/multihost_worker.py NUM_PROCESSES PROCESS_ID PORT RUN_DIR OUT_DIR
 
-With NUM_PROCESSES > 1 it joins `jax.distributed` at 127.0.0.1:PORT (multi-process CPU
+With NUM_PROCESSES > 1 it joins `jax.distributed` at 127.0.0.1:PORT through
+`jaxdd.run.mesh.maybe_initialize_distributed` (JAXDD_COORDINATOR/...; multi-process CPU
 collectives: Gloo, jax's default `jax_cpu_collectives_implementation`). It runs the tiny
 MTT distiller of tests/sharding_check.py through the shared driver on one global mesh over
 every device of every process, in two calls: 3 steps (checkpoint at 2, all processes save),
@@ -21,9 +22,11 @@ ITERATIONS, STOP_AFTER, CKPT_EVERY = 4, 3, 2
 
 
 def main(num_processes: int, process_id: int, port: int, run_dir: str, out_dir: str) -> None:
-    if num_processes > 1:
-        jax.distributed.initialize(coordinator_address=f"127.0.0.1:{port}",
-                                   num_processes=num_processes, process_id=process_id)
+    if num_processes > 1:   # the CLI's own path: jax.distributed.initialize from JAXDD_* env
+        os.environ.update(JAXDD_COORDINATOR=f"127.0.0.1:{port}",
+                          JAXDD_NUM_PROCESSES=str(num_processes), JAXDD_PROCESS_ID=str(process_id))
+        from jaxdd.run.mesh import maybe_initialize_distributed
+        maybe_initialize_distributed()
     import numpy as np
     from jax.experimental import multihost_utils
 

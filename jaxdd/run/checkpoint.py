@@ -38,7 +38,11 @@ class Checkpointer:
         self._check_config(config)
         self.manager = ocp.CheckpointManager(
             os.path.join(self.run_dir, "checkpoints"),
+            # A save killed half-way leaves `<step>.orbax-checkpoint-tmp-<n>` (Orbax writes
+            # to a tmp dir and renames it once complete, so it is never a listed step). It is
+            # removed here: left in place, Orbax later deletes it instead of the real <step>.
             options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+                                                 cleanup_tmp_directories=True,
                                                  enable_async_checkpointing=async_save))
 
     def _check_config(self, config: dict) -> None:

@@ -71,8 +71,12 @@ def maybe_initialize_distributed() -> None:
     JAXDD_NUM_PROCESSES / JAXDD_PROCESS_ID, or what JAX detects itself (TPU pods, SLURM)."""
     coord = os.environ.get("JAXDD_COORDINATOR")
     if coord:
+        # "deactivate": all is explicit, so JAX's cluster detection must not fill in the rest;
+        # under SLURM it would set local_device_ids=[SLURM_LOCALID], i.e. one GPU per process,
+        # while jaxdd runs one process per host that drives all its devices.
         jax.distributed.initialize(coordinator_address=coord,
                                    num_processes=int(os.environ["JAXDD_NUM_PROCESSES"]),
-                                   process_id=int(os.environ["JAXDD_PROCESS_ID"]))
+                                   process_id=int(os.environ["JAXDD_PROCESS_ID"]),
+                                   cluster_detection_method="deactivate")
     elif os.environ.get("JAXDD_DISTRIBUTED") == "auto":
         jax.distributed.initialize()
