@@ -72,8 +72,9 @@ def run_and_export(ctx: Context, prep: Prepared, resume_step: int | None = None,
         return {"stopped_early": True}
     seconds = round(time.time() - t0, 2)
     paths = {}
+    exports = {k: tuple(_to_host(a) for a in v) for k, v in prep.export(state).items()}
     if jax.process_index() == 0:
-        for name, (x, y, lr) in prep.export(state).items():
+        for name, (x, y, lr) in exports.items():
             path = os.path.join(ctx.out_dir, name)
             artefact.save(path, np.asarray(x), np.asarray(y), preprocess=ctx.pre,
                           method=cfg["method"], dataset=ctx.ds.name,
@@ -83,6 +84,14 @@ def run_and_export(ctx: Context, prep: Prepared, resume_step: int | None = None,
                                  "final_loss": history[-1].get("loss") if history else None})
             paths[name] = path
     return {"artefacts": paths, "distill_seconds": seconds, "history": history}
+
+
+def _to_host(a):
+    """Host copy of a (possibly multi-process sharded) array; every process must call it."""
+    if isinstance(a, jax.Array) and not a.is_fully_addressable:
+        from jax.experimental import multihost_utils
+        return np.asarray(multihost_utils.process_allgather(a, tiled=True))
+    return a if a is None or isinstance(a, float) else np.asarray(a)
 
 
 def mesh_from(cfg: dict):
