@@ -227,12 +227,22 @@ class BufferInfo:
             raise BufferError(f"cannot read preprocessing {path}: {e}") from e
 
 
-def _identity(m: Mapping[str, Any]) -> dict[str, Any]:
-    """Fields that must match to resume/extend a buffer (num_experts may grow)."""
-    cfg = {k: v for k, v in m["config"].items() if k != "num_experts"}
+def _identity(m: Mapping[str, Any], grow_key: str = "num_experts") -> dict[str, Any]:
+    """Fields that must match to resume/extend a buffer (the population `grow_key` may grow)."""
+    cfg = {k: v for k, v in m["config"].items() if k != grow_key}
     keys = ("model", "num_classes", "input_shape", "dataset", "dataset_fingerprint",
             "preprocess", "preprocess_sha256", "seed")
     return {**{k: m[k] for k in keys}, "config": cfg}
+
+
+def setup_diff(stored: Mapping[str, Any], asked: Mapping[str, Any],
+               grow_key: str = "num_experts") -> dict[str, tuple]:
+    """Fields (and config fields) whose stored and requested values differ."""
+    a, b = _identity(stored, grow_key), _identity(asked, grow_key)
+    diff = {k: (v, b.get(k)) for k, v in a.items() if k != "config" and b.get(k) != v}
+    diff.update({f"config.{k}": (v, b["config"].get(k))
+                 for k, v in a["config"].items() if b["config"].get(k) != v})
+    return diff
 
 
 def _write_json(path: str, obj: Any) -> None:
@@ -400,11 +410,7 @@ def build_buffer(out_dir: str, dataset: Any, model_name: str, cfg: ExpertConfig,
     records: list[dict[str, Any]] = []
     if old is not None:
         if _identity(old) != _identity(m):
-            stored, asked = _identity(old), _identity(m)
-            diff = {k: (v, asked[k]) for k, v in stored.items()
-                    if k != "config" and asked[k] != v}
-            diff.update({f"config.{k}": (v, asked["config"].get(k))
-                         for k, v in stored["config"].items() if asked["config"].get(k) != v})
+            diff = setup_diff(old, m)
             raise BufferError(
                 f"{man_path} was built with a different setup; refusing to mix trajectories. "
                 f"Differences (stored, requested): {diff}. Use another out_dir or delete it.")

@@ -38,8 +38,9 @@ import orbax.checkpoint as ocp
 import jaxdd
 from jaxdd import data as jdata
 from jaxdd.augment.dsa import dsa as dsa_fn
-from jaxdd.experts import (_fingerprint, _key_and_seed, _manager, _preprocess_sha,
-                           _write_json)
+from jaxdd.experts import _fingerprint, _key_and_seed, _manager, _preprocess_sha
+from jaxdd.experts import _identity as experts_identity
+from jaxdd.experts import _write_json, setup_diff
 from jaxdd.models import Model, Variables, get_model
 from jaxdd.train.loop import TrainConfig, accuracy, train_epochs, train_init
 
@@ -95,10 +96,7 @@ def _compiled(model_name: str, num_classes: int, input_shape: tuple[int, int, in
 
 
 def _identity(m: Mapping[str, Any]) -> dict[str, Any]:
-    cfg = {k: v for k, v in m["config"].items() if k != "num_teachers"}
-    keys = ("model", "num_classes", "input_shape", "dataset", "dataset_fingerprint",
-            "preprocess", "preprocess_sha256", "seed")
-    return {**{k: m[k] for k in keys}, "config": cfg}
+    return experts_identity(m, "num_teachers")
 
 
 def read_manifest(out_dir: str) -> dict[str, Any]:
@@ -172,10 +170,7 @@ def train_teachers(out_dir: str, dataset: jdata.Dataset, model_name: str, cfg: T
     records: list[dict[str, Any]] = []
     if old is not None:
         if _identity(old) != _identity(m):
-            a, b = _identity(old), _identity(m)
-            diff = {k: (v, b[k]) for k, v in a.items() if k != "config" and b[k] != v}
-            diff.update({f"config.{k}": (v, b["config"].get(k))
-                         for k, v in a["config"].items() if b["config"].get(k) != v})
+            diff = setup_diff(old, m, "num_teachers")
             raise TeacherError(f"{out_dir} holds teachers built with a different setup "
                                f"(stored, requested): {diff}; use another directory")
         records = list(old["teachers"])

@@ -12,8 +12,7 @@ jax.config.update("jax_compilation_cache_dir",
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
-@pytest.fixture
-def tiny_npz(tmp_path):
+def write_tiny_npz(path) -> str:
     """A learnable 3-class, 8x8x1 dataset as an npz: class = which quadrant is bright."""
     rng = np.random.default_rng(0)
 
@@ -26,6 +25,10 @@ def tiny_npz(tmp_path):
 
     xtr, ytr = make(300)
     xte, yte = make(90)
-    path = tmp_path / "tiny.npz"
     np.savez(path, x_train=xtr, y_train=ytr, x_test=xte, y_test=yte)
     return str(path)
+
+
+@pytest.fixture
+def tiny_npz(tmp_path):
+    return write_tiny_npz(tmp_path / "tiny.npz")

@@ -15,6 +15,7 @@ import time
 
 import numpy as np
 import pytest
+from conftest import write_tiny_npz
 
 from jaxdd import artefact
 
@@ -73,18 +74,7 @@ def _truncate_tree(root) -> None:
 def setup(tmp_path_factory):
     """Tiny npz (as tests/conftest.py), its expert buffer, and an uninterrupted reference run."""
     root = tmp_path_factory.mktemp("resilience")
-    rng = np.random.default_rng(0)
-
-    def make(n):
-        y = rng.integers(0, 3, n).astype(np.int32)
-        x = rng.integers(0, 60, (n, 8, 8, 1)).astype(np.uint8)
-        for i, c in enumerate(y):
-            x[i, (c // 2) * 4:(c // 2) * 4 + 4, (c % 2) * 4:(c % 2) * 4 + 4] += 180
-        return x, y
-
-    (xtr, ytr), (xte, yte) = make(300), make(90)
-    npz = root / "tiny.npz"
-    np.savez(npz, x_train=xtr, y_train=ytr, x_test=xte, y_test=yte)
+    npz = write_tiny_npz(root / "tiny.npz")
     sets = [f"dataset=npz:{npz}", "model=convnet_d2_w4", f"buffer_dir={root / 'buf'}",
             f"iterations={ITERATIONS}", f"ckpt_every={CKPT_EVERY}", "experts.num_experts=2",
             "experts.epochs=2", "experts.batch_size=64", "mtt.syn_steps=3",

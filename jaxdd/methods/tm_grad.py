@@ -43,6 +43,15 @@ LabelKind = Literal["hard", "probs", "logits"]
 
 GRAD_MODES: tuple[str, ...] = ("bptt", "remat", "tesla")
 
+# `jax.checkpoint` policy of the `remat` mode when the inner scan is rolled or partly unrolled:
+# None saves nothing but the scan carries (the constant-memory design of spec section 3).
+_REMAT_POLICY = None
+# ... and when it is fully unrolled (unroll=True or >= N). XLA then keeps bptt-sized temporaries
+# whatever the policy (measured: width 32, N 10, 100 images, temp 1.51 GB for bptt, remat and
+# remat+this policy alike), so saving the matmul outputs costs no memory and skips their
+# recomputation: ~18 % faster remat on XLA:CPU (width 32, N 5), same result up to rounding.
+_REMAT_POLICY_FULL_UNROLL = jax.checkpoint_policies.dots_with_no_batch_dims_saveable
+
 
 def identity_augment(key: jax.Array, x_NHWC: jax.Array) -> jax.Array:
     """No augmentation; the default `augment_fn`."""
@@ -162,7 +171,9 @@ def unroll_inner(
 
     if remat:
         # prevent_cse=False is safe (and cheaper) under scan, per the jax.checkpoint docs.
-        body = jax.checkpoint(body, prevent_cse=False)
+        full = unroll is True or (not isinstance(unroll, bool) and unroll >= step_idx_NxB.shape[0])
+        body = jax.checkpoint(body, prevent_cse=False,
+                              policy=_REMAT_POLICY_FULL_UNROLL if full else _REMAT_POLICY)
     theta_N, _ = lax.scan(body, theta_0, (step_idx_NxB, step_keys_N), unroll=unroll)
     return theta_N
 
