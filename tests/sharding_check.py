@@ -41,7 +41,19 @@ def dm_case():
     return d, state, lambda consts, k, t: consts, real
 
 
-CASES = {"mtt": mtt_case, "dm": dm_case}
+def recover_case():
+    from jaxdd.methods.sre2l import RecoverConfig, make_recover
+    from jaxdd.models import get_model
+    m = get_model("convnet_d2_w4_bn", 4, (8, 8, 1))
+    v = m.init(jax.random.key(0))
+    _, v = m.apply_train(v, jax.random.normal(jax.random.key(4), (16, 8, 8, 1)) * 2 + 0.5)
+    d = make_recover(RecoverConfig(iterations=3, lr=0.1, init="real"), m, v)
+    x = np.asarray(jax.random.normal(jax.random.key(1), (8, 8, 8, 1)))
+    state = d.init(jax.random.key(2), x, jnp.arange(8) % 4)
+    return d, state, lambda consts, k, t: None, None
+
+
+CASES = {"mtt": mtt_case, "dm": dm_case, "recover": recover_case}
 
 
 def main(names):
