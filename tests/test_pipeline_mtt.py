@@ -64,3 +64,22 @@ def test_distill_resume_equals_uninterrupted(tiny_npz, tmp_path, capsys):
                 + sum((["--set", s] for s in sets + ["mtt.lr_img=99.0"]), []))
     assert code != 0 and "different config" in capsys.readouterr().err
     assert open(os.path.join(part, "artefact", "arrays.npz"), "rb").read() == before
+
+
+@pytest.mark.parametrize("name", ["cifar10", "cifar100", "tiny_imagenet", "tesla_imagenet64",
+                                  "datm_cifar10", "ftd_cifar10", "fashion_mnist_cpu"])
+def test_every_mtt_preset_builds_valid_configs(name):
+    """Every preset and IPC yields an MTTConfig / ExpertConfig the library accepts."""
+    from jaxdd.experts import ExpertConfig
+    from jaxdd.methods.mtt import MTTConfig
+    from jaxdd.pipelines.common import dataclass_from
+    path = os.path.join(os.path.dirname(CONFIG), f"{name}.py")
+    for ipc in (1, 10, 50):
+        try:
+            cfg = load_config(path, ipc)
+        except ValueError as e:
+            assert "no preset for IPC" in str(e)
+            continue
+        m = dataclass_from(MTTConfig, {**cfg["mtt"], "iterations": cfg["iterations"]})
+        e = dataclass_from(ExpertConfig, cfg["experts"])
+        assert m.max_start + m.expert_epochs <= e.epochs
