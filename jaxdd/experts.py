@@ -252,21 +252,27 @@ def _write_json(path: str, obj: Any) -> None:
     os.replace(tmp, path)  # atomic: a crash never leaves half a manifest
 
 
-def _read_manifest(out_dir: str) -> dict[str, Any]:
-    path = os.path.join(out_dir, MANIFEST)
+def read_json_manifest(path: str, fmt: str, error: type[Exception], missing: str) -> dict[str, Any]:
+    """A format-checked JSON manifest (buffers, teachers); `missing` is the message when
+    the file does not exist."""
     if not os.path.exists(path):
-        raise BufferError(f"no expert buffer at {out_dir} ({MANIFEST} missing)")
+        raise error(missing)
     try:
         with open(path) as f:
             m = json.load(f)
     except (OSError, ValueError) as e:
-        raise BufferError(f"corrupt buffer manifest {path}: {e}") from e
-    if m.get("format") != "jaxdd.expert_buffer":
-        raise BufferError(f"{path} is not a jaxdd expert-buffer manifest")
+        raise error(f"corrupt manifest {path}: {e}") from None
+    if m.get("format") != fmt:
+        raise error(f"{path} is not a {fmt} manifest")
     if m.get("format_version", 0) > FORMAT_VERSION:
-        raise BufferError(f"{path} has format {m['format_version']}, newer than this jaxdd "
-                          f"({FORMAT_VERSION}); upgrade jaxdd")
+        raise error(f"{path} has format {m['format_version']}, newer than this jaxdd "
+                    f"({FORMAT_VERSION}); upgrade jaxdd")
     return m
+
+
+def _read_manifest(out_dir: str) -> dict[str, Any]:
+    return read_json_manifest(os.path.join(out_dir, MANIFEST), "jaxdd.expert_buffer",
+                              BufferError, f"no expert buffer at {out_dir} ({MANIFEST} missing)")
 
 
 def _info(out_dir: str, m: Mapping[str, Any]) -> BufferInfo:

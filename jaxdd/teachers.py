@@ -40,7 +40,7 @@ from jaxdd import data as jdata
 from jaxdd.augment.dsa import dsa as dsa_fn
 from jaxdd.experts import _fingerprint, _key_and_seed, _manager, _preprocess_sha
 from jaxdd.experts import _identity as experts_identity
-from jaxdd.experts import _write_json, setup_diff
+from jaxdd.experts import _write_json, read_json_manifest, setup_diff
 from jaxdd.models import Model, Variables, get_model
 from jaxdd.train.loop import TrainConfig, accuracy, train_epochs, train_init
 
@@ -101,21 +101,10 @@ def _identity(m: Mapping[str, Any]) -> dict[str, Any]:
 
 def read_manifest(out_dir: str) -> dict[str, Any]:
     """The parsed manifest of a teacher directory (clear errors when absent or corrupt)."""
-    path = os.path.join(out_dir, MANIFEST)
-    if not os.path.exists(path):
-        raise TeacherError(f"no teacher at {out_dir} ({MANIFEST} missing); train one with "
-                           f"`jaxdd teacher --dataset D --model M --out {out_dir}`")
-    import json
-    try:
-        with open(path) as f:
-            m = json.load(f)
-    except (OSError, ValueError) as e:
-        raise TeacherError(f"corrupt teacher manifest {path}: {e}") from None
-    if m.get("format") != "jaxdd.teacher":
-        raise TeacherError(f"{path} is not a jaxdd teacher manifest")
-    if m.get("format_version", 0) > FORMAT_VERSION:
-        raise TeacherError(f"{path} has format {m['format_version']}, newer than this jaxdd; upgrade")
-    return m
+    return read_json_manifest(
+        os.path.join(out_dir, MANIFEST), "jaxdd.teacher", TeacherError,
+        f"no teacher at {out_dir} ({MANIFEST} missing); train one with "
+        f"`jaxdd teacher --dataset D --model M --out {out_dir}`")
 
 
 def is_complete(out_dir: str, num_teachers: int = 1) -> bool:
