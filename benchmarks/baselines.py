@@ -42,6 +42,17 @@ def vmap_ratio(proto, ds, pre, ipc: int, k: int) -> dict:
             "ratio": round(times[k] / times[1], 3)}
 
 
+def _partial(args, proto, rows) -> None:
+    """Keep what is measured on disk while the long run goes on (marked partial)."""
+    import json
+    os.makedirs(os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"), exist_ok=True)
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
+                        f"baselines_{proto.name}.partial.json")
+    with open(path, "w") as f:
+        json.dump({"benchmark": "baselines", "partial": True, "protocol": proto.name,
+                   "seeds": args.seeds, "rows": rows}, f)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--ipcs", type=int, nargs="+", default=[1, 10, 50])
@@ -70,6 +81,7 @@ def main() -> None:
                          "accuracy_std": r["accuracy_std"], "accuracies": r["accuracies"],
                          "select_seconds": round(t_sel, 2), "eval_seconds": r["seconds"]})
             print(rows[-1], file=sys.stderr, flush=True)
+            _partial(args, proto, rows)
     result = {"benchmark": "baselines", "dataset": ds.name, "protocol": proto.name,
               "model": proto.model, "seeds": args.seeds, "features": "pixels", "rows": rows,
               "environment": environment()}
