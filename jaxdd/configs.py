@@ -34,7 +34,9 @@ def set_path(cfg: dict, dotted: str, value: Any) -> None:
         if k not in node or not isinstance(node[k], dict):
             raise ValueError(f"--set {dotted}: no section {k!r} in the config")
         node = node[k]
-    if keys[-1] not in node:
+    # Inside a section (a method's dataclass fields) a field may be added: sections list
+    # only non-default values, and the dataclass rejects unknown names with a clear error.
+    if keys[-1] not in node and len(keys) == 1:
         raise ValueError(f"--set {dotted}: unknown field {keys[-1]!r}; known: {', '.join(sorted(node))}")
     node[keys[-1]] = value
 

@@ -36,26 +36,10 @@ def get_config():
             schedule="cosine",
             dsa="crop_flip",          # per batch: translate-crop (1/8 of the side) or flip
         ),
-        recover=dict(                 # jaxdd.methods.sre2l.RecoverConfig fields
+        recover=dict(                 # jaxdd.methods.sre2l.RecoverConfig (only non-defaults)
             lr=0.25,                  # Adam(0.5, 0.9) on normalised pixels, cosine to 0
-            iterations=300,           # per batch (SRe2L CIFAR-100: 1000)
             r_bn=0.01,                # weight of the BN statistics term
-            first_bn_multiplier=10.0,  # w_0 of the stem's BN
-            jitter=(0, 4),            # circular shift range [px]
-            crop=False,               # no random-resized-crop at 28 px (CIFAR recipe)
-            batch_size=100,           # classes per batch (all 10 here: 1 image per class)
-            r_var=1.0,                # variance-term weight (DWA: 11 CIFAR/Tiny, 2 IN-1K)
-            crop_ratio=(3 / 4, 4 / 3),  # aspect-ratio range of the crop
-            per_image_aug=False,      # per-image crop/flip/jitter (references: one per batch)
-            cda_mode=None,              # CDA curriculum: cosine | linear | step | None
-            cda_milestone=1.0,          # curriculum ends at milestone * iterations
-            crop_min_scale=0.08,        # crop area lower bound when CDA is off
-            init="noise",               # noise (SRe2L) | real (DWA/EDC)
-            stacked_teachers=False,   # G-VBSM: match all teacher.num_teachers teachers (vmapped)
-            teacher_reduce="mean",      # mean | sum of the per-teacher losses
-            stat_ema=None,              # G-VBSM moving-average statistics a (0.8 CIFAR, 0.4 IN-1K)
-            dwa_steps=0,                # DWA: K ascent steps on the teacher per batch (0 = off)
-            dwa_rho=0.015,              # DWA: total step length rho
+            iterations=300,           # per batch (SRe2L CIFAR-100: 1000)
         ),
         relabel=dict(                 # defaults of `jaxdd relabel` on the artefact
             recipe="sre2l",           # sre2l | cda | rded | gvbsm (jaxdd.pipelines.sre2l.RECIPES)

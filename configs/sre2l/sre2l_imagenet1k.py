@@ -30,26 +30,12 @@ def get_config():
             schedule="cosine",
             dsa="crop_flip",
         ),
-        recover=dict(                 # jaxdd.methods.sre2l.RecoverConfig
+        recover=dict(                 # jaxdd.methods.sre2l.RecoverConfig (only non-defaults)
             lr=0.25,
-            iterations=4000,
             r_bn=0.01,
+            iterations=4000,
             jitter=(0, 32),
             crop=True,
-            crop_min_scale=0.08,
-            cda_mode=None,
-            first_bn_multiplier=10.0,
-            batch_size=100,           # classes per batch, 1 image per class (SRe2L)
-            r_var=1.0,                # variance-term weight (DWA: 11 CIFAR/Tiny, 2 IN-1K)
-            crop_ratio=(3 / 4, 4 / 3),  # aspect-ratio range of the crop
-            per_image_aug=False,      # per-image crop/flip/jitter (references: one per batch)
-            cda_milestone=1.0,          # curriculum ends at milestone * iterations
-            init="noise",               # noise (SRe2L) | real (DWA/EDC)
-            stacked_teachers=False,   # G-VBSM: match all teacher.num_teachers teachers (vmapped)
-            teacher_reduce="mean",      # mean | sum of the per-teacher losses
-            stat_ema=None,              # G-VBSM moving-average statistics a (0.8 CIFAR, 0.4 IN-1K)
-            dwa_steps=0,                # DWA: K ascent steps on the teacher per batch (0 = off)
-            dwa_rho=0.015,              # DWA: total step length rho
         ),
         relabel=dict(
             recipe="sre2l",        # AdamW 1e-3, wd 0.01, cosine per epoch, T 20, no T^2
