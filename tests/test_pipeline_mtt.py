@@ -71,7 +71,8 @@ def test_distill_resume_equals_uninterrupted(tiny_npz, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("name", ["cifar10", "cifar100", "tiny_imagenet", "tesla_imagenet64",
-                                  "datm_cifar10", "ftd_cifar10", "fashion_mnist_cpu"])
+                                  "datm_cifar10", "datm_cifar100", "ftd_cifar10",
+                                  "fashion_mnist_cpu"])
 def test_every_mtt_preset_builds_valid_configs(name):
     """Every preset and IPC yields an MTTConfig / ExpertConfig the library accepts."""
     from jaxdd.experts import ExpertConfig
