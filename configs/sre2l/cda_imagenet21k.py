@@ -17,18 +17,10 @@ def get_config():
         ipc=20,
         seed=0,
         preprocess="normalize",
-        teacher=dict(
+        teacher=dict(                 # jaxdd.teachers.TeacherConfig non-defaults + model/dir
             model="resnet18",
             dir="runs/teachers/REPLACE-with-converted-pretrained-teacher",
             train_if_missing=False,   # False: a pretrained teacher must be given
-            num_teachers=1,
-            epochs=200,               # CIFAR-100 recipe (spec section 1)
-            batch_size=128,
-            lr=0.1,                   # SGD, momentum 0.9, wd 5e-4, cosine
-            momentum=0.9,
-            weight_decay=5e-4,
-            schedule="cosine",
-            dsa="crop_flip",
         ),
         recover=dict(                 # jaxdd.methods.sre2l.RecoverConfig (only non-defaults)
             lr=0.05,
@@ -40,15 +32,7 @@ def get_config():
         ),
         relabel=dict(
             recipe="cda",        # AdamW 1e-3, wd 0.01, cosine per epoch, T 20, no T^2
-            mode="online",
             epochs=300,
-            seeds=3,
-            seed=0,
-            protocol="cpu",
             model="resnet18",         # student
-            top_k=0,
-            batch_size=None,          # recipe's (1024)
-            lr=None,
-            temperature=None,
         ),
     )

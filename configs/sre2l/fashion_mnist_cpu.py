@@ -23,18 +23,12 @@ def get_config():
         ipc=10,
         seed=0,
         preprocess="normalize",       # teacher, recover and student share this pixel space
-        teacher=dict(
+        teacher=dict(                 # jaxdd.teachers.TeacherConfig non-defaults + model/dir
             model="convnet_d3_w32_bn",  # any registry model with BatchNorm
             dir=None,                 # None = runs/teachers/<dataset>-<model>-<pre>-s<seed>
             train_if_missing=True,    # train it there when absent (resumable per epoch)
-            num_teachers=1,           # > 1 for G-VBSM
             epochs=3,                 # CIFAR-100 recipe: 200
             batch_size=256,           # CIFAR-100 recipe: 128
-            lr=0.1,                   # SGD, momentum 0.9, wd 5e-4, cosine per step
-            momentum=0.9,
-            weight_decay=5e-4,
-            schedule="cosine",
-            dsa="crop_flip",          # per batch: translate-crop (1/8 of the side) or flip
         ),
         recover=dict(                 # jaxdd.methods.sre2l.RecoverConfig (only non-defaults)
             lr=0.25,                  # Adam(0.5, 0.9) on normalised pixels, cosine to 0
@@ -42,16 +36,6 @@ def get_config():
             iterations=300,           # per batch (SRe2L CIFAR-100: 1000)
         ),
         relabel=dict(                 # defaults of `jaxdd relabel` on the artefact
-            recipe="sre2l",           # sre2l | cda | rded | gvbsm (jaxdd.pipelines.sre2l.RECIPES)
-            mode="online",            # online | stored (writes DIR/labels.npz)
             epochs=300,               # student epochs (SRe2L IN-1K: 300)
-            seeds=3,                  # students (vmapped), mean +- std of final test accuracy
-            seed=0,
-            protocol="cpu",           # student = this protocol's model (convnet_d3_w32)
-            model=None,               # or a registry name (overrides protocol)
-            top_k=0,                  # stored labels: keep the k largest logits (0 = all)
-            batch_size=None,          # None = recipe's (1024; capped at the set size)
-            lr=None,                  # None = recipe's (AdamW 1e-3)
-            temperature=None,         # None = recipe's (T = 20)
         ),
     )
