@@ -59,6 +59,9 @@ def parse_args(argv=None):
                    help="lax.scan unroll of jaxdd's inner loop: auto (True on cpu, 1 on cuda), true, or an int")
     p.add_argument("--conv-impl", default="auto", choices=("auto", "im2col_cm", "im2col", "lax"),
                    help="jaxdd ConvNet conv_impl (auto = the library default, channel-major im2col)")
+    p.add_argument("--image-chunks", default="auto",
+                   help="chunks of jaxdd's student forward (auto = the library default, "
+                        "jaxdd.models.auto_chunks; 1 = whole batch)")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--tol", type=float, default=5e-3,
@@ -97,7 +100,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from jaxdd.methods.tm_grad import make_inner_schedule, matching_loss_and_grads  # noqa: E402
-from jaxdd.models.convnet import ConvNet  # noqa: E402
+from jaxdd.models import auto_chunks, chunked, get_model  # noqa: E402
 
 # ----------------------------------------------------------------------------------------------
 # The problem (shared)
@@ -106,10 +109,9 @@ from jaxdd.models.convnet import ConvNet  # noqa: E402
 
 def make_problem(width, syn_steps, ipc, seed):
     num_syn = NUM_CLASSES * ipc
-    impl = {"auto": "im2col_cm"}.get(ARGS.conv_impl, ARGS.conv_impl)  # get_model's default for this net
-    model = ConvNet(num_classes=NUM_CLASSES, width=width, depth=3, norm="instance", conv_impl=impl)
+    model = get_model(f"convnet_d3_w{width}", NUM_CLASSES, (HW, HW, 1), conv_impl=ARGS.conv_impl)
     k_init, k_pert, k_x, k_sched = jax.random.split(jax.random.key(seed), 4)
-    theta_0 = model.init(k_init, jnp.zeros((1, HW, HW, 1)))["params"]
+    theta_0 = model.init(k_init)["params"]
     leaves, treedef = jax.tree.flatten(theta_0)
     pk = jax.random.split(k_pert, len(leaves))
     # Target: a perturbed copy (as tests/test_mtt.py); the gradient identities hold for any target.
@@ -121,9 +123,13 @@ def make_problem(width, syn_steps, ipc, seed):
     return model, (x, y, log_lr, theta_0, theta_t, idx, keys)
 
 
-def jax_step_fn(model, mode, unroll):
-    def apply_fn(params, x_NHWC):
-        return model.apply({"params": params}, x_NHWC)
+def image_chunks(model, batch):
+    return auto_chunks(model, batch) if ARGS.image_chunks == "auto" else int(ARGS.image_chunks)
+
+
+def jax_step_fn(model, mode, unroll, batch):
+    # The student exactly as jaxdd's MTT pipeline builds it (jaxdd/pipelines/mtt.py).
+    apply_fn = chunked(lambda params, x_NHWC: model.apply({"params": params}, x_NHWC), image_chunks(model, batch))
 
     def f(x, y, log_lr, theta_0, theta_t, idx, keys):
         return matching_loss_and_grads(mode, apply_fn, x, y, log_lr, theta_0, theta_t, idx, keys,
@@ -236,7 +242,7 @@ def check_float64(model, jargs, t_args, torch_impls, args):
         net, tx, ty, tl, ts, tt, tidx = t_args
         t64 = (net, tx.double(), ty, tl.double(), ts.double(), tt.double(), tidx)
         for name, fn in torch_impls.items():
-            loss, g = jax_step_fn(model, name, args.unroll_value)(*j64)
+            loss, g = jax_step_fn(model, name, args.unroll_value, len(jargs[0]))(*j64)
             tl_, tgx, tglr = fn(*t64)
             tgx = tgx.cpu().numpy().transpose(0, 2, 3, 1)
             out[name] = {"gx": np.asarray(g.x_syn_NHWC),
@@ -285,7 +291,7 @@ def run_config(width, syn_steps, ipc, args, tdev):
     ref64 = check_float64(model, jargs, t_args, torch_impls, args) if args.check64 else {}
     for mode in args.mode_list:
         t0 = time.perf_counter()
-        compiled[mode] = jax_step_fn(model, mode, args.unroll_value).lower(*jargs).compile()
+        compiled[mode] = jax_step_fn(model, mode, args.unroll_value, len(jargs[0])).lower(*jargs).compile()
         compile_s[mode] = time.perf_counter() - t0
         loss, g = jax.block_until_ready(compiled[mode](*jargs))
         tref = torch_ref(mode)
@@ -342,7 +348,7 @@ def run_config(width, syn_steps, ipc, args, tdev):
             jaxdd_min_s=round(min(times[("jax", mode)]), 5), torch_min_s=round(min(times[("torch", tref)]), 5),
             ratio_of_mins=round(min(times[("jax", mode)]) / min(times[("torch", tref)]), 3),
             loadavg_1min_after=round(os.getloadavg()[0], 2),
-            jaxdd_compile_s=round(compile_s[mode], 2),
+            jaxdd_compile_s=round(compile_s[mode], 2), jaxdd_image_chunks=image_chunks(model, NUM_CLASSES * ipc),
             jaxdd_times_s=[round(t, 4) for t in times[("jax", mode)]],
             torch_times_s=[round(t, 4) for t in times[("torch", tref)]],
             check=checks[mode]))
@@ -395,6 +401,7 @@ def main(args):
         setup=dict(model="ConvNet-D3, instance norm (torch GroupNorm(C,C)), 28x28x1 padded by 3, 10 classes",
                    labels="hard", batch_syn="all", augmentation="none", lr=0.01, dtype="float32",
                    theta_target="theta_0 + 0.02 N(0,1) per parameter", unroll=args.unroll_value, jaxdd_conv_impl=args.conv_impl,
+                   jaxdd_image_chunks=args.image_chunks,
                    repeats=args.repeats, warmup=args.warmup, statistic="median", tolerance_rel_l2=args.tol,
                    check=("loss and grads (images, log lr) jaxdd vs PyTorch: relative L2 error <= tolerance in "
                           "float32 and in float64 (where the two agree to ~1e-15); float32 errors of both "

@@ -1,3 +1,5 @@
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -83,3 +85,40 @@ def test_embed_is_penultimate_features():
 def test_unknown_model_is_a_clear_error():
     with pytest.raises(ValueError, match="unknown model 'vgg99'"):
         get_model("vgg99", 10, (32, 32, 3))
+
+
+def test_chunked_apply_is_the_same_function_in_the_mtt_gradient():
+    """`chunked` (how the MTT student runs on CPU) changes the schedule, not the math: loss
+    and exact trajectory-matching gradients agree with the whole-batch forward, uneven chunks
+    included; auto chunks only per-image ConvNets on one CPU device."""
+    from jaxdd.methods.tm_grad import make_inner_schedule, matching_loss_and_grads
+    from jaxdd.models import auto_chunks, chunked
+
+    m = get_model("convnet_d2_w4", 3, (8, 8, 1))
+    v = m.init(jax.random.key(0))
+    x = jax.random.normal(jax.random.key(1), (7, 8, 8, 1))
+    y = jnp.arange(7) % 3
+    theta_t = jax.tree.map(lambda p: p + 0.05, v["params"])
+    idx, keys = make_inner_schedule(jax.random.key(2), 7, 3, None)
+    log_lr = jnp.log(jnp.asarray(0.05))
+    apply_fn = lambda p, x: m.apply({"params": p}, x)  # noqa: E731
+
+    def grads(fn):
+        loss, g = matching_loss_and_grads("bptt", fn, x, y, log_lr, v["params"], theta_t, idx, keys, unroll=True)
+        return loss, g.x_syn_NHWC, g.log_lr
+
+    ref = grads(apply_fn)
+    for k in (2, 3, 100):   # 4 + 3, 3 + 3 + 1, one image each
+        for a, b in zip(grads(chunked(apply_fn, k)), ref):
+            np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-7 * float(jnp.abs(b).max()))
+    assert chunked(apply_fn, 1) is apply_fn
+    with pytest.raises(ValueError, match="num_chunks"):
+        chunked(apply_fn, 0)
+
+    assert auto_chunks(get_model("convnet_d3_w8_bn", 10, (28, 28, 1)), 100) == 1
+    assert auto_chunks(get_model("convnet_d3_w32", 10, (28, 28, 1)), 1) == 1
+    w32, w128 = (auto_chunks(get_model(f"convnet_d3_w{w}", 10, (28, 28, 1)), 100) for w in (32, 128))
+    if jax.device_count() == 1 and jax.default_backend() == "cpu" and (os.cpu_count() or 1) >= 2:
+        assert (w32, w128) == (2, 8)
+    else:
+        assert w32 == w128 == 1

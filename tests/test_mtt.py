@@ -318,6 +318,9 @@ def test_init_validates_labels():
         dist.init(jax.random.PRNGKey(0), jnp.zeros((3, 4, 4, 1)), jnp.arange(3))
     with pytest.raises(ValueError, match="grad_mode"):
         MTTConfig(grad_mode="fast")
+    for bad in (0, -2, 2.5, "many", True):
+        with pytest.raises(ValueError, match="image_chunks"):
+            MTTConfig(image_chunks=bad)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -351,3 +354,15 @@ def test_datm_init_labels_toy():
     np.testing.assert_allclose(logits[0], (np.array([1, 0]) + np.array([2, 0])) / 2)  # experts 0, 2
     np.testing.assert_allclose(logits[1], (np.array([0, 3]) + np.array([0, 6])) / 2)
     np.testing.assert_allclose(logits[2], [0, 1])  # only expert 1
+
+
+def test_image_chunks_change_nothing_but_the_schedule():
+    """make_mtt applies `image_chunks` (the CPU speed setting): same step, learned labels and
+    augmentation included, to float rounding; 4 images per inner step in 3 chunks -> 2+2."""
+    step1, s0, seg = _distiller(**LEARNED_FTD)
+    step3, _, _ = _distiller(**LEARNED_FTD, image_chunks=3)
+    key = jax.random.PRNGKey(5)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12),
+                 step3(s0, seg, key), step1(s0, seg, key))
+    dots = [str(jax.make_jaxpr(f)(s0, seg, key)).count("dot_general") for f in (step1, step3)]
+    assert dots[1] > dots[0]   # the chunked student really is a different (chunked) program

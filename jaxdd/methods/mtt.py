@@ -38,6 +38,7 @@ from jaxdd.methods.tm_grad import (
     matching_loss_and_grads,
     param_distance_loss,
 )
+from jaxdd.models import chunked
 
 __all__ = [
     "MTTConfig",
@@ -79,6 +80,11 @@ class MTTConfig:
     # bptt-sized temporaries in every mode (measured, conv width 32, 64 imgs, N=20: rolled
     # remat 12 MB vs bptt 88 MB; unroll=4 remat 26 MB; unroll=True all modes 110-140 MB).
     unroll: int | bool = 1
+    # Chunks the student's forward pass splits each inner batch into (`models.chunked`: the
+    # same function, chunk by chunk; faster on CPU), applied by `make_mtt`. "auto": the CLI
+    # pipeline resolves it with `models.auto_chunks` (chunks on a single CPU device only);
+    # `make_mtt` with a bare apply_fn cannot see the model and runs the whole batch. 1 = off.
+    image_chunks: int | Literal["auto"] = "auto"
     label_mode: Literal["hard", "tesla", "learned"] = "hard"  # hard ids / expert-assigned / DATM
     ema_decay: float | None = None  # FTD: decay of the EMA of synthetic images; None = off
     max_loss: float | None = None  # skip the update when loss > max_loss (DATM: 1.0); None = off
@@ -94,6 +100,8 @@ class MTTConfig:
             raise ValueError(f"label_mode={self.label_mode!r}; expected one of {LABEL_MODES}")
         if self.lr_space not in ("linear", "log"):
             raise ValueError(f"lr_space={self.lr_space!r}; expected 'linear' or 'log'")
+        if self.image_chunks != "auto" and not (type(self.image_chunks) is int and self.image_chunks >= 1):
+            raise ValueError(f"image_chunks={self.image_chunks!r}; expected 'auto' or an int >= 1 (1 = off)")
         if not 0 <= self.min_start < self.max_start:
             raise ValueError(f"need 0 <= min_start < max_start, got {self.min_start}, {self.max_start}")
 
@@ -207,6 +215,7 @@ def make_mtt(
     log_softmax(theta_target(x_syn)), so the stored labels are the latest assigned ones.
     """
     cfg = config
+    apply_fn = chunked(apply_fn, 1 if cfg.image_chunks == "auto" else cfg.image_chunks)
     opt_img = optax.sgd(cfg.lr_img, momentum=cfg.momentum_img)
     lr_step = cfg.lr_lr if cfg.lr_space == "linear" else cfg.lr_lr / cfg.lr_init**2
     opt_lr = optax.sgd(lr_step, momentum=cfg.momentum_lr)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 
@@ -12,7 +13,7 @@ import numpy as np
 from jaxdd import experts as jexperts
 from jaxdd.augment import dsa
 from jaxdd.methods import mtt
-from jaxdd.models import get_model
+from jaxdd.models import auto_chunks, get_model
 from jaxdd.pipelines.common import Context, Prepared, dataclass_from, init_images
 from jaxdd.run.progress import Progress
 
@@ -44,11 +45,13 @@ def prepare(ctx: Context) -> Prepared:
     stacked = jexperts.stack_experts(path, mcfg.max_start, mcfg.expert_epochs)
     num_experts = len(info.complete_experts)
     model = get_model(cfg["model"], ctx.ds.num_classes, ctx.ds.image_shape)
+    x0, y0 = init_images(ctx, jax.random.fold_in(ctx.key, 0))
+    batch = mcfg.batch_syn or len(x0)
+    if mcfg.image_chunks == "auto":
+        mcfg = dataclasses.replace(mcfg, image_chunks=auto_chunks(model, batch))
     apply_fn = lambda p, x: model.apply({"params": p}, x)
     augment = functools.partial(dsa, strategy=mcfg.dsa_strategy) if mcfg.dsa_strategy else mtt.identity_augment
     distiller = mtt.make_mtt(mcfg, apply_fn, augment)
-
-    x0, y0 = init_images(ctx, jax.random.fold_in(ctx.key, 0))
     if mcfg.label_mode == "learned":   # DATM: logits of the experts that get the image right
         last = jax.tree.map(lambda a: a[:, -1], stacked)
         y0, _ = mtt.datm_init_labels(apply_fn, last, jnp.asarray(x0), jnp.asarray(y0))
