@@ -9,7 +9,9 @@ fresh permutation per step), no augmentation. One outer step = N inner SGD steps
 matching loss + its gradient w.r.t. the images and log(lr).
 
 - jaxdd: `jaxdd.methods.tm_grad.matching_loss_and_grads` (jitted) for each gradient mode
-  bptt / remat / tesla.
+  bptt / remat / tesla, with the student as `jaxdd distill` builds it: `get_model`'s ConvNet
+  (channel-major im2col) and, on a single CPU device, its forward in `auto_chunks` chunks
+  (`--image-chunks 1` times the whole-batch forward instead).
 - PyTorch: a flat parameter vector and a hand-written functional ConvNet, `create_graph=True`
   through the N inner steps as MTT's reference (distill.py + ReparamModule) does; jaxdd's
   bptt and remat are compared with it. For tesla, a PyTorch TESLA (forward without graph,

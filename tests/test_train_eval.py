@@ -40,6 +40,27 @@ def test_chunked_training_equals_one_shot_and_learns():
     assert float(accuracy(m, one, x, y, batch_size=5)) > 0.9   # memorises 24 points
 
 
+def test_image_chunks_train_the_same_network():
+    """TrainConfig.image_chunks (the CPU speed setting) splits each batch's forward, not the
+    math: 3 chunks of a batch of 10 (4+4+2) train the same network; BatchNorm refuses."""
+    m = get_model("convnet_d2_w4", 3, (8, 8, 1))
+    x, y = _toy()
+    cfg = TrainConfig(epochs=3, batch_size=10, dsa="crop_flip", image_chunks=1)
+    from jaxdd.evaluate.core import augment_fn
+    run = lambda c: jax.jit(lambda k: train_network(k, m, c, x, y, augment_fn=augment_fn(c)))(jax.random.key(1))  # noqa: E731
+    cfg3 = TrainConfig(epochs=3, batch_size=10, dsa="crop_flip", image_chunks=3)
+    for a, b in zip(jax.tree.leaves(run(cfg3)), jax.tree.leaves(run(cfg))):
+        np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6)
+    dots = [str(jax.make_jaxpr(lambda k, c=c: train_network(k, m, c, x, y))(jax.random.key(1))).count("dot_general")
+            for c in (cfg, cfg3)]
+    assert dots[1] > dots[0]   # really a chunked program
+    bn = get_model("convnet_d2_w4_bn", 3, (8, 8, 1))
+    with pytest.raises(ValueError, match="BatchNorm"):
+        train_network(jax.random.key(1), bn, TrainConfig(epochs=1, batch_size=10, image_chunks=2), x, y)
+    with pytest.raises(ValueError, match="image_chunks"):
+        TrainConfig(epochs=1, image_chunks=0)
+
+
 def test_learned_lr_is_used():
     m = get_model("mlp_w16", 3, (8, 8, 1))
     cfg = TrainConfig(epochs=2, batch_size=8, dsa="")

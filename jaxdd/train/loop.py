@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxdd.models import Model, Variables
+from jaxdd.models import Model, Variables, auto_chunks, chunked
 
 AugmentFn = Callable[[jax.Array, jax.Array], jax.Array]
 # direction_fn(grad_fn, params, grads) -> update direction; grad_fn(p) recomputes the
@@ -34,10 +34,15 @@ class TrainConfig:
     schedule: str = "step"      # step: x0.1 at half the steps | cosine | constant
     optimizer: str = "sgd"      # sgd | adamw (decoupled wd, for statistics-matching students)
     dsa: str = "color_crop_cutout_flip_scale_rotate"  # DSA strategy; "" = no augmentation
+    # Forward of each batch in chunks (`models.chunked`, same function; measured 13-17 % faster
+    # training steps on the 2-core CPU); "auto" = `models.auto_chunks`, 1 = whole batch.
+    image_chunks: int | str = "auto"
 
     def __post_init__(self):
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError(f"epochs and batch_size must be >= 1, got {self.epochs}, {self.batch_size}")
+        if self.image_chunks != "auto" and not (type(self.image_chunks) is int and self.image_chunks >= 1):
+            raise ValueError(f"image_chunks={self.image_chunks!r}; expected 'auto' or an int >= 1 (1 = off)")
         if self.schedule not in ("step", "cosine", "constant"):
             raise ValueError(f"unknown lr schedule {self.schedule!r}; use step, cosine or constant")
         if self.optimizer not in ("sgd", "adamw"):
@@ -110,8 +115,17 @@ def train_epochs(state: TrainState, model: Model, cfg: TrainConfig, x_NHWC: jax.
     spe = steps_per_epoch(n, bs)
     tx = make_optimizer(cfg, cfg.epochs * spe)
 
+    chunks = auto_chunks(model, bs) if cfg.image_chunks == "auto" else cfg.image_chunks
+    if chunks > 1 and model.has_batch_stats:
+        raise ValueError(f"image_chunks={chunks} would split BatchNorm's batch statistics; "
+                         f"use image_chunks=1 (or 'auto') for {model.name}")
+    apply_chunked = chunked(lambda v, xb: model.apply_train(v, xb)[0], chunks)
+
     def loss_fn(params, rest, xb, yb, mask):
-        logits, new_vars = model.apply_train({**rest, "params": params}, xb)
+        if chunks > 1:   # no batch statistics (checked above): the variables are unchanged
+            logits, new_vars = apply_chunked({**rest, "params": params}, xb), {**rest, "params": params}
+        else:
+            logits, new_vars = model.apply_train({**rest, "params": params}, xb)
         loss = (soft_cross_entropy(logits, yb) * mask).sum() / mask.sum()
         return loss, new_vars
 
