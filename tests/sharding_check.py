@@ -22,7 +22,8 @@ def mtt_case():
     apply_fn = lambda p, x: m.apply({"params": p}, x)
     t0 = m.init(jax.random.key(0))["params"]
     t1 = jax.tree.map(lambda a: a * 0.9, t0)
-    cfg = MTTConfig(syn_steps=3, expert_epochs=1, max_start=1, lr_img=10.0, unroll=True)
+    # image_chunks=2: the chunked student (the CPU default on one device) on sharded images too
+    cfg = MTTConfig(syn_steps=3, expert_epochs=1, max_start=1, lr_img=10.0, unroll=True, image_chunks=2)
     d = make_mtt(cfg, apply_fn)
     x = np.asarray(jax.random.normal(jax.random.key(1), (16, 8, 8, 1)))
     state = d.init(jax.random.key(2), x, jnp.arange(16) % 4)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -49,6 +50,10 @@ def prepare(ctx: Context) -> Prepared:
     batch = mcfg.batch_syn or len(x0)
     if mcfg.image_chunks == "auto":
         mcfg = dataclasses.replace(mcfg, image_chunks=auto_chunks(model, batch))
+    if not ctx.quiet:
+        print(f"[distill] {mcfg.syn_steps} inner steps on {batch} images, student forward in "
+              f"{mcfg.image_chunks} chunk(s) (mtt.image_chunks={cfg['mtt'].get('image_chunks', 'auto')!r})",
+              file=sys.stderr, flush=True)
     apply_fn = lambda p, x: model.apply({"params": p}, x)
     augment = functools.partial(dsa, strategy=mcfg.dsa_strategy) if mcfg.dsa_strategy else mtt.identity_augment
     distiller = mtt.make_mtt(mcfg, apply_fn, augment)
