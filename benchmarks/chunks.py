@@ -8,8 +8,11 @@ Cases (ConvNet-D3, instance norm, 28x28x1, 10 classes):
 - mtt:   the exact MTT outer step (`matching_loss_and_grads`, remat, inner loop unrolled),
          WIDTHxSYN_STEPSxIMAGES;
 - train: `train_network` for --epochs epochs (no augmentation), WIDTHxIMAGESxBATCH.
-Before timing, each chunked result is checked against the whole-batch one (relative L2
-error <= 1e-4 on the image gradient / the trained parameters).
+Before timing, each chunked result is checked against the whole-batch one: the MTT image
+gradient in float64 (relative L2 error <= 1e-9; the same math), and every float32 result to
+<= 2e-2 (the float32 second-order image gradient is ill-conditioned: at width 128 float32
+results of jaxdd and PyTorch alike are up to ~1e-2 from float64, see tm_vs_torch.py); all
+errors are recorded.
 
 Usage:
   python benchmarks/chunks.py                       # the default cases below (~15 min on 2 cores)
@@ -82,6 +85,18 @@ def train_fns(width: int, images: int, batch: int, chunk_list, epochs: int):
     return model, min(batch, images), {c: make(c) for c in chunk_list}, (jax.random.key(1),)
 
 
+def check_float64(make_case):
+    """Relative error of the largest chunk count against the whole batch, in float64."""
+    jax.config.update("jax_enable_x64", True)
+    try:
+        _, _, fns, args = make_case()
+        args = jax.tree.map(lambda a: a.astype(jnp.float64) if a.dtype == jnp.float32 else a, args)
+        lo, hi = min(fns), max(fns)
+        return rel(fns[hi](*args), fns[lo](*args))
+    finally:
+        jax.config.update("jax_enable_x64", False)
+
+
 def run_case(kind, model, batch, fns, args, repeats):
     comp, outs = {}, {}
     for c, f in fns.items():
@@ -91,7 +106,7 @@ def run_case(kind, model, batch, fns, args, repeats):
         outs[c] = jax.block_until_ready(f(*args))
     base = min(fns)
     errs = {c: rel(outs[c], outs[base]) for c in fns}
-    if max(errs.values()) > 1e-4:
+    if max(errs.values()) > 2e-2:
         raise SystemExit(f"{kind}: chunked result differs from the whole batch: {errs}")
     times = {c: [] for c in fns}
     for _ in range(repeats):
@@ -118,8 +133,12 @@ def main(argv=None):
     results = []
     t_all = time.perf_counter()
     for (w, n, imgs), cl in parse_cases(args.mtt):
+        e64 = check_float64(lambda: mtt_fns(w, n, imgs, [min(cl), max(cl)]))
+        if e64 > 1e-9:
+            raise SystemExit(f"mtt w={w} N={n} images={imgs}: chunked != whole batch in float64 ({e64:.1e})")
         r = run_case("mtt", *mtt_fns(w, n, imgs, cl), args.repeats)
-        results.append({"case": "mtt_outer_step", "width": w, "syn_steps": n, "images": imgs, **r})
+        results.append({"case": "mtt_outer_step", "width": w, "syn_steps": n, "images": imgs,
+                        "float64_rel_err_max_chunks_vs_whole_batch": e64, **r})
         print(f"# mtt w={w} N={n} images={imgs}: " + ", ".join(
             f"{c} chunks {v['ratio_to_whole_batch']} (compile {v['compile_s']} s)" for c, v in r["by_chunks"].items()),
             file=sys.stderr, flush=True)

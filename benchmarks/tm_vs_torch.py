@@ -101,6 +101,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
+from jaxdd.methods.mtt import AUTO_MAX_CHUNKS  # noqa: E402
 from jaxdd.methods.tm_grad import make_inner_schedule, matching_loss_and_grads  # noqa: E402
 from jaxdd.models import auto_chunks, chunked, get_model  # noqa: E402
 
@@ -126,7 +127,7 @@ def make_problem(width, syn_steps, ipc, seed):
 
 
 def image_chunks(model, batch):
-    return auto_chunks(model, batch) if ARGS.image_chunks == "auto" else int(ARGS.image_chunks)
+    return auto_chunks(model, batch, AUTO_MAX_CHUNKS) if ARGS.image_chunks == "auto" else int(ARGS.image_chunks)
 
 
 def jax_step_fn(model, mode, unroll, batch):

@@ -120,5 +120,6 @@ def test_chunked_apply_is_the_same_function_in_the_mtt_gradient():
     w32, w128 = (auto_chunks(get_model(f"convnet_d3_w{w}", 10, (28, 28, 1)), 100) for w in (32, 128))
     if jax.device_count() == 1 and jax.default_backend() == "cpu" and (os.cpu_count() or 1) >= 2:
         assert (w32, w128) == (2, 8)
+        assert auto_chunks(get_model("convnet_d3_w128", 10, (28, 28, 1)), 100, max_chunks=4) == 4
     else:
         assert w32 == w128 == 1

@@ -55,6 +55,10 @@ __all__ = [
 ]
 
 LABEL_MODES: tuple[str, ...] = ("hard", "tesla", "learned")
+# Most chunks `image_chunks="auto"` uses: the inner loop is unrolled, so compile time grows
+# with the chunk count; 4 chunks ran as fast as 8 (width 128: 0.80 vs 0.82 of the whole
+# batch) at a third of the compile time (benchmarks/results/chunks_cpu.json).
+AUTO_MAX_CHUNKS = 4
 
 
 @dataclasses.dataclass(frozen=True)

@@ -105,13 +105,15 @@ def param_count(name: str, num_classes: int, input_shape: tuple[int, int, int]) 
     return sum(int(x.size) for x in jax.tree.leaves(shapes["params"]))
 
 
-# Chunking on CPU (`auto_chunks`): measured on the 2-core XLA:CPU machine, MTT outer step,
-# ConvNet-D3 on 28 px, 10 inner steps (ratios to the whole batch, one process, alternating):
-# width 32, 100 images: 2 chunks 0.91, 4-8 chunks 0.90-0.91; width 32, 10 images: 2 chunks
-# 0.91; width 64, 100 images: 2 chunks 0.92, 10 chunks 0.85; width 128, 100 images: 10
-# chunks 0.77. Two chunks let XLA run two independent chains on the two cores; beyond that,
-# chunks whose activations fit in cache help wide nets. Compile time grows ~linearly with
-# the chunk count (width 32: 9 s whole, 15 s at 2 chunks, 27 s at 4), hence the cap.
+# Chunking on CPU (`auto_chunks`), measured on the 2-core machine with benchmarks/chunks.py
+# (benchmarks/results/chunks_cpu.json; ConvNet-D3, 28 px; time against the whole batch):
+# MTT outer step (10 unrolled inner steps): width 32, 100 images, 2 chunks 0.92, 4 chunks
+# 0.93; 10 images, 2 chunks 0.92; width 128, 100 images, 4 chunks 0.80, 8 chunks 0.82.
+# Training, 10 epochs: width 32 batch 256, 4 chunks 0.76, 5 chunks 0.80; width 128 on 100
+# images, 4 chunks 0.86, 8 chunks 0.80. Two chunks let XLA run two independent chains on
+# the two cores; beyond that, chunks whose activations fit in cache help wide nets. Under
+# an unrolled loop compile time grows with the chunk count (MTT width 128: 5 s whole, 20 s
+# at 4 chunks, 58 s at 8), so MTT caps it lower (`max_chunks`).
 CPU_CHUNK_BYTES = 13 * 2**19   # first-layer activations per chunk (6.5 MiB)
 CPU_MAX_CHUNKS = 8
 
@@ -141,13 +143,13 @@ def chunked(apply_fn: Callable[[Any, jax.Array], jax.Array], num_chunks: int
     return apply
 
 
-def auto_chunks(model: Model, batch: int) -> int:
+def auto_chunks(model: Model, batch: int, max_chunks: int = CPU_MAX_CHUNKS) -> int:
     """Chunks for `chunked` that suit this model, batch size and machine; 1 = no chunking.
 
     Chunks only where it is exact and measured faster: a ConvNet without batch statistics on
     a single multi-core CPU device (a sharded batch is already split by the mesh; GPUs and
     TPUs want the whole batch). At least two chunks, more when the first-layer activations
-    exceed CPU_CHUNK_BYTES per chunk, at most CPU_MAX_CHUNKS.
+    exceed CPU_CHUNK_BYTES per chunk, at most `max_chunks`.
     """
     m = model.module
     if (jax.default_backend() != "cpu" or jax.device_count() > 1 or (os.cpu_count() or 1) < 2
@@ -156,7 +158,7 @@ def auto_chunks(model: Model, batch: int) -> int:
     h, w = model.input_shape[:2]
     pad = 3 if h == 28 else 1   # as ConvNet's first layer
     act_bytes = batch * (h + 2 * pad - 2) * (w + 2 * pad - 2) * m.width * 4
-    return int(min(max(2, -(-act_bytes // CPU_CHUNK_BYTES)), CPU_MAX_CHUNKS, batch))
+    return int(min(max(2, -(-act_bytes // CPU_CHUNK_BYTES)), max_chunks, batch))
 
 
 __all__ = ["Model", "get_model", "count_params", "param_count", "embed", "MODEL_NAMES", "chunked",

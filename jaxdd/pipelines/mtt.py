@@ -49,7 +49,7 @@ def prepare(ctx: Context) -> Prepared:
     x0, y0 = init_images(ctx, jax.random.fold_in(ctx.key, 0))
     batch = mcfg.batch_syn or len(x0)
     if mcfg.image_chunks == "auto":
-        mcfg = dataclasses.replace(mcfg, image_chunks=auto_chunks(model, batch))
+        mcfg = dataclasses.replace(mcfg, image_chunks=auto_chunks(model, batch, mtt.AUTO_MAX_CHUNKS))
     if not ctx.quiet:
         print(f"[distill] {mcfg.syn_steps} inner steps on {batch} images, student forward in "
               f"{mcfg.image_chunks} chunk(s) (mtt.image_chunks={cfg['mtt'].get('image_chunks', 'auto')!r})",
