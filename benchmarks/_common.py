@@ -20,10 +20,10 @@ def environment() -> dict:
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
 
 
-def write(name: str, result: dict) -> str:
-    """Print one JSON line and write it to benchmarks/results/<name>.json."""
-    os.makedirs(RESULTS, exist_ok=True)
-    path = os.path.join(RESULTS, f"{name}.json")
+def write(name: str, result: dict, path: str | None = None) -> str:
+    """Print one JSON line and write it to `path` (default benchmarks/results/<name>.json)."""
+    path = path or os.path.join(RESULTS, f"{name}.json")
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     line = json.dumps(result, default=float)
     with open(path, "w") as f:
         f.write(line + "\n")

@@ -23,7 +23,6 @@ Prints one JSON line and writes it to --out (default benchmarks/results/chunks_c
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -34,6 +33,8 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from _common import RESULTS, environment, write  # noqa: E402
 
 from jaxdd.methods.tm_grad import make_inner_schedule, matching_loss_and_grads  # noqa: E402
 from jaxdd.models import auto_chunks, chunked, get_model  # noqa: E402
@@ -127,8 +128,7 @@ def main(argv=None):
     p.add_argument("--train", default=TRAIN_CASES, help="WIDTHxIMAGESxBATCH:CHUNKS;... ('' = none)")
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
-                                                 f"chunks_{jax.default_backend()}.json"))
+    p.add_argument("--out", default=os.path.join(RESULTS, f"chunks_{jax.default_backend()}.json"))
     args = p.parse_args(argv)
     results = []
     t_all = time.perf_counter()
@@ -148,18 +148,10 @@ def main(argv=None):
         print(f"# train w={w} images={imgs} batch={bs}: " + ", ".join(
             f"{c} chunks {v['ratio_to_whole_batch']} (compile {v['compile_s']} s)" for c, v in r["by_chunks"].items()),
             file=sys.stderr, flush=True)
-    import jaxlib
-    out = {"benchmark": "chunks", "backend": jax.default_backend(), "devices": len(jax.devices()),
-           "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-           "versions": {"jax": jax.__version__, "jaxlib": jaxlib.__version__},
-           "statistic": f"median of {args.repeats}, chunk counts alternating",
-           "loadavg_1_5_15_end": [round(v, 2) for v in os.getloadavg()],
-           "total_s": round(time.perf_counter() - t_all, 1), "results": results}
-    line = json.dumps(out)
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-        f.write(line + "\n")
-    print(line)
+    write("chunks", {"benchmark": "chunks", **environment(),
+                     "statistic": f"median of {args.repeats}, chunk counts alternating",
+                     "loadavg_1_5_15_end": [round(v, 2) for v in os.getloadavg()],
+                     "total_s": round(time.perf_counter() - t_all, 1), "results": results}, args.out)
 
 
 if __name__ == "__main__":

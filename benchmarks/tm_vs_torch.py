@@ -37,7 +37,6 @@ A config is WIDTHxSYN_STEPSxIPC. Prints one JSON line and writes it to --out.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -101,6 +100,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
+from _common import write  # noqa: E402
 from jaxdd.methods.mtt import AUTO_MAX_CHUNKS  # noqa: E402
 from jaxdd.methods.tm_grad import make_inner_schedule, matching_loss_and_grads  # noqa: E402
 from jaxdd.models import auto_chunks, chunked, get_model  # noqa: E402
@@ -415,11 +415,7 @@ def main(args):
         total_s=round(time.perf_counter() - t_all, 1),
         results=rows,
     )
-    line = json.dumps(result)
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-        f.write(line + "\n")
-    print(line)
+    write("tm_vs_torch", result, args.out)
 
 
 if __name__ == "__main__":

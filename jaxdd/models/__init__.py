@@ -153,7 +153,7 @@ def auto_chunks(model: Model, batch: int, max_chunks: int = CPU_MAX_CHUNKS) -> i
     """
     m = model.module
     if (jax.default_backend() != "cpu" or jax.device_count() > 1 or (os.cpu_count() or 1) < 2
-            or not isinstance(m, ConvNet) or m.norm == "batch" or batch < 2):
+            or not isinstance(m, ConvNet) or model.has_batch_stats or batch < 2):
         return 1
     h, w = model.input_shape[:2]
     pad = 3 if h == 28 else 1   # as ConvNet's first layer

@@ -119,13 +119,13 @@ def train_epochs(state: TrainState, model: Model, cfg: TrainConfig, x_NHWC: jax.
     if chunks > 1 and model.has_batch_stats:
         raise ValueError(f"image_chunks={chunks} would split BatchNorm's batch statistics; "
                          f"use image_chunks=1 (or 'auto') for {model.name}")
-    apply_chunked = chunked(lambda v, xb: model.apply_train(v, xb)[0], chunks)
+    apply_train = model.apply_train
+    if chunks > 1:   # no batch statistics (checked above): the variables come back unchanged
+        forward = chunked(lambda v, xb: model.apply_train(v, xb)[0], chunks)
+        apply_train = lambda v, xb: (forward(v, xb), v)  # noqa: E731
 
     def loss_fn(params, rest, xb, yb, mask):
-        if chunks > 1:   # no batch statistics (checked above): the variables are unchanged
-            logits, new_vars = apply_chunked({**rest, "params": params}, xb), {**rest, "params": params}
-        else:
-            logits, new_vars = model.apply_train({**rest, "params": params}, xb)
+        logits, new_vars = apply_train({**rest, "params": params}, xb)
         loss = (soft_cross_entropy(logits, yb) * mask).sum() / mask.sum()
         return loss, new_vars
 
