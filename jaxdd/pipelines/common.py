@@ -44,6 +44,18 @@ def context(cfg: dict, out_dir: str, quiet: bool = False) -> Context:
     return Context(cfg, ds, pre, jax.random.key(seed), out_dir, quiet)
 
 
+def resumable_batch(path: str, compute: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """A batch's arrays: loaded from `path` if an earlier (interrupted) run finished it, else
+    computed and saved atomically, so a crash never leaves half a file to resume from."""
+    if os.path.exists(path):
+        with np.load(path) as z:
+            return {k: z[k] for k in z.files}
+    arrays = compute()
+    np.savez(path + ".tmp.npz", **arrays)
+    os.replace(path + ".tmp.npz", path)
+    return arrays
+
+
 def init_images(ctx: Context, key: jax.Array) -> tuple[np.ndarray, np.ndarray]:
     """Initial synthetic set in model space: real images of each class, or noise."""
     ipc = ctx.cfg["ipc"]

@@ -26,7 +26,7 @@ from jaxdd import artefact
 from jaxdd import data as jdata
 from jaxdd import teachers as jteachers
 from jaxdd.methods import rded as mrded
-from jaxdd.pipelines.common import dataclass_from
+from jaxdd.pipelines.common import dataclass_from, resumable_batch
 from jaxdd.pipelines.sre2l import _check_compatible, _check_run_dir, ensure_teacher
 from jaxdd.run.progress import Progress
 
@@ -87,10 +87,8 @@ def run(cfg: dict, out_dir: str, quiet: bool = False) -> dict:
     for n, c0 in enumerate(starts):
         cls = np.arange(c0, min(c0 + rc.class_batch, k_classes))
         path = os.path.join(bdir, f"c{c0:06d}.npz")
-        if os.path.exists(path):  # finished before an interruption: skip
-            with np.load(path) as z:
-                out[cls], ce[cls] = z["x"], z["ce"]
-        else:
+
+        def compute(cls=cls, c0=c0):
             xp = jdata.apply(pre, ds.x_train[idx_KxP[cls].reshape(-1)]).reshape(
                 len(cls), pool, *shape)
             x, s = select(vlist[0], jnp.asarray(xp), jnp.asarray(cls, jnp.int32))
@@ -98,9 +96,10 @@ def run(cfg: dict, out_dir: str, quiet: bool = False) -> dict:
             if not (np.isfinite(x).all() and np.isfinite(s).all()):
                 raise FloatingPointError(f"RDED classes {c0}..{cls[-1]}: the teacher gave "
                                          f"NaN/inf scores; check the teacher at {tdir}")
-            np.savez(path + ".tmp.npz", x=x, ce=s)
-            os.replace(path + ".tmp.npz", path)
-            out[cls], ce[cls] = x, s
+            return {"x": x, "ce": s}
+
+        z = resumable_batch(path, compute)
+        out[cls], ce[cls] = z["x"], z["ce"]
         progress(n + 1, len(starts), f"mean kept CE {float(ce[cls].mean()):.3f}")
     seconds = round(time.time() - t0, 2)
 

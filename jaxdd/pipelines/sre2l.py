@@ -54,7 +54,7 @@ from jaxdd.experts import _preprocess_sha
 from jaxdd.labels import relabel as jrelabel
 from jaxdd.methods import sre2l
 from jaxdd.models import get_model
-from jaxdd.pipelines.common import dataclass_from
+from jaxdd.pipelines.common import dataclass_from, resumable_batch
 from jaxdd.run.checkpoint import fingerprint
 from jaxdd.run.progress import Progress
 from jaxdd.train.loop import TrainConfig, accuracy, steps_per_epoch
@@ -216,11 +216,8 @@ def recover(cfg: dict, out_dir: str, quiet: bool = False) -> dict:
     for n, (i, cls, ipcs) in enumerate(jobs):  # class-major batches of len(ipcs) per class
         c0, at = int(cls[0]), (cls[:, None], ipcs[None, :])
         path = os.path.join(bdir, f"ipc{i:05d}_c{c0:06d}.npz")
-        if os.path.exists(path):  # finished before an interruption: skip
-            with np.load(path) as z:
-                out[at] = z["x"].reshape(len(cls), len(ipcs), *shape)
-                final = {k: float(z[k]) for k in ("loss", "ce", "bn")}
-        else:
+
+        def compute(i=i, cls=cls, ipcs=ipcs, c0=c0, at=at):
             x0 = (jnp.zeros((len(cls) * len(ipcs), *shape), jnp.float32) if x_init is None
                   else jnp.asarray(x_init[at].reshape(-1, *shape)))
             k = jax.random.fold_in(jax.random.fold_in(k_rec, i), c0)
@@ -232,10 +229,11 @@ def recover(cfg: dict, out_dir: str, quiet: bool = False) -> dict:
                 bad = int(np.argmin(np.asarray(metrics["finite"])))
                 raise FloatingPointError(f"recover batch (IPC index {i}, classes {c0}..{cls[-1]}) "
                                          f"hit NaN/inf at iteration {bad}; lower recover.lr")
-            final = {k: float(np.asarray(metrics[k])[-1]) for k in ("loss", "ce", "bn")}
-            np.savez(path + ".tmp.npz", x=x, **final)
-            os.replace(path + ".tmp.npz", path)
-            out[at] = x.reshape(len(cls), len(ipcs), *shape)
+            return {"x": x, **{k: np.asarray(metrics[k])[-1] for k in ("loss", "ce", "bn")}}
+
+        z = resumable_batch(path, compute)
+        out[at] = z["x"].reshape(len(cls), len(ipcs), *shape)
+        final = {k: float(z[k]) for k in ("loss", "ce", "bn")}
         finals.append(final)
         progress(n + 1, len(jobs), f"ce {final['ce']:.3f} bn {final['bn']:.3f}")
     seconds = round(time.time() - t0, 2)
