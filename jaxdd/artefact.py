@@ -145,7 +145,9 @@ def load(path: str) -> Artefact:
         raise ArtefactError(f"{path} was written by a newer jaxdd (format "
                             f"{meta['format_version']}); upgrade jaxdd to read it")
     if sha256_file(arrays_path) != meta.get("arrays_sha256"):
-        raise ArtefactError(f"{arrays_path} is corrupt (checksum mismatch); re-create the artefact")
+        raise ArtefactError(f"{arrays_path} does not match the sha256 checksum recorded in "
+                            f"{meta_path}: either file may be damaged or corrupt; re-create "
+                            f"the artefact")
     with np.load(arrays_path) as z:
         arrays = {k: z[k] for k in z.files}
     pre = jdata.from_dict({k[4:]: v for k, v in arrays.items() if k.startswith("pre_")})

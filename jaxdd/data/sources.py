@@ -15,9 +15,13 @@ Every source ends in the same `Dataset`:
   PATH/<class>/*.png (no train/ folder). Classes are the sorted subfolder names; all
   images must share one size; greyscale stays 1 channel, anything else becomes RGB.
   Without a test folder, a fixed 20 % of each class (seed 0, independent of `seed`) is
-  held out as the test split.
+  held out as the test split. An unreadable image file, or a class folder without images,
+  is an error that names it (nothing is skipped silently).
 - `npz:PATH`: arrays `x_train` (N,H,W,C) or (N,H,W), `y_train` (N,), `x_test`, `y_test`,
-  optional `class_names` (K,) strings. Images uint8, or float in [0, 1] (rounded to uint8).
+  optional `class_names` (K,) strings. Images uint8, or finite float in [0, 1] (rounded to
+  uint8). Labels are 0..K-1 and every class has training images.
+
+Every dataset needs at least 2 classes.
 
 The validation split is carved from the training split: `val_per_class` images of each
 class, drawn with `np.random.default_rng(seed)`; the default is ~1,000 images in total
@@ -31,6 +35,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+import struct
 from typing import Any
 
 import numpy as np
@@ -124,6 +129,9 @@ def _load_cached(name: str, name_key: str, data_dir: str, val_per_class: int | N
     x_tr, y_tr, x_te, y_te, class_names, source = _load_raw(
         name, data_dir, max_train, max_test, download)
     num_classes = len(class_names)
+    if num_classes < 2:
+        raise ValueError(f"{name} has {num_classes} class(es); jaxdd needs at least 2 "
+                         f"classes")
     _check_labels(name, y_tr, num_classes, "train")
     _check_labels(name, y_te, num_classes, "test")
     train_idx, val_idx = split_validation(y_tr, num_classes, val_per_class, seed, name=name)
@@ -166,6 +174,11 @@ def check_ipc(dataset: Dataset, ipc: int) -> None:
     counts = np.array([len(ix) for ix in dataset.class_indices])
     if ipc < 1:
         raise ValueError(f"IPC must be >= 1, got {ipc}")
+    if counts.min() == 0:
+        k = int(counts.argmin())
+        raise ValueError(
+            f"class {k} ({dataset.class_names[k]!r}) of {dataset.name} has no training "
+            f"images; every class needs at least {ipc} (give it images or drop the class)")
     if ipc > counts.min():
         k = int(np.flatnonzero(counts < ipc)[0])
         raise ValueError(
@@ -344,8 +357,37 @@ def _load_npz(path: str):
     if "class_names" in arrays:
         class_names = [str(c) for c in arrays["class_names"]]
     else:
-        class_names = [str(k) for k in range(int(max(y_tr.max(), y_te.max(initial=0))) + 1)]
+        class_names = [str(k) for k in range(int(max(y_tr.max(initial=0),
+                                                     y_te.max(initial=0))) + 1)]
+    _check_npz_classes(f"npz:{path}", y_tr, y_te, class_names)
     return x_tr, y_tr, x_te, y_te, class_names, f"npz:{os.path.abspath(path)}"
+
+
+def _check_npz_classes(what: str, y_tr: np.ndarray, y_te: np.ndarray,
+                       class_names: list[str]) -> None:
+    """At least 2 classes, labels 0..K-1 (not 1..K), and training images of every class."""
+    present = np.unique(y_tr)
+    if len(present) < 2:
+        raise ValueError(f"{what}: found {len(present)} class(es) in y_train (labels "
+                         f"{present.tolist()}); jaxdd needs at least 2 classes")
+    lo = int(min(y_tr.min(), y_te.min(initial=y_tr.min())))
+    hi = int(max(y_tr.max(), y_te.max(initial=y_tr.max())))
+    k, default = len(class_names), _names_are_indices(class_names)
+    if lo < 0 or hi >= k or (lo > 0 and default):
+        fix = f": subtract {lo}" if lo > 0 and (default or hi - lo < k) else ""
+        names = "" if default else f" but class_names has {k} entries"
+        raise ValueError(f"{what}: labels run {lo}..{hi}{names}; jaxdd needs 0..K-1{fix}")
+    counts = np.bincount(y_tr, minlength=k)[:k]
+    if (empty := np.flatnonzero(counts == 0)).size:
+        c = int(empty[0])
+        raise ValueError(f"{what}: class {c} ({class_names[c]!r}) has no images in y_train "
+                         f"({empty.size} empty class(es)); labels must be 0..K-1 with every "
+                         f"class present: relabel without gaps")
+
+
+def _names_are_indices(class_names: list[str]) -> bool:
+    """True for the default names '0', '1', ... (no class_names array in the npz)."""
+    return class_names == [str(i) for i in range(len(class_names))]
 
 
 def _as_uint8_nhwc(x: np.ndarray, what: str) -> np.ndarray:
@@ -360,6 +402,12 @@ def _as_uint8_nhwc(x: np.ndarray, what: str) -> np.ndarray:
     if x.dtype == np.uint8:
         return np.ascontiguousarray(x)
     if np.issubdtype(x.dtype, np.floating):
+        bad = ~np.isfinite(x)
+        if bad.any():
+            images = np.flatnonzero(bad.reshape(len(x), -1).any(axis=1))
+            raise ValueError(f"{what} has {int(bad.sum())} non-finite values (NaN/inf) in "
+                             f"{images.size} image(s), first index {int(images[0])}; "
+                             f"replace or drop them")
         if x.size and (x.min() < 0 or x.max() > 1):
             raise ValueError(f"{what} is float with values outside [0, 1]; give uint8 or [0, 1]")
         return np.round(x * 255).astype(np.uint8)
@@ -387,13 +435,27 @@ def _list_classes(root: str) -> dict[str, list[str]]:
                       if f.lower().endswith(_IMAGE_EXTS)) for c in classes}
 
 
-def _read_images(paths: list[str], what: str) -> np.ndarray:
+def _read_image(path: str) -> np.ndarray:
+    """One image file as (H, W) grey or (H, W, 3) RGB uint8; a bad file is a ValueError.
+
+    A truncated, corrupt or non-image file is an error naming it, never skipped: a silently
+    smaller class would change the dataset without a word.
+    """
     from PIL import Image
-    images = []
-    for p in paths:
-        with Image.open(p) as im:
+    try:
+        with Image.open(path) as im:
             im = im.convert("L") if im.mode in ("1", "L", "I;16", "I") else im.convert("RGB")
-            images.append(np.asarray(im))
+            return np.asarray(im)
+    except (OSError, SyntaxError, ValueError, EOFError, struct.error) as e:
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        if isinstance(e, Image.UnidentifiedImageError):
+            reason = "not an image PIL can read"
+        raise ValueError(f"cannot read image {path} ({reason}); fix or remove the "
+                         f"file") from None
+
+
+def _read_images(paths: list[str], what: str) -> np.ndarray:
+    images = [_read_image(p) for p in paths]
     grey = all(im.ndim == 2 for im in images)
     images = [im[..., None] if grey else (np.stack([im] * 3, -1) if im.ndim == 2 else im)
               for im in images]
@@ -402,6 +464,17 @@ def _read_images(paths: list[str], what: str) -> np.ndarray:
         raise ValueError(f"{what}: images have different sizes {sizes[:4]}; resize them to "
                          f"one size first")
     return np.stack(images)
+
+
+def _check_class_folders(root: str, class_names: list[str],
+                         train: dict[str, list[str]]) -> None:
+    """At least 2 class folders, each with images; the error names the offending folder."""
+    if len(class_names) < 2:
+        raise ValueError(f"{root}: found 1 class folder ({class_names[0]!r}); jaxdd needs "
+                         f"at least 2 classes: add a folder of images per class")
+    if empty := [c for c in class_names if not train[c]]:
+        raise ValueError(f"class folder {os.path.join(root, empty[0])} has no images "
+                         f"({', '.join(_IMAGE_EXTS)}); remove it or add images")
 
 
 def _load_folder(path: str):
@@ -414,6 +487,7 @@ def _load_folder(path: str):
     if not class_names or not any(train[c] for c in class_names):
         raise ValueError(f"folder:{path}: expected class subfolders of images "
                          f"(PATH/<class>/*.png or PATH/train/<class>/*.png)")
+    _check_class_folders(train_root if has_split else path, class_names, train)
     paths = [p for c in class_names for p in train[c]]
     labels = np.array([k for k, c in enumerate(class_names) for _ in train[c]], np.int32)
     x = _read_images(paths, f"folder:{path}")
