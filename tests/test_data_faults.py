@@ -142,3 +142,10 @@ def test_meta_checksum_edit_blames_the_pair(tiny_npz, tmp_path, capsys):
     line = _one_error(tmp_path, capsys, ["evaluate", str(art), "--protocol", "smoke"],
                       "arrays.npz", "meta.json", "re-create")
     assert "arrays.npz is corrupt" not in line
+
+
+def test_check_ipc_names_a_class_left_empty(tmp_path):
+    path = _npz(tmp_path / "sorted.npz", np.repeat([0, 1], 10), y_test=[0, 1])
+    ds = data.load_dataset(f"npz:{path}", max_train=10, val_per_class=0)  # only class 0 left
+    with pytest.raises(ValueError, match=r"class 1 \('1'\) of npz:.* has no training images"):
+        data.check_ipc(ds, 1)
