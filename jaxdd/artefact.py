@@ -13,7 +13,6 @@ renamed into place, so an interrupted or failed save never corrupts an existing 
 from __future__ import annotations
 
 import datetime
-import hashlib
 import json
 import os
 import shutil
@@ -24,6 +23,8 @@ import numpy as np
 
 import jaxdd
 from jaxdd import data as jdata
+from jaxdd import safeio
+from jaxdd.safeio import sha256_file
 
 FORMAT = "jaxdd-artefact"
 FORMAT_VERSION = 1
@@ -53,25 +54,38 @@ def _versions() -> dict[str, str]:
             "optax": optax.__version__, "numpy": np.__version__}
 
 
-def sha256_file(path: str) -> str:
-    """Hex sha256 of a file, read in 1 MiB blocks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def write_json_atomic(path: str, obj: Any) -> None:
-    """Write JSON to a temp file beside `path`, then rename: readers never see half a file."""
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-", suffix=".json")
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=2, default=str)
-    os.replace(tmp, path)
-
-
 def exists(out_dir: str) -> bool:
     return os.path.exists(os.path.join(out_dir, "meta.json"))
+
+
+def check_target(out_dir: str, overwrite: bool) -> None:
+    """Only an absent path, an empty directory or (with overwrite) our own artefact."""
+    if not os.path.exists(out_dir):
+        return
+    if not os.path.isdir(out_dir):
+        raise safeio.OutputError(f"{out_dir} is an existing file; choose a new directory path")
+    if exists(out_dir):
+        if not overwrite:
+            raise ArtefactError(f"{out_dir} already holds an artefact; choose another --out or "
+                                f"pass --overwrite")
+        return
+    if os.listdir(out_dir):
+        raise safeio.OutputError(f"{out_dir} exists and is not a jaxdd artefact; jaxdd never "
+                                 f"replaces files it did not write: choose a new directory")
+
+
+def _kept_evaluations(out_dir: str, digest: str) -> list:
+    """The evaluation history of an artefact being rewritten with the same arrays (a
+    re-run of a finished run): kept, so evaluations are appended, never reset."""
+    if not exists(out_dir):
+        return []
+    try:
+        with open(os.path.join(out_dir, "meta.json")) as f:
+            same = json.load(f).get("arrays_sha256") == digest
+        with open(os.path.join(out_dir, "evaluations.json")) as f:
+            return json.load(f) if same else []
+    except (OSError, ValueError):
+        return []
 
 
 def save(out_dir: str, x_syn_NHWC: np.ndarray, y_syn: np.ndarray, *, preprocess: jdata.Preprocess,
@@ -87,17 +101,20 @@ def save(out_dir: str, x_syn_NHWC: np.ndarray, y_syn: np.ndarray, *, preprocess:
         raise ArtefactError(f"{len(x)} images but {len(y)} labels")
     if not np.isfinite(x).all():
         raise ArtefactError("the synthetic images contain NaN/inf; refusing to save them")
-    if exists(out_dir) and not overwrite:
-        raise ArtefactError(f"{out_dir} already holds an artefact; choose another --out or pass --overwrite")
+    check_target(out_dir, overwrite)
     parent = os.path.dirname(os.path.abspath(out_dir))
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(dir=parent, prefix=".tmp-artefact-")
+    safeio.makedirs(parent)
+    try:
+        tmp = tempfile.mkdtemp(dir=parent, prefix=".tmp-artefact-")
+    except OSError as e:
+        raise safeio.OutputError(safeio._os_message(out_dir, e)) from None
     try:
         pre = {f"pre_{k}": v for k, v in jdata.to_dict(preprocess).items()}
         arrays = {"x_syn_NHWC": x, "y_syn": y, **pre}
         if lr is not None:
             arrays["lr"] = np.float64(lr)
         np.savez(os.path.join(tmp, "arrays.npz"), **arrays)
+        digest = sha256_file(os.path.join(tmp, "arrays.npz"))
         meta = {
             "format": FORMAT, "format_version": FORMAT_VERSION, "method": method,
             "dataset": dataset, "num_classes": int(num_classes), "ipc": int(ipc),
@@ -106,20 +123,25 @@ def save(out_dir: str, x_syn_NHWC: np.ndarray, y_syn: np.ndarray, *, preprocess:
             "lr": None if lr is None else float(lr), "preprocess": preprocess.kind,
             "seed": int(seed), "config": config or {}, "versions": _versions(),
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(),
-            "arrays_sha256": sha256_file(os.path.join(tmp, "arrays.npz")),
+            "arrays_sha256": digest,
             "image_bytes": int(x.nbytes), "label_bytes": int(y.nbytes), **(extra or {}),
         }
-        write_json_atomic(os.path.join(tmp, "meta.json"), meta)
-        write_json_atomic(os.path.join(tmp, "evaluations.json"), [])
+        safeio.write_json(os.path.join(tmp, "meta.json"), meta)
+        safeio.write_json(os.path.join(tmp, "evaluations.json"), _kept_evaluations(out_dir, digest))
         save_grid(os.path.join(tmp, "grid.png"), jdata.invert(preprocess, x, clip=True),
                   y if y.ndim == 1 else y.argmax(-1), num_classes)
-        if os.path.exists(out_dir):
-            old = out_dir.rstrip("/") + ".old-" + next(tempfile._get_candidate_names())
+        if exists(out_dir):  # replace our own artefact: old -> aside, new -> in, old removed
+            old = tempfile.mkdtemp(dir=parent, prefix=".old-artefact-")
+            os.rmdir(old)
             os.replace(out_dir, old)
             os.replace(tmp, out_dir)
             shutil.rmtree(old)
         else:
+            if os.path.isdir(out_dir):  # an empty directory (checked above)
+                os.rmdir(out_dir)
             os.replace(tmp, out_dir)
+    except OSError as e:
+        raise safeio.OutputError(safeio._os_message(out_dir, e)) from None
     finally:
         if os.path.exists(tmp):
             shutil.rmtree(tmp)
@@ -152,6 +174,8 @@ def load(path: str) -> Artefact:
         arrays = {k: z[k] for k in z.files}
     pre = jdata.from_dict({k[4:]: v for k, v in arrays.items() if k.startswith("pre_")})
     lr = float(arrays["lr"]) if "lr" in arrays else None
+    if not np.isfinite(arrays["x_syn_NHWC"]).all():
+        raise ArtefactError(f"{path}: the images contain NaN/inf; re-create the artefact")
     return Artefact(arrays["x_syn_NHWC"], arrays["y_syn"], lr, pre, meta)
 
 
@@ -164,7 +188,7 @@ def add_evaluation(path: str, result: dict) -> None:
     except (FileNotFoundError, json.JSONDecodeError):
         evs = []
     evs.append({**result, "time": datetime.datetime.now(datetime.timezone.utc).isoformat()})
-    write_json_atomic(ev_path, evs)
+    safeio.write_json(ev_path, evs)
 
 
 def save_grid(path: str, x_NHWC_01: np.ndarray, y: np.ndarray, num_classes: int,

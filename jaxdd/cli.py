@@ -78,14 +78,21 @@ def _evaluate_artefact(path: str, protocol: str, seeds: int, model: str | None, 
                        progress=Progress(f"evaluate {protocol}", enabled=not quiet))
     res.update(method=art.meta["method"], dataset=art.meta["dataset"], ipc=art.meta["ipc"],
                eval_seed=seed, epochs=proto.train.epochs)
-    artefact.add_evaluation(path, res)
     return res
+
+
+def _record(path: str, res: dict) -> None:
+    """Append an evaluation to the artefact (after it was printed: a failed write loses
+    nothing the user needs)."""
+    from jaxdd import artefact
+    artefact.add_evaluation(path, res)
 
 
 def cmd_evaluate(args) -> int:
     res = _evaluate_artefact(args.dir, args.protocol, args.seeds, args.model, args.seed,
                              args.epochs, args.quiet)
     _emit(res, args.json, f"{args.dir}: {_fmt_acc(res)}")
+    _record(args.dir, res)
     return 0
 
 
@@ -95,8 +102,7 @@ def cmd_baseline(args) -> int:
     from jaxdd import artefact
     from jaxdd import data as jdata
     from jaxdd.evaluate import select
-    if artefact.exists(args.out) and not args.overwrite:
-        raise artefact.ArtefactError(f"{args.out} already holds an artefact; choose another --out or pass --overwrite")
+    artefact.check_target(args.out, args.overwrite)  # before any work: fail fast
     ds = _load(args.dataset, args.seed)
     pre = jdata.fit_preprocess(args.preprocess, ds.x_train, dataset_name=ds.name)
     t0 = time.time()
@@ -111,6 +117,7 @@ def cmd_baseline(args) -> int:
         return 0
     res = _evaluate_artefact(args.out, args.evaluate, args.seeds, None, args.seed, None, args.quiet)
     _emit(res, args.json, f"{args.method} IPC {args.ipc} on {ds.name}: {_fmt_acc(res)}")
+    _record(args.out, res)
     return 0
 
 
@@ -135,51 +142,49 @@ def cmd_full(args) -> int:
     return 0
 
 
-PIPELINES = {"mtt": "jaxdd.pipelines.mtt", "dc": "jaxdd.pipelines.classic",
-             "dsa": "jaxdd.pipelines.classic", "dm": "jaxdd.pipelines.classic",
-             "datadam": "jaxdd.pipelines.classic"}
-
-
-def _pipeline(method: str):
-    import importlib
-    if method not in PIPELINES:
-        raise ValueError(f"unknown method {method!r} in config; use one of {', '.join(PIPELINES)}")
-    return importlib.import_module(PIPELINES[method])
+def cmd_methods(args) -> int:
+    from jaxdd import registry
+    rows = [{"name": n, "family": registry.get(n).family, "section": registry.get(n).section,
+             "doc": registry.get(n).doc} for n in registry.names()]
+    _emit({"methods": rows}, args.json,
+          "\n".join(f"{r['name']:<9} {r['family']:<11} [{r['section']}] {r['doc']}" for r in rows))
+    return 0
 
 
 def cmd_distill(args) -> int:
+    from jaxdd import registry, safeio
     from jaxdd.configs import load_config
     from jaxdd.pipelines import common
     cfg = load_config(args.config, args.ipc, args.set)
+    spec = registry.get(cfg["method"])
     out = args.out or os.path.join("runs", f"{os.path.splitext(os.path.basename(args.config))[0]}-ipc{cfg['ipc']}")
-    ctx = common.context(cfg, out, args.quiet)
-    prep = _pipeline(cfg["method"]).prepare(ctx)
-    res = common.run_and_export(ctx, prep, resume_step=args.resume_step, stop_after=args.stop_after)
-    if res.get("stopped_early"):
-        _emit({"out": out, "stopped_early": True}, args.json, "stopped early; resume with the same command")
-        return 0
-    result = {"out": out, "method": cfg["method"], "dataset": cfg["dataset"], "ipc": cfg["ipc"],
-              "distill_seconds": res["distill_seconds"], "artefacts": res["artefacts"]}
-    for k in ("compile_seconds", "steps_seconds"):
-        if k in res:
-            result[k] = res[k]
-    if not args.no_eval:
-        evals = common.evaluate_with_baseline(ctx, res["artefacts"])
-        result["evaluations"] = evals
-    common.write_result(out, result)
-    human = [f"distilled {cfg['dataset']} IPC {cfg['ipc']} with {cfg['method']} in "
-             f"{res['distill_seconds']:.0f} s -> {out}"
-             + (f" (step compile {res['compile_seconds']:.1f} s, cached across runs)" if "compile_seconds" in res else "")]
-    for name, r in result.get("evaluations", {}).items():
-        human.append(f"  {name:<14} {_fmt_acc(r)}")
-    flat = dict(result)
-    if "evaluations" in result:
-        main_ev = result["evaluations"]["artefact"]
-        flat.update(accuracy_mean=main_ev["accuracy_mean"], accuracy_std=main_ev["accuracy_std"],
-                    seeds=main_ev["seeds"])
-        if "random" in result["evaluations"]:
-            flat["random_accuracy_mean"] = result["evaluations"]["random"]["accuracy_mean"]
-    _emit(flat, args.json, "\n".join(human))
+    safeio.check_run_out(out)
+    with safeio.RunLock(out):
+        ctx = common.context(cfg, out, args.quiet)
+        res = spec.run(ctx, registry.RunOptions(args.resume_step, args.stop_after))
+        if res.get("stopped_early"):
+            _emit({"out": out, "stopped_early": True}, args.json,
+                  "stopped early; resume with the same command")
+            return 0
+        result = {**{k: v for k, v in res.items() if k != "history"}, "out": out,
+                  "method": cfg["method"], "dataset": cfg["dataset"], "ipc": cfg["ipc"]}
+        if not args.no_eval:
+            result["evaluations"] = common.evaluate_with_baseline(ctx, res["artefacts"])
+        human = [f"distilled {cfg['dataset']} IPC {cfg['ipc']} with {cfg['method']} in "
+                 f"{res['distill_seconds']:.0f} s -> {out}"
+                 + (f" (step compile {res['compile_seconds']:.1f} s, cached across runs)"
+                    if "compile_seconds" in res else "")]
+        for name, r in result.get("evaluations", {}).items():
+            human.append(f"  {name:<14} {_fmt_acc(r)}")
+        flat = dict(result)
+        if "evaluations" in result:
+            main_ev = result["evaluations"]["artefact"]
+            flat.update(accuracy_mean=main_ev["accuracy_mean"],
+                        accuracy_std=main_ev["accuracy_std"], seeds=main_ev["seeds"])
+            if "random" in result["evaluations"]:
+                flat["random_accuracy_mean"] = result["evaluations"]["random"]["accuracy_mean"]
+        _emit(flat, args.json, "\n".join(human))  # the result is shown before it is written
+        common.write_result(out, result)
     return 0
 
 
@@ -251,20 +256,11 @@ def cmd_teacher(args) -> int:
 
 
 def cmd_recover(args) -> int:
-    from jaxdd.configs import load_config
-    from jaxdd.pipelines import sre2l as sm
-    cfg = load_config(args.config, args.ipc, args.set)
+    """`recover` is `distill --no-eval` (kept for scripts of the statistics family)."""
     if args.teacher:
-        cfg.setdefault("teacher", {})["dir"] = args.teacher
-    out = args.out or os.path.join("runs", f"{os.path.splitext(os.path.basename(args.config))[0]}-ipc{cfg['ipc']}")
-    res = sm.recover(cfg, out, args.quiet)
-    with open(os.path.join(out, "result.json"), "w") as f:
-        json.dump(res, f, indent=2, default=str)
-    _emit(res, args.json, f"recovered {res['dataset']} IPC {res['ipc']} with {res['method']} in "
-                          f"{res['distill_seconds']:.0f} s ({res['batches']} batches; teacher "
-                          f"{res['teacher']}, test accuracy {res['teacher_test_accuracy']}) -> "
-                          f"{res['artefact']}")
-    return 0
+        args.set = [*args.set, f"teacher.dir={args.teacher!r}"]
+    args.no_eval, args.resume_step, args.stop_after = True, None, None
+    return cmd_distill(args)
 
 
 def cmd_relabel(args) -> int:
@@ -288,9 +284,42 @@ def cmd_relabel(args) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with jaxdd's one-line errors: `jaxdd: error: ...` and exit code 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"jaxdd: error: {message} (see jaxdd {self.prog.split()[-1]} --help)\n")
+
+
+def _at_least(low: int):
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if v < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {v}")
+        return v
+    parse.__name__ = f"integer >= {low}"
+    return parse
+
+
+def _positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not (v > 0 and v < float("inf")):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return v
+
+
+POS, NONNEG = _at_least(1), _at_least(0)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="jaxdd", description="Dataset distillation in JAX.")
-    sub = p.add_subparsers(dest="cmd", required=True)
+    p = _Parser(prog="jaxdd", description="Dataset distillation in JAX.")
+    sub = p.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
 
     def common(sp, json_flag=True):
         if json_flag:
@@ -305,36 +334,40 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("evaluate", help="train fresh networks on an artefact, report test accuracy")
     sp.add_argument("dir")
     sp.add_argument("--protocol", default="cpu", help="mtt | cpu | smoke")
-    sp.add_argument("--seeds", type=int, default=5, help="independent networks (vmapped)")
+    sp.add_argument("--seeds", type=POS, default=5, help="independent networks (vmapped)")
     sp.add_argument("--model", default=None, help="cross-architecture: another registry name")
-    sp.add_argument("--epochs", type=int, default=None, help="override the protocol's epochs")
-    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--epochs", type=POS, default=None, help="override the protocol's epochs")
+    sp.add_argument("--seed", type=NONNEG, default=0)
     common(sp)
     sp.set_defaults(fn=cmd_evaluate)
 
     sp = sub.add_parser("baseline", help="random / herding / k-center real subset as an artefact")
     sp.add_argument("method", choices=["random", "herding", "kcenter"])
     sp.add_argument("--dataset", default="fashion_mnist")
-    sp.add_argument("--ipc", type=int, required=True, help="images per class")
+    sp.add_argument("--ipc", type=POS, required=True, help="images per class")
     sp.add_argument("--out", required=True)
-    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--seed", type=NONNEG, default=0)
     sp.add_argument("--preprocess", default="normalize", help="normalize | zca | zca_kip | none")
     sp.add_argument("--features", default="pixels", help="herding/k-center space: pixels | convnet")
     sp.add_argument("--evaluate", default=None, metavar="PROTOCOL", help="also evaluate it")
-    sp.add_argument("--seeds", type=int, default=5)
+    sp.add_argument("--seeds", type=POS, default=5)
     sp.add_argument("--overwrite", action="store_true")
     common(sp)
     sp.set_defaults(fn=cmd_baseline)
 
-    sp = sub.add_parser("distill", help="distil a dataset with a config from configs/")
+    sp = sub.add_parser("methods", help="the registered methods")
+    common(sp)
+    sp.set_defaults(fn=cmd_methods)
+
+    sp = sub.add_parser("distill", help="distil a dataset with a config from configs/ (every method)")
     sp.add_argument("--config", required=True, help="a configs/*.py file")
-    sp.add_argument("--ipc", type=int, default=None, help="images per class (default: the config's)")
+    sp.add_argument("--ipc", type=POS, default=None, help="images per class (default: the config's)")
     sp.add_argument("--out", default=None, help="run directory (default runs/<config>-ipc<N>)")
     sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override a config field, e.g. --set mtt.syn_steps=20 (repeatable)")
-    sp.add_argument("--resume-step", type=int, default=None,
+    sp.add_argument("--resume-step", type=NONNEG, default=None,
                     help="resume from this checkpoint step instead of the latest")
-    sp.add_argument("--stop-after", type=int, default=None, help=argparse.SUPPRESS)
+    sp.add_argument("--stop-after", type=POS, default=None, help=argparse.SUPPRESS)
     sp.add_argument("--no-eval", action="store_true", help="skip the evaluation")
     common(sp)
     sp.set_defaults(fn=cmd_distill)
@@ -343,8 +376,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--config", default=None, help="take dataset/model/experts from a config")
     sp.add_argument("--dataset", default=None)
     sp.add_argument("--model", default=None)
-    sp.add_argument("--experts", type=int, default=None, help="number of experts")
-    sp.add_argument("--epochs", type=int, default=None, help="epochs per expert")
+    sp.add_argument("--experts", type=POS, default=None, help="number of experts")
+    sp.add_argument("--epochs", type=POS, default=None, help="epochs per expert")
     sp.add_argument("--preprocess", default="normalize")
     sp.add_argument("--out", default=None, help="buffer directory")
     sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
@@ -354,10 +387,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("full", help="upper bound: train on the whole training set")
     sp.add_argument("--dataset", default="fashion_mnist")
     sp.add_argument("--protocol", default="cpu")
-    sp.add_argument("--seeds", type=int, default=1)
-    sp.add_argument("--epochs", type=int, default=None)
+    sp.add_argument("--seeds", type=POS, default=1)
+    sp.add_argument("--epochs", type=POS, default=None)
     sp.add_argument("--model", default=None)
-    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--seed", type=NONNEG, default=0)
     sp.add_argument("--preprocess", default="normalize")
     common(sp)
     sp.set_defaults(fn=cmd_full)
@@ -366,22 +399,21 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--config", default=None, help="take dataset/teacher from a configs/sre2l file")
     sp.add_argument("--dataset", default=None)
     sp.add_argument("--model", default=None, help="a BN model, e.g. convnet_d3_w32_bn, resnet18")
-    sp.add_argument("--epochs", type=int, default=None)
-    sp.add_argument("--lr", type=float, default=None, help="SGD lr (default 0.1, cosine)")
-    sp.add_argument("--batch-size", type=int, default=None)
-    sp.add_argument("--teachers", type=int, default=None, help="number of teachers (G-VBSM)")
+    sp.add_argument("--epochs", type=POS, default=None)
+    sp.add_argument("--lr", type=_positive_float, default=None, help="SGD lr (default 0.1, cosine)")
+    sp.add_argument("--batch-size", type=POS, default=None)
+    sp.add_argument("--teachers", type=POS, default=None, help="number of teachers (G-VBSM)")
     sp.add_argument("--dsa", default=None, help="augmentation (default crop_flip; '' = none)")
     sp.add_argument("--preprocess", default=None)
     sp.add_argument("--out", default=None, help="teacher directory")
-    sp.add_argument("--seed", type=int, default=None)
+    sp.add_argument("--seed", type=NONNEG, default=None)
     sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     common(sp)
     sp.set_defaults(fn=cmd_teacher)
 
-    sp = sub.add_parser("recover", help="statistics matching (SRe2L/CDA/G-VBSM/DWA) or RDED "
-                                        "crop selection (method=rded) -> artefact")
+    sp = sub.add_parser("recover", help="= distill --no-eval (statistics-family scripts)")
     sp.add_argument("--config", required=True, help="a configs/sre2l/*.py file")
-    sp.add_argument("--ipc", type=int, default=None)
+    sp.add_argument("--ipc", type=POS, default=None)
     sp.add_argument("--out", default=None, help="run directory (default runs/<config>-ipc<N>)")
     sp.add_argument("--teacher", default=None, help="teacher directory (overrides teacher.dir)")
     sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
@@ -393,15 +425,15 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--teacher", default=None, help="teacher directory (default: the artefact's)")
     sp.add_argument("--recipe", default=None, help="sre2l | cda | rded | gvbsm | gvbsm_kd")
     sp.add_argument("--mode", default=None, choices=["online", "stored"])
-    sp.add_argument("--epochs", type=int, default=None)
-    sp.add_argument("--top-k", type=int, default=None, help="stored labels: k largest logits")
+    sp.add_argument("--epochs", type=POS, default=None)
+    sp.add_argument("--top-k", type=NONNEG, default=None, help="stored labels: k largest logits")
     sp.add_argument("--protocol", default=None, help="student = this protocol's model")
     sp.add_argument("--model", default=None, help="student registry name (overrides protocol)")
-    sp.add_argument("--seeds", type=int, default=None)
-    sp.add_argument("--seed", type=int, default=None)
-    sp.add_argument("--batch-size", type=int, default=None)
-    sp.add_argument("--lr", type=float, default=None)
-    sp.add_argument("--temperature", type=float, default=None, help="KD temperature T (SRe2L 20)")
+    sp.add_argument("--seeds", type=POS, default=None)
+    sp.add_argument("--seed", type=NONNEG, default=None)
+    sp.add_argument("--batch-size", type=POS, default=None)
+    sp.add_argument("--lr", type=_positive_float, default=None)
+    sp.add_argument("--temperature", type=_positive_float, default=None, help="KD temperature T (SRe2L 20)")
     sp.add_argument("--t2", dest="t2_factor", action="store_const", const=True, default=None,
                     help="multiply the KD loss by T^2 (Hinton); SRe2L: no")
     sp.add_argument("--no-t2", dest="t2_factor", action="store_const", const=False,
@@ -420,7 +452,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--report", default=None, choices=["last", "best"],
                     help="last (final epoch, default) | best: also the best of an evaluation "
                          "every --eval-every epochs, reported next to the last")
-    sp.add_argument("--eval-every", type=int, default=None, help="report best: epochs between "
+    sp.add_argument("--eval-every", type=POS, default=None, help="report best: epochs between "
                                                                   "evaluations (default 10)")
     sp.add_argument("--select", default=None, choices=["test", "val"],
                     help="report best: pick the epoch on test (optimistic, as the references) "
@@ -435,9 +467,14 @@ def main(argv: list[str] | None = None) -> int:
     _setup_jax()
     try:
         return args.fn(args)
-    except (ValueError, FileNotFoundError, KeyError, RuntimeError, FloatingPointError) as e:
+    except (ValueError, KeyError, RuntimeError, FloatingPointError) as e:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         print(f"jaxdd: error: {msg}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a file jaxdd had to read or write
+        where = f" {e.filename}" if e.filename else ""
+        print(f"jaxdd: error: cannot access{where} ({e.strerror or e}); check the path and its "
+              f"permissions", file=sys.stderr)
         return 2
 
 

@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxdd.artefact import sha256_file, write_json_atomic
+from jaxdd.safeio import sha256_file, write_json as write_json_atomic
 
 from jaxdd.methods.sre2l import ConvStat
 

@@ -135,7 +135,7 @@ def test_cli_rded_artefact(tiny_npz, tmp_path, capsys):
     code = main(["recover", "--config", CONFIG, "--ipc", "1000", "--out", str(tmp_path / "bad"),
                  "--quiet"] + sets)
     err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and len(err) == 1 and "RDED IPC 1000 with factor 1" in err[0]
+    assert code == 2 and len(err) == 1 and "IPC 1000 is larger than class 0" in err[0]
     assert not os.path.exists(tdir)
 
     out = str(tmp_path / "run")
@@ -147,10 +147,14 @@ def test_cli_rded_artefact(tiny_npz, tmp_path, capsys):
     assert art.meta["teacher_dir"] == os.path.abspath(tdir)
     assert art.meta["config"]["relabel"]["recipe"] == "rded"
 
-    # Restart: finished class chunks are read back, a lost one is recomputed; same images.
-    os.remove(os.path.join(out, "batches", sorted(os.listdir(os.path.join(out, "batches")))[-1]))
-    _run(capsys, ["recover", "--config", CONFIG, "--ipc", "2", "--out", out] + sets)
-    np.testing.assert_array_equal(artefact.load(r["artefact"]).x_syn_NHWC, art.x_syn_NHWC)
+    # Restart from a checkpoint after the first class chunk (the driver's resume); same images.
+    again = str(tmp_path / "again")
+    part = _run(capsys, ["distill", "--config", CONFIG, "--ipc", "2", "--out", again,
+                         "--stop-after", "1", "--no-eval"] + sets)
+    assert part["stopped_early"] and not os.path.exists(os.path.join(again, "artefact"))
+    _run(capsys, ["recover", "--config", CONFIG, "--ipc", "2", "--out", again] + sets)
+    np.testing.assert_array_equal(artefact.load(os.path.join(again, "artefact")).x_syn_NHWC,
+                                  art.x_syn_NHWC)
 
     rl = _run(capsys, ["relabel", out])  # teacher and recipe from the artefact
     assert rl["recipe"] == "rded" and rl["cosine_span"] == 0.5 and rl["seeds"] == 1

@@ -10,26 +10,22 @@ import jax
 import jax.numpy as jnp
 
 from jaxdd import data as jdata
+from jaxdd import registry
 from jaxdd.methods import datadam, dc, dm
 from jaxdd.methods.matching import class_index_table, sample_real_batch
 from jaxdd.models import get_model
-from jaxdd.pipelines.common import Context, Prepared, dataclass_from, init_images
+from jaxdd.pipelines.common import Context, Prepared, init_images, run_prepared
 
-METHODS = {
-    "dc": (dc.DCConfig, dc.make_dc, {}),
-    "dsa": (dc.DCConfig, dc.make_dc, {"dsa": True, "init": "real"}),
-    "dm": (dm.DMConfig, dm.make_dm, {}),
-    "datadam": (datadam.DataDAMConfig, datadam.make_datadam, {}),
-}
+FACTORIES = {"dc": dc.make_dc, "dsa": dc.make_dc, "dm": dm.make_dm,
+             "datadam": datadam.make_datadam}
 
 
 def prepare(ctx: Context) -> Prepared:
     cfg = ctx.cfg
-    method = cfg["method"]
-    cls, make, defaults = METHODS[method]
-    mcfg = dataclass_from(cls, {**defaults, **cfg.get(method, {})})
+    spec = registry.get(cfg["method"])
+    mcfg = spec.section_config(cfg)
     model = get_model(cfg["model"], ctx.ds.num_classes, ctx.ds.image_shape)
-    distiller = make(mcfg, model, ctx.ds.num_classes)
+    distiller = FACTORIES[spec.name](mcfg, model, ctx.ds.num_classes)
     x_train = jdata.apply(ctx.pre, ctx.ds.x_train)  # host numpy; the driver places it
     idx_KxM, counts_K = class_index_table(ctx.ds.y_train, ctx.ds.num_classes)
     x0, y0 = init_images(ctx._replace(cfg={**cfg, "init": mcfg.init}),
@@ -43,3 +39,13 @@ def prepare(ctx: Context) -> Prepared:
         return {"artefact": (state.syn.x_syn_NHWC, state.syn.y_syn, None)}
 
     return Prepared(distiller, state, batch_fn, (x_train, idx_KxM, counts_K), export)
+
+
+for _name, _cls, _defaults, _doc in (
+        ("dc", dc.DCConfig, {}, "gradient matching (Zhao et al. 2021)"),
+        ("dsa", dc.DCConfig, {"dsa": True, "init": "real"},
+         "gradient matching with differentiable Siamese augmentation"),
+        ("dm", dm.DMConfig, {}, "distribution matching of random-network embeddings"),
+        ("datadam", datadam.DataDAMConfig, {}, "attention matching of random networks")):
+    registry.register(registry.Method(_name, "classic", _cls, run_prepared(prepare),
+                                      section_defaults=_defaults, doc=_doc))

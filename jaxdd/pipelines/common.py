@@ -11,10 +11,11 @@ from typing import Any, Callable, NamedTuple
 import jax
 import numpy as np
 
-from jaxdd import artefact
+from jaxdd import artefact, safeio
 from jaxdd import data as jdata
 from jaxdd.evaluate import eval_data, evaluate_set, get_protocol, select
 from jaxdd.methods.base import Distiller
+from jaxdd.registry import RunOptions
 from jaxdd.run import driver
 from jaxdd.run.progress import Progress
 
@@ -51,8 +52,7 @@ def resumable_batch(path: str, compute: Callable[[], dict[str, np.ndarray]]) -> 
         with np.load(path) as z:
             return {k: z[k] for k in z.files}
     arrays = compute()
-    np.savez(path + ".tmp.npz", **arrays)
-    os.replace(path + ".tmp.npz", path)
+    safeio.savez(path, **arrays)
     return arrays
 
 
@@ -68,6 +68,13 @@ def init_images(ctx: Context, key: jax.Array) -> tuple[np.ndarray, np.ndarray]:
     return x, y
 
 
+def run_prepared(prepare: Callable[[Context], Prepared]) -> Callable[[Context, RunOptions], dict]:
+    """A registry `run` for a method whose whole run is one Distiller through the driver."""
+    def run(ctx: Context, options: RunOptions) -> dict:
+        return run_and_export(ctx, prepare(ctx), options.resume_step, options.stop_after)
+    return run
+
+
 def run_and_export(ctx: Context, prep: Prepared, resume_step: int | None = None,
                    stop_after: int | None = None) -> dict:
     """Run the distiller (resuming if possible), save artefact(s); returns their paths."""
@@ -76,12 +83,13 @@ def run_and_export(ctx: Context, prep: Prepared, resume_step: int | None = None,
     timings: dict = {}
     state, history = driver.run(
         prep.distiller, prep.state, prep.batch_fn, jax.random.fold_in(ctx.key, 1),
-        cfg["iterations"], consts=prep.consts, mesh=mesh_from(cfg), run_dir=os.path.join(ctx.out_dir, "run"), config=cfg,
+        cfg["iterations"], consts=prep.consts, mesh=mesh_from(cfg),
+        run_dir=os.path.join(ctx.out_dir, "run"), config=cfg,
         ckpt_every=cfg.get("ckpt_every", 50), keep=cfg.get("ckpt_keep", 3),
-        resume_step=resume_step,
+        resume_step=resume_step, max_nonfinite=cfg.get("max_nonfinite", 10),
         progress=Progress(f"distill {cfg['method']}", enabled=not ctx.quiet),
         stop_after=stop_after, timings=timings)
-    if stop_after is not None and int(jax.device_get(_iteration(state))) < cfg["iterations"]:
+    if timings.pop("last_iteration") < cfg["iterations"]:  # stop_after ended it early
         return {"stopped_early": True}
     seconds = round(time.time() - t0, 2)
     paths = {}
@@ -114,10 +122,6 @@ def mesh_from(cfg: dict):
     return make_mesh(m.get("shape"), m.get("names", ("data",)))
 
 
-def _iteration(state):
-    return getattr(state, "iteration", jax.numpy.asarray(10**9))
-
-
 def evaluate_with_baseline(ctx: Context, paths: dict[str, str]) -> dict:
     """Evaluate each artefact and a random real subset under the same protocol and seeds."""
     ev = ctx.cfg.get("eval", {})
@@ -128,10 +132,11 @@ def evaluate_with_baseline(ctx: Context, paths: dict[str, str]) -> dict:
     out = {}
     for name, path in paths.items():
         art = artefact.load(path)
-        r = evaluate_set(key, art.x_syn_NHWC, art.y_syn, data, proto, seeds, lr=art.lr,
+        r = evaluate_set(key, art.x_syn_NHWC, art.y_syn, eval_data(ctx.ds, art.preprocess),
+                         proto, seeds, lr=art.lr,
                          progress=Progress(f"evaluate {name}", enabled=not ctx.quiet))
-        artefact.add_evaluation(path, r)
         out[name] = r
+        artefact.add_evaluation(path, r)
     if ev.get("random_baseline", True):
         idx = select("random", jax.random.fold_in(ctx.key, 3), ctx.ds, ctx.pre, ctx.cfg["ipc"])
         out["random"] = evaluate_set(key, jdata.apply(ctx.pre, ctx.ds.x_train[idx]), ctx.ds.y_train[idx],
@@ -141,9 +146,20 @@ def evaluate_with_baseline(ctx: Context, paths: dict[str, str]) -> dict:
 
 
 def write_result(out_dir: str, result: dict) -> None:
-    if jax.process_index() == 0:
-        with open(os.path.join(out_dir, "result.json"), "w") as f:
-            json.dump(result, f, indent=2, default=str)
+    """OUT/result.json: this result, with the earlier ones of the same run directory kept
+    under "history" (a re-run appends, never resets)."""
+    if jax.process_index() != 0:
+        return
+    path = os.path.join(out_dir, "result.json")
+    history = []
+    if os.path.exists(path):
+        try:
+            with open(path) as f:
+                old = json.load(f)
+            history = old.pop("history", []) + [old]
+        except (OSError, ValueError):
+            history = []
+    safeio.write_json(path, {**result, "history": history})
 
 
 def dataclass_from(cls, d: dict):

@@ -15,7 +15,8 @@ from jaxdd import experts as jexperts
 from jaxdd.augment import dsa
 from jaxdd.methods import mtt
 from jaxdd.models import auto_chunks, get_model
-from jaxdd.pipelines.common import Context, Prepared, dataclass_from, init_images
+from jaxdd import registry
+from jaxdd.pipelines.common import Context, Prepared, dataclass_from, init_images, run_prepared
 from jaxdd.run.progress import Progress
 
 
@@ -80,3 +81,8 @@ def prepare(ctx: Context) -> Prepared:
         return out
 
     return Prepared(distiller, state, batch_fn, stacked, export)
+
+
+registry.register(registry.Method(
+    "mtt", "trajectory", mtt.MTTConfig, run_prepared(prepare), sections=("experts",),
+    doc="trajectory matching: MTT, TESLA (grad_mode, label_mode), DATM, FTD"))

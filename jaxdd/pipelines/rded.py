@@ -1,14 +1,15 @@
 """RDED end to end: teacher (load or train) -> crop selection -> OUT/artefact.
 
-Reached through `jaxdd recover --config CONFIG` with `method="rded"` (statistics matching
-and RDED share the teacher, the run directory and the relabel step). The config's `rded`
-section holds `jaxdd.methods.rded.RDEDConfig` fields.
+Reached through `jaxdd distill --config CONFIG` with `method="rded"` (statistics matching
+and RDED share the teacher and the relabel step). The config's `rded` section holds
+`jaxdd.methods.rded.RDEDConfig` fields. The selection is a Distiller (`make_rded`) driven
+by `jaxdd.run.driver`: one step per batch of `rded.class_batch` classes, checkpointed after
+every step in OUT/run/ (a restart resumes there).
 
     pool      `mipc` real training images per class (fewer if a class is smaller), drawn
               with fold_in(key(seed), 0), in the teacher's pixel space
     select    classes in chunks of `rded.class_batch`; class c uses fold_in(fold_in(key(seed),
-              1), c), so chunking (and a restart, which skips the chunks saved under
-              OUT/batches/) never changes the images
+              1), c), so chunking (and a restart from OUT/run/) never changes the images
     artefact  OUT/artefact/ with hard labels; `jaxdd relabel` adds the teacher's soft labels
               (recipe `rded` unless the config's relabel section names another)
 """
@@ -17,20 +18,24 @@ from __future__ import annotations
 
 import os
 import time
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxdd import artefact
+from jaxdd import artefact, registry
 from jaxdd import data as jdata
 from jaxdd import teachers as jteachers
 from jaxdd.methods import rded as mrded
-from jaxdd.pipelines.common import dataclass_from, resumable_batch
-from jaxdd.pipelines.sre2l import _check_compatible, _check_run_dir, ensure_teacher
+from jaxdd.methods.base import Distiller, SynState
+from jaxdd.pipelines.common import Context, dataclass_from, mesh_from
+from jaxdd.pipelines.sre2l import _check_compatible, ensure_teacher
+from jaxdd.registry import RunOptions
+from jaxdd.run import driver
 from jaxdd.run.progress import Progress
 
-__all__ = ["rded_config", "pool_size", "run"]
+__all__ = ["rded_config", "pool_size", "make_rded", "run"]
 
 
 def rded_config(cfg: dict) -> mrded.RDEDConfig:
@@ -58,62 +63,93 @@ def pool_size(ds: jdata.Dataset, ipc: int, rc: mrded.RDEDConfig) -> int:
     return int(min(rc.mipc, counts[k]))
 
 
-def run(cfg: dict, out_dir: str, quiet: bool = False) -> dict:
-    """Teacher -> RDED images -> OUT/artefact; returns a summary dict (as `recover`'s)."""
-    cfg = {**cfg, "relabel": {"recipe": "rded", **(cfg.get("relabel") or {})}}
-    seed, ipc = int(cfg.get("seed", 0)), int(cfg["ipc"])
+class RDEDState(NamedTuple):
+    syn: SynState          # (K * ipc, H, W, C) images, filled class batch by class batch
+    ce_KxM: jax.Array      # (K, ipc * f^2) eq. (1) scores of the kept crops
+    key: jax.Array         # the selection key (class c uses fold_in(key, c))
+
+
+class RDEDBatch(NamedTuple):
+    x_pool_BxPxHxWxC: jax.Array  # the pools of this step's classes (model space)
+    classes_B: jax.Array         # int32 class ids (the last batch repeats the last class)
+    teacher: Any                 # teacher variables (an argument, not a program constant)
+
+
+def make_rded(rc: mrded.RDEDConfig, model: Any, num_classes: int, ipc: int) -> Distiller:
+    """RDED as a Distiller: init(key, x_like, y) -> empty set; step t selects and tiles the
+    crops of one batch of classes (`RDEDBatch`). Class c's images depend only on
+    fold_in(key, c) and its pool, so batching and restarts never change them."""
+    m = ipc * rc.factor ** 2
+
+    def init(key: jax.Array, x_init_NHWC: jax.Array, y_init: jax.Array) -> RDEDState:
+        x = jnp.zeros(jnp.shape(x_init_NHWC), jnp.float32)
+        return RDEDState(SynState(x, jnp.asarray(y_init, jnp.int32), None),
+                         jnp.zeros((num_classes, m), jnp.float32), key)
+
+    def step(state: RDEDState, batch: RDEDBatch, key: jax.Array):
+        del key  # the selection key lives in the state (fold_in per class)
+        x_BxIxHWC, ce_BxM = mrded.rded(state.key, lambda xb: model.apply(batch.teacher, xb),
+                                       batch.x_pool_BxPxHxWxC, batch.classes_B, ipc, rc)
+        rows = (batch.classes_B[:, None] * ipc + jnp.arange(ipc)[None, :]).reshape(-1)
+        x = state.syn.x_syn_NHWC.at[rows].set(x_BxIxHWC.reshape(-1, *x_BxIxHWC.shape[2:]))
+        new = RDEDState(state.syn._replace(x_syn_NHWC=x),
+                        state.ce_KxM.at[batch.classes_B].set(ce_BxM), state.key)
+        return new, {"loss": ce_BxM.mean()}
+
+    return Distiller(init, step)
+
+
+def run(ctx: Context, options: RunOptions) -> dict:
+    """Teacher -> RDED images (one Distiller through the driver) -> OUT/artefact."""
+    cfg = {**ctx.cfg, "relabel": {"recipe": "rded", **(ctx.cfg.get("relabel") or {})}}
+    seed, ipc, ds = int(cfg.get("seed", 0)), int(cfg["ipc"]), ctx.ds
     rc = rded_config(cfg)
-    ds = jdata.load_dataset(cfg["dataset"], seed=seed)
     pool = pool_size(ds, ipc, rc)
-    _check_run_dir(out_dir, cfg)
-    tdir, teacher_seconds = ensure_teacher(cfg, ds, quiet)
+    tdir, teacher_seconds = ensure_teacher(cfg, ds, ctx.quiet)
     model, vlist, pre, tman = jteachers.load_teachers(tdir, 1)
     _check_compatible(tman, ds.name, ds.num_classes, ds.image_shape)
-    k_classes, shape = ds.num_classes, ds.image_shape
+    k_classes, shape, b = ds.num_classes, ds.image_shape, min(rc.class_batch, ds.num_classes)
     key = jax.random.key(seed)
     idx_KxP = jdata.sample_indices_per_class(jax.random.fold_in(key, 0), ds, pool).reshape(
         k_classes, pool)
-    k_sel = jax.random.fold_in(key, 1)
-    select = jax.jit(lambda tv, xp, labels: mrded.rded(
-        k_sel, lambda xb: model.apply(tv, xb), xp, labels, ipc, rc))
-
-    bdir = os.path.join(out_dir, "batches")
-    os.makedirs(bdir, exist_ok=True)
-    starts = list(range(0, k_classes, rc.class_batch))
-    out = np.zeros((k_classes, ipc, *shape), np.float32)
-    ce = np.zeros((k_classes, ipc * rc.factor ** 2), np.float32)
-    progress = Progress("rded", every=0.0 if len(starts) < 50 else 2.0, enabled=not quiet)
-    t0 = time.time()
-    for n, c0 in enumerate(starts):
-        cls = np.arange(c0, min(c0 + rc.class_batch, k_classes))
-        path = os.path.join(bdir, f"c{c0:06d}.npz")
-
-        def compute(cls=cls, c0=c0):
-            xp = jdata.apply(pre, ds.x_train[idx_KxP[cls].reshape(-1)]).reshape(
-                len(cls), pool, *shape)
-            x, s = select(vlist[0], jnp.asarray(xp), jnp.asarray(cls, jnp.int32))
-            x, s = np.asarray(x), np.asarray(s)
-            if not (np.isfinite(x).all() and np.isfinite(s).all()):
-                raise FloatingPointError(f"RDED classes {c0}..{cls[-1]}: the teacher gave "
-                                         f"NaN/inf scores; check the teacher at {tdir}")
-            return {"x": x, "ce": s}
-
-        z = resumable_batch(path, compute)
-        out[cls], ce[cls] = z["x"], z["ce"]
-        progress(n + 1, len(starts), f"mean kept CE {float(ce[cls].mean()):.3f}")
-    seconds = round(time.time() - t0, 2)
-
-    x_syn = out.reshape(k_classes * ipc, *shape)
+    x_pool = jdata.apply(pre, ds.x_train[idx_KxP.reshape(-1)]).reshape(k_classes, pool, *shape)
     y_syn = np.repeat(np.arange(k_classes, dtype=np.int32), ipc)
-    art_dir = os.path.join(out_dir, "artefact")
+    distiller = make_rded(rc, model, k_classes, ipc)
+    state = distiller.init(jax.random.fold_in(key, 1), np.zeros((len(y_syn), *shape)), y_syn)
+
+    def batch_fn(consts, k, t):
+        pool_KxP, teacher = consts
+        classes = jnp.minimum((t - 1) * b + jnp.arange(b), k_classes - 1)
+        return RDEDBatch(pool_KxP[classes], classes, teacher)
+
+    steps = -(-k_classes // b)
+    t0 = time.time()
+    state, history = driver.run(
+        distiller, state, batch_fn, jax.random.fold_in(key, 2), steps,
+        consts=(x_pool, vlist[0]), mesh=mesh_from(cfg), run_dir=os.path.join(ctx.out_dir, "run"),
+        config={k: v for k, v in cfg.items() if k not in ("relabel", "eval")}, ckpt_every=1,
+        keep=cfg.get("ckpt_keep", 3), resume_step=options.resume_step, log_every=1,
+        max_nonfinite=1, progress=Progress("rded", enabled=not ctx.quiet),
+        stop_after=options.stop_after)
+    if len(history) and history[-1]["iteration"] < steps:
+        return {"stopped_early": True}
+    seconds = round(time.time() - t0, 2)
+    x_syn, ce = np.asarray(state.syn.x_syn_NHWC), np.asarray(state.ce_KxM)
+    art_dir = os.path.join(ctx.out_dir, "artefact")
     accs = [r["test_accuracy"] for r in tman["teachers"] if r["complete"]][:1]
     info = {"teacher_dir": os.path.abspath(tdir), "teacher_model": tman["model"],
             "teacher_test_accuracy": accs, "teacher_seconds": teacher_seconds,
             "distill_seconds": seconds, "final_ce": float(ce.mean()),
             "pool_per_class": pool, "factor": rc.factor, "num_crop": rc.num_crop,
-            "batches": len(starts)}
-    artefact.save(art_dir, x_syn, y_syn, preprocess=pre, method="rded", dataset=ds.name,
-                  num_classes=k_classes, ipc=ipc, seed=seed, config=cfg, lr=None,
-                  overwrite=True, extra=info)
-    return {"out": out_dir, "artefact": art_dir, "method": "rded", "dataset": ds.name,
-            "ipc": ipc, "teacher": tdir, **info}
+            "batches": steps}
+    if jax.process_index() == 0:
+        artefact.save(art_dir, x_syn, y_syn, preprocess=pre, method="rded", dataset=ds.name,
+                      num_classes=k_classes, ipc=ipc, seed=seed, config=cfg, lr=None,
+                      overwrite=True, extra=info)
+    return {"out": ctx.out_dir, "artefact": art_dir, "artefacts": {"artefact": art_dir},
+            "method": "rded", "dataset": ds.name, "ipc": ipc, "teacher": tdir, **info}
+
+
+registry.register(registry.Method(
+    "rded", "statistics", mrded.RDEDConfig, run, sections=("teacher", "relabel"),
+    doc="realistic, diverse crops selected by the teacher (no optimisation)"))

@@ -35,7 +35,6 @@ augmentation (a no-op at factor 1).
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import sys
 import time
@@ -45,7 +44,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxdd import artefact
+from jaxdd import artefact, registry, safeio
 from jaxdd import conv_targets as conv_targets_lib
 from jaxdd import data as jdata
 from jaxdd import teachers as jteachers
@@ -54,8 +53,8 @@ from jaxdd.experts import _preprocess_sha
 from jaxdd.labels import relabel as jrelabel
 from jaxdd.methods import sre2l
 from jaxdd.models import get_model
-from jaxdd.pipelines.common import dataclass_from, resumable_batch
-from jaxdd.run.checkpoint import fingerprint
+from jaxdd.pipelines.common import Context, dataclass_from, mesh_from, resumable_batch
+from jaxdd.run import driver
 from jaxdd.run.progress import Progress
 from jaxdd.train.loop import TrainConfig, accuracy, steps_per_epoch
 
@@ -151,35 +150,27 @@ def recover_config(cfg: dict) -> sre2l.RecoverConfig:
 
 def _check_run_dir(out_dir: str, cfg: dict) -> None:
     """Write OUT/run.json, or refuse an OUT started with another (image-determining) config."""
-    ident = {k: v for k, v in cfg.items() if k != "relabel"}
-    fp = fingerprint(ident)
-    path = os.path.join(out_dir, "run.json")
-    if os.path.exists(path):
-        with open(path) as f:
-            old = json.load(f)
-        if old.get("fingerprint") != fp:
-            stored = old.get("config", {})
-            new = json.loads(json.dumps(ident, default=str))
-            changed = sorted(k for k in set(stored) | set(new) if stored.get(k) != new.get(k))
-            raise ValueError(f"{out_dir} holds a run with a different config (changed: "
-                             f"{', '.join(changed) or 'unknown'}); use another --out or the "
-                             f"original config")
-        return
-    os.makedirs(out_dir, exist_ok=True)
-    with open(path + ".tmp", "w") as f:
-        json.dump({"fingerprint": fp, "config": ident}, f, indent=2, default=str)
-    os.replace(path + ".tmp", path)
+    safeio.claim_run(out_dir, {k: v for k, v in cfg.items() if k not in ("relabel", "eval")})
+
+
+def _no_batch(consts: Any, key: jax.Array, t: jax.Array) -> None:
+    """Recovery reads no real data: every step's batch is empty."""
+    return None
+
+
+def run(ctx: Context, options: registry.RunOptions) -> dict:
+    """The registry's `run`: recover (or RDED) into ctx.out_dir, artefact paths included."""
+    res = recover(ctx.cfg, ctx.out_dir, ctx.quiet)
+    return {**res, "artefacts": {"artefact": res["artefact"]}}
 
 
 def recover(cfg: dict, out_dir: str, quiet: bool = False) -> dict:
-    """Teacher (load or train) -> recovered images -> OUT/artefact; returns a summary dict."""
+    """Teacher (load or train) -> recovered images -> OUT/artefact; returns a summary dict.
+
+    Each batch is one Distiller (`make_recover`) driven by `jaxdd.run.driver` for
+    recover.iterations steps (non-finite steps skipped and counted, as for every method);
+    a finished batch is saved to OUT/batches/ and is the unit of resumption."""
     method = cfg.get("method", "sre2l")
-    if method == "rded":  # crop selection, no optimisation: its own pipeline, same artefact
-        from jaxdd.pipelines import rded as prded
-        return prded.run(cfg, out_dir, quiet)
-    if method not in METHODS:
-        raise ValueError(f"unknown statistics-matching method {method!r}; use "
-                         f"{', '.join(METHODS + ('rded',))}")
     seed = int(cfg.get("seed", 0))
     ipc = int(cfg["ipc"])
     rcfg = recover_config(cfg)
@@ -208,6 +199,8 @@ def recover(cfg: dict, out_dir: str, quiet: bool = False) -> dict:
         conv_targets, conv_dirs = conv_targets_lib.teacher_targets(
             os.path.join(tdir, "conv_targets"), model, vlist, tman["model"], ds, pre, rcfg,
             stacked=rcfg.stacked_teachers, progress=Progress("conv targets", enabled=not quiet))
+    distiller = sre2l.make_recover(rcfg, model, variables, bounds, conv_targets)
+    mesh = mesh_from(cfg)
     out = np.zeros((k_classes, ipc, *shape), np.float32)
     finals = []
     progress = Progress(f"recover {method}", every=0.0 if len(jobs) < 50 else 2.0,
@@ -220,16 +213,19 @@ def recover(cfg: dict, out_dir: str, quiet: bool = False) -> dict:
         def compute(i=i, cls=cls, ipcs=ipcs, c0=c0, at=at):
             x0 = (jnp.zeros((len(cls) * len(ipcs), *shape), jnp.float32) if x_init is None
                   else jnp.asarray(x_init[at].reshape(-1, *shape)))
-            k = jax.random.fold_in(jax.random.fold_in(k_rec, i), c0)
-            x, metrics = sre2l.recover_batch_jit(rcfg, model, variables, k, x0,
-                                                 jnp.asarray(np.repeat(cls, len(ipcs)), jnp.int32),
-                                                 bounds, conv_targets)
-            x = np.asarray(x)
-            if not bool(np.all(np.asarray(metrics["finite"]))) or not np.isfinite(x).all():
-                bad = int(np.argmin(np.asarray(metrics["finite"])))
-                raise FloatingPointError(f"recover batch (IPC index {i}, classes {c0}..{cls[-1]}) "
-                                         f"hit NaN/inf at iteration {bad}; lower recover.lr")
-            return {"x": x, **{k: np.asarray(metrics[k])[-1] for k in ("loss", "ce", "bn")}}
+            k_init, k_loop = jax.random.split(jax.random.fold_in(jax.random.fold_in(k_rec, i), c0))
+            state = distiller.init(k_init, x0, jnp.asarray(np.repeat(cls, len(ipcs)), jnp.int32))
+            try:
+                state, hist = driver.run(distiller, state, _no_batch, k_loop, rcfg.iterations,
+                                         mesh=mesh, log_every=rcfg.iterations,
+                                         max_nonfinite=int(cfg.get("max_nonfinite", 10)))
+            except driver.NonFiniteError as e:
+                raise driver.NonFiniteError(f"recover batch (IPC index {i}, classes {c0}.."
+                                            f"{cls[-1]}): {e}; lower recover.lr") from None
+            last = hist[-1]
+            return {"x": np.asarray(state.syn.x_syn_NHWC),
+                    **{k: np.float32(last[k]) for k in ("loss", "ce", "bn")},
+                    "nonfinite_steps": np.int32(sum(h.get("nonfinite", 0) for h in hist))}
 
         z = resumable_batch(path, compute)
         out[at] = z["x"].reshape(len(cls), len(ipcs), *shape)
@@ -441,3 +437,12 @@ def config_summary(cfg: dict) -> dict:
     """The dataclass configs a recover config resolves to (for logs and errors)."""
     return {"recover": dataclasses.asdict(recover_config(cfg)),
             "teacher": dataclasses.asdict(teacher_config(cfg))}
+
+
+for _name, _doc in (("sre2l", "squeeze, recover (BN statistics), relabel"),
+                    ("cda", "SRe2L with a curriculum of crop scales"),
+                    ("gvbsm", "SRe2L with conv/patch statistics, teacher ensembles, diversity"),
+                    ("dwa", "SRe2L with real init and a perturbed teacher per batch")):
+    registry.register(registry.Method(_name, "statistics", sre2l.RecoverConfig, run,
+                                      section="recover", sections=("teacher", "relabel"),
+                                      doc=_doc))

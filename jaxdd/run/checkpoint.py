@@ -8,23 +8,25 @@ reported by name and nothing is ever deleted by a failed restore.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
+import re
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+
+from jaxdd import safeio
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be used (message says what to do)."""
 
 
-def fingerprint(config: dict) -> str:
-    """Stable hash of the parts of a config that determine the result."""
-    blob = json.dumps(config, sort_keys=True, default=str).encode()
-    return hashlib.sha256(blob).hexdigest()[:16]
+def _reason(e: Exception) -> str:
+    """First line of an Orbax/TensorStore error without object reprs (`<bound method ...>`)."""
+    text = (str(e).strip().splitlines() or [""])[0]
+    text = re.sub(r"<[^<>]*>", "", text).strip(" :,")[:200]
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
 
 
 class Checkpointer:
@@ -34,8 +36,8 @@ class Checkpointer:
                  async_save: bool = True):
         self.run_dir = os.path.abspath(run_dir)
         self.every = every
-        os.makedirs(self.run_dir, exist_ok=True)
-        self._check_config(config)
+        if jax.process_index() == 0:
+            safeio.claim_run(self.run_dir, config)
         self.manager = ocp.CheckpointManager(
             os.path.join(self.run_dir, "checkpoints"),
             # A save killed half-way leaves `<step>.orbax-checkpoint-tmp-<n>` (Orbax writes
@@ -45,28 +47,14 @@ class Checkpointer:
                                                  cleanup_tmp_directories=True,
                                                  enable_async_checkpointing=async_save))
 
-    def _check_config(self, config: dict) -> None:
-        path = os.path.join(self.run_dir, "run.json")
-        fp = fingerprint(config)
-        if os.path.exists(path):
-            with open(path) as f:
-                old = json.load(f)
-            if old.get("fingerprint") != fp:
-                changed = sorted(k for k in set(old.get("config", {})) | set(config)
-                                 if old.get("config", {}).get(k) != json.loads(json.dumps(config.get(k), default=str)))
-                raise CheckpointError(
-                    f"{self.run_dir} holds a run with a different config (changed: "
-                    f"{', '.join(changed) or 'unknown'}); use another --out or the original config")
-        elif jax.process_index() == 0:
-            tmp = path + ".tmp"
-            with open(tmp, "w") as f:
-                json.dump({"fingerprint": fp, "config": config}, f, indent=2, default=str)
-            os.replace(tmp, path)
-
     def steps(self) -> list[int]:
         return sorted(self.manager.all_steps())
 
     def save(self, step: int, state: Any, force: bool = False) -> None:
+        """Save `step` if it is due (or forced); an existing checkpoint of that step (a run
+        resumed from an earlier one) is never overwritten."""
+        if step in self.manager.all_steps():
+            return
         if force or step % self.every == 0:
             self.manager.save(step, args=ocp.args.StandardSave(state), force=force)
 
@@ -87,7 +75,7 @@ class Checkpointer:
                     if prev else "start a new run with another --out")
             raise CheckpointError(
                 f"checkpoint {os.path.join(self.run_dir, 'checkpoints', str(step))} is unreadable "
-                f"({type(e).__name__}: {str(e).splitlines()[0][:200]}); {hint}. Nothing was deleted.") from None
+                f"({_reason(e)}); {hint}. Nothing was deleted.") from None
         return step, state
 
     def wait(self) -> None:

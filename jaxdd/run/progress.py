@@ -30,3 +30,8 @@ class Progress:
         eta = el / max(done, 1) * (total - done)
         print(f"[{self.what}] {done}/{total} ({100 * done / max(total, 1):.0f}%) "
               f"elapsed {_fmt(el)} ETA {_fmt(eta)} {extra}".rstrip(), file=self.stream, flush=True)
+
+    def note(self, text: str) -> None:
+        """One line about an event (a skipped step), printed whenever progress is on."""
+        if self.enabled:
+            print(f"[{self.what}] {text}", file=self.stream, flush=True)

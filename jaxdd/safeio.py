@@ -1,0 +1,186 @@
+"""Every file jaxdd writes goes through here: atomic writes, fingerprints, output-path
+checks and the run-directory lock.
+
+Rules (README "Files jaxdd writes"):
+- a write goes to a temporary sibling that is renamed into place, so a reader never sees
+  half a file and a crash never corrupts an existing one;
+- jaxdd never deletes or renames anything it did not create: an existing path that is not
+  a jaxdd run directory or artefact is an error, never a target;
+- a run directory is locked (`fcntl.flock` on OUT/.jaxdd.lock) while a process uses it; the
+  kernel drops the lock when that process dies, so a killed run's lock is taken over.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import hashlib
+import json
+import os
+import socket
+import tempfile
+import time
+from typing import Any, Callable
+
+import numpy as np
+
+
+class OutputError(ValueError):
+    """An output path jaxdd must not (or cannot) write; the message says what to change."""
+
+
+def fingerprint(obj: Any) -> str:
+    """Stable short hash of a JSON-able object (config parts that determine a result)."""
+    blob = json.dumps(obj, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def sha256_file(path: str) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _write_atomic(path: str, write: Callable[[str], None], suffix: str) -> None:
+    directory = os.path.dirname(os.path.abspath(path))
+    try:
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=suffix)
+    except OSError as e:
+        raise OutputError(_os_message(path, e)) from None
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except OSError as e:
+        raise OutputError(_os_message(path, e)) from None
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_json(path: str, obj: Any) -> None:
+    """JSON to `path`, atomically."""
+    def write(tmp):
+        with open(tmp, "w") as f:
+            json.dump(obj, f, indent=2, default=str)
+    _write_atomic(path, write, ".json")
+
+
+def write_text(path: str, text: str) -> None:
+    """Text to `path`, atomically."""
+    def write(tmp):
+        with open(tmp, "w") as f:
+            f.write(text)
+    _write_atomic(path, write, ".txt")
+
+
+def savez(path: str, **arrays: np.ndarray) -> None:
+    """`np.savez` to `path`, atomically."""
+    def write(tmp):
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+    _write_atomic(path, write, ".npz")
+
+
+def makedirs(path: str) -> None:
+    """`os.makedirs(exist_ok=True)` with a clear error for a file in the way or no permission."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise OutputError(f"{path} is an existing file, not a directory; choose another path")
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:
+        raise OutputError(_os_message(path, e)) from None
+
+
+def _os_message(path: str, e: OSError) -> str:
+    reason = os.strerror(e.errno) if e.errno else str(e)
+    hint = ("make it writable or choose another output path"
+            if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS) else "check the path")
+    return f"cannot write {path} ({reason}); {hint}"
+
+
+def is_run_dir(path: str) -> bool:
+    """A directory jaxdd started a run in (it holds run.json, or run/run.json)."""
+    return (os.path.isfile(os.path.join(path, "run.json"))
+            or os.path.isfile(os.path.join(path, "run", "run.json")))
+
+
+def check_run_out(path: str) -> None:
+    """`--out` of a run: absent, empty, or a jaxdd run directory; anything else is refused."""
+    if not os.path.exists(path):
+        return
+    if not os.path.isdir(path):
+        raise OutputError(f"--out {path} is an existing file; choose a new directory path")
+    entries = [e for e in os.listdir(path) if e != LOCK_NAME]
+    if entries and not is_run_dir(path):
+        raise OutputError(f"--out {path} exists and is not a jaxdd run directory ({len(entries)} "
+                          f"entries, e.g. {sorted(entries)[0]!r}); choose a new or empty directory")
+
+
+LOCK_NAME = ".jaxdd.lock"
+
+
+class RunLock:
+    """Exclusive lock of a run directory for the life of this process (a context manager).
+
+    A second process gets an OutputError naming the holder's pid and host. The lock is an
+    `flock` on OUT/.jaxdd.lock: the kernel releases it when its process dies (SIGKILL
+    included), so a stale lock file is simply taken over.
+    """
+
+    def __init__(self, path: str):
+        self.path = path
+        self.fd: int | None = None
+
+    def __enter__(self) -> "RunLock":
+        makedirs(self.path)
+        lock_path = os.path.join(self.path, LOCK_NAME)
+        try:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise OutputError(_os_message(lock_path, e)) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 256, 0).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise OutputError(f"{self.path} is in use by {holder}; wait for it to finish or "
+                              f"choose another --out") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"jaxdd pid {os.getpid()} on {socket.gethostname()} since "
+                      f"{time.strftime('%Y-%m-%d %H:%M:%S')}".encode(), 0)
+        self.fd = fd
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.fd is not None:
+            os.ftruncate(self.fd, 0)  # an idle run directory holds an empty lock file
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+            self.fd = None
+
+
+def claim_run(run_dir: str, config: dict) -> None:
+    """Write RUN_DIR/run.json (the config and its fingerprint), or refuse a directory that
+    was started with a different config, naming the fields that changed."""
+    makedirs(run_dir)
+    path = os.path.join(run_dir, "run.json")
+    fp = fingerprint(config)
+    if os.path.exists(path):
+        try:
+            with open(path) as f:
+                old = json.load(f)
+        except (OSError, ValueError):
+            raise OutputError(f"{path} is unreadable; choose another --out") from None
+        if old.get("fingerprint") != fp:
+            stored = old.get("config", {})
+            new = json.loads(json.dumps(config, default=str))
+            changed = sorted(k for k in set(stored) | set(new) if stored.get(k) != new.get(k))
+            raise OutputError(f"{run_dir} holds a run with a different config (changed: "
+                              f"{', '.join(changed) or 'unknown'}); use another --out or the "
+                              f"original config")
+        return
+    write_json(path, {"fingerprint": fp, "config": config})
