@@ -1,5 +1,19 @@
-"""Augmentations as pure functions of a PRNG key (replayable, so siamese by construction)."""
+"""Augmentations as pure functions of a PRNG key (replayable, so siamese by construction).
 
+`dsa`: differentiable siamese augmentation (one family per call); `crops`: random-resized-
+crop (CDA schedule), RandomCrop with padding, flip and jitter for recover and relabel.
+"""
+
+from jaxdd.augment.crops import (
+    CDA_FLOOR,
+    cda_min_scale,
+    crop_resize,
+    random_flip,
+    random_jitter,
+    random_pad_crop,
+    random_resized_crop,
+    sample_crop_box,
+)
 from jaxdd.augment.dsa import (
     DEFAULT_STRATEGY,
     FAMILIES,
@@ -26,6 +40,14 @@ from jaxdd.augment.dsa import (
 )
 
 __all__ = [
+    "CDA_FLOOR",
+    "cda_min_scale",
+    "crop_resize",
+    "random_flip",
+    "random_jitter",
+    "random_pad_crop",
+    "random_resized_crop",
+    "sample_crop_box",
     "DEFAULT_STRATEGY",
     "FAMILIES",
     "FAMILY_FNS",

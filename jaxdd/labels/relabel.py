@@ -41,7 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxdd.methods.sre2l import crop_resize, sample_crop_box
+from jaxdd.augment.crops import crop_resize, sample_crop_box
 from jaxdd.models import Model, Variables
 from jaxdd.train.loop import TrainConfig, make_optimizer, steps_per_epoch
 

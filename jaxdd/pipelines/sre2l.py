@@ -11,7 +11,7 @@
 Run directory: OUT/run.json holds the fingerprint of the config parts that determine the
 images (everything but the `relabel` section); another config in the same OUT is refused.
 Batch (i, c0) uses the key fold_in(fold_in(fold_in(key(seed), 1), i), c0): the batches and
-the artefact are exactly those of `jaxdd.methods.sre2l.recover_all` with key fold_in(key(seed), 1).
+the artefact are exactly those of `jaxdd.methods.statistics.recover.recover_all` with key fold_in(key(seed), 1).
 
 RDED (`method="rded"`, no optimisation) goes through `recover` as well: it is dispatched
 to `jaxdd.pipelines.rded` and writes the same OUT/artefact.
@@ -52,7 +52,8 @@ from jaxdd import teachers as jteachers
 from jaxdd.evaluate import get_protocol
 from jaxdd.experts import _preprocess_sha
 from jaxdd.labels import relabel as jrelabel
-from jaxdd.methods import sre2l
+from jaxdd.methods.statistics.recover import (RecoverConfig, batch_layout, pixel_bounds,
+                                             recover_batch_jit, stack_teachers)
 from jaxdd.models import get_model
 from jaxdd.pipelines.common import dataclass_from, resumable_batch
 from jaxdd.run.checkpoint import fingerprint
@@ -143,10 +144,10 @@ def _check_compatible(man: dict, dataset: str, num_classes: int, shape) -> None:
 # Recover
 
 
-def recover_config(cfg: dict) -> sre2l.RecoverConfig:
+def recover_config(cfg: dict) -> RecoverConfig:
     """RecoverConfig from the config's `recover` section (lists -> tuples: it is hashable)."""
     r = {k: tuple(v) if isinstance(v, list) else v for k, v in cfg.get("recover", {}).items()}
-    return dataclass_from(sre2l.RecoverConfig, r)
+    return dataclass_from(RecoverConfig, r)
 
 
 def _check_run_dir(out_dir: str, cfg: dict) -> None:
@@ -190,8 +191,8 @@ def recover(cfg: dict, out_dir: str, quiet: bool = False) -> dict:
     num = teacher_config(cfg).num_teachers
     model, vlist, pre, tman = jteachers.load_teachers(tdir, num if rcfg.stacked_teachers else 1)
     _check_compatible(tman, ds.name, ds.num_classes, ds.image_shape)
-    variables = sre2l.stack_teachers(vlist) if rcfg.stacked_teachers else vlist[0]
-    bounds = sre2l.pixel_bounds(pre)
+    variables = stack_teachers(vlist) if rcfg.stacked_teachers else vlist[0]
+    bounds = pixel_bounds(pre)
     k_classes, shape = ds.num_classes, ds.image_shape
     key = jax.random.key(seed)
     x_init = None
@@ -202,7 +203,7 @@ def recover(cfg: dict, out_dir: str, quiet: bool = False) -> dict:
 
     bdir = os.path.join(out_dir, "batches")
     os.makedirs(bdir, exist_ok=True)
-    jobs = sre2l.batch_layout(rcfg, k_classes, ipc)
+    jobs = batch_layout(rcfg, k_classes, ipc)
     conv_targets, conv_dirs = None, []
     if rcfg.conv_stats:  # G-VBSM: dataset statistics of every conv input, cached per teacher
         conv_targets, conv_dirs = conv_targets_lib.teacher_targets(
@@ -221,7 +222,7 @@ def recover(cfg: dict, out_dir: str, quiet: bool = False) -> dict:
             x0 = (jnp.zeros((len(cls) * len(ipcs), *shape), jnp.float32) if x_init is None
                   else jnp.asarray(x_init[at].reshape(-1, *shape)))
             k = jax.random.fold_in(jax.random.fold_in(k_rec, i), c0)
-            x, metrics = sre2l.recover_batch_jit(rcfg, model, variables, k, x0,
+            x, metrics = recover_batch_jit(rcfg, model, variables, k, x0,
                                                  jnp.asarray(np.repeat(cls, len(ipcs)), jnp.int32),
                                                  bounds, conv_targets)
             x = np.asarray(x)
@@ -324,7 +325,7 @@ def relabel(art_path: str, teacher_path: str | None, overrides: dict | None = No
     if rcfg.top_k and not 0 < rcfg.top_k <= k_classes:
         raise ValueError(f"top_k {rcfg.top_k} must be in 1..{k_classes}")
 
-    tvars = sre2l.stack_teachers(vlist) if o["ensemble"] else vlist[0]
+    tvars = stack_teachers(vlist) if o["ensemble"] else vlist[0]
 
     def teacher_fn(tv, x_NHWC):
         if o["ensemble"]:
