@@ -46,7 +46,7 @@ import orbax.checkpoint as ocp
 
 import jaxdd
 from jaxdd import data as jdata
-from jaxdd.augment.dsa import dsa as dsa_fn
+from jaxdd.augment import DSA_DEFAULT, dsa_augment
 from jaxdd.models import Model, get_model
 from jaxdd.train.loop import (TrainConfig, TrainState, accuracy, train_epochs, train_init)
 
@@ -76,7 +76,7 @@ class ExpertConfig:
     momentum: float = 0.0       # SGD momentum (MTT: none; AST: 0.9)
     weight_decay: float = 0.0   # coupled L2 as torch SGD (MTT: none)
     schedule: str = "constant"  # lr schedule: constant (MTT) | step | cosine
-    dsa: str = "color_crop_cutout_flip_scale_rotate"  # DSA on every batch; "" = none
+    dsa: str = DSA_DEFAULT  # DSA on every batch; "" = none
     optimizer: str = "sgd"      # sgd (MTT/TESLA/DATM-plain) | gsam (FTD/DATM experts)
     gsam_rho: float = 0.01      # GSAM perturbation radius (constant, as FTD's buffers)
     gsam_alpha: float = 0.3     # GSAM weight of the removed orthogonal component (0.3 / 1.0)
@@ -161,8 +161,7 @@ def _compiled(model_name: str, num_classes: int, input_shape: tuple[int, int, in
     """(model, jitted one-epoch step, jitted accuracy), cached so reruns reuse compiles."""
     model = get_model(model_name, num_classes, input_shape)
     tcfg = cfg.train_config()
-    augment = None if cfg.dsa in ("", "none", "None") else (
-        lambda k, x: dsa_fn(k, x, cfg.dsa))
+    augment = dsa_augment(cfg.dsa)
     if cfg.optimizer == "gsam":
         run = functools.partial(gsam_train_epochs, rho=cfg.gsam_rho, alpha=cfg.gsam_alpha,
                                 adaptive=cfg.gsam_adaptive)

@@ -37,7 +37,7 @@ import orbax.checkpoint as ocp
 
 import jaxdd
 from jaxdd import data as jdata
-from jaxdd.augment.dsa import dsa as dsa_fn
+from jaxdd.augment import dsa_augment
 from jaxdd.experts import _fingerprint, _key_and_seed, _manager, _preprocess_sha
 from jaxdd.experts import _identity as experts_identity
 from jaxdd.experts import _write_json, read_json_manifest, setup_diff
@@ -89,7 +89,7 @@ def _compiled(model_name: str, num_classes: int, input_shape: tuple[int, int, in
         raise TeacherError(f"model {model_name!r} has no BatchNorm; statistics matching needs "
                            f"a BN teacher (e.g. convnet_d3_w32_bn, convnet_bn, resnet18)")
     tcfg = cfg.train_config()
-    augment = None if cfg.dsa in ("", "none", "None") else (lambda k, x: dsa_fn(k, x, cfg.dsa))
+    augment = dsa_augment(cfg.dsa)
     epoch_fn = jax.jit(lambda state, x, y: train_epochs(state, model, tcfg, x, y, 1, augment))
     acc_fn = jax.jit(lambda v, x, y: accuracy(model, v, x, y))
     return model, epoch_fn, acc_fn

@@ -1,13 +1,15 @@
 """Augmentations as pure functions of a PRNG key (replayable, so siamese by construction).
 
 `dsa`: differentiable siamese augmentation (one family per call); `crops`: random-resized-
-crop (CDA schedule), RandomCrop with padding, flip and jitter for recover and relabel.
+crop (CDA schedule), RandomCrop with padding, flip and jitter for recover and relabel;
+`cutmix`: CutMix boxes for relabel students. `DSA_DEFAULT`: the default DSA strategy.
 """
 
 from jaxdd.augment.crops import (
     CDA_FLOOR,
     cda_min_scale,
     crop_resize,
+    fyi_flip_concat,
     random_flip,
     random_jitter,
     random_pad_crop,
@@ -15,7 +17,7 @@ from jaxdd.augment.crops import (
     sample_crop_box,
 )
 from jaxdd.augment.dsa import (
-    DEFAULT_STRATEGY,
+    DSA_DEFAULT,
     FAMILIES,
     FAMILY_FNS,
     DSAParams,
@@ -25,6 +27,7 @@ from jaxdd.augment.dsa import (
     cutout,
     cutout_size,
     dsa,
+    dsa_augment,
     dsa_color,
     dsa_crop,
     dsa_cutout,
@@ -36,6 +39,7 @@ from jaxdd.augment.dsa import (
     rotate,
     sample_family_index,
     scale,
+    siamese_dsa,
     translate,
 )
 
@@ -43,12 +47,13 @@ __all__ = [
     "CDA_FLOOR",
     "cda_min_scale",
     "crop_resize",
+    "fyi_flip_concat",
     "random_flip",
     "random_jitter",
     "random_pad_crop",
     "random_resized_crop",
     "sample_crop_box",
-    "DEFAULT_STRATEGY",
+    "DSA_DEFAULT",
     "FAMILIES",
     "FAMILY_FNS",
     "DSAParams",
@@ -58,6 +63,7 @@ __all__ = [
     "cutout",
     "cutout_size",
     "dsa",
+    "dsa_augment",
     "dsa_color",
     "dsa_crop",
     "dsa_cutout",
@@ -69,5 +75,6 @@ __all__ = [
     "rotate",
     "sample_family_index",
     "scale",
+    "siamese_dsa",
     "translate",
 ]

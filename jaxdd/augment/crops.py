@@ -12,10 +12,12 @@ import math
 import jax
 import jax.numpy as jnp
 
+from jaxdd.augment.dsa import flip_horizontal
+
 PRNGKey = jax.Array
 
 __all__ = ["CDA_FLOOR", "cda_min_scale", "sample_crop_box", "crop_resize", "random_resized_crop",
-           "random_pad_crop", "random_flip", "random_jitter"]
+           "random_pad_crop", "random_flip", "random_jitter", "fyi_flip_concat"]
 
 CDA_FLOOR = 0.08  # torchvision's default RandomResizedCrop lower scale; CDA's end point
 
@@ -103,8 +105,16 @@ def random_flip(key: PRNGKey, x_NHWC: jax.Array, per_image: bool = False) -> jax
     """Horizontal mirror with p = 0.5 (one decision per batch, or per image)."""
     n = x_NHWC.shape[0]
     flip = jax.random.bernoulli(key, 0.5, (n,) if per_image else ())
-    flip_N111 = jnp.broadcast_to(flip, (n,)).reshape(n, 1, 1, 1)
-    return jnp.where(flip_N111, x_NHWC[:, :, ::-1], x_NHWC)
+    return flip_horizontal(x_NHWC, jnp.broadcast_to(flip, (n,)))
+
+
+def fyi_flip_concat(x_NHWC: jax.Array) -> jax.Array:
+    """FYI (Son et al., ECCV 2024): A_c = S_c U Flip(S_c), the horizontal mirror appended.
+
+    FYI `BatchAug`: `cat([img, flip(img, W)])` (labels repeated), applied to each class's
+    synthetic batch before DSA.
+    """
+    return jnp.concatenate([x_NHWC, x_NHWC[:, :, ::-1, :]], axis=0)
 
 
 def random_jitter(key: PRNGKey, x_NHWC: jax.Array, shift_range: tuple[int, int] = (0, 4),
