@@ -13,7 +13,7 @@ import pytest
 from flax import nnx
 
 from jaxdd import artefact
-from jaxdd import conv_targets as CT
+from jaxdd.population import conv_targets as CT
 from jaxdd.cli import main
 from jaxdd.methods.statistics.capture import (ConvStat, bn_input_stats, bn_layer_paths,
                                               conv_input_stats, conv_layer_paths, patch_stats)

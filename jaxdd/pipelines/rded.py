@@ -24,7 +24,7 @@ import numpy as np
 
 from jaxdd import artefact
 from jaxdd import data as jdata
-from jaxdd import teachers as jteachers
+from jaxdd.population import teachers as jteachers
 from jaxdd.methods import rded as mrded
 from jaxdd.pipelines.common import dataclass_from, resumable_batch
 from jaxdd.pipelines.sre2l import _check_compatible, _check_run_dir, ensure_teacher

@@ -24,7 +24,7 @@ validation accuracy ("best (val-selected)").
 
 G-VBSM's conv statistics (`recover.conv_stats`) need dataset targets: computed once per
 teacher over the training split and cached under TEACHER_DIR/conv_targets/<key hash>/
-(`jaxdd.conv_targets`). With `recover.ipc_per_batch` g > 1 a batch holds g images of each
+(`jaxdd.population.conv_targets`). With `recover.ipc_per_batch` g > 1 a batch holds g images of each
 of `batch_size` classes (IPC indices i0..i0+g-1); batch files keep the name of i0.
 
 Not implemented here (see the spec): G-VBSM's rotation of teachers per iteration (several
@@ -46,11 +46,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxdd import artefact
-from jaxdd import conv_targets as conv_targets_lib
+from jaxdd.population import conv_targets as conv_targets_lib
 from jaxdd import data as jdata
-from jaxdd import teachers as jteachers
+from jaxdd.population import teachers as jteachers
 from jaxdd.evaluate import get_protocol
-from jaxdd.experts import _preprocess_sha
+from jaxdd.population.train import preprocess_sha
 from jaxdd.labels import relabel as jrelabel
 from jaxdd.methods.statistics.recover import (RecoverConfig, batch_layout, pixel_bounds,
                                              recover_batch_jit, stack_teachers)
@@ -306,7 +306,7 @@ def relabel(art_path: str, teacher_path: str | None, overrides: dict | None = No
     model, vlist, tpre, tman = jteachers.load_teachers(teacher_path, num)
     k_classes, shape = art.num_classes, tuple(art.meta["image_shape"])
     _check_compatible(tman, art.meta["dataset"], k_classes, shape)
-    if _preprocess_sha(tpre) != _preprocess_sha(art.preprocess):
+    if preprocess_sha(tpre) != preprocess_sha(art.preprocess):
         raise ValueError(f"the teacher at {teacher_path} uses other preprocessing than the "
                          f"artefact ({tpre.kind} vs {art.preprocess.kind}); relabel needs both "
                          f"in the same pixel space")

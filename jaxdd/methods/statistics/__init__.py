@@ -34,9 +34,9 @@ augmentations (crop, flip, jitter, the CDA schedule) live in `jaxdd.augment.crop
 G-VBSM (spec section 4) adds, as options of `RecoverConfig` (all off = SRe2L):
   * the input of every convolution (`CONV_TYPES`, Linen; `nnx.Conv`) matched against
     dataset targets precomputed once (`compute_conv_targets`, cached on disk by
-    `jaxdd.conv_targets`): channel mean/var plus the mean/var of each patch_size^2 spatial
-    cell, four norms per layer (eq. 2), each layer's term dropped with probability p per
-    iteration (explicit key);
+    `jaxdd.population.conv_targets`): channel mean/var plus the mean/var of each
+    patch_size^2 spatial cell, four norms per layer (eq. 2), each layer's term dropped with
+    probability p per iteration (explicit key);
   * moving-average statistics `ema + (stat - sg(stat))` for BN and conv terms (`stat_ema`);
   * the within-class diversity term on Gram eigenvalues (`diversity_loss`, eq. 3).
 

@@ -1,8 +1,8 @@
 """G-VBSM conv-statistics targets as a versioned on-disk artefact (computed once per teacher).
 
-`jaxdd.methods.statistics.targets.compute_conv_targets` makes one pass over the real training set; on
-CIFAR-100 with a ResNet-18 that is an epoch of inference, so the result is cached next to
-the teacher and reused by every recover run on it. A cache entry is a directory::
+`jaxdd.methods.statistics.targets.compute_conv_targets` makes one pass over the real
+training set; on CIFAR-100 with a ResNet-18 that is an epoch of inference, so the result is
+cached next to the teacher and reused by every recover run on it. A cache entry is a directory::
 
     DIR/targets.npz     l{i}_mean, l{i}_var, l{i}_patch_mean, l{i}_patch_var per conv layer
     DIR/targets.json    format, format_version, key (below), layer paths and shapes,
@@ -28,11 +28,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxdd import data as jdata
 from jaxdd.artefact import sha256_file, write_json_atomic
-
 from jaxdd.methods.statistics.capture import ConvStat, conv_layer_paths
 from jaxdd.methods.statistics.recover import pixel_bounds, stack_teachers
 from jaxdd.methods.statistics.targets import compute_conv_targets
+from jaxdd.population import train as population
 
 FORMAT = "jaxdd.conv_targets"
 FORMAT_VERSION = 1
@@ -168,8 +169,6 @@ def teacher_targets(cache_root: str, model: Any, variables_list: Sequence[Any], 
     the training split, the preprocessing of the teacher, and RandomCrop padding with a
     black pixel (the reference pads the raw image, then normalises).
     """
-    from jaxdd import data as jdata
-    from jaxdd.experts import _fingerprint, _preprocess_sha
 
     bounds = pixel_bounds(preprocess)
     fill = None if bounds is None else bounds[0]
@@ -177,8 +176,9 @@ def teacher_targets(cache_root: str, model: Any, variables_list: Sequence[Any], 
     per_teacher, dirs = [], []
     for v in variables_list:
         key = make_key(teacher_sha256=variables_fingerprint(v), model=model_name,
-                       dataset=dataset.name, dataset_fingerprint=_fingerprint(x, y),
-                       preprocess_sha256=_preprocess_sha(preprocess),
+                       dataset=dataset.name,
+                       dataset_fingerprint=population.dataset_fingerprint(x, y),
+                       preprocess_sha256=population.preprocess_sha(preprocess),
                        patch_size=config.patch_size, per_channel=config.patch_per_channel,
                        batch_size=config.conv_target_batch, pad=config.conv_target_pad,
                        flip=config.conv_target_flip, seed=seed)
