@@ -206,7 +206,7 @@ def cmd_buffer(args) -> int:
         raise ValueError("jaxdd buffer needs --config or both --dataset and --model")
     ctx = common.context(cfg, tm.buffer_dir(cfg), args.quiet)
     path = tm.build_experts(ctx)
-    from jaxdd.experts import load_buffer
+    from jaxdd.population.experts import load_buffer
     info = load_buffer(path)
     res = {"buffer": path, "experts": len(info.complete_experts),
            "expert_test_accuracy": [r.test_accuracy for r in info.experts if r.test_accuracy is not None]}
@@ -235,7 +235,7 @@ def _teacher_cfg_from_args(args) -> dict:
 
 def cmd_teacher(args) -> int:
     from jaxdd import data as jdata
-    from jaxdd import teachers as jteachers
+    from jaxdd.population import teachers as jteachers
     from jaxdd.pipelines import sre2l as sm
     from jaxdd.run.progress import Progress
     cfg = _teacher_cfg_from_args(args)

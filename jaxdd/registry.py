@@ -91,12 +91,12 @@ def _relabel_schema() -> tuple[type, dict]:
 
 def _teacher_schema() -> tuple[type, dict]:
     from jaxdd.configs import TeacherSection
-    from jaxdd.teachers import TeacherConfig
+    from jaxdd.population.teachers import TeacherConfig
     return TeacherConfig, typing.get_type_hints(TeacherSection)
 
 
 def _experts_schema() -> tuple[type, dict]:
-    from jaxdd.experts import ExpertConfig
+    from jaxdd.population.experts import ExpertConfig
     return ExpertConfig, {}
 
 

@@ -43,7 +43,7 @@ def dm_case():
 
 
 def recover_case():
-    from jaxdd.methods.sre2l import RecoverConfig, make_recover
+    from jaxdd.methods.statistics.recover import RecoverConfig, make_recover
     from jaxdd.models import get_model
     m = get_model("convnet_d2_w4_bn", 4, (8, 8, 1))
     v = m.init(jax.random.key(0))

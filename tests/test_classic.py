@@ -19,9 +19,10 @@ from jaxdd.methods.datadam import (DataDAMConfig, attention_map, datadam_class_l
                                    make_datadam)
 from jaxdd.methods.dc import DCConfig, dc_class_losses, dc_loops, make_dc
 from jaxdd.methods.dm import DMConfig, dm_class_losses, make_dm
+from jaxdd.augment import fyi_flip_concat
 from jaxdd.methods.matching import (RealBatch, class_index_table, distance_wb,
-                                    forward_features, fyi_flip_concat, gradient_match_loss,
-                                    hard_labels, sample_real_batch)
+                                    forward_features, gradient_match_loss, hard_labels,
+                                    sample_real_batch)
 from jaxdd.models import get_model
 
 K, IPC, B, HW = 3, 2, 6, 8
@@ -155,7 +156,7 @@ def test_losses_vanish_when_syn_is_real(losses, data):
 def test_dm_vmap_equals_python_loop_over_classes(model, data):
     """The vmapped per-class DM loss equals the reference's loop: per class its own siamese
     DSA draw (key split(key, K)[c]) and its own forward passes."""
-    from jaxdd.methods.matching import siamese_dsa
+    from jaxdd.augment import siamese_dsa
 
     x_real, x_syn = data
     key = jax.random.key(9)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from jaxdd import augment as A
-from jaxdd.augment import DEFAULT_STRATEGY, FAMILIES, DSAParams, cutout_size, parse_strategy
+from jaxdd.augment import DSA_DEFAULT, FAMILIES, DSAParams, cutout_size, parse_strategy
 
 # Everything is exercised compiled (once per shape and static config), as it is used;
 # eager calls would dispatch, and compile, op by op. `test_jit_and_vmap` checks eager too.
@@ -48,7 +48,7 @@ def _images(seed: int = 0, shape=(N, H, W, C), dtype=jnp.float32) -> jax.Array:
 
 
 def test_parse_strategy():
-    assert parse_strategy(DEFAULT_STRATEGY) == FAMILIES
+    assert parse_strategy(DSA_DEFAULT) == FAMILIES
     assert parse_strategy("crop_flip") == ("crop", "flip")
     for none in ("", "none", "None", None):
         assert parse_strategy(none) == ()

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxdd import experts as ex
+from jaxdd.population import experts as ex
 from jaxdd.augment.dsa import dsa
 from jaxdd.data import apply as preprocess_apply
 from jaxdd.models import get_model

@@ -13,9 +13,16 @@ import pytest
 from flax import nnx
 
 from jaxdd import artefact
-from jaxdd import conv_targets as CT
+from jaxdd.population import conv_targets as CT
 from jaxdd.cli import main
-from jaxdd.methods import sre2l as S
+from jaxdd.methods.statistics.capture import (ConvStat, bn_input_stats, bn_layer_paths,
+                                              conv_input_stats, conv_layer_paths, patch_stats)
+from jaxdd.methods.statistics.losses import (_pool_matrix, adaptive_avg_pool, conv_drop_mask,
+                                             conv_ema_stats, conv_matching_loss, diversity_loss,
+                                             eigvalsh_stable, sre2l_loss)
+from jaxdd.methods.statistics.recover import (RecoverConfig, batch_layout, make_recover,
+                                              stack_teachers)
+from jaxdd.methods.statistics.targets import compute_conv_targets
 from jaxdd.models.layers import Conv3x3
 
 
@@ -64,8 +71,8 @@ def _linen():
 
 
 # conv_input_stats(model, variables, x, patch_size, per_channel), compiled per setup.
-_conv_stats = jax.jit(S.conv_input_stats, static_argnums=(0, 3, 4))
-_conv_loss = jax.jit(S.conv_matching_loss, static_argnums=(3,))
+_conv_stats = jax.jit(conv_input_stats, static_argnums=(0, 3, 4))
+_conv_loss = jax.jit(conv_matching_loss, static_argnums=(3,))
 
 
 def _np_moments(a, axis):
@@ -88,7 +95,7 @@ def _np_patch(x, p, per_channel):
 
 def test_conv_and_patch_stats_equal_hand_computation():
     x = np.asarray(jax.random.normal(jax.random.key(0), (3, 8, 8, 2))) * 1.5 + 0.2
-    patch = jax.jit(S.patch_stats, static_argnums=(1, 2))
+    patch = jax.jit(patch_stats, static_argnums=(1, 2))
     for p, per in ((4, False), (4, True), (16, False), (8, True)):  # 16 > 8 px: one cell
         m, v = patch(jnp.asarray(x), p, per)
         hm, hv = _np_patch(x, p, per)
@@ -119,7 +126,7 @@ def test_conv_and_patch_stats_equal_hand_computation():
     np.testing.assert_allclose(st[1].patch_mean_P, hm, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(st[1].patch_var_P, hv, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(logits, net.apply(v, jnp.asarray(x)), rtol=1e-5, atol=1e-6)
-    assert S.conv_layer_paths(net, v, jnp.asarray(x)) == ["Conv_0", "Conv3x3_0"]
+    assert conv_layer_paths(net, v, jnp.asarray(x)) == ["Conv_0", "Conv3x3_0"]
     # A channel-major ConvNet (activations (C, N, H, W) inside) gives the NHWC statistics.
     from jaxdd.models import get_model
     from jaxdd.models.layers import CONV_IMPLS
@@ -134,23 +141,23 @@ def test_conv_and_patch_stats_equal_hand_computation():
 def test_conv_terms_dropped_per_key():
     # The mask is a pure function of the key, with P(drop) = p.
     k = jax.random.key(3)
-    np.testing.assert_array_equal(S.conv_drop_mask(k, 50, 0.4), S.conv_drop_mask(k, 50, 0.4))
-    frac = 1 - float(S.conv_drop_mask(jax.random.key(4), 4000, 0.4).mean())
+    np.testing.assert_array_equal(conv_drop_mask(k, 50, 0.4), conv_drop_mask(k, 50, 0.4))
+    frac = 1 - float(conv_drop_mask(jax.random.key(4), 4000, 0.4).mean())
     assert 0.37 < frac < 0.43
-    assert bool(S.conv_drop_mask(k, 5, 0.0).all())
+    assert bool(conv_drop_mask(k, 5, 0.0).all())
     # A dropped term contributes nothing, value or gradient.
-    st = [S.ConvStat(jnp.full(2, a), jnp.full(2, a + 1), jnp.full(3, a), jnp.full(3, a))
+    st = [ConvStat(jnp.full(2, a), jnp.full(2, a + 1), jnp.full(3, a), jnp.full(3, a))
           for a in (1.0, 2.0, 3.0)]
-    tg = [S.ConvStat(jnp.zeros(2), jnp.ones(2), jnp.zeros(3), jnp.zeros(3))] * 3
-    terms = [float(S.conv_matching_loss([s], [t])) for s, t in zip(st, tg)]
+    tg = [ConvStat(jnp.zeros(2), jnp.ones(2), jnp.zeros(3), jnp.zeros(3))] * 3
+    terms = [float(conv_matching_loss([s], [t])) for s, t in zip(st, tg)]
     keep = jnp.array([True, False, True])
-    np.testing.assert_allclose(S.conv_matching_loss(st, tg, keep, 10.0),
+    np.testing.assert_allclose(conv_matching_loss(st, tg, keep, 10.0),
                                10 * terms[0] + terms[2], rtol=1e-6)
-    g = jax.grad(lambda s: S.conv_matching_loss(s, tg, keep))(st)
+    g = jax.grad(lambda s: conv_matching_loss(s, tg, keep))(st)
     assert all(float(jnp.abs(a).max()) == 0 for a in g[1]) and float(jnp.abs(g[0].mean_C).max()) > 0
     # The EMA of a dropped layer stays where it was.
-    ema = [S.ConvStat(*(jnp.zeros_like(a) for a in s)) for s in st]
-    _, new = S.conv_ema_stats(st, ema, 0.8, keep)
+    ema = [ConvStat(*(jnp.zeros_like(a) for a in s)) for s in st]
+    _, new = conv_ema_stats(st, ema, 0.8, keep)
     np.testing.assert_array_equal(new[1].mean_C, ema[1].mean_C)
     np.testing.assert_allclose(new[0].mean_C, 0.2 * st[0].mean_C, rtol=1e-6)
 
@@ -158,31 +165,31 @@ def test_conv_terms_dropped_per_key():
     net, v = _linen()
     x = jax.random.normal(jax.random.key(5), (4, 8, 8, 2))
     _, real = _conv_stats(net, v, x, 4, False)
-    targets = [S.ConvStat(*(a + 0.5 for a in s)) for s in real]
-    cfg = S.RecoverConfig(iterations=2, conv_stats=True, conv_drop=0.5, patch_size=4, jitter=(0, 0),
+    targets = [ConvStat(*(a + 0.5 for a in s)) for s in real]
+    cfg = RecoverConfig(iterations=2, conv_stats=True, conv_drop=0.5, patch_size=4, jitter=(0, 0),
                           init="real")
-    d = S.make_recover(cfg, net, v, None, targets)
+    d = make_recover(cfg, net, v, None, targets)
     state = d.init(jax.random.key(0), x, jnp.arange(4) % 3)
     step = jax.jit(d.step)
     seen = set()
     for i in range(6):  # no augmentation: the step sees x itself
         key = jax.random.key(100 + i)
         _, m = step(state, None, key)
-        keep = S.conv_drop_mask(jax.random.fold_in(key, 0x47564253), 2, 0.5)
+        keep = conv_drop_mask(jax.random.fold_in(key, 0x47564253), 2, 0.5)
         want = _conv_loss(real, targets, keep, 10.0)  # the stem conv carries w_0
         np.testing.assert_allclose(m["conv"], want, rtol=1e-5)
         seen.add(tuple(np.asarray(keep).tolist()))
     assert len(seen) > 1  # different keys drop different layers
     with pytest.raises(ValueError, match="conv_targets"):
-        S.make_recover(cfg, net, v)
+        make_recover(cfg, net, v)
 
     # Two vmapped teachers (the G-VBSM preset): per-teacher targets, drop masks, EMAs.
     v2 = jax.tree.map(lambda a: a * 1.05, v)
-    stacked = S.stack_teachers([v, v2])
-    tg2 = S.stack_teachers([targets, targets])
-    cfg2 = S.RecoverConfig(iterations=2, conv_stats=True, patch_size=4, stacked_teachers=True,
+    stacked = stack_teachers([v, v2])
+    tg2 = stack_teachers([targets, targets])
+    cfg2 = RecoverConfig(iterations=2, conv_stats=True, patch_size=4, stacked_teachers=True,
                            stat_ema=0.8, diversity=1.0, ipc_per_batch=2, pad_crop=1)
-    d2 = S.make_recover(cfg2, net, stacked, None, tg2)
+    d2 = make_recover(cfg2, net, stacked, None, tg2)
     st2 = jax.jit(d2.init)(jax.random.key(0), x, jnp.array([0, 0, 1, 1]))
     assert st2.conv_ema[1].patch_mean_P.shape == (2, 4) and st2.ema[0][0].shape == (2, 4)
     st2, m2 = jax.jit(d2.step)(st2, None, jax.random.key(9))
@@ -193,18 +200,18 @@ def test_conv_targets_cache_round_trip_and_mismatch(tmp_path):
     net, v = _linen()
     x = np.asarray(jax.random.uniform(jax.random.key(6), (10, 8, 8, 2)), np.float32)
     # Batches of 5: sum_b (n_b / N) stat(batch_b), order (and crops) from the key.
-    t_np = S.compute_conv_targets(net, v, x, jax.random.key(2), batch_size=5, patch_size=4,
+    t_np = compute_conv_targets(net, v, x, jax.random.key(2), batch_size=5, patch_size=4,
                                   pad=0, flip=False)
     order = np.asarray(jax.random.permutation(jax.random.split(jax.random.key(2))[0], 10))
     parts = [_conv_stats(net, v, jnp.asarray(x[order[s:s + 5]]), 4, False)[1] for s in (0, 5)]
     want = jax.tree.map(lambda a, b: 0.5 * a + 0.5 * b, *parts)
     for a, b in zip(jax.tree.leaves(t_np), jax.tree.leaves(want)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
-    t1 = S.compute_conv_targets(net, v, x, jax.random.key(1), batch_size=5, patch_size=4)
-    t2 = S.compute_conv_targets(net, v, x, jax.random.key(1), batch_size=5, patch_size=4)
+    t1 = compute_conv_targets(net, v, x, jax.random.key(1), batch_size=5, patch_size=4)
+    t2 = compute_conv_targets(net, v, x, jax.random.key(1), batch_size=5, patch_size=4)
     for a, b in zip(jax.tree.leaves(t1), jax.tree.leaves(t2)):
         np.testing.assert_array_equal(a, b)
-    t3 = S.compute_conv_targets(net, v, x, jax.random.key(3), batch_size=5, patch_size=4)
+    t3 = compute_conv_targets(net, v, x, jax.random.key(3), batch_size=5, patch_size=4)
     assert float(jnp.abs(t3[1].mean_C - t1[1].mean_C).max()) > 0  # other key, other crops
 
     key = CT.make_key(teacher_sha256=CT.variables_fingerprint(v), model="LinenNet", dataset="toy",
@@ -265,21 +272,21 @@ def _np_diversity(x, g, tau=4.0, side=32):
 def test_diversity_value_and_finite_gradients():
     # Adaptive average pooling has torch's bins (64 -> 32: 2x2 means; 28 -> 32: overlaps).
     z = jax.random.normal(jax.random.key(0), (1, 64, 64, 1))
-    np.testing.assert_allclose(S.adaptive_avg_pool(z, (32, 32)),
+    np.testing.assert_allclose(adaptive_avg_pool(z, (32, 32)),
                                np.asarray(z).reshape(1, 32, 2, 32, 2, 1).mean((2, 4)), rtol=1e-5, atol=1e-6)
-    assert S._pool_matrix(28, 32)[1].nonzero()[0].tolist() == [0, 1]  # bin 1 = [floor(28/32), ceil(56/32))
+    assert _pool_matrix(28, 32)[1].nonzero()[0].tolist() == [0, 1]  # bin 1 = [floor(28/32), ceil(56/32))
     # Value: KL(sg(softmax(lam / 4)) || softmax(lam)) summed over classes (groups of 3).
     x = 0.03 * np.asarray(jax.random.normal(jax.random.key(1), (6, 8, 8, 1)), np.float32)
-    div = jax.jit(lambda x: S.diversity_loss(x, 3))
+    div = jax.jit(lambda x: diversity_loss(x, 3))
     got = float(div(jnp.asarray(x)))
     assert got > 1e-3
     np.testing.assert_allclose(got, _np_diversity(x, 3), rtol=1e-4)
-    assert float(S.diversity_loss(jnp.asarray(x), 1)) == 0.0  # one image per class: 0
+    assert float(diversity_loss(jnp.asarray(x), 1)) == 0.0  # one image per class: 0
     with pytest.raises(ValueError, match="class groups"):
-        S.diversity_loss(jnp.asarray(x), 4)
+        diversity_loss(jnp.asarray(x), 4)
     # Finite gradients: noise, identical images (rank-1 Gram, repeated zero eigenvalues),
     # zeros (all eigenvalues equal), large-scale noise (peaked softmax).
-    grad = jax.jit(jax.grad(lambda x: S.diversity_loss(x, 3)))
+    grad = jax.jit(jax.grad(lambda x: diversity_loss(x, 3)))
     same = np.repeat(x[:1], 6, 0)
     for case in (x, same, np.zeros_like(x), 30 * x):
         g = np.asarray(grad(jnp.asarray(case)))
@@ -288,7 +295,7 @@ def test_diversity_value_and_finite_gradients():
     # Gradient of the eigenvalues: d lam_k = v_k^T dA v_k (finite differences agree).
     a = jnp.asarray(np.asarray(jax.random.normal(jax.random.key(2), (4, 4))))
     a = a @ a.T
-    f = lambda a: jnp.sum(jnp.sin(S.eigvalsh_stable(a)))
+    f = lambda a: jnp.sum(jnp.sin(eigvalsh_stable(a)))
     da = jnp.asarray(np.asarray(jax.random.normal(jax.random.key(3), (4, 4))))
     da = da + da.T
     fd = (f(a + 1e-3 * da) - f(a - 1e-3 * da)) / 2e-3
@@ -318,23 +325,23 @@ def test_nnx_equals_linen():
     m = _nnx_copy(v)
     x = jax.random.normal(jax.random.key(7), (4, 8, 8, 2))
     y = jnp.array([0, 1, 2, 0])
-    lg_l, st_l = S.bn_input_stats(net, v, x)
-    lg_n, st_n = S.bn_input_stats(m, None, x)
+    lg_l, st_l = bn_input_stats(net, v, x)
+    lg_n, st_n = bn_input_stats(m, None, x)
     np.testing.assert_allclose(lg_n, lg_l, rtol=1e-5, atol=1e-6)  # inference mode, no dropout
     for a, b in zip(jax.tree.leaves(st_n), jax.tree.leaves(st_l)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
-    assert S.bn_layer_paths(m, None, x) == ["bn0", "bn1"]
-    assert S.conv_layer_paths(m, None, x) == ["conv0", "conv1"]
+    assert bn_layer_paths(m, None, x) == ["bn0", "bn1"]
+    assert conv_layer_paths(m, None, x) == ["conv0", "conv1"]
     # The full loss (BN + conv terms, EMA) and its gradient, under jit, with the model's
     # state passed functionally (as make_recover and vmap do).
     _, real = _conv_stats(net, v, x, 4, False)
-    tg = [S.ConvStat(*(a + 0.3 for a in s)) for s in real]
+    tg = [ConvStat(*(a + 0.3 for a in s)) for s in real]
     ema = [(s.mean_C * 0.9, s.var_C * 1.1) for s in st_l]
     kw = dict(r_bn=0.05, conv_targets=tg, conv_keep_L=jnp.array([True, True]), patch_size=4,
               ema=ema, conv_ema=real)
-    loss_l = jax.jit(jax.value_and_grad(lambda x: S.sre2l_loss(x, y, net, v, **kw)[0]))
+    loss_l = jax.jit(jax.value_and_grad(lambda x: sre2l_loss(x, y, net, v, **kw)[0]))
     state = nnx.state(m)
-    loss_n = jax.jit(jax.value_and_grad(lambda x, s: S.sre2l_loss(x, y, m, s, **kw)[0]))
+    loss_n = jax.jit(jax.value_and_grad(lambda x, s: sre2l_loss(x, y, m, s, **kw)[0]))
     (vl, gl), (vn, gn) = loss_l(x), loss_n(x, state)
     assert float(vl) > 0.1
     np.testing.assert_allclose(vn, vl, rtol=1e-5)
@@ -390,7 +397,7 @@ def test_gvbsm_cifar100_preset_resolves():
         r = P.recover_config(cfg)
         assert r.conv_stats and r.diversity == 1.0 and r.stat_ema == 0.8 and r.conv_drop == 0.4
         assert r.batch_size * r.ipc_per_batch == 100 and r.batch_size == classes
-        assert len(S.batch_layout(r, 100, ipc)) == 100 * ipc // 100
+        assert len(batch_layout(r, 100, ipc)) == 100 * ipc // 100
         assert P.teacher_config(cfg).num_teachers == 5
         o = P.relabel_options({"config": cfg}, {})
         assert (o["loss"], o["ce_weight"], o["optimizer"], o["epochs"]) == ("mse_ce", 0.15, "sgd", 1000)

@@ -73,7 +73,7 @@ def test_distill_resume_equals_uninterrupted(tiny_npz, tmp_path, capsys):
                                   "fashion_mnist_cpu"])
 def test_every_mtt_preset_builds_valid_configs(name):
     """Every preset and IPC yields an MTTConfig / ExpertConfig the library accepts."""
-    from jaxdd.experts import ExpertConfig
+    from jaxdd.population.experts import ExpertConfig
     from jaxdd.methods.mtt import MTTConfig
     from jaxdd.pipelines.common import dataclass_from
     path = os.path.join(os.path.dirname(CONFIG), f"{name}.py")

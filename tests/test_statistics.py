@@ -9,7 +9,11 @@ import numpy as np
 import pytest
 
 from jaxdd.labels import relabel as R
-from jaxdd.methods import sre2l as S
+from jaxdd.augment.crops import cda_min_scale, random_resized_crop
+from jaxdd.methods.statistics.capture import BNStat, bn_input_stats, bn_layer_paths
+from jaxdd.methods.statistics.losses import bn_matching_loss, ema_stats, safe_norm, sre2l_loss
+from jaxdd.methods.statistics.recover import (RecoverConfig, make_recover, recover_all,
+                                              recover_batch_jit, stack_teachers)
 from jaxdd.models import get_model
 from jaxdd.models.layers import conv3x3_im2col
 from jaxdd.train.loop import TrainConfig
@@ -43,7 +47,7 @@ def _teacher():
 def _teacher_stats():
     """bn_input_stats of the teacher model, compiled once for all tests."""
     model, _ = _teacher()
-    return jax.jit(lambda v, x: S.bn_input_stats(model, v, x))
+    return jax.jit(lambda v, x: bn_input_stats(model, v, x))
 
 
 def test_capture_equals_hand_computation():
@@ -51,7 +55,7 @@ def test_capture_equals_hand_computation():
     x = jax.random.normal(jax.random.key(0), (5, 4, 4, 2))
     v = net.init(jax.random.key(1), x)
     v = {**v, "batch_stats": {"BatchNorm_0": {"mean": jnp.arange(3.0), "var": jnp.arange(1.0, 4.0)}}}
-    logits, stats = jax.jit(lambda v, x: S.bn_input_stats(net, v, x))(v, x)
+    logits, stats = jax.jit(lambda v, x: bn_input_stats(net, v, x))(v, x)
     k, b = v["params"]["Conv_0"]["kernel"][0, 0], v["params"]["Conv_0"]["bias"]
     h = np.asarray(x).reshape(-1, 2) @ np.asarray(k) + np.asarray(b)
     np.testing.assert_allclose(stats[0].mean_C, h.mean(0), rtol=1e-5, atol=1e-6)
@@ -59,7 +63,7 @@ def test_capture_equals_hand_computation():
     np.testing.assert_array_equal(stats[0].running_var_C, jnp.arange(1.0, 4.0))
     np.testing.assert_allclose(logits, net.apply(v, x), rtol=1e-6)  # eval mode
     # A BN built in train mode is still run with its running statistics.
-    logits_tm, _ = S.bn_input_stats(TinyBN(train_mode_bn=True), v, x)
+    logits_tm, _ = bn_input_stats(TinyBN(train_mode_bn=True), v, x)
     np.testing.assert_allclose(logits_tm, logits, rtol=1e-5, atol=1e-6)
 
     # A registry model: the first BN input is the first conv's output.
@@ -70,7 +74,7 @@ def test_capture_equals_hand_computation():
     h0 = np.asarray(conv3x3_im2col(xm, p["kernel"], 1) + p["bias"].reshape(1, 1, 1, -1)).reshape(-1, 8)
     np.testing.assert_allclose(st[0].mean_C, h0.mean(0), rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(st[0].var_C, h0.var(0), rtol=1e-4, atol=1e-5)
-    assert S.bn_layer_paths(model, tv, xm) == ["BatchNorm_0", "BatchNorm_1"]
+    assert bn_layer_paths(model, tv, xm) == ["BatchNorm_0", "BatchNorm_1"]
     np.testing.assert_array_equal(st[1].running_mean_C, tv["batch_stats"]["BatchNorm_1"]["mean"])
 
 
@@ -78,7 +82,7 @@ def test_bn_loss_zero_when_matched_and_safe_gradients():
     model, tv = _teacher()
     x = jax.random.normal(jax.random.key(3), (8, 8, 8, 3))
     _, st = _teacher_stats()(tv, x)
-    assert float(S.bn_matching_loss(st)) > 0.1
+    assert float(bn_matching_loss(st)) > 0.1
     # Set the running statistics to this batch's, layer by layer (later inputs depend on
     # earlier layers' normalisation).
     v = tv
@@ -88,24 +92,24 @@ def test_bn_loss_zero_when_matched_and_safe_gradients():
         v = {**v, "batch_stats": {**v["batch_stats"],
                                   name: {"mean": st[layer].mean_C, "var": st[layer].var_C}}}
     _, st = _teacher_stats()(v, x)
-    assert float(S.bn_matching_loss(st)) < 1e-4
+    assert float(bn_matching_loss(st)) < 1e-4
     # Exact zero of the norm: value 0, gradient 0 (a plain sqrt gives NaN).
     z = jnp.zeros(5)
-    assert float(S.safe_norm(z)) == 0.0
-    np.testing.assert_array_equal(jax.grad(S.safe_norm)(z), z)
-    np.testing.assert_allclose(S.safe_norm(jnp.array([3.0, 4.0])), 5.0)
-    same = [S.BNStat(a, b, a, b) for a, b in [(jnp.ones(3), 2 * jnp.ones(3))]]
-    g = jax.grad(lambda s: S.bn_matching_loss(s))(same)
+    assert float(safe_norm(z)) == 0.0
+    np.testing.assert_array_equal(jax.grad(safe_norm)(z), z)
+    np.testing.assert_allclose(safe_norm(jnp.array([3.0, 4.0])), 5.0)
+    same = [BNStat(a, b, a, b) for a, b in [(jnp.ones(3), 2 * jnp.ones(3))]]
+    g = jax.grad(lambda s: bn_matching_loss(s))(same)
     assert all(bool(jnp.all(jnp.isfinite(leaf))) for leaf in jax.tree.leaves(g))
 
 
 def test_vmap_over_two_teachers_equals_separate():
     model, tv = _teacher()
     tv2 = jax.tree.map(lambda a: a * 1.1 + 0.01, tv)
-    stacked = S.stack_teachers([tv, tv2])
+    stacked = stack_teachers([tv, tv2])
     x = jax.random.normal(jax.random.key(4), (4, 8, 8, 3))
     y = jnp.arange(4)
-    loss_fn = lambda xx, v: S.sre2l_loss(xx, y, model, v)[0]
+    loss_fn = lambda xx, v: sre2l_loss(xx, y, model, v)[0]
 
     @jax.jit
     def both(xx):
@@ -119,18 +123,18 @@ def test_vmap_over_two_teachers_equals_separate():
     np.testing.assert_allclose(vm, sep, rtol=1e-5)
     np.testing.assert_allclose(g_vm, g_sep, rtol=1e-4, atol=1e-6)
     # G-VBSM EMA through the distiller: per-teacher averages, finite step.
-    cfg = S.RecoverConfig(iterations=3, stacked_teachers=True, stat_ema=0.8)
-    d = S.make_recover(cfg, model, stacked)
+    cfg = RecoverConfig(iterations=3, stacked_teachers=True, stat_ema=0.8)
+    d = make_recover(cfg, model, stacked)
     state = jax.jit(d.init)(jax.random.key(5), x, y)
     assert state.ema[0][0].shape == (2, 8)  # (teachers, C) per layer
     state, m = jax.jit(d.step)(state, None, jax.random.key(6))
     assert bool(m["finite"])
     # matched = ema_new + (stat - sg(stat)): value = new average, gradient = d stat.
-    st = [S.BNStat(jnp.full(2, 2.0), jnp.full(2, 3.0), jnp.zeros(2), jnp.ones(2))]
-    matched, new = S.ema_stats(st, [(jnp.zeros(2), jnp.ones(2))], 0.8)
+    st = [BNStat(jnp.full(2, 2.0), jnp.full(2, 3.0), jnp.zeros(2), jnp.ones(2))]
+    matched, new = ema_stats(st, [(jnp.zeros(2), jnp.ones(2))], 0.8)
     np.testing.assert_allclose(matched[0].mean_C, 0.2 * 2.0, rtol=1e-6)
     np.testing.assert_allclose(new[0][1], 0.8 + 0.2 * 3.0, rtol=1e-6)
-    g = jax.grad(lambda m: S.ema_stats([st[0]._replace(mean_C=m)], [(jnp.zeros(2), jnp.ones(2))],
+    g = jax.grad(lambda m: ema_stats([st[0]._replace(mean_C=m)], [(jnp.zeros(2), jnp.ones(2))],
                                        0.8)[0][0].mean_C.sum())(st[0].mean_C)
     np.testing.assert_allclose(g, jnp.ones(2))
 
@@ -138,12 +142,12 @@ def test_vmap_over_two_teachers_equals_separate():
 def test_cda_schedule_values():
     T, m = 100, 0.5
     for mode, mid in (("cosine", 0.08 + 0.92 * 0.5), ("linear", 0.08 + 0.92 * 0.5), ("step", 1.0)):
-        vals = [float(S.cda_min_scale(t, T, m, mode)) for t in (0, 25, 50, 100)]
+        vals = [float(cda_min_scale(t, T, m, mode)) for t in (0, 25, 50, 100)]
         np.testing.assert_allclose(vals, [1.0, mid, 0.08, 0.08], rtol=1e-6)
-    assert float(S.cda_min_scale(0, 10, 1.0, "cosine")) == pytest.approx(1.0)
+    assert float(cda_min_scale(0, 10, 1.0, "cosine")) == pytest.approx(1.0)
     # Identity crop: full box, no aspect change.
     x = jax.random.normal(jax.random.key(0), (2, 8, 8, 3))
-    crop = jax.jit(S.random_resized_crop, static_argnums=(3,))
+    crop = jax.jit(random_resized_crop, static_argnums=(3,))
     np.testing.assert_allclose(crop(jax.random.key(1), x, 1.0, (1.0, 1.0)), x, atol=1e-5)
 
 
@@ -151,9 +155,9 @@ def test_recover_deterministic_decreasing_and_finite():
     model, tv = _teacher()
     bounds = (-2 * np.ones(3, np.float32), 2 * np.ones(3, np.float32))
     # batch_size=2 makes recover_all below reuse the same compiled program.
-    cfg = S.RecoverConfig(lr=0.1, iterations=8, crop=True, cda_mode="cosine", r_bn=0.05,
+    cfg = RecoverConfig(lr=0.1, iterations=8, crop=True, cda_mode="cosine", r_bn=0.05,
                           batch_size=2)
-    run = lambda key, y: S.recover_batch_jit(cfg, model, tv, key, jnp.zeros((2, 8, 8, 3)), y, bounds)
+    run = lambda key, y: recover_batch_jit(cfg, model, tv, key, jnp.zeros((2, 8, 8, 3)), y, bounds)
     y = jnp.array([0, 1])
     x_a, m_a = run(jax.random.key(2), y)
     x_b, _ = run(jax.random.key(2), y)
@@ -161,11 +165,11 @@ def test_recover_deterministic_decreasing_and_finite():
     assert m_a["loss"].shape == (8,) and bool(m_a["finite"].all())  # noise init: finite grads
     assert float(jnp.abs(x_a).max()) <= 2.0  # clipped to the bounds
     # Loss measured without augmentation: the last iterate beats the initial noise.
-    eval_loss = jax.jit(lambda x: S.sre2l_loss(x, y, model, tv, r_bn=0.05)[0])
+    eval_loss = jax.jit(lambda x: sre2l_loss(x, y, model, tv, r_bn=0.05)[0])
     x0 = jax.random.normal(jax.random.split(jax.random.key(2))[0], (2, 8, 8, 3))
     assert float(eval_loss(x_a)) < float(eval_loss(x0))
     # recover_all: class-major output; batch (ipc i, first class c0) reproducible alone.
-    xs, ys = S.recover_all(cfg, model, tv, jax.random.key(7), 4, 2, (8, 8, 3), bounds)
+    xs, ys = recover_all(cfg, model, tv, jax.random.key(7), 4, 2, (8, 8, 3), bounds)
     assert xs.shape == (8, 8, 8, 3) and ys.tolist() == [0, 0, 1, 1, 2, 2, 3, 3]
     k = jax.random.fold_in(jax.random.fold_in(jax.random.key(7), 1), 2)
     x_alone, _ = run(k, jnp.array([2, 3]))
@@ -175,8 +179,8 @@ def test_recover_deterministic_decreasing_and_finite():
 
 def test_dwa_perturbation_per_batch_no_leak():
     model, tv = _teacher()
-    cfg = S.RecoverConfig(iterations=2, init="real", dwa_steps=3, dwa_rho=0.015)
-    d = S.make_recover(cfg, model, tv)
+    cfg = RecoverConfig(iterations=2, init="real", dwa_steps=3, dwa_rho=0.015)
+    d = make_recover(cfg, model, tv)
     init = jax.jit(d.init)
     x1 = jax.random.normal(jax.random.key(1), (4, 8, 8, 3))
     x2 = jax.random.normal(jax.random.key(2), (4, 8, 8, 3))

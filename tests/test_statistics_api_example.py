@@ -5,7 +5,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxdd.methods.sre2l import RecoverConfig, make_recover, sre2l_loss
+from jaxdd.methods.statistics.losses import sre2l_loss
+from jaxdd.methods.statistics.recover import RecoverConfig, make_recover
 
 
 class MyNet(nn.Module):  # any Linen model whose norm layers are nn.BatchNorm

@@ -7,7 +7,7 @@ import re
 import jax
 import jax.numpy as jnp
 
-from jaxdd.methods.sre2l import sre2l_loss
+from jaxdd.methods.statistics.losses import sre2l_loss
 
 README = os.path.join(os.path.dirname(__file__), "..", "README.md")
 

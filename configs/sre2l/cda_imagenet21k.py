@@ -17,7 +17,7 @@ def get_config():
         ipc=20,
         seed=0,
         preprocess="normalize",
-        teacher=dict(                 # jaxdd.teachers.TeacherConfig non-defaults + model/dir
+        teacher=dict(                 # jaxdd.population.teachers.TeacherConfig non-defaults + model/dir
             model="resnet18",
             dir="runs/teachers/REPLACE-with-converted-pretrained-teacher",
             train_if_missing=False,   # False: a pretrained teacher must be given

@@ -23,7 +23,7 @@ def get_config():
         ipc=10,
         seed=0,
         preprocess="normalize",       # teacher, recover and student share this pixel space
-        teacher=dict(                 # jaxdd.teachers.TeacherConfig non-defaults + model/dir
+        teacher=dict(                 # jaxdd.population.teachers.TeacherConfig non-defaults + model/dir
             model="convnet_d3_w32_bn",  # any registry model with BatchNorm
             dir=None,                 # None = runs/teachers/<dataset>-<model>-<pre>-s<seed>
             train_if_missing=True,    # train it there when absent (resumable per epoch)

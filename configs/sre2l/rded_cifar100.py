@@ -26,7 +26,7 @@ def get_config():
         ipc=10,
         seed=0,
         preprocess="normalize",
-        teacher=dict(                 # jaxdd.teachers.TeacherConfig non-defaults + model/dir
+        teacher=dict(                 # jaxdd.population.teachers.TeacherConfig non-defaults + model/dir
             model="resnet18",
             dir=None,
             train_if_missing=True,    # False: a pretrained teacher must be given

@@ -1,7 +1,23 @@
-"""Augmentations as pure functions of a PRNG key (replayable, so siamese by construction)."""
+"""Augmentations as pure functions of a PRNG key (replayable, so siamese by construction).
 
+`dsa`: differentiable siamese augmentation (one family per call); `crops`: random-resized-
+crop (CDA schedule), RandomCrop with padding, flip and jitter for recover and relabel;
+`cutmix`: CutMix boxes for relabel students. `DSA_DEFAULT`: the default DSA strategy.
+"""
+
+from jaxdd.augment.crops import (
+    CDA_FLOOR,
+    cda_min_scale,
+    crop_resize,
+    fyi_flip_concat,
+    random_flip,
+    random_jitter,
+    random_pad_crop,
+    random_resized_crop,
+    sample_crop_box,
+)
 from jaxdd.augment.dsa import (
-    DEFAULT_STRATEGY,
+    DSA_DEFAULT,
     FAMILIES,
     FAMILY_FNS,
     DSAParams,
@@ -11,6 +27,7 @@ from jaxdd.augment.dsa import (
     cutout,
     cutout_size,
     dsa,
+    dsa_augment,
     dsa_color,
     dsa_crop,
     dsa_cutout,
@@ -22,11 +39,21 @@ from jaxdd.augment.dsa import (
     rotate,
     sample_family_index,
     scale,
+    siamese_dsa,
     translate,
 )
 
 __all__ = [
-    "DEFAULT_STRATEGY",
+    "CDA_FLOOR",
+    "cda_min_scale",
+    "crop_resize",
+    "fyi_flip_concat",
+    "random_flip",
+    "random_jitter",
+    "random_pad_crop",
+    "random_resized_crop",
+    "sample_crop_box",
+    "DSA_DEFAULT",
     "FAMILIES",
     "FAMILY_FNS",
     "DSAParams",
@@ -36,6 +63,7 @@ __all__ = [
     "cutout",
     "cutout_size",
     "dsa",
+    "dsa_augment",
     "dsa_color",
     "dsa_crop",
     "dsa_cutout",
@@ -47,5 +75,6 @@ __all__ = [
     "rotate",
     "sample_family_index",
     "scale",
+    "siamese_dsa",
     "translate",
 ]

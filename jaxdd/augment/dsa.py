@@ -46,7 +46,7 @@ from jax import lax
 PRNGKey = jax.Array
 
 FAMILIES: tuple[str, ...] = ("color", "crop", "cutout", "flip", "scale", "rotate")
-DEFAULT_STRATEGY = "color_crop_cutout_flip_scale_rotate"
+DSA_DEFAULT = "color_crop_cutout_flip_scale_rotate"
 _NONE_STRATEGIES = ("", "none", "None")
 
 # One-hot and hat-weight matmuls must be exact copies/interpolations on every backend
@@ -417,7 +417,7 @@ def _split_key(key: PRNGKey) -> tuple[PRNGKey, PRNGKey]:
     return k_family, k_params
 
 
-def sample_family_index(key: PRNGKey, strategy: str = DEFAULT_STRATEGY) -> jax.Array:
+def sample_family_index(key: PRNGKey, strategy: str = DSA_DEFAULT) -> jax.Array:
     """Index (int32 scalar) into `parse_strategy(strategy)` of the family `dsa` applies."""
     families = parse_strategy(strategy)
     if not families:
@@ -441,7 +441,7 @@ def apply_family_index(
     key: PRNGKey,
     x_NHWC: jax.Array,
     index: jax.Array | int,
-    strategy: str = DEFAULT_STRATEGY,
+    strategy: str = DSA_DEFAULT,
     params: DSAParams | None = None,
     *,
     batch_shared: bool = False,
@@ -466,7 +466,7 @@ def apply_family_index(
 def dsa(
     key: PRNGKey,
     x_NHWC: jax.Array,
-    strategy: str = DEFAULT_STRATEGY,
+    strategy: str = DSA_DEFAULT,
     params: DSAParams | None = None,
     *,
     batch_shared: bool = False,
@@ -488,3 +488,23 @@ def dsa(
     return apply_family_index(
         k_params, x_NHWC, index, strategy, params, batch_shared=batch_shared
     )
+
+
+def siamese_dsa(key: PRNGKey, x_real: jax.Array, x_syn: jax.Array,
+                strategy: str) -> tuple[jax.Array, jax.Array]:
+    """The same DSA draw on a real and a synthetic batch of one class.
+
+    The reference seeds `DiffAugment` identically for both and, in seeded mode, shares one
+    parameter set over the whole batch (`theta[:] = theta[0]`), hence `batch_shared=True`
+    (the two batches differ in size anyway).
+    """
+    aug = lambda x: dsa(key, x, strategy, batch_shared=True)
+    return aug(x_real), aug(x_syn)
+
+
+def dsa_augment(strategy: str | None) -> Callable[[PRNGKey, jax.Array], jax.Array] | None:
+    """`dsa` with a fixed strategy as a training loop's `augment_fn(key, x)`; None when the
+    strategy has no family ('', 'none', None), so the loop skips augmentation."""
+    if not parse_strategy(strategy):
+        return None
+    return functools.partial(dsa, strategy=strategy)

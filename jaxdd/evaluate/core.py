@@ -6,7 +6,6 @@ chunks of epochs so long evaluations can report progress with an ETA.
 
 from __future__ import annotations
 
-import functools
 import time
 from typing import Callable, NamedTuple
 
@@ -15,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxdd import data as jdata
-from jaxdd.augment import dsa
+from jaxdd.augment import dsa_augment
 from jaxdd.evaluate.protocols import Protocol
 from jaxdd.models import Model, get_model
 from jaxdd.train import TrainConfig, accuracy, train_epochs, train_init
@@ -56,7 +55,7 @@ def label_targets(y_syn: np.ndarray, num_classes: int) -> jax.Array:
 
 
 def augment_fn(cfg: TrainConfig):
-    return functools.partial(dsa, strategy=cfg.dsa) if cfg.dsa else None
+    return dsa_augment(cfg.dsa)
 
 
 def train_seeds(keys: jax.Array, model: Model, cfg: TrainConfig, x_NHWC, y_target,

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 
+from jaxdd.augment import DSA_DEFAULT
 from jaxdd.train import TrainConfig
 
-DSA_ALL = "color_crop_cutout_flip_scale_rotate"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,7 +27,7 @@ PROTOCOLS: dict[str, Protocol] = {
     "mtt": Protocol(
         "mtt", "convnet",
         TrainConfig(epochs=1000, batch_size=256, lr=0.01, momentum=0.9, weight_decay=5e-4,
-                    schedule="step", dsa=DSA_ALL),
+                    schedule="step", dsa=DSA_DEFAULT),
         TrainConfig(epochs=50, batch_size=256, lr=0.01, momentum=0.9, weight_decay=5e-4,
                     schedule="step", dsa=""),
         "ConvNet-D3/D4 width 128, SGD(m 0.9, wd 5e-4), 1000 epochs, lr x0.1 at 500, "
@@ -35,7 +35,7 @@ PROTOCOLS: dict[str, Protocol] = {
     "cpu": Protocol(
         "cpu", "convnet_d3_w32",
         TrainConfig(epochs=300, batch_size=256, lr=0.01, momentum=0.9, weight_decay=5e-4,
-                    schedule="step", dsa=DSA_ALL),
+                    schedule="step", dsa=DSA_DEFAULT),
         TrainConfig(epochs=5, batch_size=256, lr=0.01, momentum=0.9, weight_decay=5e-4,
                     schedule="step", dsa=""),
         "ConvNet-D3 width 32, SGD(m 0.9, wd 5e-4), 300 epochs, lr x0.1 at 150, batch 256, "

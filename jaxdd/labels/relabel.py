@@ -41,7 +41,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxdd.methods.sre2l import crop_resize, sample_crop_box
+from jaxdd.augment.crops import crop_resize, sample_crop_box
+from jaxdd.augment.cutmix import cutmix_box, paste_box
+from jaxdd.augment.dsa import flip_horizontal
 from jaxdd.models import Model, Variables
 from jaxdd.train.loop import TrainConfig, make_optimizer, steps_per_epoch
 
@@ -131,18 +133,9 @@ def aug_params(key: jax.Array, epoch: jax.Array | int, step: jax.Array | int, n:
     flip = (jax.random.bernoulli(k_flip, 0.5, (bs,)) if cfg.flip
             else jnp.zeros((bs,), jnp.bool_))
     mix_perm = jax.random.permutation(k_perm, bs).astype(jnp.int32)
-    if cfg.cutmix_alpha > 0:
-        # CutMix box: side ratio sqrt(1 - lam), centre uniform, clipped to the image.
-        lam = (jax.random.uniform(k_lam) if cfg.cutmix_alpha == 1.0  # Beta(1, 1), cheap to compile
-               else jax.random.beta(k_lam, cfg.cutmix_alpha, cfg.cutmix_alpha))
-        cut = jnp.sqrt(1.0 - lam)
-        ch, cw = (cut * h).astype(jnp.int32), (cut * w).astype(jnp.int32)
-        cy, cx = jax.random.randint(k_cy, (), 0, h), jax.random.randint(k_cx, (), 0, w)
-        mix_box = jnp.stack([jnp.clip(cy - ch // 2, 0, h), jnp.clip(cy + ch // 2, 0, h),
-                             jnp.clip(cx - cw // 2, 0, w), jnp.clip(cx + cw // 2, 0, w)])
-    else:
-        mix_box = jnp.zeros((4,), jnp.int32)
-    return AugParams(idx, mask, boxes, flip, mix_perm, mix_box.astype(jnp.int32))
+    mix_box = (cutmix_box(k_lam, k_cy, k_cx, h, w, cfg.cutmix_alpha) if cfg.cutmix_alpha > 0
+               else jnp.zeros((4,), jnp.int32))  # an empty box: no CutMix
+    return AugParams(idx, mask, boxes, flip, mix_perm, mix_box)
 
 
 def apply_aug(x_syn_NHWC: jax.Array, p: AugParams, cfg: RelabelConfig) -> jax.Array:
@@ -150,13 +143,8 @@ def apply_aug(x_syn_NHWC: jax.Array, p: AugParams, cfg: RelabelConfig) -> jax.Ar
     x = x_syn_NHWC[p.idx_B]
     if cfg.crop_min_scale < 1.0:
         x = jax.vmap(crop_resize)(x, p.box_Bx4)
-    b = x.shape[0]
-    x = jnp.where(p.flip_B.reshape(b, 1, 1, 1), x[:, :, ::-1], x)
-    h, w = x.shape[1], x.shape[2]
-    ys, xs = jnp.arange(h).reshape(h, 1), jnp.arange(w).reshape(1, w)
-    inside_HW = ((ys >= p.mix_box_4[0]) & (ys < p.mix_box_4[1])
-                 & (xs >= p.mix_box_4[2]) & (xs < p.mix_box_4[3]))
-    return jnp.where(inside_HW.reshape(1, h, w, 1), x[p.mix_perm_B], x)
+    x = flip_horizontal(x, p.flip_B)
+    return paste_box(x, x[p.mix_perm_B], p.mix_box_4)
 
 
 # ---------------------------------------------------------------------------------------

@@ -26,11 +26,10 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from jaxdd.augment.dsa import DEFAULT_STRATEGY, parse_strategy
+from jaxdd.augment import DSA_DEFAULT, fyi_flip_concat, parse_strategy, siamese_dsa
 from jaxdd.methods.base import Distiller, PRNGKey
-from jaxdd.methods.matching import (ImageSGDState, forward_features,
-                                    fyi_flip_concat, make_random_net_matcher, mean_sq_distance,
-                                    per_class, safe_norm, siamese_dsa)
+from jaxdd.methods.matching import (ImageSGDState, forward_features, make_random_net_matcher,
+                                    mean_sq_distance, per_class, safe_norm)
 from jaxdd.models import Model, Variables
 
 __all__ = ["DataDAMConfig", "DataDAMState", "make_datadam", "datadam_class_losses",
@@ -47,7 +46,7 @@ class DataDAMConfig:
     momentum_img: float = 0.5  # momentum of the image optimiser (PyTorch convention)
     batch_real: int = 64  # real images per class per step; used by the driver's sampler
     iterations: int = 20000  # steps (reference `Iteration`); used by the driver
-    dsa_strategy: str = DEFAULT_STRATEGY  # siamese DSA families; "none" = off
+    dsa_strategy: str = DSA_DEFAULT  # siamese DSA families; "none" = off
     power: float = 1.0  # p in sum_ch |f|^p: main_DataDAM.py calls get_attention(exp=1)
     # (the function's own default is exp=4, unused by the main script)
     attention_weight: float = 100.0  # each layer's attention term is scaled by 100

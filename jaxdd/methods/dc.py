@@ -27,11 +27,11 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxdd.augment.dsa import DEFAULT_STRATEGY, dsa, parse_strategy
+from jaxdd.augment import DSA_DEFAULT, dsa, fyi_flip_concat, parse_strategy, siamese_dsa
 from jaxdd.methods.base import Distiller, Metrics, PRNGKey, SynState
 from jaxdd.methods.matching import (MATCH_METRICS, RealBatch, ensure_same_classes,
-                                    fyi_flip_concat, gradient_match_loss, real_images,
-                                    siamese_dsa, syn_by_class, tree_all_finite)
+                                    gradient_match_loss, real_images, syn_by_class,
+                                    tree_all_finite)
 from jaxdd.models import Model, Variables
 from jaxdd.train.loop import TrainConfig, train_network
 
@@ -54,7 +54,7 @@ class DCConfig:
     """Defaults: main.py argparse (method DC). `dsa_config()` gives the DSA defaults."""
 
     dsa: bool = False  # DSA: siamese DSA on the matched batches and DSA in the inner training
-    dsa_strategy: str = DEFAULT_STRATEGY  # families when dsa=True (readme: drop "flip" on digits)
+    dsa_strategy: str = DSA_DEFAULT  # families when dsa=True (readme: drop "flip" on digits)
     lr_img: float = 0.1  # SGD step on the pixels (DC and DSA alike; readme: 0.01 for MLP)
     momentum_img: float = 0.5  # momentum of the image optimiser (PyTorch convention)
     lr_net: float = 0.01  # SGD step of the inner network training (no momentum, no wd)

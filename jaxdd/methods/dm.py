@@ -18,11 +18,10 @@ import functools
 
 import jax
 
-from jaxdd.augment.dsa import DEFAULT_STRATEGY, parse_strategy
+from jaxdd.augment import DSA_DEFAULT, fyi_flip_concat, parse_strategy, siamese_dsa
 from jaxdd.methods.base import Distiller, PRNGKey
-from jaxdd.methods.matching import (ImageSGDState, forward_features,
-                                    fyi_flip_concat, make_random_net_matcher, mean_sq_distance,
-                                    per_class, siamese_dsa)
+from jaxdd.methods.matching import (ImageSGDState, forward_features, make_random_net_matcher,
+                                    mean_sq_distance, per_class)
 from jaxdd.models import Model, Variables
 
 __all__ = ["DMConfig", "DMState", "make_dm", "dm_class_losses"]
@@ -36,7 +35,7 @@ class DMConfig:
     momentum_img: float = 0.5  # momentum of the image optimiser (PyTorch convention)
     batch_real: int = 256  # real images per class per step; used by the driver's sampler
     iterations: int = 20000  # steps (reference `Iteration`); used by the driver
-    dsa_strategy: str = DEFAULT_STRATEGY  # siamese DSA families; "none" = off (readme: drop
+    dsa_strategy: str = DSA_DEFAULT  # siamese DSA families; "none" = off (readme: drop
     # "flip" for digit datasets)
     fyi: bool = False  # FYI: match S_c U Flip(S_c) instead of S_c (cvlab-yonsei/FYI main_DM.py)
     init: str = "real"  # how the driver initialises the images: real | noise (reference 'real')

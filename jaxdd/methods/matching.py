@@ -8,7 +8,8 @@
 - `per_class`: run a per-class function over the class axis, `vmap` when the network has no
   cross-example coupling, one concatenated forward when it has BatchNorm (the references
   concatenate the classes for BN nets so that the batch statistics mix all classes).
-- `siamese_dsa`, `fyi_flip_concat`: the augmentations the matchers share.
+- the augmentations the matchers share (`siamese_dsa`, `fyi_flip_concat`) live in
+  `jaxdd.augment`.
 
 Reference: VICO-UoE/DatasetCondensation `utils.py` (`distance_wb`, `match_loss`,
 `get_loops`, `DiffAugment` in seeded "Siamese" mode) and cvlab-yonsei/FYI `utils.py`
@@ -24,7 +25,6 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxdd.augment.dsa import dsa
 from jaxdd.methods.base import Distiller, Metrics, PRNGKey, SynState
 from jaxdd.models import Model, Variables
 from jaxdd.models.layers import to_nhwc
@@ -113,32 +113,6 @@ def syn_by_class(x_syn_NHWC: jax.Array, num_classes: int) -> jax.Array:
 def hard_labels(num_classes: int, ipc: int) -> jax.Array:
     """[0]*ipc + [1]*ipc + ... : the label layout every classic matcher assumes."""
     return jnp.repeat(jnp.arange(num_classes, dtype=jnp.int32), ipc)
-
-
-# ----------------------------------------------------------------------------------------------
-# Augmentation
-# ----------------------------------------------------------------------------------------------
-
-
-def siamese_dsa(key: PRNGKey, x_real: jax.Array, x_syn: jax.Array,
-                strategy: str) -> tuple[jax.Array, jax.Array]:
-    """The same DSA draw on a real and a synthetic batch of one class.
-
-    The reference seeds `DiffAugment` identically for both and, in seeded mode, shares one
-    parameter set over the whole batch (`theta[:] = theta[0]`), hence `batch_shared=True`
-    (the two batches differ in size anyway).
-    """
-    aug = lambda x: dsa(key, x, strategy, batch_shared=True)
-    return aug(x_real), aug(x_syn)
-
-
-def fyi_flip_concat(x_NHWC: jax.Array) -> jax.Array:
-    """FYI (Son et al., ECCV 2024): A_c = S_c U Flip(S_c), the horizontal mirror appended.
-
-    FYI `BatchAug`: `cat([img, flip(img, W)])` (labels repeated), applied to each class's
-    synthetic batch before DSA.
-    """
-    return jnp.concatenate([x_NHWC, x_NHWC[:, :, ::-1, :]], axis=0)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -283,7 +257,7 @@ def tree_all_finite(tree: PyTree) -> jax.Array:
 
 __all__: Sequence[str] = [
     "RealBatch", "real_images", "Features", "forward_features", "per_class", "sample_real_batch", "class_index_table",
-    "syn_by_class", "hard_labels", "siamese_dsa", "fyi_flip_concat", "safe_norm", "distance_wb",
+    "syn_by_class", "hard_labels", "safe_norm", "distance_wb",
     "gradient_match_loss", "mean_sq_distance", "MATCH_METRICS",
 ]
 

@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxdd.augment import DSA_DEFAULT
 from jaxdd.methods.base import Distiller, Metrics, PRNGKey, PyTree, SynState
 from jaxdd.methods.tm_grad import (
     GRAD_MODES,
@@ -94,7 +95,7 @@ class MTTConfig:
     max_loss: float | None = None  # skip the update when loss > max_loss (DATM: 1.0); None = off
     current_max_start: int | None = None  # DATM: initial upper bound of the start window [epochs]
     expansion_end: int | None = None  # DATM: iteration at which the window reaches max_start
-    dsa_strategy: str = "color_crop_cutout_flip_scale_rotate"  # DSA ops; used by the driver
+    dsa_strategy: str = DSA_DEFAULT  # DSA ops; used by the driver
     iterations: int = 5000  # outer iterations (MTT 5000; TESLA, DATM 10000); used by the driver
 
     def __post_init__(self):

@@ -31,7 +31,7 @@ from typing import Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jaxdd.methods.sre2l import sample_crop_box
+from jaxdd.augment.crops import sample_crop_box
 
 __all__ = ["RDEDConfig", "Selection", "sample_boxes", "crop_to", "teacher_view", "crop_ce",
            "select_class", "tile_layout", "tile", "rded_class", "rded", "check_pool"]

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxdd import experts as jexperts
+from jaxdd.population import experts as jexperts
 from jaxdd.augment import dsa
 from jaxdd.methods import mtt
 from jaxdd.models import auto_chunks, get_model

@@ -26,7 +26,7 @@ import numpy as np
 
 from jaxdd import artefact, registry
 from jaxdd import data as jdata
-from jaxdd import teachers as jteachers
+from jaxdd.population import teachers as jteachers
 from jaxdd.methods import rded as mrded
 from jaxdd.methods.base import Distiller, SynState
 from jaxdd.pipelines.common import Context, dataclass_from, mesh_from

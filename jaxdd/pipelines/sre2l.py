@@ -11,7 +11,7 @@
 Run directory: OUT/run.json holds the fingerprint of the config parts that determine the
 images (everything but the `relabel` section); another config in the same OUT is refused.
 Batch (i, c0) uses the key fold_in(fold_in(fold_in(key(seed), 1), i), c0): the batches and
-the artefact are exactly those of `jaxdd.methods.sre2l.recover_all` with key fold_in(key(seed), 1).
+the artefact are exactly those of `jaxdd.methods.statistics.recover.recover_all` with key fold_in(key(seed), 1).
 
 RDED (`method="rded"`, no optimisation) goes through `recover` as well: it is dispatched
 to `jaxdd.pipelines.rded` and writes the same OUT/artefact.
@@ -24,7 +24,7 @@ validation accuracy ("best (val-selected)").
 
 G-VBSM's conv statistics (`recover.conv_stats`) need dataset targets: computed once per
 teacher over the training split and cached under TEACHER_DIR/conv_targets/<key hash>/
-(`jaxdd.conv_targets`). With `recover.ipc_per_batch` g > 1 a batch holds g images of each
+(`jaxdd.population.conv_targets`). With `recover.ipc_per_batch` g > 1 a batch holds g images of each
 of `batch_size` classes (IPC indices i0..i0+g-1); batch files keep the name of i0.
 
 Not implemented here (see the spec): G-VBSM's rotation of teachers per iteration (several
@@ -45,13 +45,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxdd import artefact, registry, safeio
-from jaxdd import conv_targets as conv_targets_lib
+from jaxdd.population import conv_targets as conv_targets_lib
 from jaxdd import data as jdata
-from jaxdd import teachers as jteachers
+from jaxdd.population import teachers as jteachers
 from jaxdd.evaluate import get_protocol
-from jaxdd.experts import _preprocess_sha
+from jaxdd.population.train import preprocess_sha
 from jaxdd.labels import relabel as jrelabel
-from jaxdd.methods import sre2l
+from jaxdd.methods.statistics.recover import (RecoverConfig, batch_layout, make_recover,
+                                             pixel_bounds, stack_teachers)
 from jaxdd.models import get_model
 from jaxdd.pipelines.common import Context, dataclass_from, mesh_from, resumable_batch
 from jaxdd.run import driver
@@ -142,10 +143,10 @@ def _check_compatible(man: dict, dataset: str, num_classes: int, shape) -> None:
 # Recover
 
 
-def recover_config(cfg: dict) -> sre2l.RecoverConfig:
+def recover_config(cfg: dict) -> RecoverConfig:
     """RecoverConfig from the config's `recover` section (lists -> tuples: it is hashable)."""
     r = {k: tuple(v) if isinstance(v, list) else v for k, v in cfg.get("recover", {}).items()}
-    return dataclass_from(sre2l.RecoverConfig, r)
+    return dataclass_from(RecoverConfig, r)
 
 
 def _check_run_dir(out_dir: str, cfg: dict) -> None:
@@ -181,8 +182,8 @@ def recover(cfg: dict, out_dir: str, quiet: bool = False) -> dict:
     num = teacher_config(cfg).num_teachers
     model, vlist, pre, tman = jteachers.load_teachers(tdir, num if rcfg.stacked_teachers else 1)
     _check_compatible(tman, ds.name, ds.num_classes, ds.image_shape)
-    variables = sre2l.stack_teachers(vlist) if rcfg.stacked_teachers else vlist[0]
-    bounds = sre2l.pixel_bounds(pre)
+    variables = stack_teachers(vlist) if rcfg.stacked_teachers else vlist[0]
+    bounds = pixel_bounds(pre)
     k_classes, shape = ds.num_classes, ds.image_shape
     key = jax.random.key(seed)
     x_init = None
@@ -193,13 +194,13 @@ def recover(cfg: dict, out_dir: str, quiet: bool = False) -> dict:
 
     bdir = os.path.join(out_dir, "batches")
     os.makedirs(bdir, exist_ok=True)
-    jobs = sre2l.batch_layout(rcfg, k_classes, ipc)
+    jobs = batch_layout(rcfg, k_classes, ipc)
     conv_targets, conv_dirs = None, []
     if rcfg.conv_stats:  # G-VBSM: dataset statistics of every conv input, cached per teacher
         conv_targets, conv_dirs = conv_targets_lib.teacher_targets(
             os.path.join(tdir, "conv_targets"), model, vlist, tman["model"], ds, pre, rcfg,
             stacked=rcfg.stacked_teachers, progress=Progress("conv targets", enabled=not quiet))
-    distiller = sre2l.make_recover(rcfg, model, variables, bounds, conv_targets)
+    distiller = make_recover(rcfg, model, variables, bounds, conv_targets)
     mesh = mesh_from(cfg)
     out = np.zeros((k_classes, ipc, *shape), np.float32)
     finals = []
@@ -301,7 +302,7 @@ def relabel(art_path: str, teacher_path: str | None, overrides: dict | None = No
     model, vlist, tpre, tman = jteachers.load_teachers(teacher_path, num)
     k_classes, shape = art.num_classes, tuple(art.meta["image_shape"])
     _check_compatible(tman, art.meta["dataset"], k_classes, shape)
-    if _preprocess_sha(tpre) != _preprocess_sha(art.preprocess):
+    if preprocess_sha(tpre) != preprocess_sha(art.preprocess):
         raise ValueError(f"the teacher at {teacher_path} uses other preprocessing than the "
                          f"artefact ({tpre.kind} vs {art.preprocess.kind}); relabel needs both "
                          f"in the same pixel space")
@@ -320,7 +321,7 @@ def relabel(art_path: str, teacher_path: str | None, overrides: dict | None = No
     if rcfg.top_k and not 0 < rcfg.top_k <= k_classes:
         raise ValueError(f"top_k {rcfg.top_k} must be in 1..{k_classes}")
 
-    tvars = sre2l.stack_teachers(vlist) if o["ensemble"] else vlist[0]
+    tvars = stack_teachers(vlist) if o["ensemble"] else vlist[0]
 
     def teacher_fn(tv, x_NHWC):
         if o["ensemble"]:
@@ -443,6 +444,6 @@ for _name, _doc in (("sre2l", "squeeze, recover (BN statistics), relabel"),
                     ("cda", "SRe2L with a curriculum of crop scales"),
                     ("gvbsm", "SRe2L with conv/patch statistics, teacher ensembles, diversity"),
                     ("dwa", "SRe2L with real init and a perturbed teacher per batch")):
-    registry.register(registry.Method(_name, "statistics", sre2l.RecoverConfig, run,
+    registry.register(registry.Method(_name, "statistics", RecoverConfig, run,
                                       section="recover", sections=("teacher", "relabel"),
                                       doc=_doc))

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxdd.augment import DSA_DEFAULT
 from jaxdd.models import Model, Variables, auto_chunks, chunked
 
 AugmentFn = Callable[[jax.Array, jax.Array], jax.Array]
@@ -33,7 +34,7 @@ class TrainConfig:
     weight_decay: float = 5e-4  # coupled L2 as PyTorch SGD, applied to every parameter
     schedule: str = "step"      # step: x0.1 at half the steps | cosine | constant
     optimizer: str = "sgd"      # sgd | adamw (decoupled wd, for statistics-matching students)
-    dsa: str = "color_crop_cutout_flip_scale_rotate"  # DSA strategy; "" = no augmentation
+    dsa: str = DSA_DEFAULT  # DSA strategy; "" = no augmentation
     # Forward of each batch in chunks (`models.chunked`, same function; measured 8-24 % faster
     # training steps on the 2-core CPU); "auto" = `models.auto_chunks`, 1 = whole batch.
     image_chunks: int | str = "auto"

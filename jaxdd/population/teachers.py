@@ -4,7 +4,8 @@
 for G-VBSM) on the training split and stores their final variables (params + BN
 `batch_stats`); `load_teacher` / `load_teachers` read them back for recover and relabel.
 
-On-disk layout (the expert-buffer conventions of `jaxdd.experts`, whose helpers it reuses)::
+On-disk layout (the population conventions of `jaxdd.population.train`, shared with the
+expert buffers)::
 
     out_dir/
       teacher.json           manifest: model, dataset (+ fingerprint), preprocessing kind
@@ -28,7 +29,7 @@ import functools
 import os
 import shutil
 import time
-from typing import Any, Callable, Mapping
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -37,15 +38,16 @@ import orbax.checkpoint as ocp
 
 import jaxdd
 from jaxdd import data as jdata
-from jaxdd.augment.dsa import dsa as dsa_fn
-from jaxdd.experts import _fingerprint, _key_and_seed, _manager, _preprocess_sha
-from jaxdd.experts import _identity as experts_identity
-from jaxdd.experts import _write_json, read_json_manifest, setup_diff
+from jaxdd.augment import dsa_augment
 from jaxdd.models import Model, Variables, get_model
-from jaxdd.train.loop import TrainConfig, accuracy, train_epochs, train_init
+from jaxdd.population.train import (close_population, compile_member,
+                                    dataset_fingerprint, fit_or_stored_preprocess, key_and_seed,
+                                    manager, member_dir, open_population, preprocess_sha,
+                                    read_json_manifest, read_preprocess, restore_resume,
+                                    resume_dir, run_epochs, save_resume, write_json)
+from jaxdd.train.loop import TrainConfig, train_init
 
 MANIFEST = "teacher.json"
-PREPROCESS_FILE = "preprocess.npz"
 FORMAT_VERSION = 1
 
 __all__ = ["TeacherConfig", "TeacherError", "train_teachers", "load_teacher", "load_teachers",
@@ -88,15 +90,7 @@ def _compiled(model_name: str, num_classes: int, input_shape: tuple[int, int, in
     if not model.has_batch_stats:
         raise TeacherError(f"model {model_name!r} has no BatchNorm; statistics matching needs "
                            f"a BN teacher (e.g. convnet_d3_w32_bn, convnet_bn, resnet18)")
-    tcfg = cfg.train_config()
-    augment = None if cfg.dsa in ("", "none", "None") else (lambda k, x: dsa_fn(k, x, cfg.dsa))
-    epoch_fn = jax.jit(lambda state, x, y: train_epochs(state, model, tcfg, x, y, 1, augment))
-    acc_fn = jax.jit(lambda v, x, y: accuracy(model, v, x, y))
-    return model, epoch_fn, acc_fn
-
-
-def _identity(m: Mapping[str, Any]) -> dict[str, Any]:
-    return experts_identity(m, "num_teachers")
+    return model, *compile_member(model, cfg.train_config(), dsa_augment(cfg.dsa))
 
 
 def read_manifest(out_dir: str) -> dict[str, Any]:
@@ -104,7 +98,7 @@ def read_manifest(out_dir: str) -> dict[str, Any]:
     return read_json_manifest(
         os.path.join(out_dir, MANIFEST), "jaxdd.teacher", TeacherError,
         f"no teacher at {out_dir} ({MANIFEST} missing); train one with "
-        f"`jaxdd teacher --dataset D --model M --out {out_dir}`")
+        f"`jaxdd teacher --dataset D --model M --out {out_dir}`", FORMAT_VERSION)
 
 
 def is_complete(out_dir: str, num_teachers: int = 1) -> bool:
@@ -116,14 +110,6 @@ def is_complete(out_dir: str, num_teachers: int = 1) -> bool:
     return sum(r["complete"] for r in m["teachers"][:num_teachers]) >= num_teachers
 
 
-def _teacher_dir(out_dir: str, i: int) -> str:
-    return os.path.join(out_dir, f"teacher_{i:03d}")
-
-
-def _resume_dir(out_dir: str, i: int) -> str:
-    return os.path.join(out_dir, "resume", f"teacher_{i:03d}")
-
-
 def train_teachers(out_dir: str, dataset: jdata.Dataset, model_name: str, cfg: TeacherConfig,
                    key_or_seed: jax.Array | int, *, preprocess: str | jdata.Preprocess = "normalize",
                    progress_cb: Callable[[int, int], None] | None = None) -> dict[str, Any]:
@@ -132,44 +118,31 @@ def train_teachers(out_dir: str, dataset: jdata.Dataset, model_name: str, cfg: T
     The validation split of `dataset` is left out (it stays unseen for model selection);
     test accuracy is recorded per teacher. Returns the manifest.
     """
-    key, seed = _key_and_seed(key_or_seed)
+    key, seed = key_and_seed(key_or_seed)
     x_train, y_train = dataset.x_train, dataset.y_train
     os.makedirs(out_dir, exist_ok=True)
     man_path = os.path.join(out_dir, MANIFEST)
-    pre_path = os.path.join(out_dir, PREPROCESS_FILE)
     old = read_manifest(out_dir) if os.path.exists(man_path) else None
-    if isinstance(preprocess, str):
-        pre = (_read_preprocess(out_dir) if old is not None and old["preprocess"] == preprocess
-               else jdata.fit_preprocess(preprocess, x_train, dataset_name=dataset.name))
-    else:
-        pre = preprocess
+    pre = fit_or_stored_preprocess(preprocess, None if old is None else old["preprocess"],
+                                   out_dir, x_train, dataset.name, TeacherError)
     shape = tuple(int(s) for s in dataset.image_shape)
     model, epoch_fn, acc_fn = _compiled(model_name, dataset.num_classes, shape, cfg)
     m = {
         "format": "jaxdd.teacher", "format_version": FORMAT_VERSION,
         "jaxdd_version": jaxdd.__version__, "jax_version": jax.__version__,
         "model": model_name, "num_classes": dataset.num_classes, "input_shape": list(shape),
-        "dataset": dataset.name, "dataset_fingerprint": _fingerprint(x_train, y_train),
+        "dataset": dataset.name, "dataset_fingerprint": dataset_fingerprint(x_train, y_train),
         "num_train": int(len(x_train)), "num_val_held_out": int(len(dataset.y_val)),
-        "preprocess": pre.kind, "preprocess_sha256": _preprocess_sha(pre),
+        "preprocess": pre.kind, "preprocess_sha256": preprocess_sha(pre),
         "config": dataclasses.asdict(cfg), "seed": seed,
         "layout": "teacher_{i:03d}/{epochs}/ = Orbax step of the final variables",
         "status": "incomplete", "teachers": [],
     }
-    records: list[dict[str, Any]] = []
-    if old is not None:
-        if _identity(old) != _identity(m):
-            diff = setup_diff(old, m, "num_teachers")
-            raise TeacherError(f"{out_dir} holds teachers built with a different setup "
-                               f"(stored, requested): {diff}; use another directory")
-        records = list(old["teachers"])
-        m["config"]["num_teachers"] = max(cfg.num_teachers, old["config"]["num_teachers"])
-    records += [dict(index=i, epochs_done=0, complete=False, test_accuracy=None,
-                     train_time_s=0.0) for i in range(len(records), m["config"]["num_teachers"])]
-    m["teachers"] = records
-    np.savez(pre_path + ".tmp.npz", **jdata.to_dict(pre))
-    os.replace(pre_path + ".tmp.npz", pre_path)
-    _write_json(man_path, m)
+    records = open_population(
+        out_dir, man_path, m, old, pre, members="teachers", grow_key="num_teachers",
+        requested=cfg.num_teachers, refuse=lambda diff: TeacherError(
+            f"{out_dir} holds teachers built with a different setup "
+            f"(stored, requested): {diff}; use another directory"))
 
     x_dev = jnp.asarray(jdata.apply(pre, x_train))
     y_dev = jnp.asarray(y_train, jnp.int32)
@@ -184,47 +157,24 @@ def train_teachers(out_dir: str, dataset: jdata.Dataset, model_name: str, cfg: T
             continue
         t0 = time.perf_counter() - rec["train_time_s"]
         state = train_init(jax.random.fold_in(key, i), model, tcfg, len(x_train))
-        with _manager(_resume_dir(out_dir, i), keep_latest=True) as resume:
+        with manager(resume_dir(out_dir, "teacher", i), keep_latest=True) as resume:
             start = resume.latest_step() or 0
             if start:
-                saved = resume.restore(start, args=ocp.args.StandardRestore(
-                    {"variables": state.variables, "opt_state": state.opt_state}))
-                state = state._replace(variables=saved["variables"], opt_state=saved["opt_state"],
-                                       epoch=jnp.asarray(start, jnp.int32))
+                state = restore_resume(resume, start, state)
             done += start - rec["epochs_done"]
-            for epoch in range(start + 1, cfg.epochs + 1):
-                state = epoch_fn(state, x_dev, y_dev)
-                resume.save(epoch, args=ocp.args.StandardSave(
-                    {"variables": state.variables, "opt_state": state.opt_state}))
-                rec.update(epochs_done=epoch, train_time_s=round(time.perf_counter() - t0, 2))
-                _write_json(man_path, m)
-                done += 1
-                if progress_cb is not None:
-                    progress_cb(done, total)
+            state, done = run_epochs(state, start, cfg.epochs, epoch_fn, (x_dev, y_dev),
+                                     functools.partial(save_resume, resume), rec, t0, man_path,
+                                     m, (progress_cb, done, total), ndigits=2)
         if not all(bool(jnp.isfinite(a).all()) for a in jax.tree.leaves(state.variables)):
             raise FloatingPointError(f"teacher {i} diverged (NaN/inf weights); lower its lr")
-        with _manager(_teacher_dir(out_dir, i)) as final:
+        with manager(member_dir(out_dir, "teacher", i)) as final:
             final.save(cfg.epochs, args=ocp.args.StandardSave(state.variables))
         rec.update(complete=True, test_accuracy=round(float(acc_fn(state.variables, *test)), 4),
                    train_time_s=round(time.perf_counter() - t0, 2))
-        _write_json(man_path, m)
-        shutil.rmtree(_resume_dir(out_dir, i), ignore_errors=True)
-    m["status"] = "complete" if all(r["complete"] for r in records) else "incomplete"
-    _write_json(man_path, m)
-    try:
-        os.rmdir(os.path.join(out_dir, "resume"))
-    except OSError:
-        pass
+        write_json(man_path, m)
+        shutil.rmtree(resume_dir(out_dir, "teacher", i), ignore_errors=True)
+    close_population(out_dir, man_path, m, records)
     return m
-
-
-def _read_preprocess(out_dir: str) -> jdata.Preprocess:
-    path = os.path.join(out_dir, PREPROCESS_FILE)
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            return jdata.from_dict(dict(z))
-    except (OSError, ValueError, KeyError) as e:
-        raise TeacherError(f"cannot read preprocessing {path}: {e}") from None
 
 
 def load_teachers(out_dir: str, num: int | None = None
@@ -241,14 +191,15 @@ def load_teachers(out_dir: str, num: int | None = None
                           jax.eval_shape(model.init, jax.random.key(0)))
     out = []
     for i in complete[:num]:
-        path = os.path.join(_teacher_dir(out_dir, i), str(m["config"]["epochs"]), "default")
+        path = os.path.join(member_dir(out_dir, "teacher", i), str(m["config"]["epochs"]),
+                            "default")
         try:
             with ocp.StandardCheckpointer() as ckptr:
                 out.append(dict(ckptr.restore(os.path.abspath(path), target)))
         except Exception as e:  # noqa: BLE001 - Orbax/tensorstore raise many types
             raise TeacherError(f"corrupt or unreadable teacher checkpoint {path}: "
                                f"{type(e).__name__}: {str(e)[:300]}") from None
-    return model, out, _read_preprocess(out_dir), m
+    return model, out, read_preprocess(out_dir, TeacherError), m
 
 
 def load_teacher(out_dir: str, index: int = 0

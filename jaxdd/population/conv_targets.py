@@ -1,8 +1,8 @@
 """G-VBSM conv-statistics targets as a versioned on-disk artefact (computed once per teacher).
 
-`jaxdd.methods.sre2l.compute_conv_targets` makes one pass over the real training set; on
-CIFAR-100 with a ResNet-18 that is an epoch of inference, so the result is cached next to
-the teacher and reused by every recover run on it. A cache entry is a directory::
+`jaxdd.methods.statistics.targets.compute_conv_targets` makes one pass over the real
+training set; on CIFAR-100 with a ResNet-18 that is an epoch of inference, so the result is
+cached next to the teacher and reused by every recover run on it. A cache entry is a directory::
 
     DIR/targets.npz     l{i}_mean, l{i}_var, l{i}_patch_mean, l{i}_patch_var per conv layer
     DIR/targets.json    format, format_version, key (below), layer paths and shapes,
@@ -28,9 +28,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxdd import data as jdata
 from jaxdd.safeio import sha256_file, write_json as write_json_atomic
-
-from jaxdd.methods.sre2l import ConvStat
+from jaxdd.methods.statistics.capture import ConvStat, conv_layer_paths
+from jaxdd.methods.statistics.recover import pixel_bounds, stack_teachers
+from jaxdd.methods.statistics.targets import compute_conv_targets
+from jaxdd.population import train as population
 
 FORMAT = "jaxdd.conv_targets"
 FORMAT_VERSION = 1
@@ -166,33 +169,31 @@ def teacher_targets(cache_root: str, model: Any, variables_list: Sequence[Any], 
     the training split, the preprocessing of the teacher, and RandomCrop padding with a
     black pixel (the reference pads the raw image, then normalises).
     """
-    from jaxdd import data as jdata
-    from jaxdd.experts import _fingerprint, _preprocess_sha
-    from jaxdd.methods import sre2l
 
-    bounds = sre2l.pixel_bounds(preprocess)
+    bounds = pixel_bounds(preprocess)
     fill = None if bounds is None else bounds[0]
     x, y = dataset.x_train, dataset.y_train
     per_teacher, dirs = [], []
     for v in variables_list:
         key = make_key(teacher_sha256=variables_fingerprint(v), model=model_name,
-                       dataset=dataset.name, dataset_fingerprint=_fingerprint(x, y),
-                       preprocess_sha256=_preprocess_sha(preprocess),
+                       dataset=dataset.name,
+                       dataset_fingerprint=population.dataset_fingerprint(x, y),
+                       preprocess_sha256=population.preprocess_sha(preprocess),
                        patch_size=config.patch_size, per_channel=config.patch_per_channel,
                        batch_size=config.conv_target_batch, pad=config.conv_target_pad,
                        flip=config.conv_target_flip, seed=seed)
         path = os.path.join(cache_root, key_hash(key))
 
         def compute(v=v):
-            t = sre2l.compute_conv_targets(
+            t = compute_conv_targets(
                 model, v, x, jax.random.key(seed), batch_size=config.conv_target_batch,
                 patch_size=config.patch_size, per_channel=config.patch_per_channel,
                 pad=config.conv_target_pad, flip=config.conv_target_flip, fill_C=fill,
                 transform=lambda xb: jdata.apply(preprocess, xb), progress=progress)
-            return t, sre2l.conv_layer_paths(model, v, jnp.zeros((1, *x.shape[1:]), jnp.float32))
+            return t, conv_layer_paths(model, v, jnp.zeros((1, *x.shape[1:]), jnp.float32))
 
         t, _ = load_or_compute(path, key, compute)
         per_teacher.append(t)
         dirs.append(path)
-    targets = sre2l.stack_teachers(per_teacher) if stacked else per_teacher[0]
+    targets = stack_teachers(per_teacher) if stacked else per_teacher[0]
     return targets, dirs

@@ -32,8 +32,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
-import json
 import os
 import shutil
 import time
@@ -46,13 +44,17 @@ import orbax.checkpoint as ocp
 
 import jaxdd
 from jaxdd import data as jdata
-from jaxdd.augment.dsa import dsa as dsa_fn
+from jaxdd.augment import DSA_DEFAULT, dsa_augment
 from jaxdd.models import Model, get_model
-from jaxdd.train.loop import (TrainConfig, TrainState, accuracy, train_epochs, train_init)
+from jaxdd.population.train import (PREPROCESS_FILE, close_population, compile_member,
+                                    dataset_fingerprint, fit_or_stored_preprocess, key_and_seed,
+                                    manager, member_dir, open_population, preprocess_sha,
+                                    read_json_manifest, read_preprocess, restore_resume,
+                                    resume_dir, run_epochs, save_resume, write_json)
+from jaxdd.train.loop import TrainConfig, TrainState, train_epochs, train_init
 
 PyTree = Any
 MANIFEST = "buffer.json"
-PREPROCESS_FILE = "preprocess.npz"
 FORMAT_VERSION = 1
 _GSAM_EPS = 1e-12  # the GSAM reference's perturb_eps (norm denominators)
 
@@ -76,7 +78,7 @@ class ExpertConfig:
     momentum: float = 0.0       # SGD momentum (MTT: none; AST: 0.9)
     weight_decay: float = 0.0   # coupled L2 as torch SGD (MTT: none)
     schedule: str = "constant"  # lr schedule: constant (MTT) | step | cosine
-    dsa: str = "color_crop_cutout_flip_scale_rotate"  # DSA on every batch; "" = none
+    dsa: str = DSA_DEFAULT  # DSA on every batch; "" = none
     optimizer: str = "sgd"      # sgd (MTT/TESLA/DATM-plain) | gsam (FTD/DATM experts)
     gsam_rho: float = 0.01      # GSAM perturbation radius (constant, as FTD's buffers)
     gsam_alpha: float = 0.3     # GSAM weight of the removed orthogonal component (0.3 / 1.0)
@@ -160,17 +162,12 @@ def _compiled(model_name: str, num_classes: int, input_shape: tuple[int, int, in
               cfg: ExpertConfig) -> tuple[Model, Callable, Callable]:
     """(model, jitted one-epoch step, jitted accuracy), cached so reruns reuse compiles."""
     model = get_model(model_name, num_classes, input_shape)
-    tcfg = cfg.train_config()
-    augment = None if cfg.dsa in ("", "none", "None") else (
-        lambda k, x: dsa_fn(k, x, cfg.dsa))
     if cfg.optimizer == "gsam":
         run = functools.partial(gsam_train_epochs, rho=cfg.gsam_rho, alpha=cfg.gsam_alpha,
                                 adaptive=cfg.gsam_adaptive)
     else:
         run = train_epochs
-    epoch_fn = jax.jit(lambda state, x, y: run(state, model, tcfg, x, y, 1, augment))
-    acc_fn = jax.jit(lambda variables, x, y: accuracy(model, variables, x, y))
-    return model, epoch_fn, acc_fn
+    return model, *compile_member(model, cfg.train_config(), dsa_augment(cfg.dsa), run)
 
 
 # ---------------------------------------------------------------------------------------
@@ -219,60 +216,13 @@ class BufferInfo:
 
     def preprocess(self) -> jdata.Preprocess:
         """The fitted preprocessing the experts were trained in (apply it to new data)."""
-        path = os.path.join(self.out_dir, PREPROCESS_FILE)
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                return jdata.from_dict(dict(z))
-        except (OSError, ValueError, KeyError) as e:
-            raise BufferError(f"cannot read preprocessing {path}: {e}") from e
-
-
-def _identity(m: Mapping[str, Any], grow_key: str = "num_experts") -> dict[str, Any]:
-    """Fields that must match to resume/extend a buffer (the population `grow_key` may grow)."""
-    cfg = {k: v for k, v in m["config"].items() if k != grow_key}
-    keys = ("model", "num_classes", "input_shape", "dataset", "dataset_fingerprint",
-            "preprocess", "preprocess_sha256", "seed")
-    return {**{k: m[k] for k in keys}, "config": cfg}
-
-
-def setup_diff(stored: Mapping[str, Any], asked: Mapping[str, Any],
-               grow_key: str = "num_experts") -> dict[str, tuple]:
-    """Fields (and config fields) whose stored and requested values differ."""
-    a, b = _identity(stored, grow_key), _identity(asked, grow_key)
-    diff = {k: (v, b.get(k)) for k, v in a.items() if k != "config" and b.get(k) != v}
-    diff.update({f"config.{k}": (v, b["config"].get(k))
-                 for k, v in a["config"].items() if b["config"].get(k) != v})
-    return diff
-
-
-def _write_json(path: str, obj: Any) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1)
-    os.replace(tmp, path)  # atomic: a crash never leaves half a manifest
-
-
-def read_json_manifest(path: str, fmt: str, error: type[Exception], missing: str) -> dict[str, Any]:
-    """A format-checked JSON manifest (buffers, teachers); `missing` is the message when
-    the file does not exist."""
-    if not os.path.exists(path):
-        raise error(missing)
-    try:
-        with open(path) as f:
-            m = json.load(f)
-    except (OSError, ValueError) as e:
-        raise error(f"corrupt manifest {path}: {e}") from None
-    if m.get("format") != fmt:
-        raise error(f"{path} is not a {fmt} manifest")
-    if m.get("format_version", 0) > FORMAT_VERSION:
-        raise error(f"{path} has format {m['format_version']}, newer than this jaxdd "
-                    f"({FORMAT_VERSION}); upgrade jaxdd")
-    return m
+        return read_preprocess(self.out_dir, BufferError)
 
 
 def _read_manifest(out_dir: str) -> dict[str, Any]:
     return read_json_manifest(os.path.join(out_dir, MANIFEST), "jaxdd.expert_buffer",
-                              BufferError, f"no expert buffer at {out_dir} ({MANIFEST} missing)")
+                              BufferError, f"no expert buffer at {out_dir} ({MANIFEST} missing)",
+                              FORMAT_VERSION)
 
 
 def _info(out_dir: str, m: Mapping[str, Any]) -> BufferInfo:
@@ -291,43 +241,6 @@ def load_buffer(out_dir: str) -> BufferInfo:
 
 # ---------------------------------------------------------------------------------------
 # Building
-
-
-def _expert_dir(out_dir: str, i: int) -> str:
-    return os.path.join(out_dir, f"expert_{i:03d}")
-
-
-def _resume_dir(out_dir: str, i: int) -> str:
-    return os.path.join(out_dir, "resume", f"expert_{i:03d}")
-
-
-def _manager(directory: str, *, keep_latest: bool = False, read_only: bool = False
-             ) -> ocp.CheckpointManager:
-    # Synchronous saves: the step is on disk (atomically renamed) before the next epoch runs,
-    # which is what makes the resume bookkeeping simple; a save is ms against an epoch's s.
-    options = ocp.CheckpointManagerOptions(
-        max_to_keep=1 if keep_latest else None, create=not read_only, read_only=read_only,
-        enable_async_checkpointing=False, cleanup_tmp_directories=not read_only)
-    return ocp.CheckpointManager(os.path.abspath(directory), options=options)
-
-
-def _fingerprint(x: np.ndarray, y: np.ndarray) -> str:
-    """Cheap identity of a training set: shapes, all labels, <= 1024 strided images."""
-    h = hashlib.sha256()
-    h.update(repr((x.shape, str(x.dtype), y.shape)).encode())
-    h.update(np.ascontiguousarray(y).tobytes())
-    stride = max(1, len(x) // 1024)
-    h.update(np.ascontiguousarray(x[::stride]).tobytes())
-    return h.hexdigest()[:16]
-
-
-def _preprocess_sha(p: jdata.Preprocess) -> str:
-    h = hashlib.sha256()
-    for k, v in sorted(jdata.to_dict(p).items()):
-        h.update(k.encode())
-        h.update(np.ascontiguousarray(np.asarray(v)).tobytes() if isinstance(v, np.ndarray)
-                 else repr(v).encode())
-    return h.hexdigest()[:16]
 
 
 def _as_arrays(source: Any) -> tuple[str, np.ndarray, np.ndarray, np.ndarray | None,
@@ -354,14 +267,6 @@ def _as_arrays(source: Any) -> tuple[str, np.ndarray, np.ndarray, np.ndarray | N
                     f"num_classes]; got {type(source).__name__}")
 
 
-def _key_and_seed(key_or_seed: jax.Array | int) -> tuple[jax.Array, Any]:
-    if isinstance(key_or_seed, (int, np.integer)):
-        return jax.random.key(int(key_or_seed)), int(key_or_seed)
-    key = key_or_seed
-    raw = jax.random.key_data(key) if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) else key
-    return key, np.asarray(raw).tolist()
-
-
 def build_buffer(out_dir: str, dataset: Any, model_name: str, cfg: ExpertConfig,
                  key_or_seed: jax.Array | int, *, preprocess: str | jdata.Preprocess = "none",
                  progress_cb: Callable[[int, int], None] | None = None) -> BufferInfo:
@@ -382,19 +287,14 @@ def build_buffer(out_dir: str, dataset: Any, model_name: str, cfg: ExpertConfig,
         x_train = x_train[..., None]
         x_test = None if x_test is None else x_test[..., None]
     num_classes = int(num_classes or int(np.max(y_train)) + 1)
-    key, seed = _key_and_seed(key_or_seed)
+    key, seed = key_and_seed(key_or_seed)
     os.makedirs(out_dir, exist_ok=True)
 
-    pre_path = os.path.join(out_dir, PREPROCESS_FILE)
     man_path = os.path.join(out_dir, MANIFEST)
     old = _read_manifest(out_dir) if os.path.exists(man_path) else None
-    if isinstance(preprocess, str):
-        if old is not None and old["preprocess"] == preprocess and os.path.exists(pre_path):
-            pre = load_buffer(out_dir).preprocess()  # the stored fit: no refit on resume
-        else:
-            pre = jdata.fit_preprocess(preprocess, x_train, dataset_name=name)
-    else:
-        pre = preprocess
+    stored = (old["preprocess"] if old is not None
+              and os.path.exists(os.path.join(out_dir, PREPROCESS_FILE)) else None)
+    pre = fit_or_stored_preprocess(preprocess, stored, out_dir, x_train, name, BufferError)
     input_shape = tuple(int(s) for s in x_train.shape[1:])
     model, epoch_fn, acc_fn = _compiled(model_name, num_classes, input_shape, cfg)
     param_count = sum(int(np.prod(s.shape)) for s in
@@ -406,29 +306,18 @@ def build_buffer(out_dir: str, dataset: Any, model_name: str, cfg: ExpertConfig,
         "orbax_version": ocp.__version__,
         "model": model_name, "num_classes": num_classes, "input_shape": list(input_shape),
         "param_count": param_count,
-        "dataset": name, "dataset_fingerprint": _fingerprint(x_train, y_train),
+        "dataset": name, "dataset_fingerprint": dataset_fingerprint(x_train, y_train),
         "num_train": int(len(x_train)), "num_test": 0 if x_test is None else int(len(x_test)),
-        "preprocess": pre.kind, "preprocess_sha256": _preprocess_sha(pre),
+        "preprocess": pre.kind, "preprocess_sha256": preprocess_sha(pre),
         "config": dataclasses.asdict(cfg), "seed": seed,
         "layout": "expert_{i:03d}/{epoch}/ = Orbax CheckpointManager steps of params",
         "status": "incomplete", "experts": [],
     }
-    records: list[dict[str, Any]] = []
-    if old is not None:
-        if _identity(old) != _identity(m):
-            diff = setup_diff(old, m)
-            raise BufferError(
-                f"{man_path} was built with a different setup; refusing to mix trajectories. "
-                f"Differences (stored, requested): {diff}. Use another out_dir or delete it.")
-        records = list(old["experts"])
-        m["config"]["num_experts"] = max(cfg.num_experts, old["config"]["num_experts"])
-    num_experts = m["config"]["num_experts"]
-    records += [dict(index=i, epochs_done=0, complete=False, test_accuracy=None,
-                     train_time_s=0.0) for i in range(len(records), num_experts)]
-    m["experts"] = records
-    np.savez(pre_path + ".tmp.npz", **jdata.to_dict(pre))
-    os.replace(pre_path + ".tmp.npz", pre_path)
-    _write_json(man_path, m)
+    records = open_population(
+        out_dir, man_path, m, old, pre, members="experts", grow_key="num_experts",
+        requested=cfg.num_experts, refuse=lambda diff: BufferError(
+            f"{man_path} was built with a different setup; refusing to mix trajectories. "
+            f"Differences (stored, requested): {diff}. Use another out_dir or delete it."))
 
     x_dev = jnp.asarray(jdata.apply(pre, x_train))
     y_dev = jnp.asarray(y_train, jnp.int32)
@@ -441,40 +330,31 @@ def build_buffer(out_dir: str, dataset: Any, model_name: str, cfg: ExpertConfig,
     for rec in todo:
         i = rec["index"]
         if rec["complete"]:
-            shutil.rmtree(_resume_dir(out_dir, i), ignore_errors=True)
+            shutil.rmtree(resume_dir(out_dir, "expert", i), ignore_errors=True)
             continue
         t0 = time.perf_counter() - rec["train_time_s"]
         state0 = train_init(jax.random.fold_in(key, i), model, cfg.train_config(), len(x_train))
-        with _manager(_expert_dir(out_dir, i)) as traj, \
-                _manager(_resume_dir(out_dir, i), keep_latest=True) as resume:
+        with manager(member_dir(out_dir, "expert", i)) as traj, \
+                manager(resume_dir(out_dir, "expert", i), keep_latest=True) as resume:
             state, start = _restore_progress(state0, traj, resume, out_dir, i)
             done += start - rec["epochs_done"]
             rec["epochs_done"] = start
             if start == 0:
                 traj.save(0, args=ocp.args.StandardSave(state.variables["params"]))
-            for epoch in range(start + 1, cfg.epochs + 1):
-                state = epoch_fn(state, x_dev, y_dev)
+
+            def save(epoch, state, traj=traj, resume=resume):
                 traj.save(epoch, args=ocp.args.StandardSave(state.variables["params"]))
-                resume.save(epoch, args=ocp.args.StandardSave(
-                    {"variables": state.variables, "opt_state": state.opt_state}))
-                rec.update(epochs_done=epoch, train_time_s=time.perf_counter() - t0)
-                _write_json(man_path, m)
-                done += 1
-                if progress_cb is not None:
-                    progress_cb(done, total)
+                save_resume(resume, epoch, state)
+
+            state, done = run_epochs(state, start, cfg.epochs, epoch_fn, (x_dev, y_dev), save,
+                                     rec, t0, man_path, m, (progress_cb, done, total))
         if test is not None:
             rec["test_accuracy"] = float(acc_fn(state.variables, *test))
         rec.update(epochs_done=cfg.epochs, complete=True,
                    train_time_s=time.perf_counter() - t0)
-        _write_json(man_path, m)
-        shutil.rmtree(_resume_dir(out_dir, i), ignore_errors=True)
-
-    m["status"] = "complete" if all(r["complete"] for r in records) else "incomplete"
-    _write_json(man_path, m)
-    try:
-        os.rmdir(os.path.join(out_dir, "resume"))  # empty once every expert is complete
-    except OSError:
-        pass
+        write_json(man_path, m)
+        shutil.rmtree(resume_dir(out_dir, "expert", i), ignore_errors=True)
+    close_population(out_dir, man_path, m, records)
     return _info(out_dir, m)
 
 
@@ -487,16 +367,14 @@ def _restore_progress(state0: TrainState, traj: ocp.CheckpointManager,
     r = resume.latest_step()
     if r is not None and steps[:r + 1] == list(range(r + 1)):
         try:
-            saved = resume.restore(r, args=ocp.args.StandardRestore(
-                {"variables": state0.variables, "opt_state": state0.opt_state}))
+            state = restore_resume(resume, r, state0)
         except Exception as e:  # noqa: BLE001 - any unreadable state means a restart
             raise BufferError(f"cannot read the resume state of expert {i} at "
-                              f"{_resume_dir(out_dir, i)}/{r}: {e}; delete that folder to "
+                              f"{resume_dir(out_dir, 'expert', i)}/{r}: {e}; delete that folder to "
                               f"retrain the expert from scratch") from e
         for s in steps[r + 1:]:
             traj.delete(s)
-        return state0._replace(variables=saved["variables"], opt_state=saved["opt_state"],
-                               epoch=jnp.asarray(r, jnp.int32)), r
+        return state, r
     for s in steps:
         traj.delete(s)
     if r is not None:
@@ -526,7 +404,7 @@ def _check_request(info: BufferInfo, expert: int, epoch: int) -> None:
 
 def _read_params(info: BufferInfo, expert: int, epoch: int) -> dict[str, np.ndarray]:
     """One (expert, epoch) params pytree as host numpy arrays."""
-    path = os.path.join(_expert_dir(info.out_dir, expert), str(epoch))
+    path = os.path.join(member_dir(info.out_dir, "expert", expert), str(epoch))
     if not os.path.isdir(path):
         raise BufferError(f"missing checkpoint {path} (expert {expert}, epoch {epoch})")
     # numpy targets make Orbax restore to host memory (no per-leaf device transfers).

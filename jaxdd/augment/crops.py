@@ -1,0 +1,130 @@
+"""Crops, flips and jitter as pure functions of a PRNG key (SRe2L / CDA / G-VBSM / RDED /
+relabel): (CDA-scheduled) random-resized-crop, RandomCrop with padding, flip, circular jitter.
+
+Each takes one key and draws one decision for the whole batch (as the references) or, with
+`per_image`, one per image.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+
+from jaxdd.augment.dsa import flip_horizontal
+
+PRNGKey = jax.Array
+
+__all__ = ["CDA_FLOOR", "cda_min_scale", "sample_crop_box", "crop_resize", "random_resized_crop",
+           "random_pad_crop", "random_flip", "random_jitter", "fyi_flip_concat"]
+
+CDA_FLOOR = 0.08  # torchvision's default RandomResizedCrop lower scale; CDA's end point
+
+
+def cda_min_scale(t: jax.Array | int, total: int, milestone: float = 1.0,
+                  mode: str = "cosine") -> jax.Array:
+    """CDA lower crop scale at iteration t of T (easy -> hard), 0.08 from m*T on.
+
+    cosine: 0.08 + 0.92 (1 + cos(pi t / (m T))) / 2 ; linear: 0.08 + 0.92 (1 - t / (m T)) ;
+    step: 1.
+    """
+    t = jnp.asarray(t, jnp.float32)
+    end = milestone * total
+    frac = t / max(end, 1e-12)
+    if mode == "cosine":
+        s = CDA_FLOOR + (1 - CDA_FLOOR) * (1 + jnp.cos(jnp.pi * frac)) / 2
+    elif mode == "linear":
+        s = CDA_FLOOR + (1 - CDA_FLOOR) * (1 - frac)
+    elif mode == "step":
+        s = jnp.ones_like(t)
+    else:
+        raise ValueError(f"unknown CDA mode {mode!r}; use cosine, linear or step")
+    return jnp.where(t < end, s, CDA_FLOOR)
+
+
+def sample_crop_box(key: PRNGKey, h: int, w: int, min_scale: jax.Array | float,
+                    ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> jax.Array:
+    """(y0, x0, ch, cw) of a crop with area fraction U(min_scale, 1) and log-uniform aspect
+    ratio. torchvision retries out-of-range boxes 10 times then centre-crops; we clip the
+    sides to the image instead (pure, no loop)."""
+    k_s, k_r, k_y, k_x = jax.random.split(key, 4)
+    area = jax.random.uniform(k_s, (), minval=min_scale, maxval=1.0) * (h * w)
+    log_r = jax.random.uniform(k_r, (), minval=math.log(ratio[0]), maxval=math.log(ratio[1]))
+    r = jnp.exp(log_r)
+    cw = jnp.clip(jnp.sqrt(area * r), 1.0, w)
+    ch = jnp.clip(jnp.sqrt(area / r), 1.0, h)
+    y0 = jax.random.uniform(k_y, ()) * (h - ch)
+    x0 = jax.random.uniform(k_x, ()) * (w - cw)
+    return jnp.stack([y0, x0, ch, cw])
+
+
+def crop_resize(x_HWC: jax.Array, box_4: jax.Array) -> jax.Array:
+    """Bilinear resize of the box back to (H, W): output = (input - y0) * H / ch."""
+    h, w = x_HWC.shape[0], x_HWC.shape[1]
+    scale = jnp.stack([h / box_4[2], w / box_4[3]])
+    trans = -box_4[:2] * scale
+    return jax.image.scale_and_translate(x_HWC, x_HWC.shape, (0, 1), scale, trans, "linear",
+                                         antialias=True)
+
+
+def random_resized_crop(key: PRNGKey, x_NHWC: jax.Array, min_scale: jax.Array | float = 0.08,
+                        ratio: tuple[float, float] = (3 / 4, 4 / 3),
+                        per_image: bool = False) -> jax.Array:
+    """RandomResizedCrop(scale=(min_scale, 1), ratio) back to the input size; one box for the
+    whole batch (as the references) or one per image. `min_scale` may be traced (CDA)."""
+    n, h, w = x_NHWC.shape[:3]
+    if per_image:
+        boxes = jax.vmap(lambda k: sample_crop_box(k, h, w, min_scale, ratio))(jax.random.split(key, n))
+        return jax.vmap(crop_resize)(x_NHWC, boxes)
+    box = sample_crop_box(key, h, w, min_scale, ratio)
+    return jax.vmap(crop_resize, in_axes=(0, None))(x_NHWC, box)
+
+
+def random_pad_crop(key: PRNGKey, x_NHWC: jax.Array, pad: int = 4,
+                    fill_C: jax.Array | None = None, per_image: bool = False) -> jax.Array:
+    """RandomCrop(size, padding=pad): pad with `fill_C` (default 0), crop back at a uniform
+    offset in [0, 2 pad]^2; one offset for the batch or one per image."""
+    if pad <= 0:
+        return x_NHWC
+    n, h, w, c = x_NHWC.shape
+    xp = jnp.pad(x_NHWC, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+    if fill_C is not None:  # pad value per channel (e.g. a black pixel in model space)
+        inside = jnp.pad(jnp.ones((1, h, w, 1), bool), ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+        xp = jnp.where(inside, xp, jnp.asarray(fill_C, xp.dtype).reshape(1, 1, 1, c))
+    crop = lambda img, d: jax.lax.dynamic_slice(img, (d[0], d[1], 0), (h, w, c))
+    if per_image:
+        d = jax.random.randint(key, (n, 2), 0, 2 * pad + 1)
+        return jax.vmap(crop)(xp, d)
+    d = jax.random.randint(key, (2,), 0, 2 * pad + 1)
+    return jax.vmap(crop, in_axes=(0, None))(xp, d)
+
+
+
+def random_flip(key: PRNGKey, x_NHWC: jax.Array, per_image: bool = False) -> jax.Array:
+    """Horizontal mirror with p = 0.5 (one decision per batch, or per image)."""
+    n = x_NHWC.shape[0]
+    flip = jax.random.bernoulli(key, 0.5, (n,) if per_image else ())
+    return flip_horizontal(x_NHWC, jnp.broadcast_to(flip, (n,)))
+
+
+def fyi_flip_concat(x_NHWC: jax.Array) -> jax.Array:
+    """FYI (Son et al., ECCV 2024): A_c = S_c U Flip(S_c), the horizontal mirror appended.
+
+    FYI `BatchAug`: `cat([img, flip(img, W)])` (labels repeated), applied to each class's
+    synthetic batch before DSA.
+    """
+    return jnp.concatenate([x_NHWC, x_NHWC[:, :, ::-1, :]], axis=0)
+
+
+def random_jitter(key: PRNGKey, x_NHWC: jax.Array, shift_range: tuple[int, int] = (0, 4),
+                  per_image: bool = False) -> jax.Array:
+    """Circular shift by (dy, dx), each uniform on the inclusive range (torch.roll + randint)."""
+    lo, hi = shift_range
+    if hi == lo == 0:
+        return x_NHWC
+    if per_image:
+        keys = jax.random.split(key, x_NHWC.shape[0])
+        return jax.vmap(lambda k, x: random_jitter(k, x[None], shift_range)[0])(keys, x_NHWC)
+    d = jax.random.randint(key, (2,), lo, hi + 1)
+    return jnp.roll(x_NHWC, (d[0], d[1]), axis=(1, 2))

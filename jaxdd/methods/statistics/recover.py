@@ -1,0 +1,325 @@
+"""The recover distiller: Adam on the pixels of one batch against eq. (1) (+ eqs. 2, 3),
+with the CDA schedule, G-VBSM options and DWA; `recover_all` / `batch_layout` for a whole
+synthetic set. Equations and reference facts: see `jaxdd.methods.statistics`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, NamedTuple, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from jaxdd.augment.crops import cda_min_scale, random_flip, random_jitter, random_pad_crop
+from jaxdd.augment.crops import random_resized_crop
+from jaxdd.methods.base import Distiller, Metrics, PRNGKey, SynState, step_keys
+from jaxdd.methods.statistics.capture import ConvStat, capture
+from jaxdd.methods.statistics.losses import conv_drop_mask, diversity_loss, sre2l_loss
+from jaxdd.models import Model, Variables
+
+__all__ = ["RecoverConfig", "RecoverState", "pixel_bounds", "stack_teachers", "dwa_perturb",
+           "recover_augment", "make_recover", "recover_batch", "recover_batch_jit",
+           "batch_layout", "recover_all"]
+
+@dataclasses.dataclass(frozen=True)
+class RecoverConfig:
+    """Defaults: the SRe2L CIFAR-100 preset (spec table; recover_cifar.sh)."""
+
+    lr: float = 0.25                 # Adam step on the normalised pixels at t = 0
+    iterations: int = 1000           # T: steps per batch (cosine lr to 0 over T, no warm-up)
+    r_bn: float = 0.01               # weight of the BN terms, eq. (1), and of the conv terms, eq. (2)
+    first_bn_multiplier: float = 10.0  # w_0 of the first layer: stem BN (with conv_stats: stem conv)
+    r_var: float = 1.0               # extra weight on the variance norms (DWA: 11 CIFAR, 2 IN-1K)
+    jitter: tuple[int, int] = (0, 4)  # inclusive circular shift range in px (IN-1K: (0, 32))
+    crop: bool = False               # RandomResizedCrop + flip before the jitter (CIFAR: off)
+    crop_min_scale: float = 0.08     # lower crop area fraction when CDA is off
+    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)  # aspect-ratio range of the crop
+    per_image_aug: bool = False      # per-image crop/flip/jitter (references: one per batch)
+    cda_mode: str | None = None      # CDA curriculum of crop_min_scale: cosine | linear | step
+    cda_milestone: float = 1.0       # m: the curriculum ends at iteration m*T
+    adam_b1: float = 0.5             # Adam betas / eps of the references
+    adam_b2: float = 0.9
+    adam_eps: float = 1e-8
+    init: str = "noise"              # noise: N(0, 1) in normalised space | real (DWA/EDC)
+    batch_size: int = 100            # classes per batch in recover_all (ipc_per_batch images each)
+    # G-VBSM / ensembles: `variables` has a leading teacher axis (see stack_teachers); the
+    # per-teacher losses are computed with vmap and reduced by teacher_reduce.
+    stacked_teachers: bool = False
+    teacher_reduce: str = "mean"     # mean | sum over teachers
+    stat_ema: float | None = None    # G-VBSM moving averages a, BN + conv (0.8 CIFAR, 0.4 IN-1K)
+    # G-VBSM conv-input statistics (eq. 2) against dataset targets (make_recover's conv_targets).
+    conv_stats: bool = False         # match every convolution's input (channel + cell statistics)
+    conv_drop: float = 0.4           # P(drop) of each conv term per iteration (CIFAR 0.4)
+    patch_size: int = 16             # cell side in px (reference: 16 at IN-1K, 4 at 32/64 px)
+    patch_per_channel: bool = False  # stats per (cell, channel); False: pooled over C (reference)
+    conv_target_batch: int = 64      # real images per batch when the targets are computed (ref. 64)
+    conv_target_pad: int = 4         # RandomCrop padding (px) of the target pass; 0 = no crop
+    conv_target_flip: bool = True    # random horizontal flip in the target pass
+    # G-VBSM within-class diversity (eq. 3); needs several images of a class per batch.
+    diversity: float = 0.0           # weight of the eigenvalue KL term (G-VBSM CIFAR-100: 1)
+    diversity_tau: float = 4.0       # temperature of the detached tempered softmax
+    ipc_per_batch: int = 1           # images of each class in one batch (class-major; G-VBSM: all)
+    pad_crop: int = 0                # RandomCrop(pad) + flip per batch, before the jitter (G-VBSM: 4)
+    # DWA: K normalised ascent steps of total length rho on the teacher per batch (0 = off).
+    dwa_steps: int = 0
+    dwa_rho: float = 0.015
+
+    def __post_init__(self):
+        if self.cda_mode is not None and self.cda_mode not in ("cosine", "linear", "step"):
+            raise ValueError(f"cda_mode={self.cda_mode!r}; use cosine, linear, step or None")
+        if self.init not in ("noise", "real"):
+            raise ValueError(f"init={self.init!r}; use 'noise' or 'real'")
+        if self.teacher_reduce not in ("mean", "sum"):
+            raise ValueError(f"teacher_reduce={self.teacher_reduce!r}; use mean or sum")
+        if self.iterations < 1:
+            raise ValueError("iterations must be >= 1")
+        if not 0.0 <= self.conv_drop < 1.0:
+            raise ValueError(f"conv_drop={self.conv_drop}; use a probability in [0, 1)")
+        if self.patch_size < 1 or self.ipc_per_batch < 1 or self.conv_target_batch < 1:
+            raise ValueError("patch_size, ipc_per_batch and conv_target_batch must be >= 1")
+        if self.diversity < 0 or self.pad_crop < 0 or self.conv_target_pad < 0:
+            raise ValueError("diversity, pad_crop and conv_target_pad must be >= 0")
+        if self.diversity > 0 and self.ipc_per_batch < 2:
+            raise ValueError("diversity > 0 needs ipc_per_batch >= 2: with one image of a "
+                             "class per batch the term is identically 0")
+        if self.crop and self.pad_crop:
+            raise ValueError("use either crop (RandomResizedCrop) or pad_crop (RandomCrop), "
+                             "not both")
+
+
+class RecoverState(NamedTuple):
+    syn: SynState              # the batch being optimised (B, H, W, C), int labels (B,)
+    opt: optax.OptState        # Adam state (fresh per batch)
+    iteration: jax.Array       # int32 steps done on this batch
+    teacher: Variables | None  # DWA-perturbed teacher of this batch, else None
+    ema: Any                   # G-VBSM moving averages [(mean_C, var_C)] per BN layer, else None
+    conv_ema: Any = None       # G-VBSM moving averages [ConvStat] per conv layer, else None
+
+
+def pixel_bounds(preprocess: Any) -> tuple[np.ndarray, np.ndarray] | None:
+    """Per-channel [lo, hi] of valid pixels in model space: ((0 - m) / s, (1 - m) / s).
+
+    None for ZCA preprocessing (no per-channel box: no clipping)."""
+    if preprocess.kind == "none":
+        c = preprocess.image_shape[-1]
+        return np.zeros(c, np.float32), np.ones(c, np.float32)
+    if preprocess.kind == "normalize":
+        m, s = np.asarray(preprocess.mean_C, np.float32), np.asarray(preprocess.std_C, np.float32)
+        return -m / s, (1 - m) / s
+    return None
+
+
+def stack_teachers(variables_list: Sequence[Variables]) -> Variables:
+    """Teachers of one architecture stacked along a new leading axis (for vmap)."""
+    return jax.tree.map(lambda *v: jnp.stack(v), *variables_list)
+
+
+def _ce_apply(model: Model | nn.Module, variables: Variables, x_NHWC: jax.Array,
+              y_B: jax.Array) -> jax.Array:
+    logits = capture(model, variables, x_NHWC, None).logits
+    return optax.softmax_cross_entropy_with_integer_labels(logits, y_B).mean()
+
+
+def dwa_perturb(model: Model | nn.Module, variables: Variables, x_NHWC: jax.Array,
+                y_B: jax.Array, rho: float = 0.015, steps: int = 12) -> Variables:
+    """DWA: theta <- theta + (rho / K) g / ||g||, K times, g = grad of this batch's CE
+    (teacher in inference mode). Pure: depends only on (variables, x, y)."""
+    if steps <= 0:
+        return variables
+    if isinstance(model, nnx.Module):
+        raise NotImplementedError("DWA perturbs variables['params'] of a Linen teacher; an nnx "
+                                  "model is not supported (wrap it with nnx.bridge.to_linen)")
+    rest = {k: v for k, v in variables.items() if k != "params"}
+
+    def body(params, _):
+        g = jax.grad(lambda p: _ce_apply(model, {**rest, "params": p}, x_NHWC, y_B))(params)
+        gn = optax.tree.norm(g)
+        scale = (rho / steps) / jnp.maximum(gn, 1e-12)
+        return jax.tree.map(lambda p, gi: p + scale * gi, params, g), None
+
+    params, _ = jax.lax.scan(body, variables["params"], None, length=steps)
+    return {**variables, "params": params}
+
+
+def recover_augment(config: RecoverConfig, key: PRNGKey, x_NHWC: jax.Array,
+                    t: jax.Array) -> jax.Array:
+    """A(x) at iteration t: [RRC (CDA-scheduled) or RandomCrop(pad) + flip] then circular jitter."""
+    k_crop, k_flip, k_jit = jax.random.split(key, 3)
+    if config.pad_crop:  # G-VBSM CIFAR: RandomCrop(size, padding) + flip on the batch tensor
+        x_NHWC = random_pad_crop(k_crop, x_NHWC, config.pad_crop, None, config.per_image_aug)
+        x_NHWC = random_flip(k_flip, x_NHWC, config.per_image_aug)
+    if config.crop:
+        s_min = (cda_min_scale(t, config.iterations, config.cda_milestone, config.cda_mode)
+                 if config.cda_mode else config.crop_min_scale)
+        x_NHWC = random_resized_crop(k_crop, x_NHWC, s_min, config.crop_ratio, config.per_image_aug)
+        x_NHWC = random_flip(k_flip, x_NHWC, config.per_image_aug)
+    return random_jitter(k_jit, x_NHWC, config.jitter, config.per_image_aug)
+
+
+def make_recover(config: RecoverConfig, model: Any, variables: Any,
+                 bounds: tuple[Any, Any] | None = None,
+                 conv_targets: Sequence[ConvStat] | None = None) -> Distiller:
+    """Recover distiller for ONE batch of images (a fresh `init` per batch, as the references).
+
+    init(key, x_init_NHWC, y_B) -> RecoverState: N(0, 1) noise of x_init's shape
+    (config.init='noise') or x_init itself ('real'); DWA perturbs the teacher here.
+    step(state, batch, key) -> (state, metrics): one Adam iteration on eq. (1) (+ eq. (2),
+    (3) when configured); `batch` is unused (recovery needs no real data) and may be None.
+    bounds: per-channel (lo_C, hi_C) in model space (see `pixel_bounds`) or None (no clip).
+    conv_targets: `compute_conv_targets` of the teacher (leading teacher axis when stacked);
+    required by config.conv_stats. With config.diversity the batch must be class-major with
+    config.ipc_per_batch images per class. `model` may be an nnx.Module (variables: its
+    nnx.State, stacked for several teachers, or None).
+    """
+    if config.conv_stats and conv_targets is None:
+        raise ValueError("config.conv_stats needs conv_targets (compute_conv_targets over the "
+                         "real training set, or jaxdd.population.conv_targets.load_or_compute)")
+    if not config.conv_stats:
+        conv_targets = None
+    tx = optax.adam(optax.cosine_decay_schedule(config.lr, config.iterations),
+                    b1=config.adam_b1, b2=config.adam_b2, eps=config.adam_eps)
+    lo_C, hi_C = (None, None) if bounds is None else (jnp.asarray(bounds[0], jnp.float32),
+                                                      jnp.asarray(bounds[1], jnp.float32))
+    over_teachers = (lambda f: jax.vmap(f)) if config.stacked_teachers else (lambda f: f)
+    patch = (config.patch_size, config.patch_per_channel)
+
+    def clip(x_NHWC):
+        if lo_C is None:
+            return x_NHWC
+        return jnp.clip(x_NHWC, lo_C.reshape(1, 1, 1, -1), hi_C.reshape(1, 1, 1, -1))
+
+    def init(key: PRNGKey, x_init_NHWC: jax.Array, y_B: jax.Array) -> RecoverState:
+        x_init_NHWC = jnp.asarray(x_init_NHWC, jnp.float32)
+        y_B = jnp.asarray(y_B, jnp.int32)
+        x = (jax.random.normal(key, x_init_NHWC.shape, jnp.float32) if config.init == "noise"
+             else x_init_NHWC)
+        teacher = None
+        if config.dwa_steps > 0:
+            teacher = over_teachers(lambda v: dwa_perturb(model, v, x, y_B, config.dwa_rho,
+                                                          config.dwa_steps))(variables)
+        ema = conv_ema = None
+        if config.stat_ema is not None:  # start the averages at the initial batch's statistics
+            tv = variables if teacher is None else teacher
+            def stats(v):
+                cap = capture(model, v, x, None, patch if conv_targets is not None else None)
+                return [(s.mean_C, s.var_C) for s in cap.bn], cap.conv
+
+            ema, conv_ema = over_teachers(stats)(tv)
+            conv_ema = list(conv_ema) if conv_targets is not None else None
+        return RecoverState(SynState(x, y_B, None), tx.init(x), jnp.zeros((), jnp.int32),
+                            teacher, ema, conv_ema)
+
+    def step(state: RecoverState, batch: Any, key: PRNGKey) -> tuple[RecoverState, Metrics]:
+        del batch
+        teacher = variables if state.teacher is None else state.teacher
+        t = state.iteration
+        # Conv-drop keys come from their own branch of the step key, so the augmentation
+        # (and every SRe2L result) is unchanged by the G-VBSM options.
+        k_drop = jax.random.fold_in(key, 0x47564253)
+        if config.stacked_teachers:
+            n_teachers = jax.tree.leaves(teacher)[0].shape[0]
+            k_drop = jax.random.split(k_drop, n_teachers)
+
+        def loss_fn(x_NHWC):
+            x_aug = recover_augment(config, key, x_NHWC, t)
+
+            def per(v, em, cem, tgt, kd):
+                keep = (None if tgt is None else conv_drop_mask(kd, len(tgt), config.conv_drop))
+                return sre2l_loss(x_aug, state.syn.y_syn, model, v, r_bn=config.r_bn,
+                                  first_bn_multiplier=config.first_bn_multiplier,
+                                  r_var=config.r_var, ema=em, ema_alpha=config.stat_ema or 0.0,
+                                  conv_targets=tgt, conv_keep_L=keep, conv_ema=cem,
+                                  patch_size=config.patch_size,
+                                  patch_per_channel=config.patch_per_channel)
+
+            loss, aux = over_teachers(per)(teacher, state.ema, state.conv_ema, conv_targets, k_drop)
+            red = jnp.mean if config.teacher_reduce == "mean" else jnp.sum
+            div = jnp.zeros((), jnp.float32)
+            if config.diversity > 0:  # teacher-independent: outside the teacher vmap
+                div = diversity_loss(x_aug, config.ipc_per_batch, config.diversity_tau)
+            total = red(loss) + config.diversity * div
+            return total, (red(aux["ce"]), red(aux["bn"]), red(aux["conv"]), div, aux["ema"],
+                           aux["conv_ema"])
+
+        x = state.syn.x_syn_NHWC
+        (loss, (ce, bn, conv, div, ema, conv_ema)), g = jax.value_and_grad(loss_fn, has_aux=True)(x)
+        updates, opt = tx.update(g, state.opt, x)
+        x = clip(optax.apply_updates(x, updates))
+        new = RecoverState(state.syn._replace(x_syn_NHWC=x), opt, t + 1, state.teacher, ema,
+                           conv_ema)
+        finite = jnp.isfinite(loss) & jnp.all(jnp.isfinite(g))
+        return new, {"loss": loss, "ce": ce, "bn": bn, "conv": conv, "div": div, "finite": finite}
+
+    return Distiller(init, step)
+
+
+def recover_batch(config: RecoverConfig, model: Any, variables: Any,
+                  key: PRNGKey, x_init_NHWC: jax.Array, y_B: jax.Array,
+                  bounds: tuple[Any, Any] | None = None,
+                  conv_targets: Sequence[ConvStat] | None = None) -> tuple[jax.Array, Metrics]:
+    """All `config.iterations` steps on one batch in one lax.scan (jit this; config and
+    model static). Returns the last iterate and per-iteration metrics (T,)."""
+    d = make_recover(config, model, variables, bounds, conv_targets)
+    k_init, k_loop = jax.random.split(key)
+    state = d.init(k_init, x_init_NHWC, y_B)
+
+    def body(s, t):  # the driver's key schedule: this scan equals a driven batch
+        return d.step(s, None, step_keys(k_loop, t)[1])
+
+    state, metrics = jax.lax.scan(body, state, jnp.arange(1, config.iterations + 1))
+    return state.syn.x_syn_NHWC, metrics
+
+
+# One compiled program per (config, model, shapes), shared by every caller.
+recover_batch_jit = jax.jit(recover_batch, static_argnums=(0, 1))
+
+
+def batch_layout(config: RecoverConfig, num_classes: int, ipc: int
+                 ) -> list[tuple[int, np.ndarray, np.ndarray]]:
+    """The batches of `recover_all` and the pipeline: (first IPC index i0, classes (c,),
+    IPC indices (g,)), each batch class-major (class c's g images contiguous).
+
+    SRe2L: g = 1 (one image per class, batches of `batch_size` classes); G-VBSM: g =
+    ipc_per_batch images of each of `batch_size` classes in one batch.
+    """
+    g = config.ipc_per_batch
+    if ipc % g:
+        raise ValueError(f"IPC {ipc} is not a multiple of recover.ipc_per_batch {g}")
+    return [(i0, np.arange(c0, min(c0 + config.batch_size, num_classes)), np.arange(i0, i0 + g))
+            for i0 in range(0, ipc, g) for c0 in range(0, num_classes, config.batch_size)]
+
+
+def recover_all(config: RecoverConfig, model: Any, variables: Any,
+                key: PRNGKey, num_classes: int, ipc: int, image_shape: tuple[int, int, int],
+                bounds: tuple[Any, Any] | None = None,
+                x_init_KxIxHWC: jax.Array | None = None,
+                on_batch: Callable[[int, int, Metrics], None] | None = None,
+                conv_targets: Sequence[ConvStat] | None = None
+                ) -> tuple[jax.Array, jax.Array]:
+    """All batches of `batch_layout` (for SRe2L: IPC index i, classes in chunks of
+    `config.batch_size`, 1 image per class), each a fresh batch (new noise, new Adam, T
+    steps, one compiled scan).
+
+    Batch (i0, c0) uses key fold_in(fold_in(key, i0), c0), so any batch can be rerun alone.
+    Returns (x_NHWC, y_N) ordered by class (class-major, IPC-minor) like every SynState.
+    """
+    h, w, c = image_shape
+    out = np.zeros((num_classes, ipc, h, w, c), np.float32)
+    for i0, cls, ipcs in batch_layout(config, num_classes, ipc):
+        if x_init_KxIxHWC is not None:
+            x0 = jnp.asarray(x_init_KxIxHWC)[cls][:, ipcs].reshape(-1, h, w, c)
+        else:
+            x0 = jnp.zeros((len(cls) * len(ipcs), h, w, c), jnp.float32)
+        y = jnp.asarray(np.repeat(cls, len(ipcs)), jnp.int32)
+        k = jax.random.fold_in(jax.random.fold_in(key, i0), int(cls[0]))
+        x, metrics = recover_batch_jit(config, model, variables, k, x0, y, bounds, conv_targets)
+        out[cls[:, None], ipcs[None, :]] = np.asarray(x).reshape(len(cls), len(ipcs), h, w, c)
+        if on_batch is not None:
+            on_batch(i0, int(cls[0]), metrics)
+    y = np.repeat(np.arange(num_classes, dtype=np.int32), ipc)
+    return jnp.asarray(out.reshape(num_classes * ipc, h, w, c)), jnp.asarray(y)
