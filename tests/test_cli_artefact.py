@@ -27,7 +27,8 @@ def test_baseline_then_evaluate_json(tiny_npz, tmp_path, capsys):
                       "--epochs", "5")
     assert code == 0, e
     res = json.loads(o.strip().splitlines()[-1])
-    assert res["seeds"] == 2 and 0 <= res["accuracy_mean"] <= 1 and res["epochs"] == 5
+    assert res["seeds"] == 2 and res["epochs"] == 5 and len(res["accuracies"]) == 2
+    assert res["accuracy_mean"] == pytest.approx(sum(res["accuracies"]) / 2)
     assert len(json.load(open(os.path.join(out, "evaluations.json")))) == 1
 
 

@@ -3,6 +3,8 @@
 import json
 import os
 
+import jax
+import numpy as np
 import pytest
 
 from jaxdd import artefact
@@ -28,7 +30,19 @@ def test_classic_distill_cli(method, extra, tiny_npz, tmp_path, capsys):
     res = json.loads(o.strip().splitlines()[-1])
     art = artefact.load(res["artefacts"]["artefact"])
     assert art.meta["method"] == method and art.x_syn_NHWC.shape == (30, 8, 8, 1)
-    assert art.lr is None and 0 <= res["accuracy_mean"] <= 1 and "random_accuracy_mean" in res
+    assert art.lr is None and art.y_syn.tolist() == sorted(art.y_syn.tolist())
+    # The images moved away from their real initialisation (the same draw, seed 0).
+    from jaxdd import data as jdata
+    ds = jdata.load_dataset(f"npz:{tiny_npz}", seed=0)
+    x0, _ = jdata.sample_per_class(jax.random.fold_in(jax.random.key(0), 0), ds, 10)
+    x0 = jdata.apply(art.preprocess, x0)
+    assert x0.shape == art.x_syn_NHWC.shape and np.abs(art.x_syn_NHWC - x0).max() > 1e-3
+    # Every logged iteration has a finite loss; the evaluation is recorded in the artefact.
+    log = [json.loads(line) for line in open(os.path.join(out, "run", "metrics.jsonl"))]
+    assert [m["iteration"] for m in log] == [4] and np.isfinite(log[-1]["loss"])
+    evs = json.load(open(os.path.join(res["artefacts"]["artefact"], "evaluations.json")))
+    assert [e["accuracy_mean"] for e in evs] == [res["accuracy_mean"]]
+    assert len(evs[0]["accuracies"]) == 2 and "random_accuracy_mean" in res
 
 
 def test_compile_time_reported_and_cached_across_cli_runs(tiny_npz, tmp_path):
@@ -54,7 +68,7 @@ def test_compile_time_reported_and_cached_across_cli_runs(tiny_npz, tmp_path):
 
     first = run(tmp_path / "a")
     entries = set(os.listdir(cache))
-    assert first["compile_seconds"] >= 0 and first["steps_seconds"] >= 0 and entries
+    assert "compile_seconds" in first and "steps_seconds" in first and entries
     second = run(tmp_path / "b")
     assert "compile_seconds" in second
     assert set(os.listdir(cache)) == entries, "the second run recompiled instead of using the cache"
