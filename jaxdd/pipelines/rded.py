@@ -27,7 +27,7 @@ from jaxdd import data as jdata
 from jaxdd.population import teachers as jteachers
 from jaxdd.methods import rded as mrded
 from jaxdd.pipelines.common import dataclass_from, resumable_batch
-from jaxdd.pipelines.sre2l import _check_compatible, _check_run_dir, ensure_teacher
+from jaxdd.pipelines.teacher import check_compatible, check_run_dir, ensure_teacher
 from jaxdd.run.progress import Progress
 
 __all__ = ["rded_config", "pool_size", "run"]
@@ -65,10 +65,10 @@ def run(cfg: dict, out_dir: str, quiet: bool = False) -> dict:
     rc = rded_config(cfg)
     ds = jdata.load_dataset(cfg["dataset"], seed=seed)
     pool = pool_size(ds, ipc, rc)
-    _check_run_dir(out_dir, cfg)
+    check_run_dir(out_dir, cfg)
     tdir, teacher_seconds = ensure_teacher(cfg, ds, quiet)
     model, vlist, pre, tman = jteachers.load_teachers(tdir, 1)
-    _check_compatible(tman, ds.name, ds.num_classes, ds.image_shape)
+    check_compatible(tman, ds.name, ds.num_classes, ds.image_shape)
     k_classes, shape = ds.num_classes, ds.image_shape
     key = jax.random.key(seed)
     idx_KxP = jdata.sample_indices_per_class(jax.random.fold_in(key, 0), ds, pool).reshape(
