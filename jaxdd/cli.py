@@ -235,17 +235,17 @@ def _teacher_cfg_from_args(args) -> dict:
 
 def cmd_teacher(args) -> int:
     from jaxdd import data as jdata
+    from jaxdd.pipelines import teacher as pteacher
     from jaxdd.population import teachers as jteachers
-    from jaxdd.pipelines import sre2l as sm
     from jaxdd.run.progress import Progress
     cfg = _teacher_cfg_from_args(args)
     ds = jdata.load_dataset(cfg["dataset"], seed=int(cfg.get("seed", 0)))
-    path = sm.teacher_dir(cfg)
+    path = pteacher.teacher_dir(cfg)
     t0 = time.time()
-    m = jteachers.train_teachers(path, ds, cfg["teacher"]["model"], sm.teacher_config(cfg),
+    m = jteachers.train_teachers(path, ds, cfg["teacher"]["model"], pteacher.teacher_config(cfg),
                                  int(cfg.get("seed", 0)), preprocess=cfg.get("preprocess", "normalize"),
                                  progress_cb=Progress("teacher", enabled=not args.quiet))
-    recs = m["teachers"][:sm.teacher_config(cfg).num_teachers]
+    recs = m["teachers"][:pteacher.teacher_config(cfg).num_teachers]
     res = {"teacher": path, "model": m["model"], "dataset": m["dataset"],
            "teachers": len(recs), "test_accuracy": [r["test_accuracy"] for r in recs],
            "train_seconds": [r["train_time_s"] for r in recs],

@@ -270,7 +270,7 @@ def validate(cfg: dict) -> dict:
     spec = registry.get(cfg["method"])
     sections = {"eval": (EvalSection, {})}
     for name in spec.sections:
-        sections[name] = registry.SECTION_SCHEMAS[name]()
+        sections[name] = SECTION_SCHEMAS[name]()
     sections[spec.section] = (spec.config_cls, {})
     top = {k: v for k, v in cfg.items() if k not in sections}
     for k in ("dataset", "ipc"):
@@ -281,3 +281,25 @@ def validate(cfg: dict) -> dict:
         if name in cfg:
             out[name] = check_section(cls, cfg[name], name, extra)
     return out
+
+
+def _relabel_schema() -> tuple[type, dict]:
+    from jaxdd.pipelines.sre2l import RECIPES, RELABEL_DEFAULTS
+    hints = {k: (str | None) if v is None else type(v)
+             for k, v in {**RELABEL_DEFAULTS, **RECIPES["sre2l"]}.items()}
+    return type("RelabelSection", (), {"__annotations__": hints}), {}
+
+
+def _teacher_schema() -> tuple[type, dict]:
+    from jaxdd.population.teachers import TeacherConfig
+    return TeacherConfig, typing.get_type_hints(TeacherSection)
+
+
+def _experts_schema() -> tuple[type, dict]:
+    from jaxdd.population.experts import ExpertConfig
+    return ExpertConfig, {}
+
+
+# Schemas of the sections a method may read besides its own: (class, extra typed fields).
+SECTION_SCHEMAS = {"experts": _experts_schema, "teacher": _teacher_schema,
+                   "relabel": _relabel_schema}

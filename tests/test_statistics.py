@@ -8,15 +8,16 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxdd.labels import relabel as R
 from jaxdd.augment.crops import cda_min_scale, random_resized_crop
+from jaxdd.labels import relabel as R
 from jaxdd.methods.statistics.capture import BNStat, bn_input_stats, bn_layer_paths
-from jaxdd.methods.statistics.losses import bn_matching_loss, ema_stats, safe_norm, sre2l_loss
+from jaxdd.methods.statistics.losses import bn_matching_loss, ema_stats, sre2l_loss
 from jaxdd.methods.statistics.recover import (RecoverConfig, make_recover, recover_all,
                                               recover_batch_jit, stack_teachers)
 from jaxdd.models import get_model
 from jaxdd.models.layers import conv3x3_im2col
 from jaxdd.train.loop import TrainConfig
+from jaxdd.tree import safe_norm
 
 
 class TinyBN(nn.Module):

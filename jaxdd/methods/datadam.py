@@ -29,8 +29,9 @@ import jax.numpy as jnp
 from jaxdd.augment import DSA_DEFAULT, fyi_flip_concat, parse_strategy, siamese_dsa
 from jaxdd.methods.base import Distiller, PRNGKey
 from jaxdd.methods.matching import (ImageSGDState, forward_features, make_random_net_matcher,
-                                    mean_sq_distance, per_class, safe_norm)
+                                    mean_sq_distance, per_class)
 from jaxdd.models import Model, Variables
+from jaxdd.tree import safe_norm
 
 __all__ = ["DataDAMConfig", "DataDAMState", "make_datadam", "datadam_class_losses",
            "attention_map"]

@@ -30,9 +30,9 @@ import optax
 from jaxdd.augment import DSA_DEFAULT, dsa, fyi_flip_concat, parse_strategy, siamese_dsa
 from jaxdd.methods.base import Distiller, Metrics, PRNGKey, SynState
 from jaxdd.methods.matching import (MATCH_METRICS, RealBatch, ensure_same_classes,
-                                    gradient_match_loss, real_images, syn_by_class,
-                                    tree_all_finite)
+                                    gradient_match_loss, real_images, syn_by_class)
 from jaxdd.models import Model, Variables
+from jaxdd.tree import tree_all_finite
 from jaxdd.train.loop import TrainConfig, train_network
 
 __all__ = ["DCConfig", "DCState", "make_dc", "dsa_config", "dc_loops", "dc_class_losses"]

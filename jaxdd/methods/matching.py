@@ -28,6 +28,7 @@ import optax
 from jaxdd.methods.base import Distiller, Metrics, PRNGKey, SynState
 from jaxdd.models import Model, Variables
 from jaxdd.models.layers import to_nhwc
+from jaxdd.tree import safe_norm, tree_all_finite
 
 PyTree = Any
 
@@ -192,16 +193,6 @@ def per_class(fn: Callable[[jax.Array], Any], x_KxBx: jax.Array, coupled: bool) 
 # ----------------------------------------------------------------------------------------------
 
 
-def safe_norm(x: jax.Array, axis: int | None = None, keepdims: bool = False) -> jax.Array:
-    """L2 norm whose gradient at 0 is 0 (PyTorch's convention) instead of NaN.
-
-    A dead unit (all-zero gradient row, all-zero attention map) is common with BN nets and
-    ipc=1; `jnp.linalg.norm` would turn the whole update into NaN there.
-    """
-    sq = jnp.sum(x * x, axis=axis, keepdims=keepdims)
-    pos = sq > 0
-    return jnp.where(pos, jnp.sqrt(jnp.where(pos, sq, 1.0)), 0.0)
-
 
 def distance_wb(gw_real: jax.Array, gw_syn: jax.Array) -> jax.Array:
     """DC eq. (10): sum over output units i of 1 - cos(g_real[i], g_syn[i]).
@@ -250,14 +241,10 @@ def ensure_same_classes(x_real_KxBxHWC: jax.Array, num_classes: int) -> None:
                          f"got {x_real_KxBxHWC.shape}")
 
 
-def tree_all_finite(tree: PyTree) -> jax.Array:
-    leaves = [jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(tree)]
-    return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
-
 
 __all__: Sequence[str] = [
     "RealBatch", "real_images", "Features", "forward_features", "per_class", "sample_real_batch", "class_index_table",
-    "syn_by_class", "hard_labels", "safe_norm", "distance_wb",
+    "syn_by_class", "hard_labels", "distance_wb",
     "gradient_match_loss", "mean_sq_distance", "MATCH_METRICS",
 ]
 

@@ -40,6 +40,7 @@ from jaxdd.methods.tm_grad import (
     param_distance_loss,
 )
 from jaxdd.models import chunked
+from jaxdd.tree import tree_all_finite
 
 __all__ = [
     "MTTConfig",
@@ -199,11 +200,6 @@ def _global_norm(x: jax.Array | None) -> jax.Array:
     return jnp.zeros(()) if x is None else optax.tree.norm(x)
 
 
-def _all_finite(tree: PyTree) -> jax.Array:
-    leaves = [jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(tree)]
-    return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
-
-
 def make_mtt(
     config: MTTConfig,
     apply_fn: ApplyFn,
@@ -294,7 +290,7 @@ def make_mtt(
         candidate = MTTState(SynState(x_next, y_new, log_lr_next), opt_img_state, opt_lr_state,
                              opt_y_state, x_ema, state.iteration + 1)
 
-        finite = jnp.isfinite(loss) & _all_finite(grads)
+        finite = jnp.isfinite(loss) & tree_all_finite(grads)
         apply_update = finite
         if cfg.max_loss is not None:  # DATM: update only when loss <= threshold
             apply_update = apply_update & (loss <= cfg.max_loss)

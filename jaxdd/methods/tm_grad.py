@@ -223,7 +223,7 @@ def _tesla_loss_and_grads(apply_fn, x_syn_NHWC, labels, log_lr, theta_0, theta_t
     # dL/dG = -(2 lr / D) r = (2/D) [lr (theta_T - theta_0) + lr^2 G]        -- eq. (3)
     v = jax.tree.map(lambda ri: (-2.0 * lr / D) * ri, r)
     # dL/dlr = -(2/D) <r, G>; chain rule to log_lr                              -- eq. (4)
-    g_log_lr = lr * (-2.0 / D) * sum(jnp.vdot(a, b) for a, b in zip(jax.tree.leaves(r), jax.tree.leaves(G)))
+    g_log_lr = lr * (-2.0 / D) * optax.tree.vdot(r, G)
 
     # Backward: recompute g_i at the stored theta_i and accumulate v^T dg_i/d(X, Y).
     hard = label_kind == "hard"

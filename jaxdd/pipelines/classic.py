@@ -10,11 +10,11 @@ import jax
 import jax.numpy as jnp
 
 from jaxdd import data as jdata
-from jaxdd import registry
 from jaxdd.methods import datadam, dc, dm
 from jaxdd.methods.matching import class_index_table, sample_real_batch
 from jaxdd.models import get_model
 from jaxdd.pipelines.common import Context, Prepared, init_images, run_prepared
+from jaxdd.pipelines.spec import Method
 
 FACTORIES = {"dc": dc.make_dc, "dsa": dc.make_dc, "dm": dm.make_dm,
              "datadam": datadam.make_datadam}
@@ -22,7 +22,7 @@ FACTORIES = {"dc": dc.make_dc, "dsa": dc.make_dc, "dm": dm.make_dm,
 
 def prepare(ctx: Context) -> Prepared:
     cfg = ctx.cfg
-    spec = registry.get(cfg["method"])
+    spec = next(m for m in METHODS if m.name == cfg["method"])
     mcfg = spec.section_config(cfg)
     model = get_model(cfg["model"], ctx.ds.num_classes, ctx.ds.image_shape)
     distiller = FACTORIES[spec.name](mcfg, model, ctx.ds.num_classes)
@@ -41,11 +41,14 @@ def prepare(ctx: Context) -> Prepared:
     return Prepared(distiller, state, batch_fn, (x_train, idx_KxM, counts_K), export)
 
 
-for _name, _cls, _defaults, _doc in (
-        ("dc", dc.DCConfig, {}, "gradient matching (Zhao et al. 2021)"),
-        ("dsa", dc.DCConfig, {"dsa": True, "init": "real"},
-         "gradient matching with differentiable Siamese augmentation"),
-        ("dm", dm.DMConfig, {}, "distribution matching of random-network embeddings"),
-        ("datadam", datadam.DataDAMConfig, {}, "attention matching of random networks")):
-    registry.register(registry.Method(_name, "classic", _cls, run_prepared(prepare),
-                                      section_defaults=_defaults, doc=_doc))
+METHODS = [
+    Method("dc", "classic", dc.DCConfig, run_prepared(prepare),
+           doc="gradient matching (Zhao et al. 2021)"),
+    Method("dsa", "classic", dc.DCConfig, run_prepared(prepare),
+           section_defaults={"dsa": True, "init": "real"},
+           doc="gradient matching with differentiable Siamese augmentation"),
+    Method("dm", "classic", dm.DMConfig, run_prepared(prepare),
+           doc="distribution matching of random-network embeddings"),
+    Method("datadam", "classic", datadam.DataDAMConfig, run_prepared(prepare),
+           doc="attention matching of random networks"),
+]

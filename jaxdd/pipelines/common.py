@@ -15,7 +15,7 @@ from jaxdd import artefact, safeio
 from jaxdd import data as jdata
 from jaxdd.evaluate import eval_data, evaluate_set, get_protocol, select
 from jaxdd.methods.base import Distiller
-from jaxdd.registry import RunOptions
+from jaxdd.pipelines.spec import RunOptions
 from jaxdd.run import driver
 from jaxdd.run.progress import Progress
 

@@ -15,8 +15,8 @@ from jaxdd.population import experts as jexperts
 from jaxdd.augment import dsa
 from jaxdd.methods import mtt
 from jaxdd.models import auto_chunks, get_model
-from jaxdd import registry
 from jaxdd.pipelines.common import Context, Prepared, dataclass_from, init_images, run_prepared
+from jaxdd.pipelines.spec import Method
 from jaxdd.run.progress import Progress
 
 
@@ -83,6 +83,5 @@ def prepare(ctx: Context) -> Prepared:
     return Prepared(distiller, state, batch_fn, stacked, export)
 
 
-registry.register(registry.Method(
-    "mtt", "trajectory", mtt.MTTConfig, run_prepared(prepare), sections=("experts",),
-    doc="trajectory matching: MTT, TESLA (grad_mode, label_mode), DATM, FTD"))
+METHODS = [Method("mtt", "trajectory", mtt.MTTConfig, run_prepared(prepare), sections=("experts",),
+                  doc="trajectory matching: MTT, TESLA (grad_mode, label_mode), DATM, FTD")]

@@ -24,14 +24,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxdd import artefact, registry
+from jaxdd import artefact
 from jaxdd import data as jdata
 from jaxdd.population import teachers as jteachers
 from jaxdd.methods import rded as mrded
 from jaxdd.methods.base import Distiller, SynState
 from jaxdd.pipelines.common import Context, dataclass_from, mesh_from
-from jaxdd.pipelines.sre2l import _check_compatible, ensure_teacher
-from jaxdd.registry import RunOptions
+from jaxdd.pipelines.teacher import check_compatible, ensure_teacher
+from jaxdd.pipelines.spec import Method, RunOptions
 from jaxdd.run import driver
 from jaxdd.run.progress import Progress
 
@@ -107,7 +107,7 @@ def run(ctx: Context, options: RunOptions) -> dict:
     pool = pool_size(ds, ipc, rc)
     tdir, teacher_seconds = ensure_teacher(cfg, ds, ctx.quiet)
     model, vlist, pre, tman = jteachers.load_teachers(tdir, 1)
-    _check_compatible(tman, ds.name, ds.num_classes, ds.image_shape)
+    check_compatible(tman, ds.name, ds.num_classes, ds.image_shape)
     k_classes, shape, b = ds.num_classes, ds.image_shape, min(rc.class_batch, ds.num_classes)
     key = jax.random.key(seed)
     idx_KxP = jdata.sample_indices_per_class(jax.random.fold_in(key, 0), ds, pool).reshape(
@@ -150,6 +150,5 @@ def run(ctx: Context, options: RunOptions) -> dict:
             "method": "rded", "dataset": ds.name, "ipc": ipc, "teacher": tdir, **info}
 
 
-registry.register(registry.Method(
-    "rded", "statistics", mrded.RDEDConfig, run, sections=("teacher", "relabel"),
-    doc="realistic, diverse crops selected by the teacher (no optimisation)"))
+METHODS = [Method("rded", "statistics", mrded.RDEDConfig, run, sections=("teacher", "relabel"),
+                  doc="realistic, diverse crops selected by the teacher (no optimisation)")]

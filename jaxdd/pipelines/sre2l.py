@@ -1,6 +1,7 @@
 """Statistics matching end to end: teacher (squeeze) -> recover -> relabel (KD student).
 
-    teacher   `ensure_teacher`: load the config's teacher directory, or train it there
+    teacher   `jaxdd.pipelines.teacher.ensure_teacher`: load the config's teacher
+              directory, or train it there
     recover   `recover`: SRe2L/CDA/G-VBSM/DWA batches against the frozen teacher(s), each
               saved to OUT/batches/ when done (a batch is a pure function of (key, IPC
               index, first class), so a restart skips finished batches and gives the same
@@ -44,7 +45,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxdd import artefact, registry, safeio
+from jaxdd import artefact
 from jaxdd.population import conv_targets as conv_targets_lib
 from jaxdd import data as jdata
 from jaxdd.population import teachers as jteachers
@@ -55,12 +56,14 @@ from jaxdd.methods.statistics.recover import (RecoverConfig, batch_layout, make_
                                              pixel_bounds, stack_teachers)
 from jaxdd.models import get_model
 from jaxdd.pipelines.common import Context, dataclass_from, mesh_from, resumable_batch
+from jaxdd.pipelines.teacher import (check_compatible, check_run_dir, ensure_teacher,
+                                     teacher_config)
+from jaxdd.pipelines.spec import Method, RunOptions
 from jaxdd.run import driver
 from jaxdd.run.progress import Progress
 from jaxdd.train.loop import TrainConfig, accuracy, steps_per_epoch
 
 METHODS = ("sre2l", "cda", "gvbsm", "dwa")
-TEACHER_KEYS = ("model", "dir", "train_if_missing")  # teacher-section keys outside TeacherConfig
 
 # Student recipes (spec section 7). `sre2l` is the spec's SRe2L ImageNet-1K recipe; the
 # others are marked where the spec gives no numbers of their own.
@@ -96,50 +99,6 @@ REPORT_LABELS = {"test": "best (test-selected; optimistic)", "val": "best (val-s
 
 
 # ---------------------------------------------------------------------------------------
-# Teacher
-
-
-def teacher_dir(cfg: dict) -> str:
-    """The config's teacher directory; default runs/teachers/<dataset>-<model>-<pre>-s<seed>."""
-    t = cfg.get("teacher", {})
-    if t.get("dir"):
-        return t["dir"]
-    tag = f"{cfg['dataset'].replace('/', '_').replace(':', '_')}-{t['model']}-{cfg.get('preprocess', 'normalize')}"
-    return os.path.join(os.environ.get("JAXDD_TEACHERS", "runs/teachers"),
-                        f"{tag}-s{cfg.get('seed', 0)}")
-
-
-def teacher_config(cfg: dict) -> jteachers.TeacherConfig:
-    t = {k: v for k, v in cfg.get("teacher", {}).items() if k not in TEACHER_KEYS}
-    return dataclass_from(jteachers.TeacherConfig, t)
-
-
-def ensure_teacher(cfg: dict, ds: jdata.Dataset, quiet: bool = False) -> tuple[str, float]:
-    """(teacher dir, seconds spent training now): a complete directory is used as it is."""
-    path = teacher_dir(cfg)
-    tcfg = teacher_config(cfg)
-    if jteachers.is_complete(path, tcfg.num_teachers):
-        return path, 0.0
-    if not cfg.get("teacher", {}).get("train_if_missing", True):
-        raise jteachers.TeacherError(
-            f"no complete teacher at {path} and this preset does not train one (teacher."
-            f"train_if_missing=False); point teacher.dir at a converted pretrained teacher")
-    t0 = time.time()
-    jteachers.train_teachers(path, ds, cfg["teacher"]["model"], tcfg, int(cfg.get("seed", 0)),
-                             preprocess=cfg.get("preprocess", "normalize"),
-                             progress_cb=Progress("teacher", enabled=not quiet))
-    return path, round(time.time() - t0, 2)
-
-
-def _check_compatible(man: dict, dataset: str, num_classes: int, shape) -> None:
-    if man["dataset"] != dataset or int(man["num_classes"]) != num_classes or \
-            tuple(man["input_shape"]) != tuple(shape):
-        raise ValueError(f"teacher was trained on {man['dataset']} ({man['num_classes']} classes, "
-                         f"{tuple(man['input_shape'])}), not on {dataset} ({num_classes} classes, "
-                         f"{tuple(shape)}); use a teacher of the same dataset")
-
-
-# ---------------------------------------------------------------------------------------
 # Recover
 
 
@@ -149,17 +108,12 @@ def recover_config(cfg: dict) -> RecoverConfig:
     return dataclass_from(RecoverConfig, r)
 
 
-def _check_run_dir(out_dir: str, cfg: dict) -> None:
-    """Write OUT/run.json, or refuse an OUT started with another (image-determining) config."""
-    safeio.claim_run(out_dir, {k: v for k, v in cfg.items() if k not in ("relabel", "eval")})
-
-
 def _no_batch(consts: Any, key: jax.Array, t: jax.Array) -> None:
     """Recovery reads no real data: every step's batch is empty."""
     return None
 
 
-def run(ctx: Context, options: registry.RunOptions) -> dict:
+def run(ctx: Context, options: RunOptions) -> dict:
     """The registry's `run`: recover (or RDED) into ctx.out_dir, artefact paths included."""
     res = recover(ctx.cfg, ctx.out_dir, ctx.quiet)
     return {**res, "artefacts": {"artefact": res["artefact"]}}
@@ -177,11 +131,11 @@ def recover(cfg: dict, out_dir: str, quiet: bool = False) -> dict:
     rcfg = recover_config(cfg)
     ds = jdata.load_dataset(cfg["dataset"], seed=seed)
     jdata.check_ipc(ds, ipc)
-    _check_run_dir(out_dir, cfg)
+    check_run_dir(out_dir, cfg)
     tdir, teacher_seconds = ensure_teacher(cfg, ds, quiet)
     num = teacher_config(cfg).num_teachers
     model, vlist, pre, tman = jteachers.load_teachers(tdir, num if rcfg.stacked_teachers else 1)
-    _check_compatible(tman, ds.name, ds.num_classes, ds.image_shape)
+    check_compatible(tman, ds.name, ds.num_classes, ds.image_shape)
     variables = stack_teachers(vlist) if rcfg.stacked_teachers else vlist[0]
     bounds = pixel_bounds(pre)
     k_classes, shape = ds.num_classes, ds.image_shape
@@ -301,7 +255,7 @@ def relabel(art_path: str, teacher_path: str | None, overrides: dict | None = No
     num = None if o["ensemble"] else 1
     model, vlist, tpre, tman = jteachers.load_teachers(teacher_path, num)
     k_classes, shape = art.num_classes, tuple(art.meta["image_shape"])
-    _check_compatible(tman, art.meta["dataset"], k_classes, shape)
+    check_compatible(tman, art.meta["dataset"], k_classes, shape)
     if preprocess_sha(tpre) != preprocess_sha(art.preprocess):
         raise ValueError(f"the teacher at {teacher_path} uses other preprocessing than the "
                          f"artefact ({tpre.kind} vs {art.preprocess.kind}); relabel needs both "
@@ -440,10 +394,9 @@ def config_summary(cfg: dict) -> dict:
             "teacher": dataclasses.asdict(teacher_config(cfg))}
 
 
-for _name, _doc in (("sre2l", "squeeze, recover (BN statistics), relabel"),
-                    ("cda", "SRe2L with a curriculum of crop scales"),
-                    ("gvbsm", "SRe2L with conv/patch statistics, teacher ensembles, diversity"),
-                    ("dwa", "SRe2L with real init and a perturbed teacher per batch")):
-    registry.register(registry.Method(_name, "statistics", RecoverConfig, run,
-                                      section="recover", sections=("teacher", "relabel"),
-                                      doc=_doc))
+METHODS = [Method(name, "statistics", RecoverConfig, run, section="recover",
+                  sections=("teacher", "relabel"), doc=doc) for name, doc in (
+    ("sre2l", "squeeze, recover (BN statistics), relabel"),
+    ("cda", "SRe2L with a curriculum of crop scales"),
+    ("gvbsm", "SRe2L with conv/patch statistics, teacher ensembles, diversity"),
+    ("dwa", "SRe2L with real init and a perturbed teacher per batch"))]

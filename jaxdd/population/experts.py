@@ -40,17 +40,17 @@ from typing import Any, Callable, Mapping, NamedTuple, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import orbax.checkpoint as ocp
 
-import jaxdd
 from jaxdd import data as jdata
 from jaxdd.augment import DSA_DEFAULT, dsa_augment
 from jaxdd.models import Model, get_model
 from jaxdd.population.train import (PREPROCESS_FILE, close_population, compile_member,
-                                    dataset_fingerprint, fit_or_stored_preprocess, key_and_seed,
-                                    manager, member_dir, open_population, preprocess_sha,
-                                    read_json_manifest, read_preprocess, restore_resume,
-                                    resume_dir, run_epochs, save_resume, write_json)
+                                    fit_or_stored_preprocess, key_and_seed, manager, member_dir,
+                                    new_manifest, on_device, open_population, read_json_manifest,
+                                    read_preprocess, restore_resume, resume_dir, run_epochs,
+                                    save_resume, write_json)
 from jaxdd.train.loop import TrainConfig, TrainState, train_epochs, train_init
 
 PyTree = Any
@@ -104,14 +104,6 @@ class ExpertConfig:
 # GSAM
 
 
-def _tree_dot(a: PyTree, b: PyTree) -> jax.Array:
-    return sum(jnp.vdot(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
-
-
-def _tree_norm(a: PyTree) -> jax.Array:
-    return jnp.sqrt(_tree_dot(a, a))
-
-
 def gsam_direction(grad_fn: Callable[[PyTree], PyTree], params: PyTree, grads: PyTree, *,
                    rho: float | jax.Array, alpha: float | jax.Array, adaptive: bool = True,
                    eps: float = _GSAM_EPS) -> PyTree:
@@ -128,14 +120,14 @@ def gsam_direction(grad_fn: Callable[[PyTree], PyTree], params: PyTree, grads: P
     with d. Norms are global over the whole pytree, as in the reference.
     """
     if adaptive:
-        norm = _tree_norm(jax.tree.map(lambda w, g: w * g, params, grads))
+        norm = optax.tree.norm(jax.tree.map(lambda w, g: w * g, params, grads))
         e = jax.tree.map(lambda w, g: rho * g * w * w / (norm + eps), params, grads)
     else:
-        norm = _tree_norm(grads)
+        norm = optax.tree.norm(grads)
         e = jax.tree.map(lambda g: rho * g / (norm + eps), grads)
     g_p = grad_fn(jax.tree.map(jnp.add, params, e))
-    norm_g, norm_gp = _tree_norm(grads), _tree_norm(g_p)
-    cos = _tree_dot(grads, g_p) / (norm_g * norm_gp + eps)
+    norm_g, norm_gp = optax.tree.norm(grads), optax.tree.norm(g_p)
+    cos = optax.tree.vdot(grads, g_p) / (norm_g * norm_gp + eps)
     g_vert = jax.tree.map(lambda g, gp: g - cos * norm_g * gp / (norm_gp + eps), grads, g_p)
     return jax.tree.map(lambda gp, gv: gp - alpha * gv, g_p, g_vert)
 
@@ -300,29 +292,21 @@ def build_buffer(out_dir: str, dataset: Any, model_name: str, cfg: ExpertConfig,
     param_count = sum(int(np.prod(s.shape)) for s in
                       jax.tree.leaves(jax.eval_shape(model.init, jax.random.key(0))["params"]))
 
-    m = {
-        "format": "jaxdd.expert_buffer", "format_version": FORMAT_VERSION,
-        "jaxdd_version": jaxdd.__version__, "jax_version": jax.__version__,
-        "orbax_version": ocp.__version__,
-        "model": model_name, "num_classes": num_classes, "input_shape": list(input_shape),
-        "param_count": param_count,
-        "dataset": name, "dataset_fingerprint": dataset_fingerprint(x_train, y_train),
-        "num_train": int(len(x_train)), "num_test": 0 if x_test is None else int(len(x_test)),
-        "preprocess": pre.kind, "preprocess_sha256": preprocess_sha(pre),
-        "config": dataclasses.asdict(cfg), "seed": seed,
-        "layout": "expert_{i:03d}/{epoch}/ = Orbax CheckpointManager steps of params",
-        "status": "incomplete", "experts": [],
-    }
+    m = new_manifest(
+        "jaxdd.expert_buffer", FORMAT_VERSION, "experts", model=model_name,
+        num_classes=num_classes, input_shape=input_shape, dataset=name, x_train=x_train,
+        y_train=y_train, pre=pre, config=cfg, seed=seed,
+        layout="expert_{i:03d}/{epoch}/ = Orbax CheckpointManager steps of params",
+        versions={"orbax_version": ocp.__version__}, model_info={"param_count": param_count},
+        counts={"num_test": 0 if x_test is None else int(len(x_test))})
     records = open_population(
         out_dir, man_path, m, old, pre, members="experts", grow_key="num_experts",
         requested=cfg.num_experts, refuse=lambda diff: BufferError(
             f"{man_path} was built with a different setup; refusing to mix trajectories. "
             f"Differences (stored, requested): {diff}. Use another out_dir or delete it."))
 
-    x_dev = jnp.asarray(jdata.apply(pre, x_train))
-    y_dev = jnp.asarray(y_train, jnp.int32)
-    test = None if x_test is None else (jnp.asarray(jdata.apply(pre, x_test)),
-                                         jnp.asarray(y_test, jnp.int32))
+    data = on_device(pre, x_train, y_train)
+    test = None if x_test is None else on_device(pre, x_test, y_test)
     todo = records[:cfg.num_experts]  # stored experts beyond the request are kept as they are
     total = len(todo) * cfg.epochs
     done = sum(r["epochs_done"] for r in todo)
@@ -346,7 +330,7 @@ def build_buffer(out_dir: str, dataset: Any, model_name: str, cfg: ExpertConfig,
                 traj.save(epoch, args=ocp.args.StandardSave(state.variables["params"]))
                 save_resume(resume, epoch, state)
 
-            state, done = run_epochs(state, start, cfg.epochs, epoch_fn, (x_dev, y_dev), save,
+            state, done = run_epochs(state, start, cfg.epochs, epoch_fn, data, save,
                                      rec, t0, man_path, m, (progress_cb, done, total))
         if test is not None:
             rec["test_accuracy"] = float(acc_fn(state.variables, *test))

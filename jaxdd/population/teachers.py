@@ -32,20 +32,19 @@ import time
 from typing import Any, Callable
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
-import jaxdd
 from jaxdd import data as jdata
 from jaxdd.augment import dsa_augment
 from jaxdd.models import Model, Variables, get_model
-from jaxdd.population.train import (close_population, compile_member,
-                                    dataset_fingerprint, fit_or_stored_preprocess, key_and_seed,
-                                    manager, member_dir, open_population, preprocess_sha,
-                                    read_json_manifest, read_preprocess, restore_resume,
-                                    resume_dir, run_epochs, save_resume, write_json)
+from jaxdd.population.train import (close_population, compile_member, fit_or_stored_preprocess,
+                                    key_and_seed, manager, member_dir, new_manifest, on_device,
+                                    open_population, read_json_manifest, read_preprocess,
+                                    restore_resume, resume_dir, run_epochs, save_resume,
+                                    write_json)
 from jaxdd.train.loop import TrainConfig, train_init
+from jaxdd.tree import tree_all_finite
 
 MANIFEST = "teacher.json"
 FORMAT_VERSION = 1
@@ -127,26 +126,19 @@ def train_teachers(out_dir: str, dataset: jdata.Dataset, model_name: str, cfg: T
                                    out_dir, x_train, dataset.name, TeacherError)
     shape = tuple(int(s) for s in dataset.image_shape)
     model, epoch_fn, acc_fn = _compiled(model_name, dataset.num_classes, shape, cfg)
-    m = {
-        "format": "jaxdd.teacher", "format_version": FORMAT_VERSION,
-        "jaxdd_version": jaxdd.__version__, "jax_version": jax.__version__,
-        "model": model_name, "num_classes": dataset.num_classes, "input_shape": list(shape),
-        "dataset": dataset.name, "dataset_fingerprint": dataset_fingerprint(x_train, y_train),
-        "num_train": int(len(x_train)), "num_val_held_out": int(len(dataset.y_val)),
-        "preprocess": pre.kind, "preprocess_sha256": preprocess_sha(pre),
-        "config": dataclasses.asdict(cfg), "seed": seed,
-        "layout": "teacher_{i:03d}/{epochs}/ = Orbax step of the final variables",
-        "status": "incomplete", "teachers": [],
-    }
-    records = open_population(
-        out_dir, man_path, m, old, pre, members="teachers", grow_key="num_teachers",
-        requested=cfg.num_teachers, refuse=lambda diff: TeacherError(
-            f"{out_dir} holds teachers built with a different setup "
-            f"(stored, requested): {diff}; use another directory"))
-
-    x_dev = jnp.asarray(jdata.apply(pre, x_train))
-    y_dev = jnp.asarray(y_train, jnp.int32)
-    test = (jnp.asarray(jdata.apply(pre, dataset.x_test)), jnp.asarray(dataset.y_test, jnp.int32))
+    m = new_manifest(
+        "jaxdd.teacher", FORMAT_VERSION, "teachers", model=model_name,
+        num_classes=dataset.num_classes, input_shape=shape, dataset=dataset.name,
+        x_train=x_train, y_train=y_train, pre=pre, config=cfg, seed=seed,
+        layout="teacher_{i:03d}/{epochs}/ = Orbax step of the final variables",
+        counts={"num_val_held_out": int(len(dataset.y_val))})
+    refuse = lambda diff: TeacherError(  # noqa: E731
+        f"{out_dir} holds teachers built with a different setup (stored, requested): {diff}; "
+        f"use another directory")
+    records = open_population(out_dir, man_path, m, old, pre, members="teachers",
+                              grow_key="num_teachers", requested=cfg.num_teachers, refuse=refuse)
+    data = on_device(pre, x_train, y_train)
+    test = on_device(pre, dataset.x_test, dataset.y_test)
     todo = records[:cfg.num_teachers]
     total = len(todo) * cfg.epochs
     done = sum(r["epochs_done"] for r in todo)
@@ -162,10 +154,10 @@ def train_teachers(out_dir: str, dataset: jdata.Dataset, model_name: str, cfg: T
             if start:
                 state = restore_resume(resume, start, state)
             done += start - rec["epochs_done"]
-            state, done = run_epochs(state, start, cfg.epochs, epoch_fn, (x_dev, y_dev),
+            state, done = run_epochs(state, start, cfg.epochs, epoch_fn, data,
                                      functools.partial(save_resume, resume), rec, t0, man_path,
                                      m, (progress_cb, done, total), ndigits=2)
-        if not all(bool(jnp.isfinite(a).all()) for a in jax.tree.leaves(state.variables)):
+        if not bool(tree_all_finite(state.variables)):
             raise FloatingPointError(f"teacher {i} diverged (NaN/inf weights); lower its lr")
         with manager(member_dir(out_dir, "teacher", i)) as final:
             final.save(cfg.epochs, args=ocp.args.StandardSave(state.variables))

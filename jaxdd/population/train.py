@@ -12,17 +12,19 @@ alone (`grow_key`) may grow. Member i uses key fold_in(key, i).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
 import time
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
+import jaxdd
 from jaxdd import data as jdata
 from jaxdd.models import Model
 from jaxdd.train.loop import AugmentFn, TrainConfig, TrainState, accuracy, train_epochs
@@ -31,11 +33,11 @@ PREPROCESS_FILE = "preprocess.npz"
 _IDENTITY_KEYS = ("model", "num_classes", "input_shape", "dataset", "dataset_fingerprint",
                   "preprocess", "preprocess_sha256", "seed")
 
-__all__ = ["PREPROCESS_FILE", "write_json", "read_json_manifest", "identity", "setup_diff",
-           "dataset_fingerprint", "preprocess_sha", "key_and_seed", "manager", "member_dir",
-           "resume_dir", "read_preprocess", "fit_or_stored_preprocess", "compile_member",
-           "open_population",
-           "restore_resume", "save_resume", "run_epochs", "close_population"]
+__all__ = ["PREPROCESS_FILE", "write_json", "new_manifest", "read_json_manifest", "identity",
+           "setup_diff", "dataset_fingerprint", "preprocess_sha", "key_and_seed", "manager",
+           "member_dir", "resume_dir", "read_preprocess", "fit_or_stored_preprocess",
+           "compile_member", "open_population", "on_device", "restore_resume", "save_resume",
+           "run_epochs", "close_population"]
 
 
 # ---------------------------------------------------------------------------------------
@@ -47,6 +49,29 @@ def write_json(path: str, obj: Any) -> None:
     with open(tmp, "w") as f:
         json.dump(obj, f, indent=1)
     os.replace(tmp, path)  # atomic: a crash never leaves half a manifest
+
+
+def new_manifest(fmt: str, version: int, members: str, *, model: str, num_classes: int,
+                 input_shape: Sequence[int], dataset: str, x_train: np.ndarray,
+                 y_train: np.ndarray, pre: jdata.Preprocess, config: Any, seed: Any,
+                 layout: str, versions: Mapping[str, str] | None = None,
+                 model_info: Mapping[str, Any] | None = None,
+                 counts: Mapping[str, int] | None = None) -> dict[str, Any]:
+    """A fresh population manifest (status incomplete, no member records yet); `versions`,
+    `model_info` and `counts` add fields after the library versions, the model and the
+    training-set size."""
+    return {
+        "format": fmt, "format_version": version,
+        "jaxdd_version": jaxdd.__version__, "jax_version": jax.__version__, **(versions or {}),
+        "model": model, "num_classes": num_classes, "input_shape": list(input_shape),
+        **(model_info or {}),
+        "dataset": dataset, "dataset_fingerprint": dataset_fingerprint(x_train, y_train),
+        "num_train": int(len(x_train)), **(counts or {}),
+        "preprocess": pre.kind, "preprocess_sha256": preprocess_sha(pre),
+        "config": dataclasses.asdict(config), "seed": seed,
+        "layout": layout,
+        "status": "incomplete", members: [],
+    }
 
 
 def read_json_manifest(path: str, fmt: str, error: type[Exception], missing: str,
@@ -142,6 +167,12 @@ def read_preprocess(out_dir: str, error: type[Exception]) -> jdata.Preprocess:
             return jdata.from_dict(dict(z))
     except (OSError, ValueError, KeyError) as e:
         raise error(f"cannot read preprocessing {path}: {e}") from e
+
+
+def on_device(pre: jdata.Preprocess, x: np.ndarray, y: np.ndarray
+              ) -> tuple[jax.Array, jax.Array]:
+    """(preprocessed images, int32 labels) as device arrays."""
+    return jnp.asarray(jdata.apply(pre, x)), jnp.asarray(y, jnp.int32)
 
 
 def restore_resume(resume: ocp.CheckpointManager, step: int, state0: TrainState) -> TrainState:

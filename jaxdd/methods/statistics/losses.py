@@ -15,17 +15,11 @@ import optax
 
 from jaxdd.methods.base import PRNGKey
 from jaxdd.methods.statistics.capture import BNStat, ConvStat, capture
+from jaxdd.tree import safe_norm
 
-__all__ = ["safe_norm", "bn_matching_loss", "ema_stats", "conv_drop_mask", "conv_ema_stats",
+__all__ = ["bn_matching_loss", "ema_stats", "conv_drop_mask", "conv_ema_stats",
            "conv_matching_loss", "sre2l_loss", "adaptive_avg_pool", "eigvalsh_stable",
            "diversity_loss"]
-
-def safe_norm(v: jax.Array) -> jax.Array:
-    """||v||_2 with gradient 0 (not NaN) at v = 0; exact value everywhere (double where)."""
-    sq = jnp.sum(jnp.square(v))
-    pos = sq > 0
-    return jnp.where(pos, jnp.sqrt(jnp.where(pos, sq, 1.0)), 0.0)
-
 
 def bn_matching_loss(stats: Sequence[BNStat], first_bn_multiplier: float = 10.0,
                      r_var: float = 1.0) -> jax.Array:
