@@ -32,3 +32,14 @@ def write_tiny_npz(path) -> str:
 @pytest.fixture
 def tiny_npz(tmp_path):
     return write_tiny_npz(tmp_path / "tiny.npz")
+
+
+def snapshot(root) -> dict[str, bytes]:
+    """Every file under root: relative path -> bytes (for "nothing was touched" checks)."""
+    out = {}
+    for dirpath, _, files in os.walk(root):
+        for f in files:
+            p = os.path.join(dirpath, f)
+            with open(p, "rb") as fh:
+                out[os.path.relpath(p, root)] = fh.read()
+    return out

@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import snapshot
 from jax.experimental import io_callback
 
 from jaxdd import artefact, registry, safeio
@@ -24,17 +25,6 @@ DM = os.path.join(ROOT, "configs", "classic", "dm_fashion_mnist_cpu.py")
 MTT = os.path.join(ROOT, "configs", "mtt", "fashion_mnist_cpu.py")
 SRE2L = os.path.join(ROOT, "configs", "sre2l", "fashion_mnist_cpu.py")
 RDED = os.path.join(ROOT, "configs", "sre2l", "rded_fashion_mnist_cpu.py")
-
-
-def snapshot(root) -> dict[str, bytes]:
-    """Every file under root: relative path -> bytes."""
-    out = {}
-    for d, _, files in os.walk(root):
-        for f in files:
-            p = os.path.join(d, f)
-            with open(p, "rb") as fh:
-                out[os.path.relpath(p, root)] = fh.read()
-    return out
 
 
 def _sets(*pairs):

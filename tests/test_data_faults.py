@@ -5,6 +5,7 @@ import os
 
 import numpy as np
 import pytest
+from conftest import snapshot
 from PIL import Image
 
 from jaxdd import data
@@ -16,17 +17,6 @@ def _fresh_cache():
     data.clear_cache()
     yield
     data.clear_cache()
-
-
-def snapshot(root) -> dict[str, bytes]:
-    """Every file under root: relative path -> bytes."""
-    out = {}
-    for dirpath, _, files in os.walk(root):
-        for f in files:
-            p = os.path.join(dirpath, f)
-            with open(p, "rb") as fh:
-                out[os.path.relpath(p, root)] = fh.read()
-    return out
 
 
 def _write_pngs(root, classes, n=4, seed=0) -> None:

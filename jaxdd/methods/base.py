@@ -17,6 +17,8 @@ from typing import Any, NamedTuple, Protocol
 import jax
 import jax.numpy as jnp
 
+from jaxdd.tree import tree_all_finite
+
 PRNGKey = jax.Array
 PyTree = Any
 Metrics = dict[str, jax.Array]
@@ -66,13 +68,6 @@ def step_keys(key: PRNGKey, t: jax.Array | int) -> tuple[PRNGKey, PRNGKey]:
     schedule of the driver, so a loop written by hand reproduces a driven run exactly."""
     k_batch, k_step = jax.random.split(jax.random.fold_in(key, t))
     return k_batch, k_step
-
-
-def tree_all_finite(tree: PyTree) -> jax.Array:
-    """True iff every floating leaf of `tree` is free of NaN/inf (a scalar bool array)."""
-    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
-              if jnp.issubdtype(jnp.asarray(x).dtype, jnp.inexact)]
-    return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
 
 
 def skip_nonfinite(distiller: Distiller) -> Distiller:
