@@ -107,7 +107,7 @@ def save(out_dir: str, x_syn_NHWC: np.ndarray, y_syn: np.ndarray, *, preprocess:
     try:
         tmp = tempfile.mkdtemp(dir=parent, prefix=".tmp-artefact-")
     except OSError as e:
-        raise safeio.OutputError(safeio._os_message(out_dir, e)) from None
+        raise safeio.OutputError(safeio.os_error_message(out_dir, e)) from None
     try:
         pre = {f"pre_{k}": v for k, v in jdata.to_dict(preprocess).items()}
         arrays = {"x_syn_NHWC": x, "y_syn": y, **pre}
@@ -141,7 +141,7 @@ def save(out_dir: str, x_syn_NHWC: np.ndarray, y_syn: np.ndarray, *, preprocess:
                 os.rmdir(out_dir)
             os.replace(tmp, out_dir)
     except OSError as e:
-        raise safeio.OutputError(safeio._os_message(out_dir, e)) from None
+        raise safeio.OutputError(safeio.os_error_message(out_dir, e)) from None
     finally:
         if os.path.exists(tmp):
             shutil.rmtree(tmp)
@@ -156,16 +156,7 @@ def load(path: str) -> Artefact:
         raise ArtefactError(f"no artefact at {path}: the directory does not exist")
     if not os.path.exists(meta_path) or not os.path.exists(arrays_path):
         raise ArtefactError(f"{path} is not a jaxdd artefact (meta.json or arrays.npz missing)")
-    try:
-        with open(meta_path) as f:
-            meta = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ArtefactError(f"{meta_path} is corrupt ({e}); re-create the artefact") from None
-    if meta.get("format") != FORMAT:
-        raise ArtefactError(f"{path} is not a jaxdd artefact (format {meta.get('format')!r})")
-    if meta.get("format_version", 0) > FORMAT_VERSION:
-        raise ArtefactError(f"{path} was written by a newer jaxdd (format "
-                            f"{meta['format_version']}); upgrade jaxdd to read it")
+    meta = safeio.read_versioned_json(meta_path, FORMAT, FORMAT_VERSION, ArtefactError, "")
     if sha256_file(arrays_path) != meta.get("arrays_sha256"):
         raise ArtefactError(f"{arrays_path} does not match the sha256 checksum recorded in "
                             f"{meta_path}: either file may be damaged or corrupt; re-create "

@@ -81,18 +81,12 @@ def _evaluate_artefact(path: str, protocol: str, seeds: int, model: str | None, 
     return res
 
 
-def _record(path: str, res: dict) -> None:
-    """Append an evaluation to the artefact (after it was printed: a failed write loses
-    nothing the user needs)."""
-    from jaxdd import artefact
-    artefact.add_evaluation(path, res)
-
-
 def cmd_evaluate(args) -> int:
+    from jaxdd import artefact
     res = _evaluate_artefact(args.dir, args.protocol, args.seeds, args.model, args.seed,
                              args.epochs, args.quiet)
-    _emit(res, args.json, f"{args.dir}: {_fmt_acc(res)}")
-    _record(args.dir, res)
+    _emit(res, args.json, f"{args.dir}: {_fmt_acc(res)}")  # printed before it is written
+    artefact.add_evaluation(args.dir, res)
     return 0
 
 
@@ -117,7 +111,7 @@ def cmd_baseline(args) -> int:
         return 0
     res = _evaluate_artefact(args.out, args.evaluate, args.seeds, None, args.seed, None, args.quiet)
     _emit(res, args.json, f"{args.method} IPC {args.ipc} on {ds.name}: {_fmt_acc(res)}")
-    _record(args.out, res)
+    artefact.add_evaluation(args.out, res)
     return 0
 
 
@@ -144,8 +138,8 @@ def cmd_full(args) -> int:
 
 def cmd_methods(args) -> int:
     from jaxdd import registry
-    rows = [{"name": n, "family": registry.get(n).family, "section": registry.get(n).section,
-             "doc": registry.get(n).doc} for n in registry.names()]
+    rows = [{"name": m.name, "family": m.family, "section": m.section, "doc": m.doc}
+            for m in map(registry.get, registry.names())]
     _emit({"methods": rows}, args.json,
           "\n".join(f"{r['name']:<9} {r['family']:<11} [{r['section']}] {r['doc']}" for r in rows))
     return 0

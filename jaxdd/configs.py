@@ -29,6 +29,10 @@ class ConfigError(ValueError):
     """A config that does not fit the schema; the message names the field and what to do."""
 
 
+class _NotFinite(ConfigError):
+    """A NaN/inf number: final, whatever other type a Union would allow."""
+
+
 # ---------------------------------------------------------------------------------------
 # Schema of the top level and the sections shared by every method
 
@@ -106,9 +110,10 @@ def _coerce(value: Any, hint: Any, name: str) -> Any:
         for a in args:
             try:
                 return _coerce(value, a, name)
-            except ConfigError as e:
-                if "finite" in str(e):
-                    raise
+            except _NotFinite:
+                raise
+            except ConfigError:
+                pass
         raise bad
     if origin is Literal:
         if value in args:
@@ -129,7 +134,7 @@ def _coerce(value: Any, hint: Any, name: str) -> Any:
     if hint is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             if not math.isfinite(value):
-                raise ConfigError(f"{name}: must be a finite number, got {value!r}")
+                raise _NotFinite(f"{name}: must be a finite number, got {value!r}")
             return float(value)
         raise bad
     if hint is str:

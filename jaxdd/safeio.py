@@ -49,23 +49,23 @@ def _write_atomic(path: str, write: Callable[[str], None], suffix: str) -> None:
     try:
         fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=suffix)
     except OSError as e:
-        raise OutputError(_os_message(path, e)) from None
+        raise OutputError(os_error_message(path, e)) from None
     os.close(fd)
     try:
         write(tmp)
         os.replace(tmp, path)
     except OSError as e:
-        raise OutputError(_os_message(path, e)) from None
+        raise OutputError(os_error_message(path, e)) from None
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
 
 
-def write_json(path: str, obj: Any) -> None:
+def write_json(path: str, obj: Any, indent: int = 2) -> None:
     """JSON to `path`, atomically."""
     def write(tmp):
         with open(tmp, "w") as f:
-            json.dump(obj, f, indent=2, default=str)
+            json.dump(obj, f, indent=indent, default=str)
     _write_atomic(path, write, ".json")
 
 
@@ -85,6 +85,26 @@ def savez(path: str, **arrays: np.ndarray) -> None:
     _write_atomic(path, write, ".npz")
 
 
+def read_versioned_json(path: str, fmt: str, version: int, error: type[Exception],
+                        missing: str) -> dict[str, Any]:
+    """A JSON file jaxdd wrote with `format` = fmt (artefact meta, buffer and teacher
+    manifests); errors of type `error`: `missing` if absent, then corrupt, foreign, newer."""
+    if not os.path.exists(path):
+        raise error(missing)
+    try:
+        with open(path) as f:
+            m = json.load(f)
+    except (OSError, ValueError) as e:
+        raise error(f"{path} is corrupt ({e}); re-create it") from None
+    if not isinstance(m, dict) or m.get("format") != fmt:
+        found = m.get("format") if isinstance(m, dict) else None
+        raise error(f"{path} is not a {fmt} file (format {found!r})")
+    if m.get("format_version", 0) > version:
+        raise error(f"{path} has format {m['format_version']}, newer than this jaxdd "
+                    f"({version}); upgrade jaxdd")
+    return m
+
+
 def makedirs(path: str) -> None:
     """`os.makedirs(exist_ok=True)` with a clear error for a file in the way or no permission."""
     if os.path.exists(path) and not os.path.isdir(path):
@@ -92,10 +112,10 @@ def makedirs(path: str) -> None:
     try:
         os.makedirs(path, exist_ok=True)
     except OSError as e:
-        raise OutputError(_os_message(path, e)) from None
+        raise OutputError(os_error_message(path, e)) from None
 
 
-def _os_message(path: str, e: OSError) -> str:
+def os_error_message(path: str, e: OSError) -> str:
     reason = os.strerror(e.errno) if e.errno else str(e)
     hint = ("make it writable or choose another output path"
             if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS) else "check the path")
@@ -141,7 +161,7 @@ class RunLock:
         try:
             fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as e:
-            raise OutputError(_os_message(lock_path, e)) from None
+            raise OutputError(os_error_message(lock_path, e)) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -41,6 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxdd import safeio
 from jaxdd.augment.crops import crop_resize, sample_crop_box
 from jaxdd.augment.cutmix import cutmix_box, paste_box
 from jaxdd.augment.dsa import flip_horizontal
@@ -398,7 +399,7 @@ def save_labels(path: str, stored: StoredLabels, **meta: Any) -> None:
     if stored.indices_ExSxBxk is not None:
         arrays["indices"] = np.asarray(stored.indices_ExSxBxk)
     arrays.update({f"meta_{k}": np.asarray(v) for k, v in meta.items()})
-    np.savez(path, **arrays)
+    safeio.savez(path, **arrays)
 
 
 def load_labels(path: str) -> tuple[StoredLabels, dict[str, Any]]:

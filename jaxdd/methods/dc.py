@@ -32,7 +32,6 @@ from jaxdd.methods.base import Distiller, Metrics, PRNGKey, SynState
 from jaxdd.methods.matching import (MATCH_METRICS, RealBatch, ensure_same_classes,
                                     gradient_match_loss, real_images, syn_by_class)
 from jaxdd.models import Model, Variables
-from jaxdd.tree import tree_all_finite
 from jaxdd.train.loop import TrainConfig, train_network
 
 __all__ = ["DCConfig", "DCState", "make_dc", "dsa_config", "dc_loops", "dc_class_losses"]
@@ -195,7 +194,7 @@ def make_dc(config: DCConfig, model: Model, num_classes: int) -> Distiller:
         new = DCState(state.syn._replace(x_syn_NHWC=x_new), opt_img, net,
                       (state.outer_step + 1) % outer_loop, state.iteration + 1)
         metrics = {"loss": loss, "loss_per_class": loss / num_classes,
-                   "grad_norm": optax.tree.norm(g), "finite": tree_all_finite((loss, g))}
+                   "grad_norm": optax.tree.norm(g)}
         return new, metrics
 
     return Distiller(init, step)

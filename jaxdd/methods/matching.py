@@ -28,7 +28,7 @@ import optax
 from jaxdd.methods.base import Distiller, Metrics, PRNGKey, SynState
 from jaxdd.models import Model, Variables
 from jaxdd.models.layers import to_nhwc
-from jaxdd.tree import safe_norm, tree_all_finite
+from jaxdd.tree import safe_norm
 
 PyTree = Any
 
@@ -284,7 +284,7 @@ def make_random_net_matcher(lr_img: float, momentum_img: float, model: Model, nu
         new = ImageSGDState(state.syn._replace(x_syn_NHWC=optax.apply_updates(x, updates)),
                             opt_img, state.iteration + 1)
         metrics = {"loss": loss, "loss_per_class": loss / num_classes, **extra,
-                   "grad_norm": optax.tree.norm(g), "finite": tree_all_finite((loss, g))}
+                   "grad_norm": optax.tree.norm(g)}
         return new, metrics
 
     return Distiller(init, step)

@@ -40,7 +40,6 @@ from jaxdd.methods.tm_grad import (
     param_distance_loss,
 )
 from jaxdd.models import chunked
-from jaxdd.tree import tree_all_finite
 
 __all__ = [
     "MTTConfig",
@@ -120,7 +119,7 @@ class MTTState(NamedTuple):
     opt_lr: optax.OptState  # momentum of the step-size optimiser
     opt_y: optax.OptState | None  # momentum of the label-logit optimiser (label_mode="learned")
     x_ema_NHWC: jax.Array | None  # FTD EMA of the images (ema_decay set), else None
-    iteration: jax.Array  # int32 count of completed (finite) iterations
+    iteration: jax.Array  # int32 count of completed iterations (loss-gated ones included)
 
 
 class ExpertSegment(NamedTuple):
@@ -247,7 +246,8 @@ def make_mtt(
         )
 
     def step(state: MTTState, batch: ExpertSegment | Mapping[str, PyTree], key: PRNGKey) -> tuple[MTTState, Metrics]:
-        """One outer iteration on the expert segment `batch`; state is unchanged on NaN/inf."""
+        """One outer iteration on the expert segment `batch` (`skip_nonfinite` keeps the
+        state on NaN/inf)."""
         theta_0, theta_target = _segment(batch)
         syn = state.syn
         x_SHWC = syn.x_syn_NHWC
@@ -290,14 +290,11 @@ def make_mtt(
         candidate = MTTState(SynState(x_next, y_new, log_lr_next), opt_img_state, opt_lr_state,
                              opt_y_state, x_ema, state.iteration + 1)
 
-        finite = jnp.isfinite(loss) & tree_all_finite(grads)
-        apply_update = finite
-        if cfg.max_loss is not None:  # DATM: update only when loss <= threshold
-            apply_update = apply_update & (loss <= cfg.max_loss)
+        # DATM: update only when loss <= threshold; a gated step still counts as an iteration
+        # (the window schedule advances). NaN/inf is `skip_nonfinite`'s job (the driver's).
+        apply_update = jnp.asarray(True) if cfg.max_loss is None else loss <= cfg.max_loss
         new_state = jax.tree.map(lambda new, old: jnp.where(apply_update, new, old), candidate, state)
-        # A loss-gated skip still counts as an iteration (the window schedule advances); a
-        # non-finite one leaves the whole state unchanged so the driver can stop and report it.
-        new_state = new_state._replace(iteration=jnp.where(finite, state.iteration + 1, state.iteration))
+        new_state = new_state._replace(iteration=state.iteration + 1)
 
         metrics = {
             "loss": loss,
@@ -306,7 +303,6 @@ def make_mtt(
             "grad_norm_log_lr": jnp.abs(grads.log_lr),
             "grad_norm_y": _global_norm(grads.labels),
             "skipped": ~apply_update,
-            "nonfinite": ~finite,
         }
         return new_state, metrics
 

@@ -30,7 +30,7 @@ from jaxdd.population import teachers as jteachers
 from jaxdd.methods import rded as mrded
 from jaxdd.methods.base import Distiller, SynState
 from jaxdd.pipelines.common import Context, dataclass_from, mesh_from
-from jaxdd.pipelines.teacher import check_compatible, ensure_teacher
+from jaxdd.pipelines.teacher import check_compatible, ensure_teacher, image_config
 from jaxdd.pipelines.spec import Method, RunOptions
 from jaxdd.run import driver
 from jaxdd.run.progress import Progress
@@ -123,15 +123,15 @@ def run(ctx: Context, options: RunOptions) -> dict:
         return RDEDBatch(pool_KxP[classes], classes, teacher)
 
     steps = -(-k_classes // b)
-    t0 = time.time()
-    state, history = driver.run(
+    t0, timings = time.time(), {}
+    state, _ = driver.run(
         distiller, state, batch_fn, jax.random.fold_in(key, 2), steps,
         consts=(x_pool, vlist[0]), mesh=mesh_from(cfg), run_dir=os.path.join(ctx.out_dir, "run"),
-        config={k: v for k, v in cfg.items() if k not in ("relabel", "eval")}, ckpt_every=1,
+        config=image_config(cfg), ckpt_every=1,
         keep=cfg.get("ckpt_keep", 3), resume_step=options.resume_step, log_every=1,
         max_nonfinite=1, progress=Progress("rded", enabled=not ctx.quiet),
-        stop_after=options.stop_after)
-    if len(history) and history[-1]["iteration"] < steps:
+        stop_after=options.stop_after, timings=timings)
+    if timings["last_iteration"] < steps:  # stop_after ended it early
         return {"stopped_early": True}
     seconds = round(time.time() - t0, 2)
     x_syn, ce = np.asarray(state.syn.x_syn_NHWC), np.asarray(state.ce_KxM)

@@ -15,12 +15,17 @@ from jaxdd.run.progress import Progress
 
 TEACHER_KEYS = ("model", "dir", "train_if_missing")  # teacher-section keys outside TeacherConfig
 
-__all__ = ["check_run_dir", "teacher_dir", "teacher_config", "ensure_teacher", "check_compatible"]
+__all__ = ["image_config", "check_run_dir", "teacher_dir", "teacher_config", "ensure_teacher", "check_compatible"]
+
+
+def image_config(cfg: dict) -> dict:
+    """The config parts that determine the images: all but the relabel and eval sections."""
+    return {k: v for k, v in cfg.items() if k not in ("relabel", "eval")}
 
 
 def check_run_dir(out_dir: str, cfg: dict) -> None:
     """Write OUT/run.json, or refuse an OUT started with another (image-determining) config."""
-    safeio.claim_run(out_dir, {k: v for k, v in cfg.items() if k not in ("relabel", "eval")})
+    safeio.claim_run(out_dir, image_config(cfg))
 
 
 def teacher_dir(cfg: dict) -> str:

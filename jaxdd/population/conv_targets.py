@@ -29,7 +29,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxdd import data as jdata
-from jaxdd.safeio import sha256_file, write_json as write_json_atomic
+from jaxdd import safeio
+from jaxdd.safeio import sha256_file
 from jaxdd.methods.statistics.capture import ConvStat, conv_layer_paths
 from jaxdd.methods.statistics.recover import pixel_bounds, stack_teachers
 from jaxdd.methods.statistics.targets import compute_conv_targets
@@ -84,14 +85,12 @@ def save(path: str, targets: Sequence[ConvStat], key: dict[str, Any],
     arrays = {f"l{i}_{f}": np.asarray(a, np.float32)
               for i, t in enumerate(targets) for f, a in zip(_FIELDS, t)}
     npz = os.path.join(path, NPZ)
-    with open(npz + ".tmp", "wb") as fh:
-        np.savez(fh, **arrays)
-    os.replace(npz + ".tmp", npz)
+    safeio.savez(npz, **arrays)
     meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "key": key,
             "num_layers": len(targets), "layer_paths": list(layer_paths or []),
             "shapes": [[list(np.shape(a)) for a in t] for t in targets],
             "npz_sha256": sha256_file(npz)}
-    write_json_atomic(os.path.join(path, JSON), meta)
+    safeio.write_json(os.path.join(path, JSON), meta)
 
 
 def _diff(stored: Any, wanted: Any, prefix: str = "") -> list[str]:

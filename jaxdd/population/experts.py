@@ -44,13 +44,14 @@ import optax
 import orbax.checkpoint as ocp
 
 from jaxdd import data as jdata
+from jaxdd import safeio
 from jaxdd.augment import DSA_DEFAULT, dsa_augment
 from jaxdd.models import Model, get_model
 from jaxdd.population.train import (PREPROCESS_FILE, close_population, compile_member,
                                     fit_or_stored_preprocess, key_and_seed, manager, member_dir,
-                                    new_manifest, on_device, open_population, read_json_manifest,
+                                    new_manifest, on_device, open_population,
                                     read_preprocess, restore_resume, resume_dir, run_epochs,
-                                    save_resume, write_json)
+                                    save_resume, write_manifest)
 from jaxdd.train.loop import TrainConfig, TrainState, train_epochs, train_init
 
 PyTree = Any
@@ -212,9 +213,9 @@ class BufferInfo:
 
 
 def _read_manifest(out_dir: str) -> dict[str, Any]:
-    return read_json_manifest(os.path.join(out_dir, MANIFEST), "jaxdd.expert_buffer",
-                              BufferError, f"no expert buffer at {out_dir} ({MANIFEST} missing)",
-                              FORMAT_VERSION)
+    return safeio.read_versioned_json(
+        os.path.join(out_dir, MANIFEST), "jaxdd.expert_buffer", FORMAT_VERSION, BufferError,
+        f"no expert buffer at {out_dir} ({MANIFEST} missing)")
 
 
 def _info(out_dir: str, m: Mapping[str, Any]) -> BufferInfo:
@@ -336,7 +337,7 @@ def build_buffer(out_dir: str, dataset: Any, model_name: str, cfg: ExpertConfig,
             rec["test_accuracy"] = float(acc_fn(state.variables, *test))
         rec.update(epochs_done=cfg.epochs, complete=True,
                    train_time_s=time.perf_counter() - t0)
-        write_json(man_path, m)
+        write_manifest(man_path, m)
         shutil.rmtree(resume_dir(out_dir, "expert", i), ignore_errors=True)
     close_population(out_dir, man_path, m, records)
     return _info(out_dir, m)

@@ -36,13 +36,14 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from jaxdd import data as jdata
+from jaxdd import safeio
 from jaxdd.augment import dsa_augment
 from jaxdd.models import Model, Variables, get_model
 from jaxdd.population.train import (close_population, compile_member, fit_or_stored_preprocess,
                                     key_and_seed, manager, member_dir, new_manifest, on_device,
-                                    open_population, read_json_manifest, read_preprocess,
+                                    open_population, read_preprocess,
                                     restore_resume, resume_dir, run_epochs, save_resume,
-                                    write_json)
+                                    write_manifest)
 from jaxdd.train.loop import TrainConfig, train_init
 from jaxdd.tree import tree_all_finite
 
@@ -94,10 +95,10 @@ def _compiled(model_name: str, num_classes: int, input_shape: tuple[int, int, in
 
 def read_manifest(out_dir: str) -> dict[str, Any]:
     """The parsed manifest of a teacher directory (clear errors when absent or corrupt)."""
-    return read_json_manifest(
-        os.path.join(out_dir, MANIFEST), "jaxdd.teacher", TeacherError,
+    return safeio.read_versioned_json(
+        os.path.join(out_dir, MANIFEST), "jaxdd.teacher", FORMAT_VERSION, TeacherError,
         f"no teacher at {out_dir} ({MANIFEST} missing); train one with "
-        f"`jaxdd teacher --dataset D --model M --out {out_dir}`", FORMAT_VERSION)
+        f"`jaxdd teacher --dataset D --model M --out {out_dir}`")
 
 
 def is_complete(out_dir: str, num_teachers: int = 1) -> bool:
@@ -163,7 +164,7 @@ def train_teachers(out_dir: str, dataset: jdata.Dataset, model_name: str, cfg: T
             final.save(cfg.epochs, args=ocp.args.StandardSave(state.variables))
         rec.update(complete=True, test_accuracy=round(float(acc_fn(state.variables, *test)), 4),
                    train_time_s=round(time.perf_counter() - t0, 2))
-        write_json(man_path, m)
+        write_manifest(man_path, m)
         shutil.rmtree(resume_dir(out_dir, "teacher", i), ignore_errors=True)
     close_population(out_dir, man_path, m, records)
     return m

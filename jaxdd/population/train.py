@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import os
 import time
 from typing import Any, Callable, Mapping, Sequence
@@ -26,6 +25,7 @@ import orbax.checkpoint as ocp
 
 import jaxdd
 from jaxdd import data as jdata
+from jaxdd import safeio
 from jaxdd.models import Model
 from jaxdd.train.loop import AugmentFn, TrainConfig, TrainState, accuracy, train_epochs
 
@@ -33,7 +33,7 @@ PREPROCESS_FILE = "preprocess.npz"
 _IDENTITY_KEYS = ("model", "num_classes", "input_shape", "dataset", "dataset_fingerprint",
                   "preprocess", "preprocess_sha256", "seed")
 
-__all__ = ["PREPROCESS_FILE", "write_json", "new_manifest", "read_json_manifest", "identity",
+__all__ = ["PREPROCESS_FILE", "write_manifest", "new_manifest", "identity",
            "setup_diff", "dataset_fingerprint", "preprocess_sha", "key_and_seed", "manager",
            "member_dir", "resume_dir", "read_preprocess", "fit_or_stored_preprocess",
            "compile_member", "open_population", "on_device", "restore_resume", "save_resume",
@@ -44,11 +44,9 @@ __all__ = ["PREPROCESS_FILE", "write_json", "new_manifest", "read_json_manifest"
 # Manifest
 
 
-def write_json(path: str, obj: Any) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1)
-    os.replace(tmp, path)  # atomic: a crash never leaves half a manifest
+def write_manifest(path: str, manifest: dict[str, Any]) -> None:
+    """A population manifest, atomically (indent 1: the on-disk format of existing dirs)."""
+    safeio.write_json(path, manifest, indent=1)
 
 
 def new_manifest(fmt: str, version: int, members: str, *, model: str, num_classes: int,
@@ -72,25 +70,6 @@ def new_manifest(fmt: str, version: int, members: str, *, model: str, num_classe
         "layout": layout,
         "status": "incomplete", members: [],
     }
-
-
-def read_json_manifest(path: str, fmt: str, error: type[Exception], missing: str,
-                       version: int) -> dict[str, Any]:
-    """A format-checked JSON manifest (buffers, teachers); `missing` is the message when
-    the file does not exist; `version`: the newest format_version this jaxdd reads."""
-    if not os.path.exists(path):
-        raise error(missing)
-    try:
-        with open(path) as f:
-            m = json.load(f)
-    except (OSError, ValueError) as e:
-        raise error(f"corrupt manifest {path}: {e}") from None
-    if m.get("format") != fmt:
-        raise error(f"{path} is not a {fmt} manifest")
-    if m.get("format_version", 0) > version:
-        raise error(f"{path} has format {m['format_version']}, newer than this jaxdd "
-                    f"({version}); upgrade jaxdd")
-    return m
 
 
 def identity(m: Mapping[str, Any], grow_key: str) -> dict[str, Any]:
@@ -212,9 +191,8 @@ def open_population(out_dir: str, man_path: str, m: dict[str, Any], old: dict | 
                      train_time_s=0.0) for i in range(len(records), m["config"][grow_key])]
     m[members] = records
     pre_path = os.path.join(out_dir, PREPROCESS_FILE)
-    np.savez(pre_path + ".tmp.npz", **jdata.to_dict(pre))
-    os.replace(pre_path + ".tmp.npz", pre_path)
-    write_json(man_path, m)
+    safeio.savez(pre_path, **jdata.to_dict(pre))
+    write_manifest(man_path, m)
     return records
 
 
@@ -232,7 +210,7 @@ def run_epochs(state: TrainState, start: int, epochs: int, epoch_fn: Callable,
         seconds = time.perf_counter() - t0
         rec.update(epochs_done=epoch,
                    train_time_s=seconds if ndigits is None else round(seconds, ndigits))
-        write_json(man_path, m)
+        write_manifest(man_path, m)
         done += 1
         if progress_cb is not None:
             progress_cb(done, total)
@@ -249,7 +227,7 @@ def close_population(out_dir: str, man_path: str, m: dict[str, Any],
                      records: list[dict[str, Any]]) -> None:
     """Final status in the manifest; drop resume/ once it is empty."""
     m["status"] = "complete" if all(r["complete"] for r in records) else "incomplete"
-    write_json(man_path, m)
+    write_manifest(man_path, m)
     try:
         os.rmdir(os.path.join(out_dir, "resume"))  # empty once every member is complete
     except OSError:

@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxdd import safeio
 from jaxdd.methods.base import Distiller, skip_nonfinite, step_keys
 from jaxdd.run import mesh as jmesh
 from jaxdd.run.checkpoint import Checkpointer
@@ -81,10 +82,7 @@ def _truncate_log(path: str, last_iteration: int) -> None:
         except json.JSONDecodeError:  # a line torn by the kill
             continue
     if len(keep) != len(lines):
-        tmp = path + ".tmp"
-        with open(tmp, "w") as f:
-            f.writelines(keep)
-        os.replace(tmp, path)
+        safeio.write_text(path, "".join(keep))
 
 
 def run(distiller: Distiller, state: Any, batch_fn: Callable, key: jax.Array, iterations: int, *,

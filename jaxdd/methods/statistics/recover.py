@@ -21,7 +21,6 @@ from jaxdd.methods.base import Distiller, Metrics, PRNGKey, SynState, step_keys
 from jaxdd.methods.statistics.capture import ConvStat, capture
 from jaxdd.methods.statistics.losses import conv_drop_mask, diversity_loss, sre2l_loss
 from jaxdd.models import Model, Variables
-from jaxdd.tree import tree_all_finite
 
 __all__ = ["RecoverConfig", "RecoverState", "pixel_bounds", "stack_teachers", "dwa_perturb",
            "recover_augment", "make_recover", "recover_batch", "recover_batch_jit",
@@ -253,8 +252,7 @@ def make_recover(config: RecoverConfig, model: Any, variables: Any,
         x = clip(optax.apply_updates(x, updates))
         new = RecoverState(state.syn._replace(x_syn_NHWC=x), opt, t + 1, state.teacher, ema,
                            conv_ema)
-        finite = tree_all_finite((loss, g))
-        return new, {"loss": loss, "ce": ce, "bn": bn, "conv": conv, "div": div, "finite": finite}
+        return new, {"loss": loss, "ce": ce, "bn": bn, "conv": conv, "div": div}
 
     return Distiller(init, step)
 
