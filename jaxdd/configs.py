@@ -3,7 +3,8 @@ typed schema before anything runs.
 
 `by_ipc` (optional) maps an IPC to overrides applied when that IPC is chosen, so one file
 holds the per-IPC hyper-parameters of a preset. `--set a.b=v` overrides any field; its value
-is read as a Python literal and must have the field's type.
+is read as a Python literal and must have the field's type. A preset may start from its
+family's shared base, `configs/<family>/common.py`, with `family_base(__file__, ...)`.
 
 The schema is dataclasses all the way down: `RunConfig` for the top level, `EvalSection`,
 the method's own config class for its section (from `jaxdd.registry`), `ExpertConfig`,
@@ -23,6 +24,8 @@ import os
 import types
 import typing
 from typing import Any, Literal, Mapping, Union
+
+from jaxdd.safeio import fingerprint
 
 
 class ConfigError(ValueError):
@@ -218,10 +221,17 @@ def set_path(cfg: dict, dotted: str, value: Any) -> None:
     node[keys[-1]] = value
 
 
+def family_base(config_path: str, **overrides: Any) -> dict:
+    """A preset = its family's base + what differs: `get_config()` of the `common.py` beside
+    `config_path`, deep-merged with `overrides` (sections merge field by field)."""
+    return _merge(_exec_config(os.path.join(os.path.dirname(os.path.abspath(config_path)),
+                                            "common.py")), overrides)
+
+
 def _exec_config(path: str) -> dict:
     if not os.path.isfile(path):
         raise ConfigError(f"config file {path} does not exist; see configs/ for presets")
-    spec = importlib.util.spec_from_file_location("jaxdd_config", path)
+    spec = importlib.util.spec_from_file_location(f"jaxdd_config_{fingerprint(path)}", path)
     mod = importlib.util.module_from_spec(spec)
     try:
         spec.loader.exec_module(mod)

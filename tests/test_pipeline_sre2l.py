@@ -36,7 +36,7 @@ def test_teacher_recover_relabel(tiny_npz, tmp_path, capsys):
     tdir = str(tmp_path / "teacher")
     sets = _sets(tiny_npz, tdir)
     t = _run(capsys, ["teacher", "--config", CONFIG] + sum((["--set", s] for s in sets), []))
-    assert t["teacher"] == tdir and 0 <= t["test_accuracy"][0] <= 1
+    assert t["teacher"] == tdir and t["test_accuracy"][0] > 1 / 3  # above chance (3 classes)
 
     out = str(tmp_path / "run")
     r = _recover(capsys, out, sets)
@@ -59,7 +59,7 @@ def test_teacher_recover_relabel(tiny_npz, tmp_path, capsys):
 
     on = _run(capsys, ["relabel", out, "--teacher", tdir, "--mode", "online"])
     st = _run(capsys, ["relabel", out, "--mode", "stored"])  # teacher from the artefact
-    assert on["seeds"] == 2 and 0 <= on["accuracy_mean"] <= 1
+    assert on["seeds"] == 2 and len(on["accuracies"]) == 2
     assert st["accuracies"] == on["accuracies"]  # stored labels == online labels
     assert os.path.exists(os.path.join(out, "artefact", "labels.npz"))
     # 2 epochs x 1 step x 6 images x 3 classes x fp16

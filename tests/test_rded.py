@@ -158,6 +158,8 @@ def test_cli_rded_artefact(tiny_npz, tmp_path, capsys):
 
     rl = _run(capsys, ["relabel", out])  # teacher and recipe from the artefact
     assert rl["recipe"] == "rded" and rl["cosine_span"] == 0.5 and rl["seeds"] == 1
-    assert 0 <= rl["accuracy_mean"] <= 1
+    assert rl["accuracies"] == [rl["accuracy_mean"]]
     ev = _run(capsys, ["evaluate", r["artefact"], "--protocol", "smoke", "--seeds", "1"])
-    assert 0 <= ev["accuracy_mean"] <= 1
+    assert ev["accuracies"] == [ev["accuracy_mean"]] and ev["method"] == "rded"
+    evs = json.load(open(os.path.join(r["artefact"], "evaluations.json")))
+    assert [e["accuracy_mean"] for e in evs] == [rl["accuracy_mean"], ev["accuracy_mean"]]

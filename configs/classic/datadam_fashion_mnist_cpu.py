@@ -5,18 +5,13 @@ Runtime / expected accuracy: measured by jaxdd in benchmarks/results/fashion_mni
 Reductions: ConvNet-D3 width 32 (instance norm), 1000 iterations (reference 20000).
 """
 
+from jaxdd.configs import family_base
+
 
 def get_config():
-    return dict(
-        method="datadam",
-        dataset="fashion_mnist",
-        ipc=10,
-        seed=0,
-        preprocess="normalize",
-        model="convnet_d3_w32",
+    return family_base(
+        __file__, method="datadam",
         iterations=1000,
         ckpt_every=200,
         datadam=dict(lr_img=1.0, batch_real=64, dsa_strategy="color_crop_cutout_scale_rotate"),
-        eval=dict(protocol="cpu", seeds=3),
-        by_ipc={1: {}, 10: {}, 50: {}},
     )

@@ -6,18 +6,14 @@ Reductions: ConvNet-D3 width 32; `iterations` counts distiller steps (one outer 
 the reference each; the reference runs 1000 x outer_loop of them); batch_real 64.
 """
 
+from jaxdd.configs import family_base
+
 
 def get_config():
-    return dict(
-        method="dc",
-        dataset="fashion_mnist",
-        ipc=10,
-        seed=0,
-        preprocess="normalize",
-        model="convnet_d3_w32",
+    return family_base(
+        __file__, method="dc",
         iterations=200,               # distiller steps = reference iterations x outer_loop
         ckpt_every=50,
         dc=dict(lr_img=0.1, lr_net=0.01, batch_real=64, batch_train=256),
-        eval=dict(protocol="cpu", seeds=3),
         by_ipc={1: dict(iterations=300), 10: dict(iterations=200), 50: dict(iterations=100)},
     )

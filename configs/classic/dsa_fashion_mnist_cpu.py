@@ -5,19 +5,15 @@ Runtime / expected accuracy: measured by jaxdd in benchmarks/results/fashion_mni
 Reductions: as configs/classic/dc_fashion_mnist_cpu.py; real init (DSA readme).
 """
 
+from jaxdd.configs import family_base
+
 
 def get_config():
-    return dict(
-        method="dsa",
-        dataset="fashion_mnist",
-        ipc=10,
-        seed=0,
-        preprocess="normalize",
-        model="convnet_d3_w32",
+    return family_base(
+        __file__, method="dsa",
         iterations=200,
         ckpt_every=50,
         dsa=dict(lr_img=0.1, lr_net=0.01, batch_real=64, batch_train=256,
                  dsa_strategy="color_crop_cutout_scale_rotate"),
-        eval=dict(protocol="cpu", seeds=3),
         by_ipc={1: dict(iterations=300), 10: dict(iterations=200), 50: dict(iterations=100)},
     )

@@ -6,20 +6,17 @@ Expected: published MTT 46.3 / 65.3 / 71.6 % (IPC 1 / 10 / 50), `mtt` protocol;
           not yet reproduced by jaxdd.
 """
 
+from jaxdd.configs import family_base
+
 
 def get_config():
-    return dict(
-        method="mtt", dataset="cifar10", ipc=10, seed=0,
+    return family_base(
+        __file__, dataset="cifar10", ipc=10,
         preprocess="zca",             # IPC 1/10 use ZCA; IPC 50 does not (by_ipc)
         model="convnet",              # ConvNet-D3, width 128, instance norm
-        init="real", buffer_dir=None,
         iterations=5000,              # outer iterations (MTT)
-        ckpt_every=500,
-        experts=dict(num_experts=100, epochs=50, lr=0.01, batch_size=256,
-                     dsa="color_crop_cutout_flip_scale_rotate"),
         mtt=dict(syn_steps=30, expert_epochs=2, max_start=20, batch_syn=None,
-                 lr_img=100.0, lr_lr=1e-5, lr_init=0.001, grad_mode="remat", unroll=1),
-        eval=dict(protocol="mtt", seeds=5),
+                 lr_img=100.0, lr_init=0.001),
         by_ipc={
             1: dict(mtt=dict(syn_steps=50, expert_epochs=2, max_start=2, lr_img=100.0,
                              lr_lr=1e-7, lr_init=0.01)),

@@ -5,19 +5,17 @@ Runtime:  not measured by jaxdd. Experts: DATM trains 100 epochs.
 Expected: published DATM 46.9 / 66.8 / 76.1 % (IPC 1 / 10 / 50); not yet reproduced.
 """
 
+from jaxdd.configs import family_base
+
 
 def get_config():
-    return dict(
-        method="mtt", dataset="cifar10", ipc=10, seed=0,
-        preprocess="zca", model="convnet", init="real", buffer_dir=None,
-        iterations=10000, ckpt_every=500,
-        experts=dict(num_experts=100, epochs=100, lr=0.01, batch_size=256,
-                     dsa="color_crop_cutout_flip_scale_rotate"),
+    return family_base(
+        __file__, dataset="cifar10", ipc=10, preprocess="zca", model="convnet",
+        iterations=10000,
+        experts=dict(epochs=100),
         mtt=dict(syn_steps=80, expert_epochs=2, min_start=0, max_start=20, batch_syn=100,
-                 lr_img=100.0, lr_lr=1e-5, lr_init=0.01, lr_y=2.0, label_mode="learned",
-                 max_loss=1.0, current_max_start=10, expansion_end=2000,
-                 grad_mode="remat", unroll=1),
-        eval=dict(protocol="mtt", seeds=5),
+                 lr_img=100.0, lr_init=0.01, lr_y=2.0, label_mode="learned",
+                 max_loss=1.0, current_max_start=10, expansion_end=2000),
         by_ipc={
             1: dict(mtt=dict(batch_syn=10, max_start=4, current_max_start=4, lr_y=5.0)),
             10: dict(mtt=dict(batch_syn=100, max_start=20, current_max_start=10, lr_y=2.0)),

@@ -13,24 +13,19 @@ instead of 128, few experts with short trajectories on the full training set, fe
 steps and outer iterations, the `cpu` evaluation protocol.
 """
 
+from jaxdd.configs import family_base
+
 
 def get_config():
-    return dict(
-        method="mtt",
-        dataset="fashion_mnist",
-        ipc=10,
-        seed=0,
+    return family_base(
+        __file__, dataset="fashion_mnist", ipc=10,
         preprocess="normalize",       # normalize | zca | zca_kip | none
         model="convnet_d3_w32",       # experts and inner-loop student
-        init="real",                  # real | noise
-        buffer_dir=None,              # experts; None = runs/buffers/<dataset>-<model>-... (shared by IPCs)
         iterations=200,               # outer iterations
         ckpt_every=50,                # checkpoint period [iterations]
         experts=dict(
             num_experts=2,            # independent expert trajectories
             epochs=3,                 # epochs per expert (>= max_start + expert_epochs)
-            lr=0.01,                  # expert SGD lr (MTT: 0.01, no momentum)
-            batch_size=256,
             dsa="",                   # no DSA for experts here (CPU budget)
         ),
         mtt=dict(
@@ -39,9 +34,7 @@ def get_config():
             max_start=2,              # start epoch drawn from [0, max_start)
             batch_syn=None,           # all synthetic images per inner step
             lr_img=100.0,             # SGD lr on pixels (momentum 0.5)
-            lr_lr=1e-5,               # SGD lr on the inner step size
             lr_init=0.01,             # initial inner step size (= expert lr)
-            grad_mode="remat",        # remat (exact, constant memory) | bptt | tesla
             unroll=True,              # fully unrolled inner loop: ~4x faster on XLA:CPU
             image_chunks="auto",      # student forward in 2 chunks here: ~8 % faster on CPU (models.auto_chunks)
             dsa_strategy="color_crop_cutout_flip_scale_rotate",

@@ -6,19 +6,16 @@ Runtime:  not measured by jaxdd.
 Expected: published FTD 46.8 / 66.6 / 73.8 % (IPC 1 / 10 / 50); not yet reproduced.
 """
 
+from jaxdd.configs import family_base
+
 
 def get_config():
-    return dict(
-        method="mtt", dataset="cifar10", ipc=10, seed=0,
-        preprocess="zca", model="convnet", init="real", buffer_dir=None,
-        iterations=5000, ckpt_every=500,
-        experts=dict(num_experts=100, epochs=50, lr=0.01, batch_size=256, optimizer="gsam",
-                     gsam_rho=0.01, gsam_alpha=0.3,
-                     dsa="color_crop_cutout_flip_scale_rotate"),
+    return family_base(
+        __file__, dataset="cifar10", ipc=10, preprocess="zca", model="convnet",
+        iterations=5000,
+        experts=dict(optimizer="gsam", gsam_rho=0.01, gsam_alpha=0.3),
         mtt=dict(syn_steps=30, expert_epochs=2, max_start=20, batch_syn=None,
-                 lr_img=100.0, lr_lr=1e-5, lr_init=0.001, ema_decay=0.9995,
-                 grad_mode="remat", unroll=1),
-        eval=dict(protocol="mtt", seeds=5),
+                 lr_img=100.0, lr_init=0.001, ema_decay=0.9995),
         by_ipc={
             1: dict(experts=dict(gsam_alpha=0.3),
                     mtt=dict(syn_steps=50, max_start=2, lr_lr=1e-7, lr_init=0.01, ema_decay=0.9999)),

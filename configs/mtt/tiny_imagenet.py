@@ -7,17 +7,16 @@ Runtime:  not measured by jaxdd. Expected: see ../shared/reference-numbers.md (M
           Tiny rows are not listed there); not yet reproduced.
 """
 
+from jaxdd.configs import family_base
+
 
 def get_config():
-    return dict(
-        method="mtt", dataset="folder:/data/tiny-imagenet-200", ipc=10, seed=0,
-        preprocess="normalize", model="convnet_d4", init="real", buffer_dir=None,
-        iterations=5000, ckpt_every=500,
-        experts=dict(num_experts=100, epochs=50, lr=0.01, batch_size=256,
-                     dsa="color_crop_cutout_flip_scale_rotate"),
+    return family_base(
+        __file__, dataset="folder:/data/tiny-imagenet-200", ipc=10,
+        preprocess="normalize", model="convnet_d4",
+        iterations=5000,
         mtt=dict(syn_steps=20, expert_epochs=2, max_start=40, batch_syn=200,
-                 lr_img=10000.0, lr_lr=1e-4, lr_init=0.01, grad_mode="remat", unroll=1),
-        eval=dict(protocol="mtt", seeds=5),
+                 lr_img=10000.0, lr_lr=1e-4, lr_init=0.01),
         by_ipc={
             1: dict(mtt=dict(syn_steps=10, expert_epochs=2, max_start=10, batch_syn=None)),
             10: dict(mtt=dict(syn_steps=20, expert_epochs=2, max_start=40, batch_syn=200)),

@@ -20,28 +20,16 @@ best (val-selected) 77.2 +- 0.3 %. SRe2L IPC 10 with the same teacher preset: 68
 (benchmarks/results/sm_fmnist.json; another student recipe).
 """
 
+from jaxdd.configs import family_base
+
 
 def get_config():
-    return dict(
-        method="rded",
-        dataset="fashion_mnist",
-        ipc=10,
-        seed=0,
-        preprocess="normalize",       # teacher, selection and student share this pixel space
-        teacher=dict(                 # as configs/sre2l/fashion_mnist_cpu.py (shared teacher)
-            model="convnet_d3_w32_bn",
-            dir=None,                 # None = runs/teachers/<dataset>-<model>-<pre>-s<seed>
-            train_if_missing=True,    # train it there when absent (resumable per epoch)
-            epochs=3,                 # CIFAR-100 recipe: 200
-            batch_size=256,           # CIFAR-100 recipe: 128
-        ),
+    return family_base(
+        __file__, method="rded",
         rded=dict(                    # jaxdd.methods.rded.RDEDConfig
             factor=1,                 # 28 px: one crop per synthetic image
             num_crop=5,
             mipc=300,
         ),
-        relabel=dict(                 # defaults of `jaxdd relabel` on the artefact
-            recipe="rded",
-            epochs=300,               # student epochs (RDED: 300)
-        ),
+        relabel=dict(recipe="rded"),  # RDED's student recipe
     )

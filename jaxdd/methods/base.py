@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple, Protocol
 
+import chex
 import jax
 import jax.numpy as jnp
 
@@ -61,6 +62,14 @@ class Distiller(NamedTuple):
 
     init: InitFn
     step: StepFn
+
+
+def check_init(x_init_NHWC: jax.Array, y_init: jax.Array) -> None:
+    """chex checks at every Distiller's `init`: NHWC images and one label (class id, or a
+    row of logits) per image. Static shapes only, so it also holds under jit."""
+    chex.assert_rank(x_init_NHWC, 4)
+    chex.assert_rank(y_init, {1, 2})
+    chex.assert_equal_shape_prefix([x_init_NHWC, y_init], 1)
 
 
 def step_keys(key: PRNGKey, t: jax.Array | int) -> tuple[PRNGKey, PRNGKey]:

@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import optax
 
 from jaxdd.augment import DSA_DEFAULT, dsa, fyi_flip_concat, parse_strategy, siamese_dsa
-from jaxdd.methods.base import Distiller, Metrics, PRNGKey, SynState
+from jaxdd.methods.base import Distiller, Metrics, PRNGKey, SynState, check_init
 from jaxdd.methods.matching import (MATCH_METRICS, RealBatch, ensure_same_classes,
                                     gradient_match_loss, real_images, syn_by_class)
 from jaxdd.models import Model, Variables
@@ -144,6 +144,7 @@ def make_dc(config: DCConfig, model: Model, num_classes: int) -> Distiller:
     strategy = config.dsa_strategy if config.dsa else "none"
 
     def init(key: PRNGKey, x_init_NHWC: jax.Array, y_init: jax.Array) -> DCState:
+        check_init(x_init_NHWC, y_init)
         ipc = syn_by_class(x_init_NHWC, num_classes).shape[1]
         config.loops(ipc)  # fail early on an ipc without reference loops
         x = jnp.asarray(x_init_NHWC, jnp.float32)

@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxdd.methods.base import Distiller, Metrics, PRNGKey, SynState
+from jaxdd.methods.base import Distiller, Metrics, PRNGKey, SynState, check_init
 from jaxdd.models import Model, Variables
 from jaxdd.models.layers import to_nhwc
 from jaxdd.tree import safe_norm
@@ -265,6 +265,7 @@ def make_random_net_matcher(lr_img: float, momentum_img: float, model: Model, nu
     tx = optax.sgd(lr_img, momentum=momentum_img or None)
 
     def init(key: PRNGKey, x_init_NHWC: jax.Array, y_init: jax.Array) -> ImageSGDState:
+        check_init(x_init_NHWC, y_init)
         del key  # no randomness of its own
         syn_by_class(x_init_NHWC, num_classes)  # validates the layout
         x = jnp.asarray(x_init_NHWC, jnp.float32)

@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import optax
 
 from jaxdd.augment import DSA_DEFAULT
-from jaxdd.methods.base import Distiller, Metrics, PRNGKey, PyTree, SynState
+from jaxdd.methods.base import Distiller, Metrics, PRNGKey, PyTree, SynState, check_init
 from jaxdd.methods.tm_grad import (
     GRAD_MODES,
     ApplyFn,
@@ -225,6 +225,7 @@ def make_mtt(
     def init(key: PRNGKey, x_init_NHWC: jax.Array, y_init: jax.Array, lr_init: float | None = None) -> MTTState:
         """Wrap the initial set; `key` is unused (initial images/labels come from the caller)."""
         del key
+        check_init(x_init_NHWC, y_init)
         y_init = jnp.asarray(y_init)
         is_int = jnp.issubdtype(y_init.dtype, jnp.integer)
         if cfg.label_mode == "hard" and not (is_int and y_init.ndim == 1):

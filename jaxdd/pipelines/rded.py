@@ -28,7 +28,7 @@ from jaxdd import artefact
 from jaxdd import data as jdata
 from jaxdd.population import teachers as jteachers
 from jaxdd.methods import rded as mrded
-from jaxdd.methods.base import Distiller, SynState
+from jaxdd.methods.base import Distiller, SynState, check_init
 from jaxdd.pipelines.common import Context, dataclass_from, mesh_from
 from jaxdd.pipelines.teacher import check_compatible, ensure_teacher, image_config
 from jaxdd.pipelines.spec import Method, RunOptions
@@ -82,6 +82,7 @@ def make_rded(rc: mrded.RDEDConfig, model: Any, num_classes: int, ipc: int) -> D
     m = ipc * rc.factor ** 2
 
     def init(key: jax.Array, x_init_NHWC: jax.Array, y_init: jax.Array) -> RDEDState:
+        check_init(x_init_NHWC, y_init)
         x = jnp.zeros(jnp.shape(x_init_NHWC), jnp.float32)
         return RDEDState(SynState(x, jnp.asarray(y_init, jnp.int32), None),
                          jnp.zeros((num_classes, m), jnp.float32), key)

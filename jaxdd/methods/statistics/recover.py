@@ -17,7 +17,7 @@ from flax import nnx
 
 from jaxdd.augment.crops import cda_min_scale, random_flip, random_jitter, random_pad_crop
 from jaxdd.augment.crops import random_resized_crop
-from jaxdd.methods.base import Distiller, Metrics, PRNGKey, SynState, step_keys
+from jaxdd.methods.base import Distiller, Metrics, PRNGKey, SynState, check_init, step_keys
 from jaxdd.methods.statistics.capture import ConvStat, capture
 from jaxdd.methods.statistics.losses import conv_drop_mask, diversity_loss, sre2l_loss
 from jaxdd.models import Model, Variables
@@ -194,6 +194,7 @@ def make_recover(config: RecoverConfig, model: Any, variables: Any,
         return jnp.clip(x_NHWC, lo_C.reshape(1, 1, 1, -1), hi_C.reshape(1, 1, 1, -1))
 
     def init(key: PRNGKey, x_init_NHWC: jax.Array, y_B: jax.Array) -> RecoverState:
+        check_init(x_init_NHWC, y_B)
         x_init_NHWC = jnp.asarray(x_init_NHWC, jnp.float32)
         y_B = jnp.asarray(y_B, jnp.int32)
         x = (jax.random.normal(key, x_init_NHWC.shape, jnp.float32) if config.init == "noise"
