@@ -143,10 +143,22 @@ def check_run_out(path: str) -> None:
 LOCK_NAME = ".jaxdd.lock"
 
 
+def _remove_if_unused(path: str) -> None:
+    """Remove a run directory this process created if it holds nothing but the lock file and
+    empty directories (a run that failed before writing anything leaves no trace)."""
+    walk = list(os.walk(path, topdown=False))
+    if any(f for d, _, files in walk for f in files if (d, f) != (path, LOCK_NAME)):
+        return
+    os.unlink(os.path.join(path, LOCK_NAME))
+    for d, _, _ in walk:
+        os.rmdir(d)
+
+
 class RunLock:
     """Exclusive lock of a run directory for the life of this process (a context manager).
 
-    A second process gets an OutputError naming the holder's pid and host. The lock is an
+    A second process gets an OutputError naming the holder's pid and host. A directory the
+    lock created is removed again if the run failed before writing anything. The lock is an
     `flock` on OUT/.jaxdd.lock: the kernel releases it when its process dies (SIGKILL
     included), so a stale lock file is simply taken over.
     """
@@ -156,6 +168,7 @@ class RunLock:
         self.fd: int | None = None
 
     def __enter__(self) -> "RunLock":
+        self.created = not os.path.exists(self.path)
         makedirs(self.path)
         lock_path = os.path.join(self.path, LOCK_NAME)
         try:
@@ -181,6 +194,8 @@ class RunLock:
             fcntl.flock(self.fd, fcntl.LOCK_UN)
             os.close(self.fd)
             self.fd = None
+            if self.created:
+                _remove_if_unused(self.path)
 
 
 def claim_run(run_dir: str, config: dict) -> None:

@@ -170,6 +170,22 @@ def test_unwritable_artefact_prints_the_result_first(tiny_npz, tmp_path, capsys,
     assert "make it writable" in e and snapshot(tmp_path) == before
 
 
+def test_unwritable_run_directory_is_refused_before_any_work(tiny_npz, tmp_path, capsys,
+                                                             monkeypatch):
+    out = tmp_path / "run"
+    real_replace = os.replace
+
+    def read_only(src, dst, *a, **k):  # nothing can be renamed into OUT
+        if str(dst).startswith(str(out)):
+            raise PermissionError(13, "Permission denied", str(dst))
+        return real_replace(src, dst, *a, **k)
+
+    monkeypatch.setattr(safeio.os, "replace", read_only)
+    line = _fails(capsys, tmp_path, _dm_argv(tiny_npz, out), "cannot write", "run.json",
+                  "Permission denied", "make it writable")
+    assert "Traceback" not in line
+
+
 def test_second_process_on_the_same_out_is_refused(tiny_npz, tmp_path, capsys):
     out = tmp_path / "run"
     with safeio.RunLock(str(out)):
