@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import io
 import os
 import struct
 from typing import Any
@@ -49,6 +50,9 @@ _IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"
 # Catalogue datasets whose held-out split is not called "test".
 _TEST_SPLIT = {"imagenet_resized": "validation", "imagenet2012": "validation",
                "imagenette": "validation", "imagewang": "validation"}
+# Manual-download datasets: the files a user puts in the TFDS manual_dir.
+_MANUAL_FILES = {"imagenet2012": "ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar "
+                                 "(from https://image-net.org/download)"}
 _EXAMPLES = ("cifar10, cifar100, mnist, fashion_mnist, svhn_cropped, imagenet_resized/64x64"
              " (any TFDS image-classification name), folder:PATH or npz:PATH")
 
@@ -270,8 +274,21 @@ def _catalogue_builder(tfds_name: str, data_dir: str, download: bool):
         raise ValueError(f"cannot open TFDS dataset {tfds_name!r}: {first}") from None
     if download:
         # No-op when already prepared; on a user's machine this downloads and builds.
-        builder.download_and_prepare()
+        try:
+            builder.download_and_prepare()
+        except (AssertionError, FileNotFoundError):
+            if builder.MANUAL_DOWNLOAD_INSTRUCTIONS is None:
+                raise
+            raise ValueError(manual_files_message(tfds_name, data_dir)) from None
     return builder
+
+
+def manual_files_message(tfds_name: str, data_dir: str) -> str:
+    """One line: which files a manual-download dataset needs and where they go."""
+    manual_dir = os.path.join(data_dir, "downloads", "manual")
+    files = _MANUAL_FILES.get(tfds_name.split("/")[0], "the files its TFDS catalogue page lists")
+    return (f"{tfds_name} is not prepared in {data_dir} and cannot be downloaded: put "
+            f"{files} in {manual_dir} (the TFDS manual_dir), then run again")
 
 
 def _read_builder(builder, name: str, max_train: int | None, max_test: int | None):
@@ -441,16 +458,23 @@ def _read_image(path: str) -> np.ndarray:
     A truncated, corrupt or non-image file is an error naming it, never skipped: a silently
     smaller class would change the dataset without a word.
     """
+    return np.asarray(decode_image(path, path))
+
+
+def decode_image(src: str | bytes, name: str, mode: str | None = None):
+    """A PIL image of a file path or encoded bytes, converted to `mode` (default: L for
+    grey images, RGB for anything else); a bad image is a ValueError naming `name`."""
     from PIL import Image
     try:
-        with Image.open(path) as im:
-            im = im.convert("L") if im.mode in ("1", "L", "I;16", "I") else im.convert("RGB")
-            return np.asarray(im)
+        with Image.open(io.BytesIO(src) if isinstance(src, bytes) else src) as im:
+            if mode is None:
+                mode = "L" if im.mode in ("1", "L", "I;16", "I") else "RGB"
+            return im.convert(mode)
     except (OSError, SyntaxError, ValueError, EOFError, struct.error) as e:
         reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
         if isinstance(e, Image.UnidentifiedImageError):
             reason = "not an image PIL can read"
-        raise ValueError(f"cannot read image {path} ({reason}); fix or remove the "
+        raise ValueError(f"cannot read image {name} ({reason}); fix or remove the "
                          f"file") from None
 
 
@@ -477,7 +501,12 @@ def _check_class_folders(root: str, class_names: list[str],
                          f"({', '.join(_IMAGE_EXTS)}); remove it or add images")
 
 
-def _load_folder(path: str):
+def folder_listing(path: str) -> tuple[list[str], np.ndarray, np.ndarray, list[str]]:
+    """(image paths, labels int32, test mask, class names) of `folder:PATH`; no pixels read.
+
+    Paths are train images class-major then, with a test/ folder, its images class-major;
+    without one, `test_mask` marks the fixed 20 % held-out images (seed 0).
+    """
     if not os.path.isdir(path):
         raise ValueError(f"folder:{path}: no such directory")
     train_root = os.path.join(path, "train")
@@ -490,7 +519,6 @@ def _load_folder(path: str):
     _check_class_folders(train_root if has_split else path, class_names, train)
     paths = [p for c in class_names for p in train[c]]
     labels = np.array([k for k, c in enumerate(class_names) for _ in train[c]], np.int32)
-    x = _read_images(paths, f"folder:{path}")
     test_root = os.path.join(path, "test")
     if os.path.isdir(test_root):
         test = _list_classes(test_root)
@@ -500,18 +528,30 @@ def _load_folder(path: str):
         test_paths = [p for c in class_names for p in test.get(c, [])]
         y_te = np.array([k for k, c in enumerate(class_names) for _ in test.get(c, [])],
                         np.int32)
+        test_mask = np.r_[np.zeros(len(paths), bool), np.ones(len(test_paths), bool)]
+        return paths + test_paths, np.r_[labels, y_te].astype(np.int32), test_mask, class_names
+    # hold out a fixed 20 % of each class as the test split
+    rng = np.random.default_rng(0)
+    test_mask = np.zeros(len(labels), bool)
+    for k in range(len(class_names)):
+        ix = np.flatnonzero(labels == k)
+        test_mask[rng.permutation(ix)[:int(FOLDER_TEST_FRACTION * len(ix))]] = True
+    return paths, labels, test_mask, class_names
+
+
+def _load_folder(path: str):
+    paths, labels, test_mask, class_names = folder_listing(path)
+    if os.path.isdir(os.path.join(path, "test")):
+        n_tr = int((~test_mask).sum())
+        x_tr, y_tr = _read_images(paths[:n_tr], f"folder:{path}"), labels[:n_tr]
+        test_paths, y_te = paths[n_tr:], labels[n_tr:]
         x_te = _read_images(test_paths, f"folder:{path}/test") if test_paths else (
-            np.zeros((0, *x.shape[1:]), np.uint8))
-        if x_te.shape[1:] != x.shape[1:]:
+            np.zeros((0, *x_tr.shape[1:]), np.uint8))
+        if x_te.shape[1:] != x_tr.shape[1:]:
             raise ValueError(f"folder:{path}: test images are {x_te.shape[1:]}, train "
-                             f"images are {x.shape[1:]}")
-        x_tr, y_tr = x, labels
-    else:  # hold out a fixed 20 % of each class as the test split
-        rng = np.random.default_rng(0)
-        test_mask = np.zeros(len(labels), bool)
-        for k in range(len(class_names)):
-            ix = np.flatnonzero(labels == k)
-            test_mask[rng.permutation(ix)[:int(FOLDER_TEST_FRACTION * len(ix))]] = True
+                             f"images are {x_tr.shape[1:]}")
+    else:
+        x = _read_images(paths, f"folder:{path}")
         x_tr, y_tr, x_te, y_te = x[~test_mask], labels[~test_mask], x[test_mask], labels[
             test_mask]
     return x_tr, y_tr, x_te, y_te, class_names, f"folder:{os.path.abspath(path)}"
