@@ -249,17 +249,29 @@ def _load_raw(name: str, data_dir: str, max_train: int | None, max_test: int | N
     elif name.startswith("npz:"):
         out = _load_npz(name[len("npz:"):])
     else:
-        route = _fashion_route(name)
-        if route == "local":
-            from jaxdd.data import fashion_mnist_local
-            builder = fashion_mnist_local.prepare(data_dir)
-            return _read_builder(builder, name, max_train, max_test)
-        tfds_name = name[len("tfds:"):] if name.startswith("tfds:") else name
-        return _read_builder(_catalogue_builder(tfds_name, data_dir, download),
-                             name, max_train, max_test)
+        return _read_builder(tfds_builder(name, data_dir, download), name, max_train,
+                             max_test)
     x_tr, y_tr, x_te, y_te, class_names, source = out
     return (x_tr[:max_train], y_tr[:max_train], x_te[:max_test], y_te[:max_test],
             class_names, source)
+
+
+def tfds_builder(name: str, data_dir: str, download: bool):
+    """The prepared ArrayRecord TFDS builder of a TFDS name (`tfds:NAME`, fashion_mnist...)."""
+    if _fashion_route(name) == "local":
+        from jaxdd.data import fashion_mnist_local
+        return fashion_mnist_local.prepare(data_dir)
+    tfds_name = name[len("tfds:"):] if name.startswith("tfds:") else name
+    return _catalogue_builder(tfds_name, data_dir, download)
+
+
+def test_split_of(builder) -> str:
+    """The held-out split of a TFDS builder: `test`, or `validation` where that is its name."""
+    info = builder.info
+    test_split = _TEST_SPLIT.get(builder.name, "test")
+    if info.splits and test_split not in info.splits:
+        test_split = "validation" if "validation" in info.splits else test_split
+    return test_split
 
 
 def _catalogue_builder(tfds_name: str, data_dir: str, download: bool):
@@ -294,7 +306,7 @@ def manual_files_message(tfds_name: str, data_dir: str) -> str:
 def _read_builder(builder, name: str, max_train: int | None, max_test: int | None):
     """Read the train and test splits of a TFDS builder's ArrayRecord data source."""
     info = builder.info
-    image_key, label_key = _supervised_keys(info)
+    image_key, label_key = supervised_keys(info)
     image_feature, label_feature = info.features[image_key], info.features[label_key]
     shape = tuple(image_feature.shape)
     if len(shape) != 3 or None in shape:
@@ -303,25 +315,26 @@ def _read_builder(builder, name: str, max_train: int | None, max_test: int | Non
             f"(use a resized variant, e.g. imagenet_resized/64x64)")
     if not hasattr(label_feature, "names"):
         raise ValueError(f"{name}: label {label_key!r} is not a ClassLabel")
-    base = builder.name
-    test_split = _TEST_SPLIT.get(base, "test")
-    if info.splits and test_split not in info.splits:
-        test_split = "validation" if "validation" in info.splits else test_split
     out = []
-    for split, limit in (("train", max_train), (test_split, max_test)):
-        try:
-            source = builder.as_data_source(split=split)
-        except Exception as e:  # typically: prepared as tfrecord by a TensorFlow install
-            raise RuntimeError(
-                f"cannot read {name} split {split!r} as ArrayRecord from {builder.data_dir} "
-                f"({e}); re-prepare it with tfds.builder({base!r}).download_and_prepare("
-                f"file_format='array_record')") from e
-        out += _read_source(source, image_key, label_key, shape, limit)
+    for split, limit in (("train", max_train), (test_split_of(builder), max_test)):
+        out += _read_source(open_data_source(builder, name, split), image_key, label_key,
+                            shape, limit)
     version = f"{builder.name}/{builder.info.version}"
     return (*out, list(label_feature.names), f"tfds:{version}@{builder.data_dir}")
 
 
-def _supervised_keys(info) -> tuple[str, str]:
+def open_data_source(builder, name: str, split: str, decoders=None):
+    """`builder.as_data_source(split)`; a dataset prepared as tfrecord is a clear error."""
+    try:
+        return builder.as_data_source(split=split, decoders=decoders)
+    except Exception as e:  # typically: prepared as tfrecord by a TensorFlow install
+        raise RuntimeError(
+            f"cannot read {name} split {split!r} as ArrayRecord from {builder.data_dir} "
+            f"({e}); re-prepare it with tfds.builder({builder.name!r}).download_and_prepare("
+            f"file_format='array_record')") from e
+
+
+def supervised_keys(info) -> tuple[str, str]:
     keys = info.supervised_keys
     if isinstance(keys, (tuple, list)) and len(keys) == 2 and all(
             isinstance(k, str) for k in keys):
@@ -335,6 +348,14 @@ def _read_source(source, image_key: str, label_key: str, shape: tuple[int, ...],
     n = len(source) if limit is None else min(limit, len(source))
     x = np.empty((n, *shape), np.uint8)
     y = np.empty((n,), np.int32)
+    for start, records in iter_records(source, n):
+        x[start:start + len(records)] = np.stack([r[image_key] for r in records])
+        y[start:start + len(records)] = [int(r[label_key]) for r in records]
+    return [x, y]
+
+
+def iter_records(source, n: int):
+    """(start, records) for the first n records of a data source, `_READ_CHUNK` at a time."""
     batched = hasattr(source, "__getitems__")
     for start in range(0, n, _READ_CHUNK):
         keys = list(range(start, min(start + _READ_CHUNK, n)))
@@ -346,9 +367,7 @@ def _read_source(source, image_key: str, label_key: str, shape: tuple[int, ...],
                 batched = False
         if records is None:
             records = [source[i] for i in keys]
-        x[start:start + len(keys)] = np.stack([r[image_key] for r in records])
-        y[start:start + len(keys)] = [int(r[label_key]) for r in records]
-    return [x, y]
+        yield start, records
 
 
 # ---------------------------------------------------------------------------------------
