@@ -4,7 +4,8 @@ Sources (random access; labels of a whole split read without decoding a pixel):
 
 - `open_source("imagenet2012", "train")`: a TFDS builder's ArrayRecord data source, read with
   the image feature left encoded (`tfds.decode.SkipDecoding`); images are decoded in the
-  loader's workers. `labels()` makes one pass over the split's records: it reads every
+  loader's workers (where a data source cannot skip decoding, as under
+  `tfds.testing.mock_data`, records come decoded). `labels()` makes one pass over the split's records: it reads every
   record's bytes (the image bytes are read from disk but never decoded; ImageNet train is
   ~140 GB of reading) and parses only the label; it runs once per source object, in the
   main process, before workers start. A manual-download dataset that is not prepared
@@ -237,9 +238,15 @@ def open_source(name: str, split: str = "train", *, data_dir: str | None = None,
         raise ValueError(f"{name}: label {label_key!r} is not a ClassLabel")
     shape = tuple(info.features[image_key].shape)
     tfds_split = sources.test_split_of(builder) if split == "test" else "train"
-    decoders = ({image_key: tfds.decode.SkipDecoding()}
-                if isinstance(info.features[image_key], tfds.features.Image) else None)
-    data_source = sources.open_data_source(builder, name, tfds_split, decoders)
+    data_source = sources.open_data_source(builder, name, tfds_split)
+    if isinstance(info.features[image_key], tfds.features.Image) and len(data_source):
+        try:  # images left encoded, decoded in the workers; else read decoded (see above)
+            encoded = sources.open_data_source(
+                builder, name, tfds_split, {image_key: tfds.decode.SkipDecoding()})
+            encoded[0]
+            data_source = encoded
+        except Exception:  # e.g. tfds.testing.mock_data, whose SkipDecoding needs TF
+            pass
     return TfdsSource(data_source, name, tfds_split, image_key, label_key,
                       list(label_feature.names), int(shape[-1]),
                       shape if None not in shape else None)
@@ -444,6 +451,9 @@ class Loader:
         it = ds.to_iter_dataset(grain.ReadOptions(num_threads=self.read_threads,
                                                   prefetch_buffer_size=2 * self.read_threads))
         if self.worker_count > 0:
+            from absl import flags
+            if not flags.FLAGS.is_parsed():  # grain's workers read absl flags
+                flags.FLAGS.mark_as_parsed()
             it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=self.worker_count))
         return it
 
