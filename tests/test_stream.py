@@ -203,3 +203,40 @@ def test_imagenet_manual_files_missing_is_one_line(tmp_path):
     msg = str(e.value)
     assert "\n" not in msg and "ILSVRC2012_img_train.tar" in msg
     assert os.path.join(str(tmp_path), "downloads", "manual") in msg
+
+
+class _JpegBuilder(tfds.core.GeneratorBasedBuilder):
+    """12 variable-size JPEGs in 3 classes, stored encoded in ArrayRecord."""
+
+    VERSION = tfds.core.Version("1.0.0")
+
+    def _info(self):
+        return tfds.core.DatasetInfo(
+            builder=self, supervised_keys=("image", "label"), disable_shuffling=True,
+            features=tfds.features.FeaturesDict({
+                "image": tfds.features.Image(shape=(None, None, 3), encoding_format="jpeg"),
+                "label": tfds.features.ClassLabel(names=["a", "b", "c"])}))
+
+    def _split_generators(self, dl_manager):
+        return {"train": self._generate_examples()}
+
+    def _generate_examples(self):
+        import io
+        rng = np.random.default_rng(1)
+        for i in range(12):
+            h, w = (int(v) for v in rng.integers(20, 60, 2))
+            buf = io.BytesIO()
+            Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(buf, "JPEG")
+            yield i, {"image": buf.getvalue(), "label": i % 3}
+
+
+def test_arrayrecord_source_reads_encoded_records(tmp_path, monkeypatch):
+    builder = _JpegBuilder(data_dir=str(tmp_path), file_format="array_record")
+    builder.download_and_prepare()
+    monkeypatch.setattr(data.sources, "tfds_builder", lambda *a: builder)
+    src = stream.open_source("jpeg_builder", data_dir=str(tmp_path))
+    image, label = src.read(4)
+    assert isinstance(image, bytes) and image[:2] == b"\xff\xd8" and label == 1
+    np.testing.assert_array_equal(src.labels(), np.arange(12) % 3)
+    for b in _batches(src, batch_size=4, image_size=24, num_epochs=1):
+        assert b["image"].shape == (4, 24, 24, 3) and b["mask"].all()
