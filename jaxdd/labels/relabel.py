@@ -46,7 +46,7 @@ from jaxdd.augment.crops import crop_resize, sample_crop_box
 from jaxdd.augment.cutmix import cutmix_box, paste_box
 from jaxdd.augment.dsa import flip_horizontal
 from jaxdd.models import Model, Variables
-from jaxdd.train.loop import TrainConfig, make_optimizer, steps_per_epoch
+from jaxdd.train.loop import TrainConfig, make_optimizer, make_update, steps_per_epoch
 
 __all__ = ["RelabelConfig", "AugParams", "StoredLabels", "aug_params", "apply_aug",
            "teacher_labels", "online_labels", "generate_labels", "kd_loss", "logit_match_loss",
@@ -279,13 +279,12 @@ def _student_program(key: jax.Array, student: Model, cfg: TrainConfig, rcfg: Rel
     hw = x_syn_NHWC.shape[1:3]
     y_all = None if y_syn is None else jnp.asarray(y_syn).astype(jnp.int32)
 
-    def loss_fn(params, rest, xb, tb, yb, mask):
-        logits, new_vars = student.apply_train({**rest, "params": params}, xb)
-        per = student_loss(logits, tb, yb, rcfg)
-        return (per * mask).sum() / mask.sum(), new_vars
+    def loss_fn(logits_BxK, batch):  # batch: (teacher logits_BxK, class labels_B or None)
+        return student_loss(logits_BxK, *batch, rcfg)
+
+    update = make_update(student.apply_train, loss_fn, tx)  # the shared loop's update
 
     def batch_step(carry, es):
-        variables, opt_state = carry
         epoch, step = es[0], es[1]
         p = aug_params(aug_key, epoch, step, n, bs, hw, rcfg)
         xb = apply_aug(x_syn_NHWC, p, rcfg)
@@ -297,14 +296,8 @@ def _student_program(key: jax.Array, student: Model, cfg: TrainConfig, rcfg: Rel
             idx = None if stored.indices_ExSxBxk is None else stored.indices_ExSxBxk[epoch, step]
         tb = _expand(vals, idx, student.num_classes)
         progress = (epoch / cfg.epochs if rcfg.lr_per_epoch else (epoch * spe + step) / total)
-        opt_state.hyperparams["learning_rate"] = cfg.lr * _lr_scale(cfg.schedule, progress,
-                                                                     rcfg.cosine_span)
-        rest = {k: v for k, v in variables.items() if k != "params"}
-        grads, new_vars = jax.grad(loss_fn, has_aux=True)(variables["params"], rest, xb, tb, yb,
-                                                          p.mask_B)
-        updates, opt_state = tx.update(grads, opt_state, variables["params"])
-        return ({**new_vars, "params": optax.apply_updates(variables["params"], updates)},
-                opt_state), None
+        lr = cfg.lr * _lr_scale(cfg.schedule, progress, rcfg.cosine_span)
+        return update(*carry, xb, (tb, yb), p.mask_B, lr), None
 
     return (variables, opt_state), batch_step, spe
 

@@ -3,6 +3,10 @@
 A run is `train_init` followed by `train_epochs` (any number of chunks: epoch e always uses
 `fold_in(key, e)`, so chunked and one-shot runs are identical). Chunks let the driver show
 progress with an ETA without giving up the compiled `lax.scan`.
+
+`make_update` is the one minibatch update (loss -> grad -> optional direction -> optimiser)
+of every training loop: `train_epochs` feeds it permuted batches and soft cross-entropy, the
+relabel student (`jaxdd.labels.relabel`) replayable augmented batches and a KD loss.
 """
 
 from __future__ import annotations
@@ -21,6 +25,13 @@ AugmentFn = Callable[[jax.Array, jax.Array], jax.Array]
 # direction_fn(grad_fn, params, grads) -> update direction; grad_fn(p) recomputes the
 # gradient at other parameters on the same batch (GSAM/SAM need a second pass).
 DirectionFn = Callable[[Callable[[Any], Any], Any, Any], Any]
+# loss_fn(logits_BxK, batch) -> per-example loss_B; `batch` is whatever the loop's batch
+# source yields next to the images (targets, teacher logits, class labels, ...).
+LossFn = Callable[[jax.Array, Any], jax.Array]
+# apply_train(variables, x_NHWC) -> (logits_BxK, new variables: updated BN statistics).
+ApplyTrainFn = Callable[[Variables, jax.Array], tuple[jax.Array, Variables]]
+# update(variables, opt_state, x_NHWC, batch, mask_B, lr=None) -> (variables, opt_state)
+UpdateFn = Callable[..., tuple[Variables, Any]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,10 +105,44 @@ def train_init(key: jax.Array, model: Model, cfg: TrainConfig, n: int,
     k_init, k_loop = jax.random.split(key)
     variables = model.init(k_init) if init_variables is None else init_variables
     tx = make_optimizer(cfg, cfg.epochs * steps_per_epoch(n, cfg.batch_size))
-    opt_state = tx.init(variables["params"])
     lr = jnp.asarray(cfg.lr if lr is None else lr, jnp.float32)
-    opt_state.hyperparams["learning_rate"] = lr
+    opt_state = with_lr(tx.init(variables["params"]), lr)
     return TrainState(variables, opt_state, lr, k_loop, jnp.zeros((), jnp.int32))
+
+
+def with_lr(opt_state: Any, lr: jax.Array | float) -> Any:
+    """`opt_state` of an `optax.inject_hyperparams` optimiser with its learning rate set."""
+    return opt_state._replace(hyperparams={**opt_state.hyperparams, "learning_rate": lr})
+
+
+def make_update(apply_train: ApplyTrainFn, loss_fn: LossFn, tx: optax.GradientTransformation,
+                direction_fn: DirectionFn | None = None) -> UpdateFn:
+    """One minibatch step on the masked mean of `loss_fn`: the update of every training loop.
+
+    The returned `update(variables, opt_state, x_NHWC, batch, mask_B, lr=None)` takes the
+    gradient w.r.t. variables["params"] (BN statistics of the forward pass carried as aux),
+    lets `direction_fn` replace it (BN statistics still from the first, unperturbed pass),
+    sets the injected lr when `lr` is given, and applies `tx`. Padding has mask_B = 0.
+    """
+
+    def batch_loss(params, rest, x_NHWC, batch, mask_B):
+        logits_BxK, new_vars = apply_train({**rest, "params": params}, x_NHWC)
+        return (loss_fn(logits_BxK, batch) * mask_B).sum() / mask_B.sum(), new_vars
+
+    grad = jax.grad(batch_loss, has_aux=True)
+
+    def update(variables, opt_state, x_NHWC, batch, mask_B, lr=None):
+        params = variables["params"]
+        rest = {k: v for k, v in variables.items() if k != "params"}
+        grads, new_vars = grad(params, rest, x_NHWC, batch, mask_B)
+        if direction_fn is not None:
+            grads = direction_fn(lambda p: grad(p, rest, x_NHWC, batch, mask_B)[0], params, grads)
+        if lr is not None:
+            opt_state = with_lr(opt_state, lr)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return {**new_vars, "params": optax.apply_updates(params, updates)}, opt_state
+
+    return update
 
 
 def train_epochs(state: TrainState, model: Model, cfg: TrainConfig, x_NHWC: jax.Array,
@@ -125,25 +170,14 @@ def train_epochs(state: TrainState, model: Model, cfg: TrainConfig, x_NHWC: jax.
         forward = chunked(lambda v, xb: model.apply_train(v, xb)[0], chunks)
         apply_train = lambda v, xb: (forward(v, xb), v)  # noqa: E731
 
-    def loss_fn(params, rest, xb, yb, mask):
-        logits, new_vars = apply_train({**rest, "params": params}, xb)
-        loss = (soft_cross_entropy(logits, yb) * mask).sum() / mask.sum()
-        return loss, new_vars
+    update = make_update(apply_train, soft_cross_entropy, tx, direction_fn)
 
     def batch_step(carry, inp):
-        variables, opt_state = carry
         idx, mask, k_aug = inp
-        xb, yb = x_NHWC[idx], y_target[idx]
+        xb = x_NHWC[idx]
         if augment_fn is not None:
             xb = augment_fn(k_aug, xb)
-        rest = {k: v for k, v in variables.items() if k != "params"}
-        grad = jax.grad(loss_fn, has_aux=True)
-        grads, new_vars = grad(variables["params"], rest, xb, yb, mask)
-        if direction_fn is not None:
-            grads = direction_fn(lambda p: grad(p, rest, xb, yb, mask)[0], variables["params"], grads)
-        updates, opt_state = tx.update(grads, opt_state, variables["params"])
-        params = optax.apply_updates(variables["params"], updates)
-        return ({**new_vars, "params": params}, opt_state), None
+        return update(*carry, xb, y_target[idx], mask), None
 
     def epoch_step(carry, epoch):
         k_perm, k_aug = jax.random.split(jax.random.fold_in(state.key, epoch))
