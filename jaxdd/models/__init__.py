@@ -3,6 +3,14 @@
 Names: `convnet` (depth picked from the resolution: 28/32 px -> D3, 64 -> D4, 128 -> D5),
 `convnet_d4`, `convnet_d3_w64`, `convnet_bn` / `convnet_d3_w64_bn` (BatchNorm),
 `convnet_d3_none` (no norm), `resnet18` (CIFAR stem, BN), `mlp`, `mlp_w64`.
+
+ResNets (torchvision's layout, BN): `resnet18` / `resnet50` have the CIFAR stem (3x3 conv,
+no max-pool); `resnet18_imagenet` / `resnet50_imagenet` the ImageNet stem (7x7/2 conv +
+3x3/2 max-pool) and torchvision's parameter counts (11,689,512 / 25,557,032 at 1000
+classes), loadable from torchvision weights with `jaxdd.models.convert`. The suffix `_bf16`
+(e.g. `resnet50_imagenet_bf16`) computes in bfloat16 with float32 parameters and BN
+statistics and float32 logits (for GPU/TPU; on CPU bfloat16 is slower). ResNets accept any
+image size at `apply` (global average pool; ImageNet stem: H, W >= 32).
 """
 
 from __future__ import annotations
@@ -18,14 +26,17 @@ import jax.numpy as jnp
 
 from jaxdd.models.convnet import ConvNet
 from jaxdd.models.mlp import MLP
-from jaxdd.models.resnet import ResNet18
+from jaxdd.models.resnet import BasicBlock, Bottleneck, ResNet
 
 Variables = dict[str, Any]
 
 _CONVNET = re.compile(r"^convnet(?:_d(\d+))?(?:_w(\d+))?(?:_(instance|bn|none))?$")
 _MLP = re.compile(r"^mlp(?:_w(\d+))?$")
+_RESNET = re.compile(r"^resnet(18|50)(_imagenet)?(_bf16)?$")
+_RESNET_STAGES = {"18": ((2, 2, 2, 2), BasicBlock), "50": ((3, 4, 6, 3), Bottleneck)}
 MODEL_NAMES = ("convnet", "convnet_d3", "convnet_d4", "convnet_d5", "convnet_bn",
-               "convnet_d3_w64", "convnet_d3_w32", "resnet18", "mlp")
+               "convnet_d3_w64", "convnet_d3_w32", "resnet18", "resnet18_imagenet",
+               "resnet50_imagenet", "mlp")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,7 +53,7 @@ class Model:
 
     @property
     def has_batch_stats(self) -> bool:
-        return isinstance(self.module, ResNet18) or getattr(self.module, "norm", "") == "batch"
+        return isinstance(self.module, ResNet) or getattr(self.module, "norm", "") == "batch"
 
     def init(self, key: jax.Array) -> Variables:
         x = jnp.zeros((1, *self.input_shape), jnp.float32)
@@ -83,13 +94,16 @@ def get_model(name: str, num_classes: int, input_shape: tuple[int, int, int],
         if conv_impl == "auto":
             conv_impl = "im2col" if norm == "batch" else "im2col_cm"
         module = ConvNet(num_classes, width=width, depth=depth, norm=norm, conv_impl=conv_impl)
-    elif name == "resnet18":
-        module = ResNet18(num_classes)
+    elif m := _RESNET.match(name):
+        stages, block = _RESNET_STAGES[m.group(1)]
+        imagenet = bool(m.group(2))
+        module = ResNet(stages, block, num_classes, stem="imagenet" if imagenet else "cifar",
+                        dtype=jnp.bfloat16 if m.group(3) else None, torch_fc_init=imagenet)
     elif m := _MLP.match(name):
         module = MLP(num_classes, width=int(m.group(1) or 128))
     else:
         raise ValueError(f"unknown model {name!r}; use one of {', '.join(MODEL_NAMES)} "
-                         f"(convnet_dD_wW[_bn|_none] for other depths/widths)")
+                         f"(convnet_dD_wW[_bn|_none] for other depths/widths, resnet{18,50}[_imagenet][_bf16])")
     return Model(name, module, input_shape, num_classes)
 
 

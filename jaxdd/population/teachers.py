@@ -3,6 +3,8 @@
 `train_teachers` trains `num_teachers` networks (teacher i from fold_in(key, i); several
 for G-VBSM) on the training split and stores their final variables (params + BN
 `batch_stats`); `load_teacher` / `load_teachers` read them back for recover and relabel.
+`save_teacher` stores given variables (e.g. converted torchvision weights,
+`jaxdd.models.convert.torchvision_to_teacher`) as a complete one-teacher directory.
 
 On-disk layout (the population conventions of `jaxdd.population.train`, shared with the
 expert buffers)::
@@ -50,8 +52,8 @@ from jaxdd.tree import tree_all_finite
 MANIFEST = "teacher.json"
 FORMAT_VERSION = 1
 
-__all__ = ["TeacherConfig", "TeacherError", "train_teachers", "load_teacher", "load_teachers",
-           "read_manifest", "is_complete"]
+__all__ = ["TeacherConfig", "StoredTeacherConfig", "TeacherError", "train_teachers",
+           "save_teacher", "load_teacher", "load_teachers", "read_manifest", "is_complete"]
 
 
 class TeacherError(ValueError):
@@ -80,6 +82,15 @@ class TeacherConfig:
         return TrainConfig(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
                            momentum=self.momentum, weight_decay=self.weight_decay,
                            schedule=self.schedule, optimizer="sgd", dsa=self.dsa)
+
+
+@dataclasses.dataclass(frozen=True)
+class StoredTeacherConfig:
+    """Manifest config of a teacher stored from given weights (nothing was trained here)."""
+
+    num_teachers: int = 1   # one stored network
+    epochs: int = 0         # the Orbax step of its variables: no epochs run by jaxdd
+    source: str = ""        # where the weights came from (e.g. a .pth path)
 
 
 @functools.lru_cache(maxsize=8)
@@ -166,6 +177,38 @@ def train_teachers(out_dir: str, dataset: jdata.Dataset, model_name: str, cfg: T
                    train_time_s=round(time.perf_counter() - t0, 2))
         write_manifest(man_path, m)
         shutil.rmtree(resume_dir(out_dir, "teacher", i), ignore_errors=True)
+    close_population(out_dir, man_path, m, records)
+    return m
+
+
+def save_teacher(out_dir: str, model_name: str, variables: Variables, *, dataset: str,
+                 num_classes: int, input_shape: tuple[int, int, int], preprocess: jdata.Preprocess,
+                 source: str) -> dict[str, Any]:
+    """Store `variables` of registry model `model_name` as a complete one-teacher directory
+    (`load_teachers` reads it); for pretrained weights, so no training set is recorded
+    (num_train 0). Refuses a directory that already holds a teacher. Returns the manifest."""
+    man_path = os.path.join(out_dir, MANIFEST)
+    if os.path.exists(man_path):
+        raise TeacherError(f"{out_dir} already holds a teacher ({MANIFEST}); use another directory")
+    shape = tuple(int(s) for s in input_shape)
+    model = get_model(model_name, num_classes, shape)
+    want = jax.tree.map(lambda s: s.shape, jax.eval_shape(model.init, jax.random.key(0)))
+    got = jax.tree.map(np.shape, variables)
+    if got != want:
+        raise TeacherError(f"variables do not fit model {model_name!r} with {num_classes} "
+                           f"classes (their shapes differ from the model's)")
+    os.makedirs(out_dir, exist_ok=True)
+    none = np.zeros((0, *shape), np.uint8), np.zeros((0,), np.int32)
+    m = new_manifest(
+        "jaxdd.teacher", FORMAT_VERSION, "teachers", model=model_name,
+        num_classes=num_classes, input_shape=shape, dataset=dataset, x_train=none[0],
+        y_train=none[1], pre=preprocess, config=StoredTeacherConfig(source=source), seed=None,
+        layout="teacher_000/0/ = Orbax step of the stored variables")
+    records = open_population(out_dir, man_path, m, None, preprocess, members="teachers",
+                              grow_key="num_teachers", requested=1, refuse=TeacherError)
+    with manager(member_dir(out_dir, "teacher", 0)) as mgr:
+        mgr.save(0, args=ocp.args.StandardSave(variables))
+    records[0].update(complete=True)
     close_population(out_dir, man_path, m, records)
     return m
 
