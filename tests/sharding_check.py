@@ -57,6 +57,22 @@ def recover_case():
 CASES = {"mtt": mtt_case, "dm": dm_case, "recover": recover_case}
 
 
+def evaluate_check(meshes):
+    """evaluate_set with 8 seeds: seeds split over the 8-device mesh vs one device."""
+    from jaxdd.evaluate import EvalData, evaluate_set, get_protocol
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(12, 8, 8, 1)).astype(np.float32)
+    y = np.arange(12) % 4
+    xt = rng.normal(size=(40, 8, 8, 1)).astype(np.float32)
+    data = EvalData(xt[:8], np.arange(8) % 4, xt, np.arange(40) % 4, 4, (8, 8, 1))
+    proto = get_protocol("smoke", epochs=3)
+    res = {m: evaluate_set(jax.random.key(0), x, y, data, proto, 8, model_name="convnet_d2_w4",
+                           mesh=mesh) for m, mesh in meshes.items()}
+    ref = np.asarray(res["1"]["accuracies"])
+    return {m: {"maxdiff": float(np.abs(np.asarray(r["accuracies"]) - ref).max()),
+                "spread": float(ref.max() - ref.min())} for m, r in res.items()}
+
+
 def main(names):
     out = {}
     devs = jax.devices()
@@ -64,6 +80,9 @@ def main(names):
     meshes = {"1": make_mesh(devices=devs[:1]), "8": make_mesh((8,)),
               "4x2": make_mesh((4, 2), ("data", "pool"))}
     for name in names:
+        if name == "evaluate":
+            out[name] = evaluate_check(meshes)
+            continue
         results = {}
         for mname, mesh in meshes.items():
             d, state, batch_fn, consts = CASES[name]()

@@ -25,3 +25,10 @@ def test_distillers_agree_across_meshes():
             assert r["maxdiff"] <= 1e-5, (name, mesh, r)
             assert r["changed"] > 1e-4, (name, mesh, r)   # the steps did something
         assert "data" in by_mesh["8"]["spec"], by_mesh   # the synthetic set really is sharded
+
+
+def test_evaluation_seeds_split_over_devices_agree():
+    """8 evaluation seeds on one device and split over 8 (and 4x2) devices: same accuracies."""
+    res = _run_check("evaluate")["evaluate"]
+    for mesh, r in res.items():
+        assert r["maxdiff"] <= 1e-6, (mesh, r)

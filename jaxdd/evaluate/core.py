@@ -1,7 +1,9 @@
 """Evaluate a (distilled or selected) set: train K fresh networks, test on real data.
 
 The K runs are one `vmap` over seed keys of the compiled training loop, run in a few
-chunks of epochs so long evaluations can report progress with an ETA.
+chunks of epochs so long evaluations can report progress with an ETA. On a mesh the seeds
+are split over the `data` axis (when K divides by its size; else every device runs all),
+so 8 devices train 8 seeds side by side with the same program as one device.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from jaxdd import data as jdata
 from jaxdd.augment import dsa_augment
 from jaxdd.evaluate.protocols import Protocol
 from jaxdd.models import Model, get_model
+from jaxdd.run import mesh as jmesh
 from jaxdd.train import TrainConfig, accuracy, train_epochs, train_init
 
 Progress = Callable[[int, int], None]
@@ -58,10 +61,22 @@ def augment_fn(cfg: TrainConfig):
     return dsa_augment(cfg.dsa)
 
 
+def _seed_sharding(mesh: jax.sharding.Mesh, seeds: int, axis: str = "data"):
+    """Leading (seed) axis over `axis` when the seed count divides, else replicated."""
+    spec = (axis,) if seeds % mesh.shape[axis] == 0 else ()
+    return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(*spec))
+
+
 def train_seeds(keys: jax.Array, model: Model, cfg: TrainConfig, x_NHWC, y_target,
-                lr=None, progress: Progress | None = None):
-    """Train len(keys) networks at once (vmap over keys); returns stacked variables."""
-    x_NHWC, y_target = jnp.asarray(x_NHWC, jnp.float32), jnp.asarray(y_target)
+                lr=None, progress: Progress | None = None,
+                mesh: jax.sharding.Mesh | None = None):
+    """Train len(keys) networks at once (vmap over keys, seeds split over the mesh's `data`
+    axis); returns stacked variables."""
+    mesh = mesh or jmesh.make_mesh()
+    repl = jmesh.replicated(mesh)
+    x_NHWC = jmesh.put(np.asarray(x_NHWC, np.float32), repl)
+    y_target = jmesh.put(np.asarray(y_target), repl)
+    keys = jmesh.put(keys, _seed_sharding(mesh, len(keys)))
     aug = augment_fn(cfg)
     init = jax.jit(jax.vmap(lambda k, lr: train_init(k, model, cfg, x_NHWC.shape[0], lr),
                             in_axes=(0, None)))
@@ -70,6 +85,7 @@ def train_seeds(keys: jax.Array, model: Model, cfg: TrainConfig, x_NHWC, y_targe
     run = jax.jit(jax.vmap(lambda s, x, y: train_epochs(s, model, cfg, x, y, chunk, aug),
                            in_axes=(0, None, None)), donate_argnums=(0,))
     state = init(keys, lr)
+    state = jax.device_put(state, _seed_sharding(mesh, len(keys)))
     for done in range(0, cfg.epochs, chunk):
         state = run(state, x_NHWC, y_target)
         if progress is not None:
@@ -85,7 +101,8 @@ def accuracies(model: Model, variables_S, x, y) -> np.ndarray:
 
 def evaluate_set(key: jax.Array, x_syn_NHWC: np.ndarray, y_syn: np.ndarray, data: EvalData,
                  protocol: Protocol, seeds: int = 5, lr: float | None = None,
-                 model_name: str | None = None, progress: Progress | None = None) -> dict:
+                 model_name: str | None = None, progress: Progress | None = None,
+                 mesh: jax.sharding.Mesh | None = None) -> dict:
     """Train `seeds` fresh networks on the set and report final test accuracy.
 
     Final-epoch accuracy is reported (no selection on test). Validation accuracy comes
@@ -97,7 +114,7 @@ def evaluate_set(key: jax.Array, x_syn_NHWC: np.ndarray, y_syn: np.ndarray, data
     model = get_model(model_name or protocol.model, data.num_classes, data.image_shape)
     t0 = time.time()
     variables = train_seeds(jax.random.split(key, seeds), model, protocol.train, x_syn_NHWC,
-                            label_targets(y_syn, data.num_classes), lr, progress)
+                            label_targets(y_syn, data.num_classes), lr, progress, mesh)
     jax.block_until_ready(variables)
     t_train = time.time() - t0
     test = accuracies(model, variables, data.x_test, data.y_test)
