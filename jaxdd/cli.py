@@ -64,27 +64,28 @@ def _load(name: str, seed: int = 0):
 
 
 def _evaluate_artefact(path: str, protocol: str, seeds: int, model: str | None, seed: int,
-                       epochs: int | None, quiet: bool) -> dict:
+                       overrides: dict, quiet: bool) -> dict:
+    """`overrides`: TrainConfig fields replacing the protocol's (None values are ignored)."""
     import jax
 
     from jaxdd import artefact
     from jaxdd.evaluate import eval_data, evaluate_set, get_protocol
     from jaxdd.run.progress import Progress
     art = artefact.load(path)
-    proto = get_protocol(protocol, **({"epochs": epochs} if epochs else {}))
+    proto = get_protocol(protocol, **{k: v for k, v in overrides.items() if v is not None})
     ds = _load(art.meta["dataset"])
     res = evaluate_set(jax.random.key(seed), art.x_syn_NHWC, art.y_syn,
                        eval_data(ds, art.preprocess), proto, seeds, lr=art.lr, model_name=model,
                        progress=Progress(f"evaluate {protocol}", enabled=not quiet))
     res.update(method=art.meta["method"], dataset=art.meta["dataset"], ipc=art.meta["ipc"],
-               eval_seed=seed, epochs=proto.train.epochs)
+               eval_seed=seed)
     return res
 
 
 def cmd_evaluate(args) -> int:
     from jaxdd import artefact
     res = _evaluate_artefact(args.dir, args.protocol, args.seeds, args.model, args.seed,
-                             args.epochs, args.quiet)
+                             {"epochs": args.epochs, "batch_size": args.batch_size}, args.quiet)
     _emit(res, args.json, f"{args.dir}: {_fmt_acc(res)}")  # printed before it is written
     artefact.add_evaluation(args.dir, res)
     return 0
@@ -109,7 +110,7 @@ def cmd_baseline(args) -> int:
     if not args.evaluate:
         _emit({"out": args.out}, args.json, f"wrote {args.out}")
         return 0
-    res = _evaluate_artefact(args.out, args.evaluate, args.seeds, None, args.seed, None, args.quiet)
+    res = _evaluate_artefact(args.out, args.evaluate, args.seeds, None, args.seed, {}, args.quiet)
     _emit(res, args.json, f"{args.method} IPC {args.ipc} on {ds.name}: {_fmt_acc(res)}")
     artefact.add_evaluation(args.out, res)
     return 0
@@ -131,7 +132,7 @@ def cmd_full(args) -> int:
     res = evaluate_set(jax.random.key(args.seed), jdata.apply(pre, ds.x_train), ds.y_train,
                        eval_data(ds, pre), proto, args.seeds, model_name=args.model,
                        progress=Progress("full data", enabled=not args.quiet))
-    res.update(method="full", dataset=ds.name, epochs=proto.train.epochs)
+    res.update(method="full", dataset=ds.name)
     _emit(res, args.json, f"full {ds.name}: {_fmt_acc(res)}")
     return 0
 
@@ -331,6 +332,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--seeds", type=POS, default=5, help="independent networks (vmapped)")
     sp.add_argument("--model", default=None, help="cross-architecture: another registry name")
     sp.add_argument("--epochs", type=POS, default=None, help="override the protocol's epochs")
+    sp.add_argument("--batch-size", type=POS, default=None,
+                    help="override the protocol's batch size (DATM evaluates with 128)")
     sp.add_argument("--seed", type=NONNEG, default=0)
     common(sp)
     sp.set_defaults(fn=cmd_evaluate)

@@ -47,7 +47,9 @@ class EvalSection:
     protocol: str = "cpu"          # mtt | cpu | smoke (jaxdd.evaluate.protocols)
     seeds: int = 3                 # independent networks, vmapped
     random_baseline: bool = True   # also evaluate a random real subset of the same IPC
-    overrides: dict = dataclasses.field(default_factory=dict)  # TrainConfig fields
+    # TrainConfig fields replacing the protocol's (e.g. DATM's batch_size=128); checked
+    # against TrainConfig at load time, applied by `evaluate.get_protocol(protocol, **overrides)`
+    overrides: dict = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -295,6 +297,10 @@ def validate(cfg: dict) -> dict:
     for name, (cls, extra) in sections.items():
         if name in cfg:
             out[name] = check_section(cls, cfg[name], name, extra)
+    if out.get("eval", {}).get("overrides"):
+        from jaxdd.train import TrainConfig
+        out["eval"]["overrides"] = check_section(TrainConfig, out["eval"]["overrides"],
+                                                 "eval.overrides")
     return out
 
 

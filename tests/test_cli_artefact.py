@@ -24,10 +24,11 @@ def test_baseline_then_evaluate_json(tiny_npz, tmp_path, capsys):
     assert art.x_syn_NHWC.shape == (12, 8, 8, 1) and art.meta["label_kind"] == "hard"
     assert os.path.exists(os.path.join(out, "grid.png"))
     code, o, e = _run(capsys, "evaluate", out, "--protocol", "smoke", "--seeds", "2", "--json",
-                      "--epochs", "5")
+                      "--epochs", "5", "--batch-size", "8")
     assert code == 0, e
     res = json.loads(o.strip().splitlines()[-1])
     assert res["seeds"] == 2 and res["epochs"] == 5 and len(res["accuracies"]) == 2
+    assert res["batch_size"] == 8   # DATM evaluates with 128; the protocol's default is 64
     assert res["accuracy_mean"] == pytest.approx(sum(res["accuracies"]) / 2)
     assert len(json.load(open(os.path.join(out, "evaluations.json")))) == 1
 

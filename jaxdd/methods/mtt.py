@@ -22,10 +22,11 @@ Learned step size. `SynState.log_lr` stores log(alpha). How it is optimised is s
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal, Mapping, NamedTuple
+from typing import Callable, Literal, Mapping, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from jaxdd.augment import DSA_DEFAULT
@@ -49,6 +50,7 @@ __all__ = [
     "sample_segment_index",
     "datm_upper_bound",
     "datm_init_labels",
+    "datm_pick_correct",
     "tesla_assign_labels",
     "matching_loss_and_grads",
     "param_distance_loss",
@@ -91,6 +93,14 @@ class MTTConfig:
     # `make_mtt` with a bare apply_fn cannot see the model and runs the whole batch. 1 = off.
     image_chunks: int | Literal["auto"] = "auto"
     label_mode: Literal["hard", "tesla", "learned"] = "hard"  # hard ids / expert-assigned / DATM
+    # DATM (used by the pipeline): the expert checkpoint that initialises learned label logits
+    # and picks the images of `init_correct_only`: "final" = each expert's last epoch (DATM's
+    # Label_Model_Timestamp = -1); "window" = epoch max_start + expert_epochs (the last one
+    # the matching loop loads; no extra read).
+    label_expert_epoch: Literal["final", "window"] = "final"
+    # DATM pix_init = samples_predicted_correctly: initialise from real images of each class
+    # that an expert (at label_expert_epoch) classifies correctly (`datm_pick_correct`).
+    init_correct_only: bool = False
     ema_decay: float | None = None  # FTD: decay of the EMA of synthetic images; None = off
     max_loss: float | None = None  # skip the update when loss > max_loss (DATM: 1.0); None = off
     current_max_start: int | None = None  # DATM: initial upper bound of the start window [epochs]
@@ -107,6 +117,8 @@ class MTTConfig:
             raise ValueError(f"lr_space={self.lr_space!r}; expected 'linear' or 'log'")
         if self.image_chunks != "auto" and not (type(self.image_chunks) is int and self.image_chunks >= 1):
             raise ValueError(f"image_chunks={self.image_chunks!r}; expected 'auto' or an int >= 1 (1 = off)")
+        if self.label_expert_epoch not in ("final", "window"):
+            raise ValueError(f"label_expert_epoch={self.label_expert_epoch!r}; expected 'final' or 'window'")
         if not 0 <= self.min_start < self.max_start:
             raise ValueError(f"need 0 <= min_start < max_start, got {self.min_start}, {self.max_start}")
 
@@ -176,18 +188,56 @@ def datm_init_labels(
     """DATM label-logit initialisation over stacked expert params (leading axis E).
 
     Returns (logits_NxK, num_correct_N): logits_NxK[n] is the average of the logits of the
-    experts that classify image n correctly (their last checkpoints, stacked by the driver);
-    num_correct_N counts them. Images with num_correct_N == 0 get the average over all experts;
-    the driver should initialise only from images with num_correct_N > 0 (DATM picks images a
-    final expert classifies correctly).
+    experts that classify image n correctly (DATM: every expert's last checkpoint, see
+    `MTTConfig.label_expert_epoch`); num_correct_N counts them. Images with num_correct_N == 0
+    get the average over all experts (DATM would divide by zero); `datm_pick_correct` picks
+    only images with num_correct_N > 0.
     """
-    logits_ExNxK = jax.vmap(apply_fn, in_axes=(0, None))(experts_params_E, x_NHWC)
+    # One expert at a time (lax.map, as DATM's loop): a vmap over 100 experts would hold
+    # 100x the activations (ConvNet-D3, 1000 images: ~52 GB in the first layer alone).
+    logits_ExNxK = jax.lax.map(lambda p: apply_fn(p, x_NHWC), experts_params_E)
     correct_ExN = jnp.argmax(logits_ExNxK, axis=-1) == y_N[None, :]
     num_correct_N = jnp.sum(correct_ExN, axis=0)
     summed_NxK = jnp.sum(jnp.where(correct_ExN[..., None], logits_ExNxK, 0.0), axis=0)
     mean_correct_NxK = summed_NxK / jnp.maximum(num_correct_N, 1)[:, None]
     logits_NxK = jnp.where((num_correct_N > 0)[:, None], mean_correct_NxK, jnp.mean(logits_ExNxK, axis=0))
     return logits_NxK, num_correct_N
+
+
+DATM_PICK_CHUNK = 256  # images per expert forward while picking (DATM.py's batch_size)
+
+
+def datm_pick_correct(key: PRNGKey, class_indices: Sequence[np.ndarray], ipc: int,
+                      predict: Callable[[int, np.ndarray], np.ndarray], num_experts: int,
+                      chunk: int = DATM_PICK_CHUNK) -> np.ndarray:
+    """DATM's initial images (pix_init = samples_predicted_correctly), as training indices.
+
+    Class by class: `ipc` images that expert 0 classifies correctly, uniform among those (the
+    first correct ones of a random order, scanned `chunk` at a time so that only what is needed
+    is evaluated); a class that runs out goes on to expert 1, 2, ... as DATM does.
+    `predict(e, idx)` = expert e's predicted classes of training images idx. Host-side;
+    returns (K * ipc,) indices, class-major like `data.sample_indices_per_class`.
+    """
+    picked = []
+    for c, ix in enumerate(class_indices):
+        order = np.asarray(jax.random.permutation(jax.random.fold_in(key, c), np.asarray(ix)))
+        chosen: list[int] = []
+        for e in range(num_experts):
+            for i in range(0, len(order), chunk):
+                part = order[i:i + chunk]
+                part = part[~np.isin(part, chosen)]
+                if len(part):
+                    chosen += part[np.asarray(predict(e, part)) == c][:ipc - len(chosen)].tolist()
+                if len(chosen) == ipc:
+                    break
+            if len(chosen) == ipc:
+                break
+        if len(chosen) < ipc:
+            raise ValueError(f"class {c}: only {len(chosen)} of its {len(order)} training images are "
+                             f"classified correctly by any of the {num_experts} experts, need "
+                             f"ipc={ipc}; train the experts longer or set mtt.init_correct_only=False")
+        picked.append(chosen)
+    return np.asarray(picked, np.int64).reshape(-1)
 
 
 # ----------------------------------------------------------------------------------------------

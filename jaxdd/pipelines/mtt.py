@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxdd import data as jdata
 from jaxdd.population import experts as jexperts
 from jaxdd.augment import dsa
 from jaxdd.methods import mtt
@@ -39,6 +40,26 @@ def build_experts(ctx: Context) -> str:
     return path
 
 
+def init_correct_images(ctx: Context, key: jax.Array, apply_fn, experts_E) -> tuple[np.ndarray, np.ndarray]:
+    """DATM's initial set in model space: real images of each class that an expert of
+    `experts_E` (leaves (E, ...)) classifies correctly (`mtt.datm_pick_correct`)."""
+    if ctx.cfg.get("init", "real") != "real":
+        raise ValueError(f"mtt.init_correct_only picks real images; it needs init='real', "
+                         f"not {ctx.cfg['init']!r}")
+    chunk = mtt.DATM_PICK_CHUNK
+    predict_fn = jax.jit(lambda p, x: jnp.argmax(apply_fn(p, x), axis=-1))
+
+    def predict(e: int, idx: np.ndarray) -> np.ndarray:
+        x = jdata.apply(ctx.pre, ctx.ds.x_train[idx])
+        x = np.pad(x, ((0, chunk - len(idx)),) + ((0, 0),) * (x.ndim - 1))   # one compiled shape
+        return np.asarray(predict_fn(jax.tree.map(lambda a: a[e], experts_E), x))[:len(idx)]
+
+    num_experts = jax.tree.leaves(experts_E)[0].shape[0]
+    idx = mtt.datm_pick_correct(key, ctx.ds.class_indices, ctx.cfg["ipc"], predict, num_experts)
+    y = np.repeat(np.arange(ctx.ds.num_classes, dtype=np.int32), ctx.cfg["ipc"])
+    return jdata.apply(ctx.pre, ctx.ds.x_train[idx]), y
+
+
 def prepare(ctx: Context) -> Prepared:
     cfg = ctx.cfg
     mcfg = dataclass_from(mtt.MTTConfig, {**cfg["mtt"], "iterations": cfg["iterations"]})
@@ -47,7 +68,15 @@ def prepare(ctx: Context) -> Prepared:
     stacked = jexperts.stack_experts(path, mcfg.max_start, mcfg.expert_epochs)
     num_experts = len(info.complete_experts)
     model = get_model(cfg["model"], ctx.ds.num_classes, ctx.ds.image_shape)
-    x0, y0 = init_images(ctx, jax.random.fold_in(ctx.key, 0))
+    apply_fn = lambda p, x: model.apply({"params": p}, x)
+    label_experts = None   # DATM: the checkpoints that pick the images and give label logits
+    if mcfg.label_mode == "learned" or mcfg.init_correct_only:
+        label_experts = (jexperts.stack_final(path) if mcfg.label_expert_epoch == "final"
+                         else jax.tree.map(lambda a: a[:, -1], stacked))
+    if mcfg.init_correct_only:
+        x0, y0 = init_correct_images(ctx, jax.random.fold_in(ctx.key, 0), apply_fn, label_experts)
+    else:
+        x0, y0 = init_images(ctx, jax.random.fold_in(ctx.key, 0))
     batch = mcfg.batch_syn or len(x0)
     if mcfg.image_chunks == "auto":
         mcfg = dataclasses.replace(mcfg, image_chunks=auto_chunks(model, batch, mtt.AUTO_MAX_CHUNKS))
@@ -55,12 +84,10 @@ def prepare(ctx: Context) -> Prepared:
         print(f"[distill] {mcfg.syn_steps} inner steps on {batch} images, student forward in "
               f"{mcfg.image_chunks} chunk(s) (mtt.image_chunks={cfg['mtt'].get('image_chunks', 'auto')!r})",
               file=sys.stderr, flush=True)
-    apply_fn = lambda p, x: model.apply({"params": p}, x)
     augment = functools.partial(dsa, strategy=mcfg.dsa_strategy) if mcfg.dsa_strategy else mtt.identity_augment
     distiller = mtt.make_mtt(mcfg, apply_fn, augment)
     if mcfg.label_mode == "learned":   # DATM: logits of the experts that get the image right
-        last = jax.tree.map(lambda a: a[:, -1], stacked)
-        y0, _ = mtt.datm_init_labels(apply_fn, last, jnp.asarray(x0), jnp.asarray(y0))
+        y0, _ = mtt.datm_init_labels(apply_fn, label_experts, jnp.asarray(x0), jnp.asarray(y0))
     elif mcfg.label_mode == "tesla":
         first = jax.tree.map(lambda a: a[0, -1], stacked)
         y0 = mtt.tesla_assign_labels(apply_fn, first, jnp.asarray(x0))

@@ -419,6 +419,22 @@ def load_segment(out_dir: str, expert: int, start: int, expert_epochs: int
     return _read_params(info, expert, start), _read_params(info, expert, start + expert_epochs)
 
 
+def _stack(info: BufferInfo, experts: Sequence[int] | None, epochs: Sequence[int]) -> PyTree:
+    """Host numpy pytree with leaves (E, len(epochs), ...): `epochs` of each expert."""
+    experts = list(info.complete_experts if experts is None else experts)
+    if not experts:
+        raise BufferError(f"buffer {info.out_dir} has no complete experts to stack")
+    for e in experts:
+        _check_request(info, e, max(epochs))
+    target = _abstract_params(info.model_name, info.num_classes, info.input_shape)
+    out = jax.tree.map(lambda s: np.empty((len(experts), len(epochs), *s.shape), s.dtype), target)
+    for a, e in enumerate(experts):
+        for b, epoch in enumerate(epochs):
+            params = _read_params(info, e, epoch)
+            jax.tree.map(lambda dst, src: dst.__setitem__((a, b), src), out, params)
+    return out
+
+
 def stack_experts(out_dir: str, max_start_epoch: int, expert_epochs: int, *,
                   experts: Sequence[int] | None = None,
                   device: jax.Device | jax.sharding.Sharding | None = None) -> PyTree:
@@ -430,20 +446,15 @@ def stack_experts(out_dir: str, max_start_epoch: int, expert_epochs: int, *,
     100 experts, T = 23: 2.9 GB; pass `experts` to load a subset. Only complete experts by
     default.
     """
-    info = load_buffer(out_dir)
-    experts = list(info.complete_experts if experts is None else experts)
-    if not experts:
-        raise BufferError(f"buffer {out_dir} has no complete experts to stack")
     t = max_start_epoch + expert_epochs + 1
-    for e in experts:
-        _check_request(info, e, t - 1)
-    target = _abstract_params(info.model_name, info.num_classes, info.input_shape)
-    out = jax.tree.map(lambda s: np.empty((len(experts), t, *s.shape), s.dtype), target)
-    for a, e in enumerate(experts):
-        for epoch in range(t):
-            params = _read_params(info, e, epoch)
-            jax.tree.map(lambda dst, src: dst.__setitem__((a, epoch), src), out, params)
-    return jax.device_put(out, device)
+    return jax.device_put(_stack(load_buffer(out_dir), experts, range(t)), device)
+
+
+def stack_final(out_dir: str, *, experts: Sequence[int] | None = None) -> PyTree:
+    """Each expert's last checkpoint (epoch `epochs`), stacked: host leaves (E, ...), in
+    `complete_experts` order by default (DATM's label experts, `Label_Model_Timestamp = -1`)."""
+    info = load_buffer(out_dir)
+    return jax.tree.map(lambda a: a[:, 0], _stack(info, experts, [info.epochs]))
 
 
 def take_segment(stacked_ExT: PyTree, expert: jax.Array | int, start: jax.Array | int,
@@ -455,5 +466,5 @@ def take_segment(stacked_ExT: PyTree, expert: jax.Array | int, start: jax.Array 
 
 
 __all__ = ["ExpertConfig", "BufferInfo", "ExpertRecord", "BufferError", "build_buffer",
-           "load_buffer", "load_expert_epoch", "load_segment", "stack_experts",
+           "load_buffer", "load_expert_epoch", "load_segment", "stack_experts", "stack_final",
            "take_segment", "gsam_direction", "gsam_train_epochs"]
