@@ -313,7 +313,9 @@ POS, NONNEG = _at_least(1), _at_least(0)
 
 
 def build_parser() -> argparse.ArgumentParser:
+    import jaxdd
     p = _Parser(prog="jaxdd", description="Dataset distillation in JAX.")
+    p.add_argument("--version", action="version", version=f"jaxdd {jaxdd.__version__}")
     sub = p.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
 
     def common(sp, json_flag=True):

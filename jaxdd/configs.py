@@ -253,10 +253,43 @@ def _exec_config(path: str) -> dict:
     return cfg
 
 
+def preset_dirs() -> list[str]:
+    """Where presets live: jaxdd/presets in an installed package (setup.py copies configs/
+    there), configs/ beside the package in a checkout or an editable install."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    return [d for d in (os.path.join(here, "presets"), os.path.join(os.path.dirname(here), "configs"))
+            if os.path.isdir(d)]
+
+
+def preset_names() -> list[str]:
+    """Every preset as `family/name` (the shared `common.py` bases excluded)."""
+    names = set()
+    for d in preset_dirs():
+        for family in sorted(os.listdir(d)):
+            if os.path.isdir(os.path.join(d, family)):
+                names.update(f"{family}/{f[:-3]}" for f in os.listdir(os.path.join(d, family))
+                             if f.endswith(".py") and f != "common.py")
+    return sorted(names)
+
+
+def resolve_config(spec: str) -> str:
+    """A config file path, or a preset name (`mtt/fashion_mnist_cpu`, `.py` optional)."""
+    if os.path.isfile(spec):
+        return spec
+    name = spec[:-3] if spec.endswith(".py") else spec
+    name = name[len("configs/"):] if name.startswith("configs/") else name
+    for d in preset_dirs():
+        path = os.path.join(d, name + ".py")
+        if os.path.isfile(path):
+            return path
+    raise ConfigError(f"config {spec} does not exist (neither a file nor a preset name); presets: "
+                      f"{', '.join(preset_names())}")
+
+
 def load_config(path: str, ipc: int | None = None, sets: list[str] | None = None) -> dict:
-    """Load a config file, choose the IPC (default: the file's `ipc`), apply `--set`
-    overrides, and check the result against the schema (`validate`)."""
-    cfg = _exec_config(path)
+    """Load a config file or preset name, choose the IPC (default: the file's `ipc`), apply
+    `--set` overrides, and check the result against the schema (`validate`)."""
+    cfg = _exec_config(resolve_config(path))
     by_ipc = cfg.pop("by_ipc", {}) or {}
     if ipc is None and "ipc" not in cfg:
         raise ConfigError(f"{path} sets no ipc; pass --ipc")
