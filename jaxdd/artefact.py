@@ -15,8 +15,6 @@ from __future__ import annotations
 import datetime
 import json
 import os
-import shutil
-import tempfile
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -102,13 +100,8 @@ def save(out_dir: str, x_syn_NHWC: np.ndarray, y_syn: np.ndarray, *, preprocess:
     if not np.isfinite(x).all():
         raise ArtefactError("the synthetic images contain NaN/inf; refusing to save them")
     check_target(out_dir, overwrite)
-    parent = os.path.dirname(os.path.abspath(out_dir))
-    safeio.makedirs(parent)
-    try:
-        tmp = tempfile.mkdtemp(dir=parent, prefix=".tmp-artefact-")
-    except OSError as e:
-        raise safeio.OutputError(safeio.os_error_message(out_dir, e)) from None
-    try:
+
+    def fill(tmp: str) -> None:
         pre = {f"pre_{k}": v for k, v in jdata.to_dict(preprocess).items()}
         arrays = {"x_syn_NHWC": x, "y_syn": y, **pre}
         if lr is not None:
@@ -130,21 +123,8 @@ def save(out_dir: str, x_syn_NHWC: np.ndarray, y_syn: np.ndarray, *, preprocess:
         safeio.write_json(os.path.join(tmp, "evaluations.json"), _kept_evaluations(out_dir, digest))
         save_grid(os.path.join(tmp, "grid.png"), jdata.invert(preprocess, x, clip=True),
                   y if y.ndim == 1 else y.argmax(-1), num_classes)
-        if exists(out_dir):  # replace our own artefact: old -> aside, new -> in, old removed
-            old = tempfile.mkdtemp(dir=parent, prefix=".old-artefact-")
-            os.rmdir(old)
-            os.replace(out_dir, old)
-            os.replace(tmp, out_dir)
-            shutil.rmtree(old)
-        else:
-            if os.path.isdir(out_dir):  # an empty directory (checked above)
-                os.rmdir(out_dir)
-            os.replace(tmp, out_dir)
-    except OSError as e:
-        raise safeio.OutputError(safeio.os_error_message(out_dir, e)) from None
-    finally:
-        if os.path.exists(tmp):
-            shutil.rmtree(tmp)
+
+    safeio.write_dir(out_dir, fill, replace=exists(out_dir), prefix="artefact")
     return out_dir
 
 

@@ -17,6 +17,7 @@ import fcntl
 import hashlib
 import json
 import os
+import shutil
 import socket
 import tempfile
 import time
@@ -83,6 +84,34 @@ def savez(path: str, **arrays: np.ndarray) -> None:
         with open(tmp, "wb") as f:
             np.savez(f, **arrays)
     _write_atomic(path, write, ".npz")
+
+
+def write_dir(out_dir: str, fill: Callable[[str], None], *, replace: bool, prefix: str) -> None:
+    """Build a directory atomically: `fill(tmp)` writes into a temporary sibling that is then
+    renamed to `out_dir`. `replace`: out_dir is a directory jaxdd wrote (the caller checked)
+    and is moved aside, replaced and only then removed; otherwise out_dir is absent or an
+    empty directory. A failure leaves out_dir as it was and no temporary behind."""
+    parent = os.path.dirname(os.path.abspath(out_dir))
+    makedirs(parent)
+    tmp = None
+    try:
+        tmp = tempfile.mkdtemp(dir=parent, prefix=f".tmp-{prefix}-")
+        fill(tmp)
+        if replace and os.path.exists(out_dir):  # old -> aside, new -> in, old removed
+            old = tempfile.mkdtemp(dir=parent, prefix=f".old-{prefix}-")
+            os.rmdir(old)
+            os.replace(out_dir, old)
+            os.replace(tmp, out_dir)
+            shutil.rmtree(old)
+        else:
+            if os.path.isdir(out_dir):  # an empty directory (checked by the caller)
+                os.rmdir(out_dir)
+            os.replace(tmp, out_dir)
+    except OSError as e:
+        raise OutputError(os_error_message(out_dir, e)) from None
+    finally:
+        if tmp and os.path.exists(tmp):
+            shutil.rmtree(tmp)
 
 
 def read_versioned_json(path: str, fmt: str, version: int, error: type[Exception],
