@@ -279,6 +279,51 @@ def cmd_relabel(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from jaxdd import artefact, exchange
+    exchange.check_export_target(args.out, args.overwrite)  # before any work: fail fast
+    dataset = artefact.load(args.dir).meta.get("dataset", "")
+    names = (_load(dataset).class_names if dataset.startswith(("npz:", "folder:")) else None)
+    res = exchange.export(args.dir, args.format, args.out, overwrite=args.overwrite,
+                          class_names=names)
+    _emit(res, args.json, f"exported {res['num_images']} images of {args.dir} as "
+                          f"{args.format} -> {args.out}")
+    return 0
+
+
+def cmd_import(args) -> int:
+    import numpy as np
+
+    from jaxdd import artefact, exchange
+    from jaxdd import data as jdata
+    artefact.check_target(args.out, args.overwrite)  # before any work: fail fast
+    ds = _load(args.dataset, args.seed)
+    fmt, s = exchange.read(args.src, args.format, ds.class_names, images=args.images,
+                           labels=args.labels, lr=args.lr)
+    what = args.src or args.images
+    if s.preprocess is not None and (args.space == "pixel" or args.preprocess not in (
+            None, s.preprocess.kind)):
+        raise ValueError(f"{what} is a jaxdd export with its own {s.preprocess.kind} "
+                         f"preprocessing and model-space images; drop --space/--preprocess")
+    if args.space:
+        s = s._replace(model_space=args.space == "model")
+    x, y = exchange.check_set(s, ds.image_shape, ds.num_classes, what)
+    pre = s.preprocess or jdata.fit_preprocess(args.preprocess or s.preprocess_kind
+                                               or "normalize", ds.x_train, dataset_name=ds.name)
+    if not s.model_space:
+        x = jdata.apply(pre, x)
+    ipc = int(np.bincount(exchange.hard_labels(y), minlength=ds.num_classes).max())
+    artefact.save(args.out, x, y, preprocess=pre, method=f"imported:{fmt}", dataset=ds.name,
+                  num_classes=ds.num_classes, ipc=ipc, seed=args.seed,
+                  config={"preprocess": pre.kind, "space": "model" if s.model_space else "pixel"},
+                  lr=s.lr, overwrite=args.overwrite,
+                  extra={"source": os.path.abspath(what),
+                         **({"source_labels": os.path.abspath(args.labels)} if args.labels else {})})
+    _emit({"out": args.out, "format": fmt, "num_images": len(y), "ipc": ipc}, args.json,
+          f"imported {len(y)} images ({fmt}) -> {args.out}")
+    return 0
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse with jaxdd's one-line errors: `jaxdd: error: ...` and exit code 2."""
 
@@ -353,6 +398,36 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--overwrite", action="store_true")
     common(sp)
     sp.set_defaults(fn=cmd_baseline)
+
+    sp = sub.add_parser("export", help="an artefact as a PNG folder, an npz or MTT/DATM .pt files")
+    sp.add_argument("dir", help="artefact directory")
+    sp.add_argument("--format", required=True, choices=["png", "npz", "torch"])
+    sp.add_argument("--out", required=True, help="new directory to write")
+    sp.add_argument("--overwrite", action="store_true", help="replace a previous jaxdd export")
+    common(sp)
+    sp.set_defaults(fn=cmd_export)
+
+    sp = sub.add_parser("import", help="a set made elsewhere (MTT/DATM .pt, image folder, npz) "
+                                       "as an artefact")
+    sp.add_argument("src", nargs="?", default=None,
+                    help="export directory, image folder (<class>/*.png) or .npz")
+    sp.add_argument("--format", default=None, choices=["png", "npz", "torch"],
+                    help="default: from the source")
+    sp.add_argument("--images", default=None, help="MTT/DATM images.pt (N, C, H, W)")
+    sp.add_argument("--labels", default=None, help="labels.pt: (N,) classes or (N, K) logits")
+    sp.add_argument("--lr", default=None, help="lr.pt: the learned evaluation lr")
+    sp.add_argument("--dataset", required=True, help="the dataset the set was distilled from")
+    sp.add_argument("--preprocess", default=None,
+                    help="normalize | zca | zca_kip | none, fitted on the training split "
+                         "(default: the export's, else normalize)")
+    sp.add_argument("--space", default=None, choices=["model", "pixel"],
+                    help="images already preprocessed (model; default for .pt) or pixels "
+                         "(default for png / npz)")
+    sp.add_argument("--out", required=True, help="artefact directory to write")
+    sp.add_argument("--seed", type=NONNEG, default=0, help="dataset validation split seed")
+    sp.add_argument("--overwrite", action="store_true")
+    common(sp)
+    sp.set_defaults(fn=cmd_import)
 
     sp = sub.add_parser("methods", help="the registered methods")
     common(sp)
