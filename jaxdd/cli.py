@@ -283,7 +283,12 @@ def cmd_export(args) -> int:
     from jaxdd import artefact, exchange
     exchange.check_export_target(args.out, args.overwrite)  # before any work: fail fast
     dataset = artefact.load(args.dir).meta.get("dataset", "")
-    names = (_load(dataset).class_names if dataset.startswith(("npz:", "folder:")) else None)
+    names = None  # class folder names: from a local dataset if it is still there, else k
+    if dataset.startswith(("npz:", "folder:")):
+        try:
+            names = _load(dataset).class_names
+        except (ValueError, OSError):
+            pass
     res = exchange.export(args.dir, args.format, args.out, overwrite=args.overwrite,
                           class_names=names)
     _emit(res, args.json, f"exported {res['num_images']} images of {args.dir} as "
