@@ -26,6 +26,16 @@ uninterrupted run. A manifest built with another config, model, dataset, preproc
 seed is refused. `num_experts` alone may grow (experts are independent: fold_in(key, i)).
 
 Expert i uses key fold_in(key, i): train_init splits it into the init key and the loop key.
+
+Groups (`experts_per_program = K > 1`): the unfinished experts are taken K at a time; a
+group's states are stacked (leading axis = expert) and split over the `data` axis of a mesh
+of gcd(K, devices) devices, and each epoch of the whole group is one compiled call
+(`population.train.group_step`): per device its experts run unrolled (`group_mode =
+"unroll"`, the one-expert program once per expert: every checkpoint bit-identical to one at
+a time, on 1 or 8 devices) or vmapped (`"vmap"`: batched kernels, last-bit differences).
+After each call every expert is brought back to the host and saved exactly as a lone expert
+is, so layout, manifest, per-epoch resume (experts of a killed group may resume from
+different epochs; they share the calls) and the reading functions are unchanged.
 """
 
 from __future__ import annotations
