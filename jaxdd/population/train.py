@@ -7,7 +7,9 @@ unfinished, its latest full training state under `resume/<member>/`. Every epoch
 jitted chunk of the shared loop (`jaxdd.train.train_epochs`, epoch e draws from
 fold_in(key, e)) saved before the next starts, so an interrupted run continues
 bit-identically. A manifest built with another setup is refused; the population size
-alone (`grow_key`) may grow. Member i uses key fold_in(key, i).
+alone (`grow_key`) may grow. Member i uses key fold_in(key, i). Several members can train
+as one compiled program per epoch (`group_step`, `run_group_epochs`: stacked states split
+over the mesh), saved member by member as above.
 """
 
 from __future__ import annotations
@@ -37,8 +39,9 @@ _IDENTITY_KEYS = ("model", "num_classes", "input_shape", "dataset", "dataset_fin
 __all__ = ["PREPROCESS_FILE", "write_manifest", "new_manifest", "identity",
            "setup_diff", "dataset_fingerprint", "preprocess_sha", "key_and_seed", "manager",
            "member_dir", "resume_dir", "read_preprocess", "fit_or_stored_preprocess",
-           "compile_member", "GROUP_MODES", "group_step", "stack_members", "open_population", "on_device", "restore_resume", "save_resume",
-           "run_epochs", "run_group_epochs", "close_population"]
+           "compile_member", "GROUP_MODES", "group_step", "stack_members", "open_population",
+           "on_device", "restore_resume", "save_resume", "run_epochs", "run_group_epochs",
+           "close_population"]
 
 
 # ---------------------------------------------------------------------------------------
