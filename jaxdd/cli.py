@@ -195,6 +195,8 @@ def cmd_buffer(args) -> int:
         cfg["experts"]["num_experts"] = args.experts
     if args.epochs:
         cfg["experts"]["epochs"] = args.epochs
+    if args.experts_per_program:
+        cfg["experts"]["experts_per_program"] = args.experts_per_program
     if args.out:
         cfg["buffer_dir"] = args.out
     if "dataset" not in cfg or "model" not in cfg:
@@ -457,6 +459,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--model", default=None)
     sp.add_argument("--experts", type=POS, default=None, help="number of experts")
     sp.add_argument("--epochs", type=POS, default=None, help="epochs per expert")
+    sp.add_argument("--experts-per-program", type=POS, default=None, metavar="K",
+                    help="train K experts together as one compiled program (same checkpoints)")
     sp.add_argument("--preprocess", default="normalize")
     sp.add_argument("--out", default=None, help="buffer directory")
     sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")

@@ -73,6 +73,39 @@ def evaluate_check(meshes):
                 "spread": float(ref.max() - ref.min())} for m, r in res.items()}
 
 
+def experts_check():
+    """Expert buffers of 8 experts: one at a time on one device vs groups of 8 (over the 8
+    devices) and 4 (over 4), unrolled and vmapped; every trajectory checkpoint compared."""
+    import dataclasses
+    import tempfile
+    from jaxdd.population import experts as ex
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (48, 8, 8, 1)).astype(np.uint8)
+    y = (np.arange(48) % 3).astype(np.int32)
+    cfg = ex.ExpertConfig(num_experts=8, epochs=2, batch_size=16, dsa="crop")
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        ex.build_buffer(f"{tmp}/one", (x, y), "convnet_d2_w4", cfg, 0)
+        ref = [[ex.load_expert_epoch(f"{tmp}/one", e, t) for t in range(3)] for e in range(8)]
+        for size in (8, 4):
+            for mode in ("unroll", "vmap"):
+                d = f"{tmp}/{size}{mode}"
+                ex.build_buffer(d, (x, y), "convnet_d2_w4", dataclasses.replace(
+                    cfg, experts_per_program=size, group_mode=mode), 0)
+                got = [[ex.load_expert_epoch(d, e, t) for t in range(3)] for e in range(8)]
+                diff = max(float(np.abs(a - b).max()) for a, b in
+                           zip(jax.tree.leaves(got), jax.tree.leaves(ref), strict=True))
+                out[f"{size}_{mode}"] = {"maxdiff": diff}
+        # Where a group of 8 lives: the stacked state split over all 8 devices.
+        from jaxdd.train.loop import train_init
+        model, epoch_fn, _ = ex._compiled("convnet_d2_w4", 3, (8, 8, 1), cfg)
+        states = [train_init(jax.random.key(i), model, cfg.train_config(), 48) for i in range(8)]
+        _, _, fns = ex._group_layout(states, (jnp.zeros(1), jnp.zeros(1)), epoch_fn, "unroll")
+        leaf = jax.tree.leaves(fns["stack"](states).variables)[0]
+        out["placement"] = {"spec": str(leaf.sharding.spec), "devices": len(leaf.devices())}
+    return out
+
+
 def main(names):
     out = {}
     devs = jax.devices()
@@ -82,6 +115,9 @@ def main(names):
     for name in names:
         if name == "evaluate":
             out[name] = evaluate_check(meshes)
+            continue
+        if name == "experts":
+            out[name] = experts_check()
             continue
         results = {}
         for mname, mesh in meshes.items():

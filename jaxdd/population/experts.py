@@ -26,12 +26,24 @@ uninterrupted run. A manifest built with another config, model, dataset, preproc
 seed is refused. `num_experts` alone may grow (experts are independent: fold_in(key, i)).
 
 Expert i uses key fold_in(key, i): train_init splits it into the init key and the loop key.
+
+Groups (`experts_per_program = K > 1`): the unfinished experts are taken K at a time; a
+group's states are stacked (leading axis = expert) and split over the `data` axis of a mesh
+of gcd(K, devices) devices, and each epoch of the whole group is one compiled call
+(`population.train.group_step`): per device its experts run unrolled (`group_mode =
+"unroll"`, the one-expert program once per expert: every checkpoint bit-identical to one at
+a time, on 1 or 8 devices) or vmapped (`"vmap"`: batched kernels, last-bit differences).
+After each call every expert is brought back to the host and saved exactly as a lone expert
+is, so layout, manifest, per-epoch resume (experts of a killed group may resume from
+different epochs; they share the calls) and the reading functions are unchanged.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
+import math
 import os
 import shutil
 import time
@@ -42,16 +54,19 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
+from jax.sharding import NamedSharding, PartitionSpec as P
 
 from jaxdd import data as jdata
 from jaxdd import safeio
 from jaxdd.augment import DSA_DEFAULT, dsa_augment
 from jaxdd.models import Model, get_model
-from jaxdd.population.train import (PREPROCESS_FILE, close_population, compile_member,
+from jaxdd.population.train import (GROUP_MODES, PREPROCESS_FILE, close_population,
+                                    compile_member, group_step, stack_members,
                                     fit_or_stored_preprocess, key_and_seed, manager, member_dir,
                                     new_manifest, on_device, open_population,
-                                    read_preprocess, restore_resume, resume_dir, run_epochs,
-                                    save_resume, write_manifest)
+                                    read_preprocess, restore_resume, resume_dir,
+                                    run_group_epochs, save_resume, write_manifest)
+from jaxdd.run.mesh import make_mesh, put, replicated
 from jaxdd.train.loop import TrainConfig, TrainState, train_epochs, train_init
 
 PyTree = Any
@@ -84,10 +99,22 @@ class ExpertConfig:
     gsam_rho: float = 0.01      # GSAM perturbation radius (constant, as FTD's buffers)
     gsam_alpha: float = 0.3     # GSAM weight of the removed orthogonal component (0.3 / 1.0)
     gsam_adaptive: bool = True  # adaptive (ASAM-style) perturbation e ~ g * w^2
+    # Experts trained together, one compiled program per epoch for the group (their states
+    # stacked, split over gcd(group, devices) devices); 1 = one at a time. A buffer may be
+    # resumed or extended with other values of these two fields.
+    experts_per_program: int = 1
+    # How a device runs its experts of a group: "unroll" = the one-expert program once per
+    # expert (bit-identical to one at a time), "vmap" = one batched program (vmapped over
+    # the experts' states; batched kernels may differ in the last bit).
+    group_mode: str = "unroll"
 
     def __post_init__(self):
         if self.num_experts < 1:
             raise ValueError(f"num_experts must be >= 1, got {self.num_experts}")
+        if self.experts_per_program < 1:
+            raise ValueError(f"experts_per_program must be >= 1, got {self.experts_per_program}")
+        if self.group_mode not in GROUP_MODES:
+            raise ValueError(f"unknown group_mode {self.group_mode!r}; use one of {GROUP_MODES}")
         if self.optimizer not in ("sgd", "gsam"):
             raise ValueError(f"unknown expert optimizer {self.optimizer!r}; use sgd or gsam")
         if self.gsam_rho < 0:
@@ -302,7 +329,8 @@ def build_buffer(out_dir: str, dataset: Any, model_name: str, cfg: ExpertConfig,
         counts={"num_test": 0 if x_test is None else int(len(x_test))})
     records = open_population(
         out_dir, man_path, m, old, pre, members="experts", grow_key="num_experts",
-        requested=cfg.num_experts, refuse=lambda diff: BufferError(
+        requested=cfg.num_experts, free_keys=("experts_per_program", "group_mode"),
+        refuse=lambda diff: BufferError(
             f"{man_path} was built with a different setup; refusing to mix trajectories. "
             f"Differences (stored, requested): {diff}. Use another out_dir or delete it."))
 
@@ -311,34 +339,47 @@ def build_buffer(out_dir: str, dataset: Any, model_name: str, cfg: ExpertConfig,
     todo = records[:cfg.num_experts]  # stored experts beyond the request are kept as they are
     total = len(todo) * cfg.epochs
     done = sum(r["epochs_done"] for r in todo)
-
     for rec in todo:
-        i = rec["index"]
         if rec["complete"]:
-            shutil.rmtree(resume_dir(out_dir, "expert", i), ignore_errors=True)
-            continue
-        t0 = time.perf_counter() - rec["train_time_s"]
-        state0 = train_init(jax.random.fold_in(key, i), model, cfg.train_config(), len(x_train))
-        with manager(member_dir(out_dir, "expert", i)) as traj, \
-                manager(resume_dir(out_dir, "expert", i), keep_latest=True) as resume:
-            state, start = _restore_progress(state0, traj, resume, out_dir, i)
-            done += start - rec["epochs_done"]
-            rec["epochs_done"] = start
-            if start == 0:
-                traj.save(0, args=ocp.args.StandardSave(state.variables["params"]))
+            shutil.rmtree(resume_dir(out_dir, "expert", rec["index"]), ignore_errors=True)
+    pending = [r for r in todo if not r["complete"]]
+    size = cfg.experts_per_program
+    for group in (pending[g:g + size] for g in range(0, len(pending), size)):
+        t0s = [time.perf_counter() - rec["train_time_s"] for rec in group]
+        with contextlib.ExitStack() as stack:
+            trajs, states, starts = [], [], []
+            for rec in group:
+                i = rec["index"]
+                state0 = train_init(jax.random.fold_in(key, i), model, cfg.train_config(),
+                                    len(x_train))
+                traj = stack.enter_context(manager(member_dir(out_dir, "expert", i)))
+                resume = stack.enter_context(manager(resume_dir(out_dir, "expert", i),
+                                                     keep_latest=True))
+                state, start = _restore_progress(state0, traj, resume, out_dir, i)
+                done += start - rec["epochs_done"]
+                rec["epochs_done"] = start
+                if start == 0:
+                    traj.save(0, args=ocp.args.StandardSave(state.variables["params"]))
+                trajs.append((traj, resume))
+                states.append(state)
+                starts.append(start)
 
-            def save(epoch, state, traj=traj, resume=resume):
-                traj.save(epoch, args=ocp.args.StandardSave(state.variables["params"]))
-                save_resume(resume, epoch, state)
+            def save(j, epoch, state):
+                trajs[j][0].save(epoch, args=ocp.args.StandardSave(state.variables["params"]))
+                save_resume(trajs[j][1], epoch, state)
 
-            state, done = run_epochs(state, start, cfg.epochs, epoch_fn, data, save,
-                                     rec, t0, man_path, m, (progress_cb, done, total))
-        if test is not None:
-            rec["test_accuracy"] = float(acc_fn(state.variables, *test))
-        rec.update(epochs_done=cfg.epochs, complete=True,
-                   train_time_s=time.perf_counter() - t0)
-        write_manifest(man_path, m)
-        shutil.rmtree(resume_dir(out_dir, "expert", i), ignore_errors=True)
+            step, group_data, fns = ((epoch_fn, data, {}) if size == 1 else
+                                     _group_layout(states, data, epoch_fn, cfg.group_mode))
+            states, done = run_group_epochs(states, starts, cfg.epochs, step, group_data, save,
+                                            group, t0s, man_path, m,
+                                            (progress_cb, done, total), **fns)
+        for rec, state, t0 in zip(group, states, t0s):
+            if test is not None:
+                rec["test_accuracy"] = float(acc_fn(state.variables, *test))
+            rec.update(epochs_done=cfg.epochs, complete=True,
+                       train_time_s=time.perf_counter() - t0)
+            write_manifest(man_path, m)
+            shutil.rmtree(resume_dir(out_dir, "expert", rec["index"]), ignore_errors=True)
     close_population(out_dir, man_path, m, records)
     return _info(out_dir, m)
 
@@ -365,6 +406,35 @@ def _restore_progress(state0: TrainState, traj: ocp.CheckpointManager,
     if r is not None:
         resume.delete(r)
     return state0, 0
+
+
+def _group_layout(states: Sequence[TrainState], data: tuple[jax.Array, jax.Array],
+                  epoch_fn: Callable, mode: str
+                  ) -> tuple[Callable, tuple[jax.Array, jax.Array], dict[str, Callable]]:
+    """How a group of K experts trains: their stacked states split along the mesh's `data`
+    axis over gcd(K, devices) devices (K / that many experts per device; one device when
+    they share no factor), the training set replicated there. Returns (the group's compiled
+    epoch, the placed data, `run_group_epochs`' stack/unstack; unstack brings each expert
+    back to the default device through the host, so its checkpoints are written exactly as
+    a lone expert's)."""
+    mesh = make_mesh(devices=jax.devices()[:math.gcd(len(states), jax.device_count())])
+    split = NamedSharding(mesh, P("data"))
+
+    def stack(members: list[TrainState]) -> TrainState:
+        state_K = stack_members(members)
+        return put(state_K, jax.tree.map(lambda _: split, state_K))
+
+    def unstack(state_K: TrainState) -> list[TrainState]:
+        v, o = jax.device_get((state_K.variables, state_K.opt_state))
+        take = lambda tree, j: jax.tree.map(lambda a: jnp.asarray(a[j]), tree)  # noqa: E731
+        return [s._replace(variables=take(v, j), opt_state=take(o, j))
+                for j, s in enumerate(states)]
+
+    return (_group_step(epoch_fn, mesh, mode), put(data, (replicated(mesh),) * 2),
+            {"stack": stack, "unstack": unstack})
+
+
+_group_step = functools.lru_cache(maxsize=16)(group_step)  # one compile per group shape
 
 
 # ---------------------------------------------------------------------------------------

@@ -7,7 +7,9 @@ unfinished, its latest full training state under `resume/<member>/`. Every epoch
 jitted chunk of the shared loop (`jaxdd.train.train_epochs`, epoch e draws from
 fold_in(key, e)) saved before the next starts, so an interrupted run continues
 bit-identically. A manifest built with another setup is refused; the population size
-alone (`grow_key`) may grow. Member i uses key fold_in(key, i).
+alone (`grow_key`) may grow. Member i uses key fold_in(key, i). Several members can train
+as one compiled program per epoch (`group_step`, `run_group_epochs`: stacked states split
+over the mesh), saved member by member as above.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
+from jax.sharding import Mesh, PartitionSpec as P
 
 import jaxdd
 from jaxdd import data as jdata
@@ -36,8 +39,9 @@ _IDENTITY_KEYS = ("model", "num_classes", "input_shape", "dataset", "dataset_fin
 __all__ = ["PREPROCESS_FILE", "write_manifest", "new_manifest", "identity",
            "setup_diff", "dataset_fingerprint", "preprocess_sha", "key_and_seed", "manager",
            "member_dir", "resume_dir", "read_preprocess", "fit_or_stored_preprocess",
-           "compile_member", "open_population", "on_device", "restore_resume", "save_resume",
-           "run_epochs", "close_population"]
+           "compile_member", "GROUP_MODES", "group_step", "stack_members", "open_population",
+           "on_device", "restore_resume", "save_resume", "run_epochs", "run_group_epochs",
+           "close_population"]
 
 
 # ---------------------------------------------------------------------------------------
@@ -72,16 +76,18 @@ def new_manifest(fmt: str, version: int, members: str, *, model: str, num_classe
     }
 
 
-def identity(m: Mapping[str, Any], grow_key: str) -> dict[str, Any]:
-    """Fields that must match to resume/extend a population (`grow_key` may grow)."""
-    cfg = {k: v for k, v in m["config"].items() if k != grow_key}
+def identity(m: Mapping[str, Any], grow_key: str, free_keys: Sequence[str] = ()
+             ) -> dict[str, Any]:
+    """Fields that must match to resume/extend a population (`grow_key` may grow; config
+    fields in `free_keys` change how, not what, is trained, so they may differ)."""
+    cfg = {k: v for k, v in m["config"].items() if k != grow_key and k not in free_keys}
     return {**{k: m[k] for k in _IDENTITY_KEYS}, "config": cfg}
 
 
 def setup_diff(stored: Mapping[str, Any], asked: Mapping[str, Any],
-               grow_key: str) -> dict[str, tuple]:
+               grow_key: str, free_keys: Sequence[str] = ()) -> dict[str, tuple]:
     """Fields (and config fields) whose stored and requested values differ."""
-    a, b = identity(stored, grow_key), identity(asked, grow_key)
+    a, b = identity(stored, grow_key, free_keys), identity(asked, grow_key, free_keys)
     diff = {k: (v, b.get(k)) for k, v in a.items() if k != "config" and b.get(k) != v}
     diff.update({f"config.{k}": (v, b["config"].get(k))
                  for k, v in a["config"].items() if b["config"].get(k) != v})
@@ -175,16 +181,45 @@ def compile_member(model: Model, tcfg: TrainConfig, augment: AugmentFn | None,
     return epoch_fn, acc_fn
 
 
+GROUP_MODES = ("unroll", "vmap")
+
+
+def group_step(epoch_fn: Callable, mesh: Mesh, mode: str = "unroll") -> Callable:
+    """One compiled epoch of a group of members: `epoch_fn` (one member's step) on a stacked
+    state (leading axis = members) split over the mesh's `data` axis, the data replicated.
+    On each device its members run `mode`: "unroll", the one-member program once per member
+    (the same kernels as one at a time: bit-identical), or "vmap", one batched program
+    (larger kernels; XLA's batched matmuls may round the last bit differently)."""
+    if mode not in GROUP_MODES:
+        raise ValueError(f"unknown group mode {mode!r}; use one of {GROUP_MODES}")
+
+    def local(state_k, x, y):
+        if mode == "vmap":
+            return jax.vmap(epoch_fn, in_axes=(0, None, None))(state_k, x, y)
+        k = state_k.epoch.shape[0]
+        out = [epoch_fn(jax.tree.map(lambda a: a[j], state_k), x, y) for j in range(k)]
+        return stack_members(out)
+
+    return jax.jit(jax.shard_map(local, mesh=mesh, in_specs=(P("data"), P(), P()),
+                                 out_specs=P("data"), check_vma=False))
+
+
+def stack_members(members: Sequence[Any]) -> Any:
+    """Pytrees of equal structure stacked along a new leading (member) axis."""
+    return jax.tree.map(lambda *a: jnp.stack(a), *members)
+
+
 def open_population(out_dir: str, man_path: str, m: dict[str, Any], old: dict | None,
                     pre: jdata.Preprocess, *, members: str, grow_key: str, requested: int,
-                    refuse: Callable[[dict[str, tuple]], Exception]) -> list[dict[str, Any]]:
+                    refuse: Callable[[dict[str, tuple]], Exception],
+                    free_keys: Sequence[str] = ()) -> list[dict[str, Any]]:
     """Merge the stored manifest `old` into the new one `m` (refusing another setup with
-    `refuse(diff)`), add records for new members, write the preprocessing and the manifest.
-    Returns every member's record (m[members])."""
+    `refuse(diff)`; config fields in `free_keys` may differ), add records for new members,
+    write the preprocessing and the manifest. Returns every member's record (m[members])."""
     records: list[dict[str, Any]] = []
     if old is not None:
-        if identity(old, grow_key) != identity(m, grow_key):
-            raise refuse(setup_diff(old, m, grow_key))
+        if identity(old, grow_key, free_keys) != identity(m, grow_key, free_keys):
+            raise refuse(setup_diff(old, m, grow_key, free_keys))
         records = list(old[members])
         m["config"][grow_key] = max(requested, old["config"][grow_key])
     records += [dict(index=i, epochs_done=0, complete=False, test_accuracy=None,
@@ -203,18 +238,47 @@ def run_epochs(state: TrainState, start: int, epochs: int, epoch_fn: Callable,
                ndigits: int | None = None) -> tuple[TrainState, int]:
     """Epochs start+1..epochs of one member: train, `save(epoch, state)`, update its record
     and the manifest, report progress (callback, epochs done, total). Returns (state, done)."""
+    states, done = run_group_epochs([state], [start], epochs, epoch_fn, data,
+                                    lambda j, epoch, s: save(epoch, s), [rec], [t0], man_path,
+                                    m, progress, ndigits)
+    return states[0], done
+
+
+def run_group_epochs(states: Sequence[TrainState], starts: Sequence[int], epochs: int,
+                     epoch_fn: Callable, data: tuple[jax.Array, jax.Array],
+                     save: Callable[[int, int, TrainState], None],
+                     recs: Sequence[dict[str, Any]], t0s: Sequence[float], man_path: str,
+                     m: dict[str, Any],
+                     progress: tuple[Callable[[int, int], None] | None, int, int],
+                     ndigits: int | None = None, *,
+                     stack: Callable[[list[TrainState]], Any] = lambda states: states[0],
+                     unstack: Callable[[Any], list[TrainState]] = lambda state: [state]
+                     ) -> tuple[list[TrainState], int]:
+    """`run_epochs` for members trained together: each `epoch_fn` call advances every member
+    of the `stack`ed state by one epoch from its own epoch (members resumed from different
+    epochs share the calls); member j (`unstack`) is saved with `save(j, epoch, state)`, its
+    record (`recs[j]`, timed from `t0s[j]`) and the manifest updated and progress reported
+    until it reaches `epochs`; a member already there rides along unsaved. The default
+    stack/unstack is one unstacked member. Returns (each member's state at `epochs`, done)."""
     progress_cb, done, total = progress
-    for epoch in range(start + 1, epochs + 1):
+    states, at = list(states), list(starts)
+    state = stack(states)
+    while min(at) < epochs:
         state = epoch_fn(state, *data)
-        save(epoch, state)
-        seconds = time.perf_counter() - t0
-        rec.update(epochs_done=epoch,
-                   train_time_s=seconds if ndigits is None else round(seconds, ndigits))
-        write_manifest(man_path, m)
-        done += 1
-        if progress_cb is not None:
-            progress_cb(done, total)
-    return state, done
+        for j, member in enumerate(unstack(state)):
+            if at[j] == epochs:
+                continue
+            at[j] += 1
+            states[j] = member
+            save(j, at[j], member)
+            seconds = time.perf_counter() - t0s[j]
+            recs[j].update(epochs_done=at[j],
+                           train_time_s=seconds if ndigits is None else round(seconds, ndigits))
+            write_manifest(man_path, m)
+            done += 1
+            if progress_cb is not None:
+                progress_cb(done, total)
+    return states, done
 
 
 def save_resume(resume: ocp.CheckpointManager, epoch: int, state: TrainState) -> None:
