@@ -152,6 +152,9 @@ def cmd_distill(args) -> int:
     from jaxdd.pipelines import common
     cfg = load_config(args.config, args.ipc, args.set)
     spec = registry.get(cfg["method"])
+    if cfg.get("image_size") is not None and (spec.family != "statistics" or spec.name == "rded"):
+        raise ValueError(f"image_size (streamed data) is supported by sre2l, cda, gvbsm and "
+                         f"dwa; {cfg['method']} needs the dataset in memory: remove image_size")
     out = args.out or os.path.join("runs", f"{os.path.splitext(os.path.basename(args.config))[0]}-ipc{cfg['ipc']}")
     safeio.check_run_out(out)
     with safeio.RunLock(out):
@@ -216,7 +219,8 @@ def _teacher_cfg_from_args(args) -> dict:
     from jaxdd.configs import load_config
     cfg = load_config(args.config, None, args.set) if args.config else {
         "dataset": None, "seed": 0, "preprocess": "normalize", "teacher": {}}
-    for flag, key in (("dataset", "dataset"), ("seed", "seed"), ("preprocess", "preprocess")):
+    for flag, key in (("dataset", "dataset"), ("seed", "seed"), ("preprocess", "preprocess"),
+                      ("image_size", "image_size"), ("data_workers", "data_workers")):
         if getattr(args, flag) is not None:
             cfg[key] = getattr(args, flag)
     t = cfg.setdefault("teacher", {})
@@ -231,17 +235,27 @@ def _teacher_cfg_from_args(args) -> dict:
 
 
 def cmd_teacher(args) -> int:
-    from jaxdd import data as jdata
+    from jaxdd.pipelines import common
     from jaxdd.pipelines import teacher as pteacher
     from jaxdd.population import teachers as jteachers
     from jaxdd.run.progress import Progress
     cfg = _teacher_cfg_from_args(args)
-    ds = jdata.load_dataset(cfg["dataset"], seed=int(cfg.get("seed", 0)))
     path = pteacher.teacher_dir(cfg)
     t0 = time.time()
+    if args.from_torchvision:
+        from jaxdd.models import convert
+        size = int(cfg.get("image_size") or 224)
+        m = convert.torchvision_to_teacher(args.from_torchvision, cfg["teacher"]["model"], path,
+                                           cfg["dataset"], args.num_classes, (size, size, 3))
+        _emit({"teacher": path, "model": m["model"], "dataset": m["dataset"],
+               "source": args.from_torchvision}, args.json,
+              f"teacher {path}: {m['model']} converted from {args.from_torchvision}")
+        return 0
+    ds = common.load_data(cfg)
     m = jteachers.train_teachers(path, ds, cfg["teacher"]["model"], pteacher.teacher_config(cfg),
                                  int(cfg.get("seed", 0)), preprocess=cfg.get("preprocess", "normalize"),
-                                 progress_cb=Progress("teacher", enabled=not args.quiet))
+                                 progress_cb=Progress("teacher", enabled=not args.quiet),
+                                 mesh=common.mesh_from(cfg))
     recs = m["teachers"][:pteacher.teacher_config(cfg).num_teachers]
     res = {"teacher": path, "model": m["model"], "dataset": m["dataset"],
            "teachers": len(recs), "test_accuracy": [r["test_accuracy"] for r in recs],
@@ -489,6 +503,14 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--dsa", default=None, help="augmentation (default crop_flip; '' = none)")
     sp.add_argument("--preprocess", default=None)
     sp.add_argument("--out", default=None, help="teacher directory")
+    sp.add_argument("--image-size", type=POS, default=None,
+                    help="stream the data, decoded to this side (variable-size data, ImageNet)")
+    sp.add_argument("--data-workers", type=NONNEG, default=None,
+                    help="grain decoding processes for streamed data (default 0: threads)")
+    sp.add_argument("--from-torchvision", default=None, metavar="PTH",
+                    help="store torchvision weights (.pth state dict) as the teacher, no training")
+    sp.add_argument("--num-classes", type=POS, default=1000,
+                    help="classes of the --from-torchvision weights (default 1000)")
     sp.add_argument("--seed", type=NONNEG, default=None)
     sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     common(sp)

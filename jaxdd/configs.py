@@ -78,15 +78,21 @@ class RunConfig:
     ckpt_keep: int = 3             # checkpoints kept
     max_nonfinite: int = 10        # non-finite (skipped) steps in a row before the run stops
     mesh: dict | None = None       # {"shape": [...], "names": [...]}; None = all devices, "data"
+    # Streamed data (jaxdd.data.stream; statistics matching): an int decodes every image
+    # to image_size x image_size through the grain loader instead of reading the dataset
+    # into memory (needed for variable-size data such as imagenet2012); None = in memory.
+    image_size: int | None = None
+    data_workers: int = 0          # streamed data: grain decoding processes (0: threads)
 
 
 # Range rules by field name, wherever the field appears (top level or any section).
 _POSITIVE = {"ipc", "iterations", "epochs", "seeds", "ckpt_every", "ckpt_keep", "batch_size",
              "batch_real", "batch_syn", "batch_train", "syn_steps", "expert_epochs",
              "num_experts", "num_teachers", "mipc", "num_crop", "factor", "max_nonfinite",
-             "lr", "lr_img", "lr_init", "lr_net", "temperature", "eval_every", "class_batch"}
+             "lr", "lr_img", "lr_init", "lr_net", "temperature", "eval_every", "class_batch",
+             "image_size"}
 _NON_NEGATIVE = {"seed", "lr_lr", "lr_y", "momentum", "weight_decay", "r_bn", "min_start",
-                 "top_k", "ce_weight"}
+                 "top_k", "ce_weight", "data_workers"}
 RANGES = {**{k: "> 0" for k in _POSITIVE}, **{k: ">= 0" for k in _NON_NEGATIVE}}
 
 

@@ -6,7 +6,7 @@ Commands:
 Runtime / expected accuracy: not stated in the spec and not measured by jaxdd (no such
 hardware here); see the CDA paper for its published numbers.
 
-Pretrained ImageNet-21K teacher needed and ImageNet-21K is not in TFDS: pass --set dataset=folder:PATH --teacher DIR (not runnable end to end today, see sre2l_imagenet1k.py).
+Pretrained ImageNet-21K teacher needed and ImageNet-21K is not in TFDS: pass --set dataset=folder:PATH --teacher DIR (the teacher converted as in sre2l_imagenet1k.py; data streamed at 224 px).
 """
 
 
@@ -17,8 +17,9 @@ def get_config():
         ipc=20,
         seed=0,
         preprocess="normalize",
+        image_size=224,               # streamed: decoded + resized by the grain loader
         teacher=dict(                 # jaxdd.population.teachers.TeacherConfig non-defaults + model/dir
-            model="resnet18",
+            model="resnet18_imagenet",
             dir="runs/teachers/REPLACE-with-converted-pretrained-teacher",
             train_if_missing=False,   # False: a pretrained teacher must be given
         ),
@@ -33,6 +34,6 @@ def get_config():
         relabel=dict(
             recipe="cda",        # AdamW 1e-3, wd 0.01, cosine per epoch, T 20, no T^2
             epochs=300,
-            model="resnet18",         # student
+            model="resnet18_imagenet",  # student
         ),
     )

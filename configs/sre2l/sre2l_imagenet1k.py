@@ -6,7 +6,11 @@ Commands:
 Runtime / expected accuracy: not stated in the spec and not measured by jaxdd (no such
 hardware here); see the SRe2L paper for its published numbers.
 
-ImageNet-1K uses pretrained torchvision weights (spec 1): convert them into a jaxdd teacher directory and pass --teacher DIR. jaxdd's `resnet18` has the CIFAR stem (3x3, no max-pool); a 224-px ImageNet ResNet-18 is not in the model registry yet, so this preset cannot run end to end today.
+The teacher is torchvision's pretrained ResNet-18 converted once (no training here):
+  jaxdd convert-teacher resnet18-f37072fd.pth --model resnet18_imagenet --dataset imagenet2012 --out runs/teachers/imagenet2012-resnet18_imagenet-tv
+Data: streamed (image_size=224: every image decoded and resized by the grain loader, never
+held in memory); recover from noise reads no training image at all, relabel reads the
+validation split to report accuracy. See README "Running on ImageNet".
 """
 
 
@@ -17,8 +21,9 @@ def get_config():
         ipc=50,
         seed=0,
         preprocess="normalize",
+        image_size=224,               # streamed: decoded + resized by the grain loader
         teacher=dict(                 # jaxdd.population.teachers.TeacherConfig non-defaults + model/dir
-            model="resnet18",
+            model="resnet18_imagenet",
             dir="runs/teachers/REPLACE-with-converted-pretrained-teacher",
             train_if_missing=False,   # False: a pretrained teacher must be given
         ),
@@ -31,6 +36,6 @@ def get_config():
         ),
         relabel=dict(
             epochs=300,
-            model="resnet18",         # student
+            model="resnet18_imagenet",  # student
         ),
     )

@@ -41,7 +41,9 @@ import numpy as np
 
 KINDS = ("none", "normalize", "zca", "zca_kip")
 # Per-channel (mean, std) constants that the reference code uses for these datasets.
-KNOWN_STATS = {"cifar10": ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010))}
+KNOWN_STATS = {"cifar10": ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
+               # torchvision's ImageNet constants (every ImageNet reference uses them)
+               "imagenet2012": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))}
 ZCA_EPS = 0.1      # MTT: absolute eps added to the covariance eigenvalues
 KIP_ZCA_REG = 0.1  # KIP/FRePo: eps = reg * trace(M) / D
 _CHUNK = 4096      # rows per block in fits and numpy applies (bounds temporary memory)

@@ -577,3 +577,139 @@ def make_loader(source: RecordSource, *, batch_size: int, seed: int = 0, train: 
                   worker_count=int(worker_count), read_threads=int(read_threads),
                   on_corrupt=on_corrupt, sharding=sharding, preprocess=preprocess,
                   prefetch=int(prefetch))
+
+
+# ---------------------------------------------------------------------------------------
+# A streamed dataset: the splits as sources (what the stages use instead of `Dataset`)
+
+
+@dataclasses.dataclass(eq=False)
+class StreamedDataset:
+    """A dataset read through the loader: sources of its splits, no pixels in memory.
+
+    The stages take it where they take an in-memory `Dataset`: `train` has the seeded
+    class-balanced validation split (`val`) held out, as `load_dataset` does (built from
+    the labels on first use: opening a dataset reads no record); `test` is the held-out
+    split (imagenet2012: `validation`). `image_shape` is the model input: every image is
+    decoded and resized to it (train: random-resized-crop + flip; eval and `read_images`:
+    resize + centre-crop)."""
+
+    name: str
+    full: Any = dataclasses.field(repr=False)     # the whole train split
+    test: Any = dataclasses.field(repr=False)
+    image_shape: tuple[int, int, int]
+    class_names: list[str] = dataclasses.field(repr=False)
+    image_size: int | None = None   # None: the sources' one stored size
+    workers: int = 0                # grain worker processes (0: threads of this process)
+    seed: int = 0                   # of the validation split
+    val_per_class: int | None = None
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @functools.cached_property
+    def _split(self) -> tuple[Any, Any]:
+        if self.val_per_class == 0:
+            return self.full, None
+        return split_validation_source(self.full, self.val_per_class, self.seed)
+
+    train = property(lambda self: self._split[0])
+    val = property(lambda self: self._split[1])
+
+    def loader(self, split: str, *, batch_size: int, train: bool = False, **kw) -> Loader:
+        """`make_loader` over `split` (train | val | test) at this dataset's image size."""
+        return make_loader(getattr(self, split), batch_size=batch_size, train=train,
+                           image_size=self.image_size, worker_count=self.workers, **kw)
+
+
+def open_streamed(name: str, image_size: int | None, *, seed: int = 0,
+                  val_per_class: int | None = None, data_dir: str | None = None,
+                  workers: int = 0) -> StreamedDataset:
+    """`name`'s splits as sources (nothing read yet); see `StreamedDataset`."""
+    full = open_source(name, "train", data_dir=data_dir)
+    test = open_source(name, "test", data_dir=data_dir)
+    if len(full.class_names) < 2:
+        raise ValueError(f"{name} has {len(full.class_names)} class(es); jaxdd needs at least 2")
+    if image_size is None:
+        if full.image_shape is None:
+            raise ValueError(f"{name} has images of different sizes; set image_size (e.g. "
+                             f"--set image_size=224) to decode them to one size")
+        shape = tuple(full.image_shape)
+    else:
+        if int(image_size) < 1:
+            raise ValueError(f"image_size must be >= 1, got {image_size}")
+        shape = (int(image_size), int(image_size), int(full.channels))
+    return StreamedDataset(name, full, test, shape, list(full.class_names),
+                           None if image_size is None else int(image_size), int(workers),
+                           int(seed), val_per_class)
+
+
+def read_images(source: RecordSource, indices: np.ndarray, image_shape: tuple[int, int, int],
+                ) -> np.ndarray:
+    """Records `indices` of `source` decoded and resized (+ centre-crop) to `image_shape`,
+    as (len(indices), H, W, C) uint8 in this process (a few images: real init, samples).
+    An undecodable image is an error here (the caller picked it)."""
+    plan = _Plan(source, 0, False, 1, 1, 0, 1, int(image_shape[0]),
+                 round(int(image_shape[0]) * EVAL_RESIZE_RATIO), TRAIN_SCALE, TRAIN_RATIO,
+                 False, tuple(image_shape))
+    if source.image_shape is not None and tuple(source.image_shape) == tuple(image_shape):
+        plan = dataclasses.replace(plan, image_size=None)
+    out = np.empty((len(indices), *image_shape), np.uint8)
+    for j, i in enumerate(np.asarray(indices).reshape(-1)):
+        out[j] = plan.transform(source.read(int(i))[0], int(i), 0)
+    return out
+
+
+def sample_class_indices(labels: np.ndarray, num_classes: int, per_class: int, seed: int
+                         ) -> np.ndarray:
+    """(num_classes, per_class) record indices drawn without replacement per class, seeded;
+    a class with fewer records is a clear error."""
+    rng = np.random.default_rng(seed)
+    out = np.empty((num_classes, per_class), np.int64)
+    for k in range(num_classes):
+        idx = np.flatnonzero(labels == k)
+        if len(idx) < per_class:
+            raise ValueError(f"class {k} has {len(idx)} training images, fewer than the "
+                             f"{per_class} needed; lower ipc")
+        out[k] = idx[rng.permutation(len(idx))[:per_class]]
+    return out
+
+
+def fit_streamed_preprocess(kind: str, data: StreamedDataset, seed: int = 0,
+                            max_images: int = 2048):
+    """A `Preprocess` for a streamed dataset: `normalize` with the dataset's known constants
+    (imagenet2012: torchvision's), else fitted on a seeded sample of <= `max_images`
+    training images (centre crops at the model size); `none` as it is. ZCA needs every
+    image in memory and is refused."""
+    from jaxdd.data import preprocess as pre
+    if kind not in ("normalize", "none"):
+        raise ValueError(f"preprocess {kind!r} needs the whole training set in memory; a "
+                         f"streamed dataset uses normalize or none")
+    sample = np.zeros((1, *data.image_shape), np.uint8)
+    if kind == "normalize" and data.name not in pre.KNOWN_STATS:
+        n = len(data.train)
+        idx = np.random.default_rng(seed).permutation(n)[:min(n, max_images)]
+        sample = read_images(data.train, np.sort(idx), data.image_shape)
+    return pre.fit_preprocess(kind, sample, dataset_name=data.name)
+
+
+def loader_accuracy(apply_fn, variables, loader: Loader) -> np.ndarray:
+    """Top-1 accuracy over one eval pass of `loader`: `apply_fn(variables, x_NHWC)` returns
+    (..., B, K) logits (a leading axis for vmapped networks); padding and skipped images are
+    not counted. The images stay sharded as the loader placed them."""
+    import jax
+    import jax.numpy as jnp
+
+    @jax.jit
+    def correct(v, x, y, mask):
+        hit = (apply_fn(v, x).argmax(-1) == y) & mask
+        return hit.sum(-1, dtype=jnp.int32), mask.sum(dtype=jnp.int32)
+
+    total, count = 0, 0
+    for b in loader:
+        c, m = correct(variables, b["image"], b["label"], b["mask"])
+        total, count = total + np.asarray(c, np.int64), count + int(m)
+    if count == 0:
+        raise ValueError("no decodable image in the evaluation split")
+    return np.asarray(total, np.float64) / count

@@ -261,8 +261,13 @@ def _student_tx(cfg: TrainConfig, rcfg: RelabelConfig) -> optax.GradientTransfor
 def _student_program(key: jax.Array, student: Model, cfg: TrainConfig, rcfg: RelabelConfig,
                      x_syn_NHWC: jax.Array, y_syn: jax.Array | None,
                      teacher_fn: TeacherFn | None, stored: StoredLabels | None,
-                     aug_key: jax.Array | None, init_variables: Variables | None):
-    """(initial carry, batch_step(carry, (epoch, step)), steps per epoch) of a student run."""
+                     aug_key: jax.Array | None, init_variables: Variables | None,
+                     batch_sharding: Any = None):
+    """(initial carry, batch_step(carry, (epoch, step)), steps per epoch) of a student run.
+
+    `batch_sharding` (a `NamedSharding` of the batch axis) makes the student data-parallel:
+    each augmented batch is split over the devices, the teacher labels each device's shard
+    and BatchNorm statistics and gradients are reduced over all of them."""
     if (stored is None) == (teacher_fn is None):
         raise ValueError("pass exactly one of teacher_fn (online) or stored (precomputed)")
     if rcfg.loss == "mse_ce" and y_syn is None:
@@ -288,6 +293,8 @@ def _student_program(key: jax.Array, student: Model, cfg: TrainConfig, rcfg: Rel
         epoch, step = es[0], es[1]
         p = aug_params(aug_key, epoch, step, n, bs, hw, rcfg)
         xb = apply_aug(x_syn_NHWC, p, rcfg)
+        if batch_sharding is not None:
+            xb = jax.lax.with_sharding_constraint(xb, batch_sharding)
         yb = None if y_all is None else y_all[p.idx_B]  # the image's own class (pre-CutMix)
         if stored is None:
             vals, idx = teacher_labels(teacher_fn, xb, rcfg)
@@ -314,15 +321,17 @@ def train_student(key: jax.Array, student: Model, cfg: TrainConfig, rcfg: Relabe
                   x_syn_NHWC: jax.Array, teacher_fn: TeacherFn | None = None,
                   stored: StoredLabels | None = None, aug_key: jax.Array | None = None,
                   init_variables: Variables | None = None,
-                  y_syn: jax.Array | None = None) -> Variables:
+                  y_syn: jax.Array | None = None, batch_sharding: Any = None) -> Variables:
     """Train a fresh student (from `key`) for cfg.epochs on eq. (2) or (3); one compiled scan.
 
     Labels come from `stored` (generate_labels with the same aug_key, epochs, batch size)
     or, if None, online from `teacher_fn`. aug_key defaults to fold_in(key, 1). y_syn (the
-    hard class labels of x_syn) is needed by loss mse_ce only.
+    hard class labels of x_syn) is needed by loss mse_ce only. `batch_sharding`: see
+    `_student_program` (the same student, up to the order of cross-device sums).
     """
     carry, batch_step, spe = _student_program(key, student, cfg, rcfg, x_syn_NHWC, y_syn,
-                                              teacher_fn, stored, aug_key, init_variables)
+                                              teacher_fn, stored, aug_key, init_variables,
+                                              batch_sharding)
     (variables, _), _ = jax.lax.scan(batch_step, carry, _epoch_steps(0, cfg.epochs, spe))
     return variables
 
@@ -341,7 +350,8 @@ def train_student_evals(key: jax.Array, student: Model, cfg: TrainConfig, rcfg: 
                         eval_every: int, teacher_fn: TeacherFn | None = None,
                         stored: StoredLabels | None = None, aug_key: jax.Array | None = None,
                         init_variables: Variables | None = None,
-                        y_syn: jax.Array | None = None) -> tuple[Variables, Any]:
+                        y_syn: jax.Array | None = None,
+                        batch_sharding: Any = None) -> tuple[Variables, Any]:
     """train_student plus eval_fn(variables) at `eval_epochs(cfg.epochs, eval_every)`.
 
     Same steps in the same order as train_student; returns (final variables, eval_fn outputs
@@ -350,7 +360,8 @@ def train_student_evals(key: jax.Array, student: Model, cfg: TrainConfig, rcfg: 
     rounds, rem = divmod(cfg.epochs, eval_every) if eval_every >= 1 else (0, 0)
     eval_epochs(cfg.epochs, eval_every)  # validates eval_every
     carry, batch_step, spe = _student_program(key, student, cfg, rcfg, x_syn_NHWC, y_syn,
-                                              teacher_fn, stored, aug_key, init_variables)
+                                              teacher_fn, stored, aug_key, init_variables,
+                                              batch_sharding)
 
     def one_round(carry, r):
         carry, _ = jax.lax.scan(batch_step, carry, _epoch_steps(r * eval_every, eval_every, spe))

@@ -28,13 +28,13 @@ import numpy as np
 from flax import traverse_util
 
 from jaxdd import data as jdata
+from jaxdd.data.preprocess import KNOWN_STATS
 from jaxdd.models import Model, Variables, get_model
 from jaxdd.models.resnet import ResNet
 from jaxdd.population.teachers import save_teacher
 
 # torchvision's ImageNet normalisation of [0, 1] pixels (transforms of every ResNet weight).
-TORCHVISION_MEAN = (0.485, 0.456, 0.406)
-TORCHVISION_STD = (0.229, 0.224, 0.225)
+TORCHVISION_MEAN, TORCHVISION_STD = KNOWN_STATS["imagenet2012"]
 _LEAF = {"kernel": "weight", "scale": "weight", "bias": "bias", "mean": "running_mean",
          "var": "running_var"}
 _SHOW = 5  # keys named per kind in a mismatch error

@@ -28,7 +28,7 @@ def prepare(ctx: Context) -> Prepared:
     distiller = FACTORIES[spec.name](mcfg, model, ctx.ds.num_classes)
     x_train = jdata.apply(ctx.pre, ctx.ds.x_train)  # host numpy; the driver places it
     idx_KxM, counts_K = class_index_table(ctx.ds.y_train, ctx.ds.num_classes)
-    x0, y0 = init_images(ctx._replace(cfg={**cfg, "init": mcfg.init}),
+    x0, y0 = init_images(ctx.replace(cfg={**cfg, "init": mcfg.init}),
                          jax.random.fold_in(ctx.key, 0))
     state = distiller.init(jax.random.fold_in(ctx.key, 0), jnp.asarray(x0), jnp.asarray(y0))
 

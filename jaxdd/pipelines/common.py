@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import time
@@ -13,20 +14,59 @@ import numpy as np
 
 from jaxdd import artefact, safeio
 from jaxdd import data as jdata
+from jaxdd.data.stream import StreamedDataset, fit_streamed_preprocess, open_streamed
 from jaxdd.evaluate import eval_data, evaluate_set, get_protocol, select
 from jaxdd.methods.base import Distiller
 from jaxdd.pipelines.spec import RunOptions
 from jaxdd.run import driver
+from jaxdd.run.mesh import to_host
 from jaxdd.run.progress import Progress
 
 
-class Context(NamedTuple):
-    cfg: dict
-    ds: jdata.Dataset
-    pre: jdata.Preprocess
-    key: jax.Array
-    out_dir: str
-    quiet: bool
+class Context:
+    """What a method's run gets: the config, its dataset and preprocessing, the run key and
+    the output directory. `ds` and `pre` are read on first use, so a stage that needs no
+    training images (recover from noise with a ready teacher) never reads them."""
+
+    def __init__(self, cfg: dict, out_dir: str, quiet: bool = False, *,
+                 ds: jdata.Dataset | StreamedDataset | None = None,
+                 pre: jdata.Preprocess | None = None):
+        self.cfg, self.out_dir, self.quiet = cfg, out_dir, quiet
+        self.key = jax.random.key(int(cfg.get("seed", 0)))
+        if ds is not None:
+            self.ds = ds
+        if pre is not None:
+            self.pre = pre
+
+    def replace(self, **kw) -> "Context":
+        """A copy with other fields (cfg, out_dir, quiet, ds, pre); loaded data is kept."""
+        fields = {"cfg": self.cfg, "out_dir": self.out_dir, "quiet": self.quiet,
+                  **{k: self.__dict__[k] for k in ("ds", "pre") if k in self.__dict__}}
+        return Context(**{**fields, **kw})
+
+    @functools.cached_property
+    def ds(self) -> jdata.Dataset | StreamedDataset:
+        ds = load_data(self.cfg)
+        if isinstance(ds, jdata.Dataset):
+            jdata.check_ipc(ds, self.cfg["ipc"])
+        return ds
+
+    @functools.cached_property
+    def pre(self) -> jdata.Preprocess:
+        kind = self.cfg.get("preprocess", "normalize")
+        if isinstance(self.ds, StreamedDataset):
+            return fit_streamed_preprocess(kind, self.ds, int(self.cfg.get("seed", 0)))
+        return jdata.fit_preprocess(kind, self.ds.x_train, dataset_name=self.ds.name)
+
+
+def load_data(cfg: dict) -> jdata.Dataset | StreamedDataset:
+    """The config's dataset: in memory, or streamed when `image_size` is set (nothing is
+    read until a stage asks for images or labels)."""
+    seed = int(cfg.get("seed", 0))
+    if cfg.get("image_size") is None:
+        return jdata.load_dataset(cfg["dataset"], seed=seed)
+    return open_streamed(cfg["dataset"], int(cfg["image_size"]), seed=seed,
+                         workers=int(cfg.get("data_workers", 0)))
 
 
 class Prepared(NamedTuple):
@@ -38,11 +78,7 @@ class Prepared(NamedTuple):
 
 
 def context(cfg: dict, out_dir: str, quiet: bool = False) -> Context:
-    seed = int(cfg.get("seed", 0))
-    ds = jdata.load_dataset(cfg["dataset"], seed=seed)
-    jdata.check_ipc(ds, cfg["ipc"])
-    pre = jdata.fit_preprocess(cfg.get("preprocess", "normalize"), ds.x_train, dataset_name=ds.name)
-    return Context(cfg, ds, pre, jax.random.key(seed), out_dir, quiet)
+    return Context(cfg, out_dir, quiet)
 
 
 def resumable_batch(path: str, compute: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
@@ -93,7 +129,7 @@ def run_and_export(ctx: Context, prep: Prepared, resume_step: int | None = None,
         return {"stopped_early": True}
     seconds = round(time.time() - t0, 2)
     paths = {}
-    exports = {k: tuple(_to_host(a) for a in v) for k, v in prep.export(state).items()}
+    exports = {k: tuple(to_host(a) for a in v) for k, v in prep.export(state).items()}
     if jax.process_index() == 0:
         for name, (x, y, lr) in exports.items():
             path = os.path.join(ctx.out_dir, name)
@@ -105,14 +141,6 @@ def run_and_export(ctx: Context, prep: Prepared, resume_step: int | None = None,
                                  "final_loss": history[-1].get("loss") if history else None})
             paths[name] = path
     return {"artefacts": paths, "distill_seconds": seconds, **timings, "history": history}
-
-
-def _to_host(a):
-    """Host copy of a (possibly multi-process sharded) array; every process must call it."""
-    if isinstance(a, jax.Array) and not a.is_fully_addressable:
-        from jax.experimental import multihost_utils
-        return np.asarray(multihost_utils.process_allgather(a, tiled=True))
-    return a if a is None or isinstance(a, float) else np.asarray(a)
 
 
 def mesh_from(cfg: dict):

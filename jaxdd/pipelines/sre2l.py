@@ -44,6 +44,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
 
 from jaxdd import artefact
 from jaxdd.population import conv_targets as conv_targets_lib
@@ -55,11 +56,14 @@ from jaxdd.labels import relabel as jrelabel
 from jaxdd.methods.statistics.recover import (RecoverConfig, batch_layout, make_recover,
                                              pixel_bounds, stack_teachers)
 from jaxdd.models import get_model
-from jaxdd.pipelines.common import Context, dataclass_from, mesh_from, resumable_batch
+from jaxdd.pipelines.common import (Context, dataclass_from, load_data, mesh_from,
+                                    resumable_batch)
 from jaxdd.pipelines.teacher import (check_compatible, check_run_dir, ensure_teacher,
-                                     teacher_config)
+                                     teacher_config, teacher_ready)
 from jaxdd.pipelines.spec import Method, RunOptions
+from jaxdd.data import stream
 from jaxdd.run import driver
+from jaxdd.run.mesh import make_mesh, put_replicated, to_host
 from jaxdd.run.progress import Progress
 from jaxdd.train.loop import TrainConfig, accuracy, steps_per_epoch
 
@@ -115,35 +119,62 @@ def _no_batch(consts: Any, key: jax.Array, t: jax.Array) -> None:
 
 def run(ctx: Context, options: RunOptions) -> dict:
     """The registry's `run`: recover (or RDED) into ctx.out_dir, artefact paths included."""
-    res = recover(ctx.cfg, ctx.out_dir, ctx.quiet)
+    res = recover(ctx.cfg, ctx.out_dir, ctx.quiet, ctx)
     return {**res, "artefacts": {"artefact": res["artefact"]}}
 
 
-def recover(cfg: dict, out_dir: str, quiet: bool = False) -> dict:
+def _int_seed(key: jax.Array) -> int:
+    """A 32-bit numpy seed from a jax key (for draws made on the host)."""
+    return int(np.asarray(jax.random.key_data(key)).ravel()[-1])
+
+
+def recover(cfg: dict, out_dir: str, quiet: bool = False, ctx: Context | None = None) -> dict:
     """Teacher (load or train) -> recovered images -> OUT/artefact; returns a summary dict.
 
     Each batch is one Distiller (`make_recover`) driven by `jaxdd.run.driver` for
     recover.iterations steps (non-finite steps skipped and counted, as for every method);
-    a finished batch is saved to OUT/batches/ and is the unit of resumption."""
+    a finished batch is saved to OUT/batches/ and is the unit of resumption.
+
+    Training images are read only when something needs them: real init (one image per
+    (class, IPC index), read per batch), G-VBSM's conv targets, or a teacher still to be
+    trained. With several processes (`jax.distributed`) batch n is recovered by process
+    n mod P on its own devices and written by it; process 0 then assembles the artefact
+    from OUT/batches/ (a filesystem every process sees)."""
+    ctx = ctx or Context(cfg, out_dir, quiet)
     method = cfg.get("method", "sre2l")
     seed = int(cfg.get("seed", 0))
     ipc = int(cfg["ipc"])
     rcfg = recover_config(cfg)
-    ds = jdata.load_dataset(cfg["dataset"], seed=seed)
-    jdata.check_ipc(ds, ipc)
+    streamed = cfg.get("image_size") is not None
+    if streamed and rcfg.conv_stats:
+        raise ValueError("recover.conv_stats (G-VBSM's conv statistics) needs the training set "
+                         "in memory; it is not available with image_size (streamed data)")
+    needs_data = rcfg.init == "real" or rcfg.conv_stats or not teacher_ready(cfg)
+    ds = ctx.ds if needs_data else None
     check_run_dir(out_dir, cfg)
-    tdir, teacher_seconds = ensure_teacher(cfg, ds, quiet)
+    mesh = mesh_from(cfg)
+    tdir, teacher_seconds = ensure_teacher(cfg, ds, quiet, mesh)
     num = teacher_config(cfg).num_teachers
     model, vlist, pre, tman = jteachers.load_teachers(tdir, num if rcfg.stacked_teachers else 1)
-    check_compatible(tman, ds.name, ds.num_classes, ds.image_shape)
+    k_classes, shape = int(tman["num_classes"]), tuple(int(s) for s in tman["input_shape"])
+    if ds is not None:
+        check_compatible(tman, ds.name, ds.num_classes, ds.image_shape)
+    else:  # nothing read: the teacher defines the classes and the image shape
+        want = shape if not streamed else (int(cfg["image_size"]),) * 2 + shape[2:]
+        check_compatible(tman, cfg["dataset"], k_classes, want)
     variables = stack_teachers(vlist) if rcfg.stacked_teachers else vlist[0]
     bounds = pixel_bounds(pre)
-    k_classes, shape = ds.num_classes, ds.image_shape
     key = jax.random.key(seed)
-    x_init = None
-    if rcfg.init == "real":  # DWA / EDC: one real image per (class, IPC index)
+    real_init = None   # (cls, ipcs) -> initial images of a batch, model space, flat
+    if rcfg.init == "real" and streamed:  # DWA / EDC: read only the batch's own images
+        idx_KxI = stream.sample_class_indices(ds.train.labels(), k_classes, ipc,
+                                              _int_seed(jax.random.fold_in(key, 0)))
+        real_init = lambda at: jdata.apply(pre, stream.read_images(  # noqa: E731
+            ds.train, idx_KxI[at].reshape(-1), shape))
+    elif rcfg.init == "real":
         xr, _ = jdata.sample_per_class(jax.random.fold_in(key, 0), ds, ipc)
         x_init = jdata.apply(pre, xr).reshape(k_classes, ipc, *shape)
+        real_init = lambda at: x_init[at].reshape(-1, *shape)  # noqa: E731
     k_rec = jax.random.fold_in(key, 1)
 
     bdir = os.path.join(out_dir, "batches")
@@ -155,19 +186,21 @@ def recover(cfg: dict, out_dir: str, quiet: bool = False) -> dict:
             os.path.join(tdir, "conv_targets"), model, vlist, tman["model"], ds, pre, rcfg,
             stacked=rcfg.stacked_teachers, progress=Progress("conv targets", enabled=not quiet))
     distiller = make_recover(rcfg, model, variables, bounds, conv_targets)
-    mesh = mesh_from(cfg)
-    out = np.zeros((k_classes, ipc, *shape), np.float32)
-    finals = []
-    progress = Progress(f"recover {method}", every=0.0 if len(jobs) < 50 else 2.0,
+    procs, me = jax.process_count(), jax.process_index()
+    if procs > 1:  # each process recovers its own batches on its own devices
+        mesh = make_mesh(devices=jax.local_devices())
+    mine = [n for n in range(len(jobs)) if n % procs == me]
+    progress = Progress(f"recover {method}", every=0.0 if len(mine) < 50 else 2.0,
                         enabled=not quiet)
+    path_of = lambda i, c0: os.path.join(bdir, f"ipc{i:05d}_c{c0:06d}.npz")  # noqa: E731
     t0 = time.time()
-    for n, (i, cls, ipcs) in enumerate(jobs):  # class-major batches of len(ipcs) per class
+    for done, n in enumerate(mine):  # class-major batches of len(ipcs) per class
+        i, cls, ipcs = jobs[n]
         c0, at = int(cls[0]), (cls[:, None], ipcs[None, :])
-        path = os.path.join(bdir, f"ipc{i:05d}_c{c0:06d}.npz")
 
         def compute(i=i, cls=cls, ipcs=ipcs, c0=c0, at=at):
-            x0 = (jnp.zeros((len(cls) * len(ipcs), *shape), jnp.float32) if x_init is None
-                  else jnp.asarray(x_init[at].reshape(-1, *shape)))
+            x0 = (jnp.zeros((len(cls) * len(ipcs), *shape), jnp.float32) if real_init is None
+                  else jnp.asarray(real_init(at)))
             k_init, k_loop = jax.random.split(jax.random.fold_in(jax.random.fold_in(k_rec, i), c0))
             state = distiller.init(k_init, x0, jnp.asarray(np.repeat(cls, len(ipcs)), jnp.int32))
             try:
@@ -182,29 +215,42 @@ def recover(cfg: dict, out_dir: str, quiet: bool = False) -> dict:
                     **{k: np.float32(last[k]) for k in ("loss", "ce", "bn")},
                     "nonfinite_steps": np.int32(sum(h.get("nonfinite", 0) for h in hist))}
 
-        z = resumable_batch(path, compute)
-        out[at] = z["x"].reshape(len(cls), len(ipcs), *shape)
-        final = {k: float(z[k]) for k in ("loss", "ce", "bn")}
-        finals.append(final)
-        progress(n + 1, len(jobs), f"ce {final['ce']:.3f} bn {final['bn']:.3f}")
+        z = resumable_batch(path_of(i, c0), compute)
+        progress(done + 1, len(mine), f"ce {float(z['ce']):.3f} bn {float(z['bn']):.3f}")
     seconds = round(time.time() - t0, 2)
+    art_dir = os.path.join(out_dir, "artefact")
+    accs = [r["test_accuracy"] for r in tman["teachers"] if r["complete"]]
+    summary = {"out": out_dir, "artefact": art_dir, "method": method, "dataset": cfg["dataset"],
+               "ipc": ipc, "teacher": tdir, "teacher_test_accuracy": accs[:num],
+               "teacher_seconds": teacher_seconds, "distill_seconds": seconds,
+               "batches": len(jobs), "batches_here": len(mine)}
+    if procs > 1:
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices("jaxdd recover: every batch written")
+        if me != 0:
+            return summary
 
+    out = np.zeros((k_classes, ipc, *shape), np.float32)
+    finals = []
+    for i, cls, ipcs in jobs:
+        path = path_of(i, int(cls[0]))
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"recover batch {path} is missing: with several processes "
+                                    f"OUT must be on a filesystem every process sees")
+        with np.load(path) as z:
+            out[cls[:, None], ipcs[None, :]] = z["x"].reshape(len(cls), len(ipcs), *shape)
+            finals.append({k: float(z[k]) for k in ("loss", "ce", "bn")})
     x_syn = out.reshape(k_classes * ipc, *shape)
     y_syn = np.repeat(np.arange(k_classes, dtype=np.int32), ipc)
     mean = {k: float(np.mean([f[k] for f in finals])) for k in ("loss", "ce", "bn")}
-    art_dir = os.path.join(out_dir, "artefact")
-    accs = [r["test_accuracy"] for r in tman["teachers"] if r["complete"]]
-    artefact.save(art_dir, x_syn, y_syn, preprocess=pre, method=method, dataset=ds.name,
+    artefact.save(art_dir, x_syn, y_syn, preprocess=pre, method=method, dataset=cfg["dataset"],
                   num_classes=k_classes, ipc=ipc, seed=seed, config=cfg, lr=None, overwrite=True,
                   extra={"distill_seconds": seconds, "teacher_dir": os.path.abspath(tdir),
                          "teacher_model": tman["model"], "teacher_test_accuracy": accs[:num],
                          "teacher_seconds": teacher_seconds, "final_loss": mean["loss"],
                          "final_ce": mean["ce"], "final_bn": mean["bn"], "batches": len(jobs),
                          "conv_targets": [os.path.abspath(d) for d in conv_dirs]})
-    return {"out": out_dir, "artefact": art_dir, "method": method, "dataset": ds.name,
-            "ipc": ipc, "teacher": tdir, "teacher_test_accuracy": accs[:num],
-            "teacher_seconds": teacher_seconds, "distill_seconds": seconds,
-            "batches": len(jobs), "final_ce": mean["ce"], "final_bn": mean["bn"]}
+    return {**summary, "final_ce": mean["ce"], "final_bn": mean["bn"]}
 
 
 # ---------------------------------------------------------------------------------------
@@ -260,7 +306,11 @@ def relabel(art_path: str, teacher_path: str | None, overrides: dict | None = No
         raise ValueError(f"the teacher at {teacher_path} uses other preprocessing than the "
                          f"artefact ({tpre.kind} vs {art.preprocess.kind}); relabel needs both "
                          f"in the same pixel space")
-    ds = jdata.load_dataset(art.meta["dataset"], seed=int(art.meta.get("seed", 0)))
+    art_cfg = art.meta.get("config", {}) or {}
+    streamed = art_cfg.get("image_size") is not None
+    ds = load_data({"dataset": art.meta["dataset"], "seed": int(art.meta.get("seed", 0)),
+                    "image_size": art_cfg.get("image_size"),
+                    "data_workers": art_cfg.get("data_workers", 0)})
     student_name = o["model"] or get_protocol(o["protocol"]).model
     student = get_model(student_name, k_classes, shape)
     tcfg = TrainConfig(epochs=int(o["epochs"]), batch_size=int(o["batch_size"]), lr=float(o["lr"]),
@@ -275,74 +325,105 @@ def relabel(art_path: str, teacher_path: str | None, overrides: dict | None = No
     if rcfg.top_k and not 0 < rcfg.top_k <= k_classes:
         raise ValueError(f"top_k {rcfg.top_k} must be in 1..{k_classes}")
 
-    tvars = stack_teachers(vlist) if o["ensemble"] else vlist[0]
+    mesh = make_mesh()  # every device of every process: data-parallel students
+    n_dev = mesh.devices.size
+    on_mesh = lambda tree: put_replicated(tree, mesh)  # noqa: E731
+    tvars = on_mesh(stack_teachers(vlist) if o["ensemble"] else vlist[0])
 
     def teacher_fn(tv, x_NHWC):
         if o["ensemble"]:
             return jrelabel.ensemble_logits(jax.vmap(lambda v: model.apply(v, x_NHWC))(tv))
         return model.apply(tv, x_NHWC)
 
-    x = jnp.asarray(art.x_syn_NHWC)
-    y = jnp.asarray(art.y_syn if art.y_syn.ndim == 1 else art.y_syn.argmax(-1), jnp.int32)
-    n = x.shape[0]
+    n = art.x_syn_NHWC.shape[0]
     bs = min(tcfg.batch_size, n)
+    # the batch split over the devices when it divides (else each device runs it whole)
+    batch_sharding = (NamedSharding(mesh, PartitionSpec(mesh.axis_names[0]))
+                      if n_dev > 1 and bs % n_dev == 0 else None)
+    x = on_mesh(np.asarray(art.x_syn_NHWC, np.float32))
+    y = on_mesh(np.asarray(art.y_syn if art.y_syn.ndim == 1 else art.y_syn.argmax(-1), np.int32))
     key = jax.random.key(int(o["seed"]))
-    aug_key = jax.random.fold_in(key, 1)
-    keys = jax.random.split(jax.random.fold_in(key, 0), int(o["seeds"]))
+    aug_key = on_mesh(jax.random.fold_in(key, 1))
+    keys = on_mesh(jax.random.split(jax.random.fold_in(key, 0), int(o["seeds"])))
     image_bytes = int(art.x_syn_NHWC.astype(np.float32).nbytes)
     labels_path, stored_bytes, file_bytes = None, 0, 0
-    xy_test = (jnp.asarray(jdata.apply(art.preprocess, ds.x_test)), jnp.asarray(ds.y_test))
-    xy_val = ((jnp.asarray(jdata.apply(art.preprocess, ds.x_val)), jnp.asarray(ds.y_val))
-              if len(ds.y_val) else None)
     best, select, every = o["report"] == "best", o["select"], int(o["eval_every"])
-    if best and select == "val" and xy_val is None:
-        raise ValueError(f"select='val' needs a validation split, and {ds.name} was loaded "
-                         f"without one; use select='test' (optimistic) or report='last'")
-    # report="best": the curve holds test accuracy (column 0) and, when selecting on it,
-    # validation accuracy (column 1) after every `every` epochs and after the last one.
-    eval_sets = (xy_test,) + ((xy_val,) if best and select == "val" else ())
+    if streamed:
+        if best:
+            raise ValueError("report='best' evaluates inside the compiled training loop and "
+                             "needs the test set in memory; with streamed data use report='last'")
+        xy_test = xy_val = None
+        eval_sets = ()
+    else:
+        xy_test = on_mesh((jdata.apply(art.preprocess, ds.x_test), np.asarray(ds.y_test)))
+        xy_val = (on_mesh((jdata.apply(art.preprocess, ds.x_val), np.asarray(ds.y_val)))
+                  if len(ds.y_val) else None)
+        if best and select == "val" and xy_val is None:
+            raise ValueError(f"select='val' needs a validation split, and {ds.name} was loaded "
+                             f"without one; use select='test' (optimistic) or report='last'")
+        # report="best": the curve holds test accuracy (column 0) and, when selecting on it,
+        # validation accuracy (column 1) after every `every` epochs and after the last one.
+        eval_sets = (xy_test,) + ((xy_val,) if best and select == "val" else ())
 
-    def fit(k, ev, **labels_kw):
+    def fit(k, ev, x, y, ak, **labels_kw):  # the data as arguments: nothing is a constant
+        kw = dict(aug_key=ak, y_syn=y, batch_sharding=batch_sharding, **labels_kw)
         if not best:
-            return jrelabel.train_student(k, student, tcfg, rcfg, x, aug_key=aug_key, y_syn=y,
-                                          **labels_kw), None
+            return jrelabel.train_student(k, student, tcfg, rcfg, x, **kw), None
         eval_fn = lambda v: jnp.stack([accuracy(student, v, xe, ye) for xe, ye in ev])
-        return jrelabel.train_student_evals(k, student, tcfg, rcfg, x, eval_fn, every,
-                                            aug_key=aug_key, y_syn=y, **labels_kw)
+        return jrelabel.train_student_evals(k, student, tcfg, rcfg, x, eval_fn, every, **kw)
 
+    writer = jax.process_index() == 0
     t0 = time.time()
-    if not quiet:
+    if not quiet and writer:
         print(f"[relabel] {o['seeds']} {student_name} students x {tcfg.epochs} epochs "
               f"({steps_per_epoch(n, bs)} steps each), {o['mode']} labels, loss {rcfg.loss}"
-              + (f", evaluated every {every} epochs" if best else "") + ", one compiled program",
+              + (f", evaluated every {every} epochs" if best else "") + ", one compiled program"
+              + (f", batches split over {n_dev} devices" if batch_sharding is not None else ""),
               file=sys.stderr, flush=True)
     if o["mode"] == "stored":
-        gen = jax.jit(lambda tv: jrelabel.generate_labels(lambda xb: teacher_fn(tv, xb), x,
-                                                          aug_key, tcfg.epochs, bs, rcfg))
-        labels = gen(tvars)
+        gen = jax.jit(lambda tv, x, ak: jrelabel.generate_labels(
+            lambda xb: teacher_fn(tv, xb), x, ak, tcfg.epochs, bs, rcfg))
+        labels = jax.tree.map(to_host, gen(tvars, x, aug_key))
         labels_path = os.path.join(art_path, "labels.npz")
-        jrelabel.save_labels(labels_path, labels, seed=int(o["seed"]), epochs=tcfg.epochs,
-                             batch_size=bs, temperature=rcfg.temperature, top_k=rcfg.top_k,
-                             label_dtype=rcfg.label_dtype, teacher=os.path.abspath(teacher_path))
+        if writer:
+            jrelabel.save_labels(labels_path, labels, seed=int(o["seed"]), epochs=tcfg.epochs,
+                                 batch_size=bs, temperature=rcfg.temperature, top_k=rcfg.top_k,
+                                 label_dtype=rcfg.label_dtype,
+                                 teacher=os.path.abspath(teacher_path))
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+            multihost_utils.sync_global_devices("jaxdd relabel: labels written")
         stored, _ = jrelabel.load_labels(labels_path)  # train from what is on disk
         stored_bytes = jrelabel.label_bytes(stored)
         file_bytes = os.path.getsize(labels_path)
-        train = jax.jit(jax.vmap(lambda k, st, ev: fit(k, ev, stored=st), in_axes=(0, None, None)))
-        variables, curve = train(keys, stored, eval_sets)
+        train = jax.jit(jax.vmap(lambda k, st, *a: fit(k, *a, stored=st),
+                                 in_axes=(0,) + (None,) * 5))
+        variables, curve = train(keys, on_mesh(stored), eval_sets, x, y, aug_key)
     else:
-        train = jax.jit(jax.vmap(lambda k, tv, ev: fit(
-            k, ev, teacher_fn=lambda xb: teacher_fn(tv, xb)), in_axes=(0, None, None)))
-        variables, curve = train(keys, tvars, eval_sets)
+        train = jax.jit(jax.vmap(lambda k, tv, *a: fit(
+            k, *a, teacher_fn=lambda xb: teacher_fn(tv, xb)), in_axes=(0,) + (None,) * 5))
+        variables, curve = train(keys, tvars, eval_sets, x, y, aug_key)
     jax.block_until_ready(variables)
     t_train = time.time() - t0
-    acc = jax.jit(jax.vmap(lambda v, xe, ye: accuracy(student, v, xe, ye), in_axes=(0, None, None)))
-    if best:  # the curve's last row is the final student
-        curve = np.asarray(curve, np.float64)                  # (seeds, evaluations, 1 or 2)
-        test = curve[:, -1, 0]
+    if streamed:  # one pass over the test (and val) split per evaluation, all seeds at once
+        eval_bs = -(-256 // n_dev) * n_dev
+        seeds_apply = jax.vmap(student.apply, in_axes=(0, None))
+        ev_sharding = NamedSharding(mesh, PartitionSpec(mesh.axis_names[0]))
+        split_acc = lambda split: stream.loader_accuracy(  # noqa: E731
+            seeds_apply, variables, ds.loader(split, batch_size=eval_bs, sharding=ev_sharding,
+                                              preprocess=art.preprocess))
+        test = split_acc("test")
+        val = split_acc("val") if ds.val is not None and len(ds.val) else np.array([np.nan])
     else:
-        test = np.asarray(acc(variables, *xy_test), np.float64)
-    val = (np.asarray(acc(variables, *xy_val), np.float64) if xy_val is not None
-           else np.array([np.nan]))
+        acc = jax.jit(jax.vmap(lambda v, xe, ye: accuracy(student, v, xe, ye),
+                               in_axes=(0, None, None)))
+        if best:  # the curve's last row is the final student
+            curve = np.asarray(to_host(curve), np.float64)     # (seeds, evaluations, 1 or 2)
+            test = curve[:, -1, 0]
+        else:
+            test = np.asarray(to_host(acc(variables, *xy_test)), np.float64)
+        val = (np.asarray(to_host(acc(variables, *xy_val)), np.float64) if xy_val is not None
+               else np.array([np.nan]))
     loss_txt = ("kd (KL at temperature T, eq. 2)" if rcfg.loss == "kd" else
                 f"mse_ce (G-VBSM logit matching: MSE(logits) + {rcfg.ce_weight:g} CE(y), eq. 3)")
     res = {
@@ -369,7 +450,8 @@ def relabel(art_path: str, teacher_path: str | None, overrides: dict | None = No
     if best:
         res.update(best_report(curve, jrelabel.eval_epochs(tcfg.epochs, every), select),
                    eval_every=every)
-    artefact.add_evaluation(art_path, res)
+    if writer:
+        artefact.add_evaluation(art_path, res)
     return {**res, "artefact": art_path}
 
 

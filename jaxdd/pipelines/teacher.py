@@ -9,13 +9,15 @@ import time
 
 from jaxdd import data as jdata
 from jaxdd import safeio
+from jaxdd.data.stream import StreamedDataset
 from jaxdd.pipelines.common import dataclass_from
 from jaxdd.population import teachers as jteachers
 from jaxdd.run.progress import Progress
 
 TEACHER_KEYS = ("model", "dir", "train_if_missing")  # teacher-section keys outside TeacherConfig
 
-__all__ = ["image_config", "check_run_dir", "teacher_dir", "teacher_config", "ensure_teacher", "check_compatible"]
+__all__ = ["image_config", "check_run_dir", "teacher_dir", "teacher_config",
+           "teacher_ready", "ensure_teacher", "check_compatible"]
 
 
 def image_config(cfg: dict) -> dict:
@@ -34,6 +36,8 @@ def teacher_dir(cfg: dict) -> str:
     if t.get("dir"):
         return t["dir"]
     tag = f"{cfg['dataset'].replace('/', '_').replace(':', '_')}-{t['model']}-{cfg.get('preprocess', 'normalize')}"
+    if cfg.get("image_size") is not None:
+        tag += f"-{int(cfg['image_size'])}px"
     return os.path.join(os.environ.get("JAXDD_TEACHERS", "runs/teachers"),
                         f"{tag}-s{cfg.get('seed', 0)}")
 
@@ -44,8 +48,15 @@ def teacher_config(cfg: dict) -> jteachers.TeacherConfig:
     return dataclass_from(jteachers.TeacherConfig, t)
 
 
-def ensure_teacher(cfg: dict, ds: jdata.Dataset, quiet: bool = False) -> tuple[str, float]:
-    """(teacher dir, seconds spent training now): a complete directory is used as it is."""
+def teacher_ready(cfg: dict) -> bool:
+    """Whether the config's teacher directory holds every teacher it needs."""
+    return jteachers.is_complete(teacher_dir(cfg), teacher_config(cfg).num_teachers)
+
+
+def ensure_teacher(cfg: dict, ds: jdata.Dataset | StreamedDataset | None, quiet: bool = False,
+                   mesh=None) -> tuple[str, float]:
+    """(teacher dir, seconds spent training now): a complete directory is used as it is
+    (`ds` may then be None); a streamed `ds` trains data-parallel on `mesh`."""
     path = teacher_dir(cfg)
     tcfg = teacher_config(cfg)
     if jteachers.is_complete(path, tcfg.num_teachers):
@@ -57,7 +68,7 @@ def ensure_teacher(cfg: dict, ds: jdata.Dataset, quiet: bool = False) -> tuple[s
     t0 = time.time()
     jteachers.train_teachers(path, ds, cfg["teacher"]["model"], tcfg, int(cfg.get("seed", 0)),
                              preprocess=cfg.get("preprocess", "normalize"),
-                             progress_cb=Progress("teacher", enabled=not quiet))
+                             progress_cb=Progress("teacher", enabled=not quiet), mesh=mesh)
     return path, round(time.time() - t0, 2)
 
 

@@ -36,9 +36,12 @@ from typing import Any, Callable
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from jaxdd import data as jdata
 from jaxdd import safeio
+from jaxdd.data import stream
+from jaxdd.data.stream import StreamedDataset
 from jaxdd.augment import dsa_augment
 from jaxdd.models import Model, Variables, get_model
 from jaxdd.population.train import (close_population, compile_member, fit_or_stored_preprocess,
@@ -46,7 +49,9 @@ from jaxdd.population.train import (close_population, compile_member, fit_or_sto
                                     open_population, read_preprocess,
                                     restore_resume, resume_dir, run_epochs, save_resume,
                                     write_manifest)
-from jaxdd.train.loop import TrainConfig, train_init
+from jaxdd.run import mesh as jmesh
+from jaxdd.train.loop import (TrainConfig, TrainState, make_optimizer, make_update,
+                              soft_cross_entropy, train_init)
 from jaxdd.tree import tree_all_finite
 
 MANIFEST = "teacher.json"
@@ -121,21 +126,42 @@ def is_complete(out_dir: str, num_teachers: int = 1) -> bool:
     return sum(r["complete"] for r in m["teachers"][:num_teachers]) >= num_teachers
 
 
-def train_teachers(out_dir: str, dataset: jdata.Dataset, model_name: str, cfg: TeacherConfig,
-                   key_or_seed: jax.Array | int, *, preprocess: str | jdata.Preprocess = "normalize",
-                   progress_cb: Callable[[int, int], None] | None = None) -> dict[str, Any]:
-    """Train (or resume, or extend) `cfg.num_teachers` teachers on `dataset.x_train`.
+def train_teachers(out_dir: str, dataset: jdata.Dataset | StreamedDataset, model_name: str,
+                   cfg: TeacherConfig, key_or_seed: jax.Array | int, *,
+                   preprocess: str | jdata.Preprocess = "normalize",
+                   progress_cb: Callable[[int, int], None] | None = None,
+                   mesh: Mesh | None = None) -> dict[str, Any]:
+    """Train (or resume, or extend) `cfg.num_teachers` teachers on the training split.
 
     The validation split of `dataset` is left out (it stays unseen for model selection);
     test accuracy is recorded per teacher. Returns the manifest.
+
+    An in-memory `Dataset` trains one jitted scan per epoch on device-resident arrays (DSA
+    `cfg.dsa` augmentation). A `StreamedDataset` (`jaxdd.data.stream.open_streamed`)
+    trains data-parallel on `mesh` (default: every device on one `data` axis), one jitted
+    step per loader batch: each global batch (random-resized-crop + flip, a function of
+    (seed, epoch, step)) is split over the devices and BatchNorm's batch statistics are
+    reduced over all of them, so the step is the one-device step of the same global batch;
+    epochs are whole loader passes (the remainder is dropped), and a resumed teacher reads
+    exactly the batches it would have read.
     """
     key, seed = key_and_seed(key_or_seed)
-    x_train, y_train = dataset.x_train, dataset.y_train
+    streamed = isinstance(dataset, StreamedDataset)
     os.makedirs(out_dir, exist_ok=True)
     man_path = os.path.join(out_dir, MANIFEST)
     old = read_manifest(out_dir) if os.path.exists(man_path) else None
-    pre = fit_or_stored_preprocess(preprocess, None if old is None else old["preprocess"],
-                                   out_dir, x_train, dataset.name, TeacherError)
+    stored_kind = None if old is None else old["preprocess"]
+    if streamed:
+        x_train, y_train = None, dataset.train.labels()
+        pre = (read_preprocess(out_dir, TeacherError) if stored_kind == preprocess
+               else preprocess if not isinstance(preprocess, str)
+               else stream.fit_streamed_preprocess(preprocess, dataset))
+        held_out = 0 if dataset.val is None else len(dataset.val)
+    else:
+        x_train, y_train = dataset.x_train, dataset.y_train
+        pre = fit_or_stored_preprocess(preprocess, stored_kind, out_dir, x_train, dataset.name,
+                                       TeacherError)
+        held_out = len(dataset.y_val)
     shape = tuple(int(s) for s in dataset.image_shape)
     model, epoch_fn, acc_fn = _compiled(model_name, dataset.num_classes, shape, cfg)
     m = new_manifest(
@@ -143,14 +169,20 @@ def train_teachers(out_dir: str, dataset: jdata.Dataset, model_name: str, cfg: T
         num_classes=dataset.num_classes, input_shape=shape, dataset=dataset.name,
         x_train=x_train, y_train=y_train, pre=pre, config=cfg, seed=seed,
         layout="teacher_{i:03d}/{epochs}/ = Orbax step of the final variables",
-        counts={"num_val_held_out": int(len(dataset.y_val))})
+        counts={"num_val_held_out": int(held_out)})
     refuse = lambda diff: TeacherError(  # noqa: E731
         f"{out_dir} holds teachers built with a different setup (stored, requested): {diff}; "
         f"use another directory")
     records = open_population(out_dir, man_path, m, old, pre, members="teachers",
                               grow_key="num_teachers", requested=cfg.num_teachers, refuse=refuse)
-    data = on_device(pre, x_train, y_train)
-    test = on_device(pre, dataset.x_test, dataset.y_test)
+    if streamed:
+        streamed_run = _StreamedTeacher(model, cfg, dataset, pre, mesh)
+        n_schedule, data = streamed_run.n_schedule, ()
+        test_accuracy = streamed_run.test_accuracy
+    else:
+        n_schedule, data = len(x_train), on_device(pre, x_train, y_train)
+        test = on_device(pre, dataset.x_test, dataset.y_test)
+        test_accuracy = lambda variables: float(acc_fn(variables, *test))  # noqa: E731
     todo = records[:cfg.num_teachers]
     total = len(todo) * cfg.epochs
     done = sum(r["epochs_done"] for r in todo)
@@ -160,7 +192,10 @@ def train_teachers(out_dir: str, dataset: jdata.Dataset, model_name: str, cfg: T
         if rec["complete"]:
             continue
         t0 = time.perf_counter() - rec["train_time_s"]
-        state = train_init(jax.random.fold_in(key, i), model, tcfg, len(x_train))
+        state = train_init(jax.random.fold_in(key, i), model, tcfg, n_schedule)
+        if streamed:
+            epoch_fn = streamed_run.epoch_fn(state.key)
+            state = streamed_run.place(state)
         with manager(resume_dir(out_dir, "teacher", i), keep_latest=True) as resume:
             start = resume.latest_step() or 0
             if start:
@@ -173,12 +208,69 @@ def train_teachers(out_dir: str, dataset: jdata.Dataset, model_name: str, cfg: T
             raise FloatingPointError(f"teacher {i} diverged (NaN/inf weights); lower its lr")
         with manager(member_dir(out_dir, "teacher", i)) as final:
             final.save(cfg.epochs, args=ocp.args.StandardSave(state.variables))
-        rec.update(complete=True, test_accuracy=round(float(acc_fn(state.variables, *test)), 4),
+        rec.update(complete=True, test_accuracy=round(test_accuracy(state.variables), 4),
                    train_time_s=round(time.perf_counter() - t0, 2))
         write_manifest(man_path, m)
         shutil.rmtree(resume_dir(out_dir, "teacher", i), ignore_errors=True)
     close_population(out_dir, man_path, m, records)
     return m
+
+
+class _StreamedTeacher:
+    """The data-parallel training of one teacher on a `StreamedDataset` (see train_teachers)."""
+
+    def __init__(self, model: Model, cfg: TeacherConfig, data: StreamedDataset,
+                 pre: jdata.Preprocess, mesh: Mesh | None):
+        self.model, self.cfg, self.data, self.pre = model, cfg, data, pre
+        self.mesh = jmesh.make_mesh() if mesh is None else mesh
+        axis = self.mesh.axis_names[0]
+        n_dev = self.mesh.shape[axis]
+        if cfg.batch_size % n_dev:
+            raise TeacherError(f"teacher.batch_size {cfg.batch_size} does not split over the "
+                               f"{n_dev} devices of the mesh; use a multiple of {n_dev}")
+        self.batch_sharding = NamedSharding(self.mesh, P(axis))
+        self.spe = len(data.train) // cfg.batch_size
+        if self.spe == 0:
+            raise TeacherError(f"{data.name} has {len(data.train)} training images, fewer than "
+                               f"one teacher batch of {cfg.batch_size}; lower teacher.batch_size")
+        self.n_schedule = self.spe * cfg.batch_size   # whole batches: the loader's epoch
+        tx = make_optimizer(cfg.train_config(), cfg.epochs * self.spe)
+        update = make_update(model.apply_train, soft_cross_entropy, tx)
+
+        def step(variables, opt_state, x_NHWC, y_B, mask_B):
+            target = jax.nn.one_hot(y_B, model.num_classes, dtype=x_NHWC.dtype)
+            return update(variables, opt_state, x_NHWC, target, mask_B.astype(x_NHWC.dtype))
+
+        self.step = jax.jit(step, donate_argnums=(0, 1))
+
+    def place(self, state: TrainState) -> TrainState:
+        """The training state replicated over the mesh."""
+        return jmesh.put_replicated(state, self.mesh)
+
+    def epoch_fn(self, key: jax.Array) -> Callable[[TrainState], TrainState]:
+        """One loader epoch of the teacher whose loop key is `key` (its batch order and
+        augmentation seed)."""
+        seed = int(np.asarray(jax.random.key_data(key)).ravel()[-1])
+
+        def run(state: TrainState) -> TrainState:
+            e = int(np.asarray(state.epoch.addressable_data(0)))  # replicated: any shard
+            loader = self.data.loader("train", batch_size=self.cfg.batch_size, train=True,
+                                      seed=seed, start_step=e * self.spe, num_epochs=e + 1,
+                                      sharding=self.batch_sharding, preprocess=self.pre)
+            variables, opt_state = state.variables, state.opt_state
+            for b in loader:
+                variables, opt_state = self.step(variables, opt_state, b["image"], b["label"],
+                                                 b["mask"])
+            return state._replace(variables=variables, opt_state=opt_state,
+                                  epoch=state.epoch + 1)
+        return run
+
+    def test_accuracy(self, variables: Variables) -> float:
+        n_dev = self.mesh.shape[self.mesh.axis_names[0]]
+        bs = -(-max(self.cfg.batch_size, 256) // n_dev) * n_dev
+        loader = self.data.loader("test", batch_size=bs, sharding=self.batch_sharding,
+                                  preprocess=self.pre)
+        return float(stream.loader_accuracy(self.model.apply, variables, loader))
 
 
 def save_teacher(out_dir: str, model_name: str, variables: Variables, *, dataset: str,

@@ -54,21 +54,21 @@ def write_manifest(path: str, manifest: dict[str, Any]) -> None:
 
 
 def new_manifest(fmt: str, version: int, members: str, *, model: str, num_classes: int,
-                 input_shape: Sequence[int], dataset: str, x_train: np.ndarray,
+                 input_shape: Sequence[int], dataset: str, x_train: np.ndarray | None,
                  y_train: np.ndarray, pre: jdata.Preprocess, config: Any, seed: Any,
                  layout: str, versions: Mapping[str, str] | None = None,
                  model_info: Mapping[str, Any] | None = None,
                  counts: Mapping[str, int] | None = None) -> dict[str, Any]:
     """A fresh population manifest (status incomplete, no member records yet); `versions`,
     `model_info` and `counts` add fields after the library versions, the model and the
-    training-set size."""
+    training-set size. `x_train` None: a streamed training set, identified by its labels."""
     return {
         "format": fmt, "format_version": version,
         "jaxdd_version": jaxdd.__version__, "jax_version": jax.__version__, **(versions or {}),
         "model": model, "num_classes": num_classes, "input_shape": list(input_shape),
         **(model_info or {}),
         "dataset": dataset, "dataset_fingerprint": dataset_fingerprint(x_train, y_train),
-        "num_train": int(len(x_train)), **(counts or {}),
+        "num_train": int(len(y_train)), **(counts or {}),
         "preprocess": pre.kind, "preprocess_sha256": preprocess_sha(pre),
         "config": dataclasses.asdict(config), "seed": seed,
         "layout": layout,
@@ -94,9 +94,14 @@ def setup_diff(stored: Mapping[str, Any], asked: Mapping[str, Any],
     return diff
 
 
-def dataset_fingerprint(x: np.ndarray, y: np.ndarray) -> str:
-    """Cheap identity of a training set: shapes, all labels, <= 1024 strided images."""
+def dataset_fingerprint(x: np.ndarray | None, y: np.ndarray) -> str:
+    """Cheap identity of a training set: shapes, all labels, <= 1024 strided images (a
+    streamed set, x None: its labels in record order)."""
     h = hashlib.sha256()
+    if x is None:
+        h.update(b"streamed")
+        h.update(np.ascontiguousarray(y).tobytes())
+        return h.hexdigest()[:16]
     h.update(repr((x.shape, str(x.dtype), y.shape)).encode())
     h.update(np.ascontiguousarray(y).tobytes())
     stride = max(1, len(x) // 1024)

@@ -66,6 +66,20 @@ def put(tree: Any, shardings: Any) -> Any:
     return jax.tree.map(one, tree, shardings)
 
 
+def to_host(a: Any) -> Any:
+    """Host copy of a (possibly multi-process sharded) array; every process must call it
+    for such an array. None and floats pass through."""
+    if isinstance(a, jax.Array) and not a.is_fully_addressable:
+        from jax.experimental import multihost_utils
+        return np.asarray(multihost_utils.process_allgather(a, tiled=True))
+    return a if a is None or isinstance(a, float) else np.asarray(a)
+
+
+def put_replicated(tree: Any, mesh: Mesh) -> Any:
+    """A host-identical pytree replicated on every device of `mesh` (any process count)."""
+    return put(tree, jax.tree.map(lambda _: replicated(mesh), tree))
+
+
 def maybe_initialize_distributed() -> None:
     """`jax.distributed.initialize` from the environment: explicit JAXDD_COORDINATOR /
     JAXDD_NUM_PROCESSES / JAXDD_PROCESS_ID, or what JAX detects itself (TPU pods, SLURM)."""
