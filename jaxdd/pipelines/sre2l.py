@@ -227,7 +227,8 @@ def recover(cfg: dict, out_dir: str, quiet: bool = False, ctx: Context | None = 
     if procs > 1:
         from jax.experimental import multihost_utils
         multihost_utils.sync_global_devices("jaxdd recover: every batch written")
-        if me != 0:
+        if me != 0:  # wait for process 0's artefact, so a next stage can read it
+            multihost_utils.sync_global_devices("jaxdd recover: artefact written")
             return summary
 
     out = np.zeros((k_classes, ipc, *shape), np.float32)
@@ -250,6 +251,8 @@ def recover(cfg: dict, out_dir: str, quiet: bool = False, ctx: Context | None = 
                          "teacher_seconds": teacher_seconds, "final_loss": mean["loss"],
                          "final_ce": mean["ce"], "final_bn": mean["bn"], "batches": len(jobs),
                          "conv_targets": [os.path.abspath(d) for d in conv_dirs]})
+    if procs > 1:
+        multihost_utils.sync_global_devices("jaxdd recover: artefact written")
     return {**summary, "final_ce": mean["ce"], "final_bn": mean["bn"]}
 
 
