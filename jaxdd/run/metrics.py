@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import time
 from typing import Any, Mapping
 
 import numpy as np
@@ -174,7 +175,10 @@ class TensorBoardWriter(MetricWriter):
         if self._w is None:
             from tensorboardX import SummaryWriter
             safeio.makedirs(self.logdir)
-            self._w = SummaryWriter(self.logdir, purge_step=self.purge_step, flush_secs=30)
+            # tensorboardX names a file by the second it opens it: the ns suffix keeps two
+            # files of one second apart (and in order, as TensorBoard reads them by name).
+            self._w = SummaryWriter(self.logdir, purge_step=self.purge_step, flush_secs=30,
+                                    filename_suffix=f".{time.time_ns()}")
         return self._w
 
     def start(self, step):
