@@ -115,16 +115,18 @@ def _no_batch(consts: Any, key: jax.Array, t: jax.Array) -> None:
 
 def run(ctx: Context, options: RunOptions) -> dict:
     """The registry's `run`: recover (or RDED) into ctx.out_dir, artefact paths included."""
-    res = recover(ctx.cfg, ctx.out_dir, ctx.quiet)
+    res = recover(ctx.cfg, ctx.out_dir, ctx.quiet, ctx.writer)
     return {**res, "artefacts": {"artefact": res["artefact"]}}
 
 
-def recover(cfg: dict, out_dir: str, quiet: bool = False) -> dict:
+def recover(cfg: dict, out_dir: str, quiet: bool = False, writer: Any = None) -> dict:
     """Teacher (load or train) -> recovered images -> OUT/artefact; returns a summary dict.
 
     Each batch is one Distiller (`make_recover`) driven by `jaxdd.run.driver` for
     recover.iterations steps (non-finite steps skipped and counted, as for every method);
-    a finished batch is saved to OUT/batches/ and is the unit of resumption."""
+    a finished batch is saved to OUT/batches/ and is the unit of resumption. `writer` (a
+    `jaxdd.run.metrics.MetricWriter`) gets each batch's final losses as `recover/*` at step
+    = batch number, once all batches are done."""
     method = cfg.get("method", "sre2l")
     seed = int(cfg.get("seed", 0))
     ipc = int(cfg["ipc"])
@@ -188,6 +190,10 @@ def recover(cfg: dict, out_dir: str, quiet: bool = False) -> dict:
         finals.append(final)
         progress(n + 1, len(jobs), f"ce {final['ce']:.3f} bn {final['bn']:.3f}")
     seconds = round(time.time() - t0, 2)
+    if writer is not None:
+        for n, final in enumerate(finals):
+            writer.write_scalars(n + 1, {f"recover/{k}": v for k, v in final.items()})
+        writer.flush()
 
     x_syn = out.reshape(k_classes * ipc, *shape)
     y_syn = np.repeat(np.arange(k_classes, dtype=np.int32), ipc)
