@@ -225,3 +225,13 @@ def test_wandb_without_the_package_is_one_clear_error(tiny_npz, tmp_path, capsys
 
 
 _find = metrics.importlib.util.find_spec
+
+
+def test_eval_every_is_refused_for_batch_built_sets(tmp_path, capsys):
+    rded = os.path.join(ROOT, "configs", "sre2l", "rded_fashion_mnist_cpu.py")
+    before = snapshot(tmp_path)
+    assert main(["distill", "--config", rded, "--out", str(tmp_path / "o"), "--set",
+                 "eval_every=2"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "eval_every evaluates one set" in err[0] and "rded" in err[0]
+    assert snapshot(tmp_path) == before and not (tmp_path / "o").exists()
