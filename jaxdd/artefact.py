@@ -167,11 +167,18 @@ def save_grid(path: str, x_NHWC_01: np.ndarray, y: np.ndarray, num_classes: int,
     """PNG grid: one row per class, up to `max_per_class` images each, 1 px gaps."""
     from PIL import Image
 
+    img = grid_image(x_NHWC_01, y, num_classes, max_per_class)
+    Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img).save(path)
+
+
+def grid_image(x_NHWC_01: np.ndarray, y: np.ndarray, num_classes: int,
+               max_per_class: int = 10) -> np.ndarray:
+    """(H, W, C) uint8 grid of pixel-space images: one row per class, up to
+    `max_per_class` images each, 1 px white gaps (grid.png, TensorBoard image grids)."""
     n, h, w, c = x_NHWC_01.shape
     cols = max(1, min(max_per_class, max(int((y == k).sum()) for k in range(num_classes))))
     canvas = np.ones((num_classes * (h + 1) + 1, cols * (w + 1) + 1, c), np.float32)
     for k in range(num_classes):
         for j, i in enumerate(np.flatnonzero(y == k)[:cols]):
             canvas[1 + k * (h + 1):1 + k * (h + 1) + h, 1 + j * (w + 1):1 + j * (w + 1) + w] = x_NHWC_01[i]
-    img = (np.clip(canvas, 0, 1) * 255).round().astype(np.uint8)
-    Image.fromarray(img[..., 0] if c == 1 else img).save(path)
+    return (np.clip(canvas, 0, 1) * 255).round().astype(np.uint8)

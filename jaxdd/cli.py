@@ -150,39 +150,59 @@ def cmd_distill(args) -> int:
     from jaxdd import registry, safeio
     from jaxdd.configs import load_config
     from jaxdd.pipelines import common
+    from jaxdd.run import metrics
     cfg = load_config(args.config, args.ipc, args.set)
     spec = registry.get(cfg["method"])
     if cfg.get("image_size") is not None and (spec.family != "statistics" or spec.name == "rded"):
         raise ValueError(f"image_size (streamed data) is supported by sre2l, cda, gvbsm and "
                          f"dwa; {cfg['method']} needs the dataset in memory: remove image_size")
+    if cfg.get("eval_every") and spec.family == "statistics":
+        raise ValueError(f"eval_every evaluates one set while it is optimised; {spec.name} "
+                         f"builds its set batch by batch: unset eval_every")
+    if args.wandb:
+        metrics.require_wandb()
     out = args.out or os.path.join("runs", f"{os.path.splitext(os.path.basename(args.config))[0]}-ipc{cfg['ipc']}")
     safeio.check_run_out(out)
     with safeio.RunLock(out):
-        ctx = common.context(cfg, out, args.quiet)
-        res = spec.run(ctx, registry.RunOptions(args.resume_step, args.stop_after))
-        if res.get("stopped_early"):
-            _emit({"out": out, "stopped_early": True}, args.json,
-                  "stopped early; resume with the same command")
-            return 0
-        result = {**{k: v for k, v in res.items() if k != "history"}, "out": out,
-                  "method": cfg["method"], "dataset": cfg["dataset"], "ipc": cfg["ipc"]}
-        if not args.no_eval:
-            result["evaluations"] = common.evaluate_with_baseline(ctx, res["artefacts"])
-        human = [f"distilled {cfg['dataset']} IPC {cfg['ipc']} with {cfg['method']} in "
-                 f"{res['distill_seconds']:.0f} s -> {out}"
-                 + (f" (step compile {res['compile_seconds']:.1f} s, cached across runs)"
-                    if "compile_seconds" in res else "")]
-        for name, r in result.get("evaluations", {}).items():
-            human.append(f"  {name:<14} {_fmt_acc(r)}")
-        flat = dict(result)
-        if "evaluations" in result:
-            main_ev = result["evaluations"]["artefact"]
-            flat.update(accuracy_mean=main_ev["accuracy_mean"],
-                        accuracy_std=main_ev["accuracy_std"], seeds=main_ev["seeds"])
-            if "random" in result["evaluations"]:
-                flat["random_accuracy_mean"] = result["evaluations"]["random"]["accuracy_mean"]
-        _emit(flat, args.json, "\n".join(human))  # the result is shown before it is written
-        common.write_result(out, result)
+        ctx = common.context(cfg, out, args.quiet, wandb=args.wandb)
+        try:
+            return _distill(args, cfg, spec, out, ctx)
+        finally:
+            ctx.writer.close()
+
+
+def _distill(args, cfg, spec, out, ctx) -> int:
+    """cmd_distill inside the run directory's lock: run, evaluate, print, write."""
+    from jaxdd import registry
+    from jaxdd.pipelines import common
+    res = spec.run(ctx, registry.RunOptions(args.resume_step, args.stop_after))
+    if res.get("stopped_early"):
+        _emit({"out": out, "stopped_early": True}, args.json,
+              "stopped early; resume with the same command")
+        return 0
+    result = {**{k: v for k, v in res.items() if k != "history"}, "out": out,
+              "method": cfg["method"], "dataset": cfg["dataset"], "ipc": cfg["ipc"]}
+    if not args.no_eval:
+        result["evaluations"] = common.evaluate_with_baseline(ctx, res["artefacts"])
+    human = [f"distilled {cfg['dataset']} IPC {cfg['ipc']} with {cfg['method']} in "
+             f"{res['distill_seconds']:.0f} s -> {out}"
+             + (f" (step compile {res['compile_seconds']:.1f} s, cached across runs)"
+                if "compile_seconds" in res else "")]
+    if res.get("best"):
+        b = res["best"]
+        human.append(f"  best on the validation split: iteration {b['iteration']}, val "
+                     f"{100 * b['val_accuracy']:.2f} % -> {os.path.join(out, 'best')}")
+    for name, r in result.get("evaluations", {}).items():
+        human.append(f"  {name:<14} {_fmt_acc(r)}")
+    flat = dict(result)
+    if "evaluations" in result:
+        main_ev = result["evaluations"]["artefact"]
+        flat.update(accuracy_mean=main_ev["accuracy_mean"],
+                    accuracy_std=main_ev["accuracy_std"], seeds=main_ev["seeds"])
+        if "random" in result["evaluations"]:
+            flat["random_accuracy_mean"] = result["evaluations"]["random"]["accuracy_mean"]
+    _emit(flat, args.json, "\n".join(human))  # the result is shown before it is written
+    common.write_result(out, result)
     return 0
 
 
@@ -387,7 +407,9 @@ def build_parser() -> argparse.ArgumentParser:
     def common(sp, json_flag=True):
         if json_flag:
             sp.add_argument("--json", action="store_true", help="last stdout line is one JSON object")
-        sp.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+        sp.add_argument("--quiet", action="store_true",
+                    help="no progress bars or event lines on stderr (bars are drawn only "
+                         "when stderr is a terminal anyway)")
 
     sp = sub.add_parser("models", help="model names and parameter counts for a dataset")
     sp.add_argument("--dataset", default="cifar10")
@@ -464,6 +486,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="resume from this checkpoint step instead of the latest")
     sp.add_argument("--stop-after", type=POS, default=None, help=argparse.SUPPRESS)
     sp.add_argument("--no-eval", action="store_true", help="skip the evaluation")
+    sp.add_argument("--wandb", action="store_true",
+                    help="also log to Weights & Biases (needs the wandb package)")
     common(sp)
     sp.set_defaults(fn=cmd_distill)
 
@@ -522,6 +546,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", default=None, help="run directory (default runs/<config>-ipc<N>)")
     sp.add_argument("--teacher", default=None, help="teacher directory (overrides teacher.dir)")
     sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    sp.add_argument("--wandb", action="store_true", help="also log to Weights & Biases")
     common(sp)
     sp.set_defaults(fn=cmd_recover)
 

@@ -25,6 +25,7 @@ import types
 import typing
 from typing import Any, Literal, Mapping, Union
 
+from jaxdd.pipelines.spec import EvalSection, LogSection  # sections the pipelines read
 from jaxdd.safeio import fingerprint
 
 
@@ -38,18 +39,6 @@ class _NotFinite(ConfigError):
 
 # ---------------------------------------------------------------------------------------
 # Schema of the top level and the sections shared by every method
-
-
-@dataclasses.dataclass(frozen=True)
-class EvalSection:
-    """How `distill` evaluates what it made (and a random real subset, same seeds)."""
-
-    protocol: str = "cpu"          # mtt | cpu | smoke (jaxdd.evaluate.protocols)
-    seeds: int = 3                 # independent networks, vmapped
-    random_baseline: bool = True   # also evaluate a random real subset of the same IPC
-    # TrainConfig fields replacing the protocol's (e.g. DATM's batch_size=128); checked
-    # against TrainConfig at load time, applied by `evaluate.get_protocol(protocol, **overrides)`
-    overrides: dict = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,6 +66,9 @@ class RunConfig:
     ckpt_every: int = 50           # checkpoint period [iterations]
     ckpt_keep: int = 3             # checkpoints kept
     max_nonfinite: int = 10        # non-finite (skipped) steps in a row before the run stops
+    eval_every: int | None = None  # evaluate the set on the validation split every this many
+    #                                iterations (and at the end) during distillation, keep the
+    #                                best in OUT/best/ [iterations]; None: off (eval.val_*)
     mesh: dict | None = None       # {"shape": [...], "names": [...]}; None = all devices, "data"
     # Streamed data (jaxdd.data.stream; statistics matching): an int decodes every image
     # to image_size x image_size through the grain loader instead of reading the dataset
@@ -90,9 +82,9 @@ _POSITIVE = {"ipc", "iterations", "epochs", "seeds", "ckpt_every", "ckpt_keep", 
              "batch_real", "batch_syn", "batch_train", "syn_steps", "expert_epochs",
              "num_experts", "num_teachers", "mipc", "num_crop", "factor", "max_nonfinite",
              "lr", "lr_img", "lr_init", "lr_net", "temperature", "eval_every", "class_batch",
-             "image_size"}
+             "image_size", "every", "val_seeds"}
 _NON_NEGATIVE = {"seed", "lr_lr", "lr_y", "momentum", "weight_decay", "r_bn", "min_start",
-                 "top_k", "ce_weight", "data_workers"}
+                 "top_k", "ce_weight", "data_workers", "image_every"}
 RANGES = {**{k: "> 0" for k in _POSITIVE}, **{k: ">= 0" for k in _NON_NEGATIVE}}
 
 
@@ -324,7 +316,7 @@ def validate(cfg: dict) -> dict:
     if not isinstance(cfg.get("method"), str):
         raise ConfigError(f"config needs method = one of {', '.join(registry.names())}")
     spec = registry.get(cfg["method"])
-    sections = {"eval": (EvalSection, {})}
+    sections = {"eval": (EvalSection, {}), "log": (LogSection, {})}
     for name in spec.sections:
         sections[name] = SECTION_SCHEMAS[name]()
     sections[spec.section] = (spec.config_cls, {})
@@ -336,10 +328,10 @@ def validate(cfg: dict) -> dict:
     for name, (cls, extra) in sections.items():
         if name in cfg:
             out[name] = check_section(cls, cfg[name], name, extra)
-    if out.get("eval", {}).get("overrides"):
-        from jaxdd.train import TrainConfig
-        out["eval"]["overrides"] = check_section(TrainConfig, out["eval"]["overrides"],
-                                                 "eval.overrides")
+    for name in ("overrides", "val_overrides"):
+        if out.get("eval", {}).get(name):
+            from jaxdd.train import TrainConfig
+            out["eval"][name] = check_section(TrainConfig, out["eval"][name], f"eval.{name}")
     return out
 
 

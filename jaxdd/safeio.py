@@ -78,6 +78,14 @@ def write_text(path: str, text: str) -> None:
     _write_atomic(path, write, ".txt")
 
 
+def write_bytes(path: str, data: bytes) -> None:
+    """Bytes (a PNG) to `path`, atomically."""
+    def write(tmp):
+        with open(tmp, "wb") as f:
+            f.write(data)
+    _write_atomic(path, write, os.path.splitext(path)[1] or ".bin")
+
+
 def savez(path: str, **arrays: np.ndarray) -> None:
     """`np.savez` to `path`, atomically."""
     def write(tmp):

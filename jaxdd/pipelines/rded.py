@@ -130,7 +130,7 @@ def run(ctx: Context, options: RunOptions) -> dict:
         consts=(x_pool, vlist[0]), mesh=mesh_from(cfg), run_dir=os.path.join(ctx.out_dir, "run"),
         config=image_config(cfg), ckpt_every=1,
         keep=cfg.get("ckpt_keep", 3), resume_step=options.resume_step, log_every=1,
-        max_nonfinite=1, progress=Progress("rded", enabled=not ctx.quiet),
+        max_nonfinite=1, progress=Progress("rded", enabled=not ctx.quiet), writer=ctx.writer,
         stop_after=options.stop_after, timings=timings)
     if timings["last_iteration"] < steps:  # stop_after ended it early
         return {"stopped_early": True}

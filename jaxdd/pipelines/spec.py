@@ -1,8 +1,10 @@
 """What a pipeline module declares about its methods (read by `jaxdd.registry`).
 
 A module of `jaxdd/pipelines/` lists its methods in a module-level `METHODS` sequence of
-`Method`s; `jaxdd.registry` collects them. This module imports nothing of jaxdd, so the
-registry, the pipelines and the config schema have no import cycle.
+`Method`s; `jaxdd.registry` collects them. The config sections every pipeline reads
+(`EvalSection`, `LogSection`) live here too; `jaxdd.configs` checks them. This module
+imports nothing of jaxdd, so the registry, the pipelines and the config schema have no
+import cycle.
 """
 
 from __future__ import annotations
@@ -11,6 +13,34 @@ import dataclasses
 from typing import Any, Callable, Mapping
 
 FAMILIES = ("trajectory", "classic", "statistics")
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalSection:
+    """How `distill` evaluates what it made (and a random real subset, same seeds)."""
+
+    protocol: str = "cpu"          # mtt | cpu | smoke (jaxdd.evaluate.protocols)
+    seeds: int = 3                 # independent networks, vmapped
+    random_baseline: bool = True   # also evaluate a random real subset of the same IPC
+    # TrainConfig fields replacing the protocol's (e.g. DATM's batch_size=128); checked
+    # against TrainConfig at load time, applied by `evaluate.get_protocol(protocol, **overrides)`
+    overrides: dict = dataclasses.field(default_factory=dict)
+    # The cheap evaluation every `eval_every` iterations during distillation, selected on
+    # the validation split (never on test):
+    val_protocol: str | None = None  # its protocol (None: `protocol`)
+    val_seeds: int = 1               # its networks per evaluation
+    val_overrides: dict = dataclasses.field(default_factory=dict)  # TrainConfig fields, e.g.
+    #                                  {"epochs": 50}; checked like `overrides`
+
+
+@dataclasses.dataclass(frozen=True)
+class LogSection:
+    """What a run writes for watching it (jaxdd.run.metrics; README "Watching a run")."""
+
+    every: int = 10                # step metrics period [iterations]: metrics.jsonl, TensorBoard
+    image_every: int = 50          # image grid of the synthetic set period [iterations]; 0: off
+    tensorboard: bool = True       # event files in OUT/run/tensorboard/
+    plots: bool = True             # OUT/plots/*.png (loss, accuracy) at the end of the run
 
 
 @dataclasses.dataclass(frozen=True)

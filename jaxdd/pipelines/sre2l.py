@@ -139,7 +139,9 @@ def recover(cfg: dict, out_dir: str, quiet: bool = False, ctx: Context | None = 
     (class, IPC index), read per batch), G-VBSM's conv targets, or a teacher still to be
     trained. With several processes (`jax.distributed`) batch n is recovered by process
     n mod P on its own devices and written by it; process 0 then assembles the artefact
-    from OUT/batches/ (a filesystem every process sees)."""
+    from OUT/batches/ (a filesystem every process sees). `ctx.writer` (a
+    `jaxdd.run.metrics.MetricWriter`) gets each batch's final losses as `recover/*` at step
+    = batch number, once all batches are done."""
     ctx = ctx or Context(cfg, out_dir, quiet)
     method = cfg.get("method", "sre2l")
     seed = int(cfg.get("seed", 0))
@@ -243,6 +245,9 @@ def recover(cfg: dict, out_dir: str, quiet: bool = False, ctx: Context | None = 
             finals.append({k: float(z[k]) for k in ("loss", "ce", "bn")})
     x_syn = out.reshape(k_classes * ipc, *shape)
     y_syn = np.repeat(np.arange(k_classes, dtype=np.int32), ipc)
+    for n, final in enumerate(finals):
+        ctx.writer.write_scalars(n + 1, {f"recover/{k}": v for k, v in final.items()})
+    ctx.writer.flush()
     mean = {k: float(np.mean([f[k] for f in finals])) for k in ("loss", "ce", "bn")}
     artefact.save(art_dir, x_syn, y_syn, preprocess=pre, method=method, dataset=cfg["dataset"],
                   num_classes=k_classes, ipc=ipc, seed=seed, config=cfg, lr=None, overwrite=True,
@@ -375,9 +380,9 @@ def relabel(art_path: str, teacher_path: str | None, overrides: dict | None = No
         eval_fn = lambda v: jnp.stack([accuracy(student, v, xe, ye) for xe, ye in ev])
         return jrelabel.train_student_evals(k, student, tcfg, rcfg, x, eval_fn, every, **kw)
 
-    writer = jax.process_index() == 0
+    is_main = jax.process_index() == 0
     t0 = time.time()
-    if not quiet and writer:
+    if not quiet and is_main:
         print(f"[relabel] {o['seeds']} {student_name} students x {tcfg.epochs} epochs "
               f"({steps_per_epoch(n, bs)} steps each), {o['mode']} labels, loss {rcfg.loss}"
               + (f", evaluated every {every} epochs" if best else "") + ", one compiled program"
@@ -388,7 +393,7 @@ def relabel(art_path: str, teacher_path: str | None, overrides: dict | None = No
             lambda xb: teacher_fn(tv, xb), x, ak, tcfg.epochs, bs, rcfg))
         labels = jax.tree.map(to_host, gen(tvars, x, aug_key))
         labels_path = os.path.join(art_path, "labels.npz")
-        if writer:
+        if is_main:
             jrelabel.save_labels(labels_path, labels, seed=int(o["seed"]), epochs=tcfg.epochs,
                                  batch_size=bs, temperature=rcfg.temperature, top_k=rcfg.top_k,
                                  label_dtype=rcfg.label_dtype,
@@ -453,7 +458,7 @@ def relabel(art_path: str, teacher_path: str | None, overrides: dict | None = No
     if best:
         res.update(best_report(curve, jrelabel.eval_epochs(tcfg.epochs, every), select),
                    eval_every=every)
-    if writer:
+    if is_main:
         artefact.add_evaluation(art_path, res)
     return {**res, "artefact": art_path}
 

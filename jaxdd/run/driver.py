@@ -9,28 +9,43 @@ and at the end. Every method runs wrapped in `skip_nonfinite`: a step that would
 state NaN/inf is skipped (the state is kept) and logged with `nonfinite: 1`; a step is
 checked before it is checkpointed, and `max_nonfinite` skips in a row stop the run with a
 message naming the iteration, the state and every checkpoint intact.
+
+Logging goes through one `jaxdd.run.metrics.MetricWriter` (tags `train/<metric>`; by
+default `metrics.jsonl` in the run directory), and periodic work (image grids, evaluation
+during distillation) through `Hook`s, called with step t's state before step t+1 is
+dispatched; both are told where a resumed run starts (`start(step)`).
 """
 
 from __future__ import annotations
 
-import json
-import time
 import os
-from typing import Any, Callable
+import time
+from typing import Any, Callable, Protocol
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxdd import safeio
 from jaxdd.methods.base import Distiller, skip_nonfinite, step_keys
 from jaxdd.run import mesh as jmesh
 from jaxdd.run.checkpoint import Checkpointer
+from jaxdd.run.metrics import JsonlWriter, MetricWriter
 from jaxdd.run.progress import Progress
 
 
 class NonFiniteError(FloatingPointError):
     pass
+
+
+class Hook(Protocol):
+    """A periodic action of the loop (CLU's `PeriodicAction` shape): `start(step)` once,
+    after the restore (0: a fresh run); then `hook(t, state)` after every step t, with the
+    state of step t (read it before returning: the next step donates it). It decides
+    itself whether t is due."""
+
+    def start(self, step: int) -> None: ...
+
+    def __call__(self, t: int, state: Any) -> None: ...
 
 
 def make_step(distiller: Distiller, batch_fn: Callable[[Any, jax.Array, jax.Array], Any]):
@@ -67,30 +82,13 @@ def _host_metrics(m: dict) -> dict:
     return {k: (float(v) if np.ndim(v) == 0 else np.asarray(v).tolist()) for k, v in m.items()}
 
 
-def _truncate_log(path: str, last_iteration: int) -> None:
-    """Drop logged iterations after the checkpoint we resume from (a killed run logged them,
-    the resumed run logs them again), so metrics.jsonl holds each iteration once. Atomic."""
-    if not os.path.exists(path):
-        return
-    with open(path) as f:
-        lines = f.readlines()
-    keep = []
-    for line in lines:
-        try:
-            if json.loads(line).get("iteration", 0) <= last_iteration:
-                keep.append(line)
-        except json.JSONDecodeError:  # a line torn by the kill
-            continue
-    if len(keep) != len(lines):
-        safeio.write_text(path, "".join(keep))
-
-
 def run(distiller: Distiller, state: Any, batch_fn: Callable, key: jax.Array, iterations: int, *,
         consts: Any = None, mesh: jax.sharding.Mesh | None = None, run_dir: str | None = None,
         config: dict | None = None, ckpt_every: int = 100, keep: int = 3, resume: bool = True,
         resume_step: int | None = None, progress: Progress | None = None, log_every: int = 10,
         jit_kwargs: dict | None = None, stop_after: int | None = None,
-        timings: dict | None = None, max_nonfinite: int = 10) -> tuple[Any, list[dict]]:
+        timings: dict | None = None, max_nonfinite: int = 10,
+        writer: MetricWriter | None = None, hooks: tuple[Hook, ...] = ()) -> tuple[Any, list[dict]]:
     """Run `iterations` steps (resuming from run_dir if it holds a checkpoint).
 
     `stop_after` ends the loop early after that many steps of this call (tests, budgets).
@@ -100,6 +98,8 @@ def run(distiller: Distiller, state: Any, batch_fn: Callable, key: jax.Array, it
     `compile_seconds` (ahead-of-time compile of the step, measured apart from the steps;
     served from the persistent compilation cache that the CLI enables when the same program
     was compiled before), `steps_seconds` and `nonfinite_steps` (skipped steps).
+    `writer` receives the logged metrics as `train/<name>` (default: `metrics.jsonl` in
+    run_dir, process 0 only); `hooks` run after every step (see `Hook`).
     """
     if iterations < 1 or ckpt_every < 1 or max_nonfinite < 1:
         raise ValueError(f"iterations, ckpt_every and max_nonfinite must be >= 1, got "
@@ -117,9 +117,12 @@ def run(distiller: Distiller, state: Any, batch_fn: Callable, key: jax.Array, it
         if restored is not None:
             start, state = restored
     history: list[dict] = []
-    log_path = os.path.join(run_dir, "metrics.jsonl") if run_dir and jax.process_index() == 0 else None
-    if log_path:
-        _truncate_log(log_path, start)
+    if writer is None and run_dir and jax.process_index() == 0:
+        writer = JsonlWriter({"train": os.path.join(run_dir, "metrics.jsonl")})
+    if writer is not None:
+        writer.start(start)
+    for hook in hooks:
+        hook.start(start)
     pending = None  # (t, metrics) of the previous step, read after dispatching the next
     skips = {"total": 0, "in_a_row": 0}
 
@@ -129,11 +132,9 @@ def run(distiller: Distiller, state: Any, batch_fn: Callable, key: jax.Array, it
         skips["total"] += bad
         skips["in_a_row"] = skips["in_a_row"] + 1 if bad else 0
         if bad or t % log_every == 0 or t == iterations:
-            m["iteration"] = t
-            history.append(m)
-            if log_path:
-                with open(log_path, "a") as f:
-                    f.write(json.dumps(m) + "\n")
+            history.append({**m, "iteration": t})
+            if writer is not None:
+                writer.write_scalars(t, {f"train/{k}": v for k, v in m.items()})
         if bad and progress:
             progress.note(f"iteration {t}: non-finite loss/update (loss={m.get('loss')}); "
                           f"step skipped, state kept")
@@ -162,6 +163,8 @@ def run(distiller: Distiller, state: Any, batch_fn: Callable, key: jax.Array, it
             if pending is not None:
                 check(*pending)
             pending = (t, metrics)
+            for hook in hooks:
+                hook(t, state)
             if ckpt and (t % ckpt_every == 0 or t == iterations):
                 check(*pending)  # a step is checked before it is checkpointed
                 pending = None
@@ -173,6 +176,8 @@ def run(distiller: Distiller, state: Any, batch_fn: Callable, key: jax.Array, it
     finally:
         if ckpt:
             ckpt.close()
+        if writer is not None:
+            writer.flush()
     if timings is not None:
         timings["steps_seconds"] = round(time.perf_counter() - t_steps, 2)
         timings["nonfinite_steps"] = skips["total"]

@@ -1,37 +1,60 @@
-"""Progress lines with an ETA for long work (written to stderr, so --json stdout stays clean)."""
+"""Progress bars with an ETA for long work (tqdm, on stderr, so --json stdout stays clean).
+
+Quiet mode: `--quiet` turns every bar off; without it a bar is drawn only when stderr is a
+terminal (a log file or a CI job gets no carriage-return clutter). Event lines (`note`: a
+skipped non-finite step, a periodic evaluation) are printed whenever progress is not quiet,
+terminal or not.
+"""
 
 from __future__ import annotations
 
 import sys
-import time
+
+from tqdm import tqdm
 
 
-def _fmt(sec: float) -> str:
-    sec = int(max(sec, 0))
-    return f"{sec // 3600}h{sec % 3600 // 60:02d}m" if sec >= 3600 else f"{sec // 60}m{sec % 60:02d}s"
+def _isatty(stream) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False
 
 
 class Progress:
-    """Callable(done, total): prints 'what done/total (p%) elapsed ETA' at most every
-    `every` seconds (and always at the end)."""
+    """Callable(done, total, extra=""): one tqdm bar named `what`, redrawn at most every
+    `every` seconds, with elapsed time, rate and ETA. `enabled=False` (--quiet) draws
+    nothing; a bar is only drawn on a terminal (see the module docstring)."""
 
-    def __init__(self, what: str, every: float = 2.0, stream=None, enabled: bool = True):
+    def __init__(self, what: str, every: float = 0.5, stream=None, enabled: bool = True):
         self.what, self.every, self.enabled = what, every, enabled
         self.stream = stream or sys.stderr
-        self.t0 = time.time()
-        self.last = 0.0
+        self.bar: tqdm | None = None
 
     def __call__(self, done: int, total: int, extra: str = "") -> None:
-        now = time.time()
-        if not self.enabled or (now - self.last < self.every and done < total):
+        if not self.enabled or not _isatty(self.stream):
             return
-        self.last = now
-        el = now - self.t0
-        eta = el / max(done, 1) * (total - done)
-        print(f"[{self.what}] {done}/{total} ({100 * done / max(total, 1):.0f}%) "
-              f"elapsed {_fmt(el)} ETA {_fmt(eta)} {extra}".rstrip(), file=self.stream, flush=True)
+        if self.bar is None or self.bar.total != total:
+            self.close()
+            self.bar = tqdm(total=total, initial=done, desc=self.what, file=self.stream,
+                            mininterval=self.every, dynamic_ncols=True, leave=True)
+        else:
+            self.bar.update(done - self.bar.n)
+        if extra:
+            self.bar.set_postfix_str(extra, refresh=False)
+        if done >= total:
+            self.close()
 
     def note(self, text: str) -> None:
-        """One line about an event (a skipped step), printed whenever progress is on."""
+        """One line about an event, printed above the bar whenever progress is on."""
         if self.enabled:
-            print(f"[{self.what}] {text}", file=self.stream, flush=True)
+            line = f"[{self.what}] {text}"
+            if self.bar is not None:
+                self.bar.write(line, file=self.stream)
+            else:
+                print(line, file=self.stream, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.refresh()
+            self.bar.close()
+            self.bar = None
