@@ -64,15 +64,17 @@ def _load(name: str, seed: int = 0):
 
 
 def _evaluate_artefact(path: str, protocol: str, seeds: int, model: str | None, seed: int,
-                       overrides: dict, quiet: bool) -> dict:
-    """`overrides`: TrainConfig fields replacing the protocol's (None values are ignored)."""
+                       overrides: dict, quiet: bool, augment: bool = True) -> dict:
+    """`overrides`: TrainConfig fields replacing the protocol's (None values are ignored);
+    `augment=False`: the protocol without augmentation."""
     import jax
 
     from jaxdd import artefact
     from jaxdd.evaluate import eval_data, evaluate_set, get_protocol
     from jaxdd.run.progress import Progress
     art = artefact.load(path)
-    proto = get_protocol(protocol, **{k: v for k, v in overrides.items() if v is not None})
+    proto = get_protocol(protocol, augment=augment,
+                         **{k: v for k, v in overrides.items() if v is not None})
     ds = _load(art.meta["dataset"])
     res = evaluate_set(jax.random.key(seed), art.x_syn_NHWC, art.y_syn,
                        eval_data(ds, art.preprocess), proto, seeds, lr=art.lr, model_name=model,
@@ -85,7 +87,8 @@ def _evaluate_artefact(path: str, protocol: str, seeds: int, model: str | None, 
 def cmd_evaluate(args) -> int:
     from jaxdd import artefact
     res = _evaluate_artefact(args.dir, args.protocol, args.seeds, args.model, args.seed,
-                             {"epochs": args.epochs, "batch_size": args.batch_size}, args.quiet)
+                             {"epochs": args.epochs, "batch_size": args.batch_size}, args.quiet,
+                             augment=not args.no_aug)
     _emit(res, args.json, f"{args.dir}: {_fmt_acc(res)}")  # printed before it is written
     artefact.add_evaluation(args.dir, res)
     return 0
@@ -388,6 +391,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--epochs", type=POS, default=None, help="override the protocol's epochs")
     sp.add_argument("--batch-size", type=POS, default=None,
                     help="override the protocol's batch size (DATM evaluates with 128)")
+    sp.add_argument("--no-aug", action="store_true",
+                    help="train without augmentation (the protocol's DSA off)")
     sp.add_argument("--seed", type=NONNEG, default=0)
     common(sp)
     sp.set_defaults(fn=cmd_evaluate)
@@ -406,9 +411,10 @@ def build_parser() -> argparse.ArgumentParser:
     common(sp)
     sp.set_defaults(fn=cmd_baseline)
 
-    sp = sub.add_parser("export", help="an artefact as a PNG folder, an npz or MTT/DATM .pt files")
+    sp = sub.add_parser("export", help="an artefact as a PNG folder, an npz, MTT/DATM .pt "
+                                       "files, a TFDS or a Hugging Face datasets directory")
     sp.add_argument("dir", help="artefact directory")
-    sp.add_argument("--format", required=True, choices=["png", "npz", "torch"])
+    sp.add_argument("--format", required=True, choices=["png", "npz", "torch", "tfds", "hf"])
     sp.add_argument("--out", required=True, help="new directory to write")
     sp.add_argument("--overwrite", action="store_true", help="replace a previous jaxdd export")
     common(sp)
@@ -418,7 +424,7 @@ def build_parser() -> argparse.ArgumentParser:
                                        "as an artefact")
     sp.add_argument("src", nargs="?", default=None,
                     help="export directory, image folder (<class>/*.png) or .npz")
-    sp.add_argument("--format", default=None, choices=["png", "npz", "torch"],
+    sp.add_argument("--format", default=None, choices=["png", "npz", "torch", "tfds", "hf"],
                     help="default: from the source")
     sp.add_argument("--images", default=None, help="MTT/DATM images.pt (N, C, H, W)")
     sp.add_argument("--labels", default=None, help="labels.pt: (N,) classes or (N, K) logits")
