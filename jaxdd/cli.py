@@ -306,6 +306,23 @@ def cmd_import(args) -> int:
 
     from jaxdd import artefact, exchange
     from jaxdd import data as jdata
+    from jaxdd.population import mtt_import
+    if args.format == "mtt_buffer" or (args.format is None and args.src and not args.images
+                                       and mtt_import.is_mtt_buffer(args.src)):
+        if args.src is None:
+            raise ValueError("give the replay_buffer_<n>.pt file or its directory")
+        mtt_import.check_target(args.out, args.overwrite)  # before any work: fail fast
+        info = mtt_import.import_mtt_buffer(
+            args.src, args.out, args.dataset, model_name=args.model or "convnet",
+            preprocess=args.preprocess or "normalize", seed=args.seed,
+            overwrite=args.overwrite)
+        _emit({"out": args.out, "format": "mtt_buffer", "experts": info.num_experts,
+               "epochs": info.epochs, "model": info.model_name}, args.json,
+              f"imported {info.num_experts} MTT expert trajectories of {info.epochs} epochs "
+              f"({info.model_name}) -> {args.out}")
+        return 0
+    if args.model:
+        raise ValueError("--model applies to MTT expert buffers (replay_buffer_<n>.pt) only")
     artefact.check_target(args.out, args.overwrite)  # before any work: fail fast
     ds = _load(args.dataset, args.seed)
     fmt, s = exchange.read(args.src, args.format, ds.class_names, images=args.images,
@@ -420,12 +437,18 @@ def build_parser() -> argparse.ArgumentParser:
     common(sp)
     sp.set_defaults(fn=cmd_export)
 
-    sp = sub.add_parser("import", help="a set made elsewhere (MTT/DATM .pt, image folder, npz) "
-                                       "as an artefact")
+    sp = sub.add_parser("import", help="a set made elsewhere (MTT/DATM .pt, image folder, npz, "
+                                       "TFDS, datasets) as an artefact, or MTT expert "
+                                       "trajectories (replay_buffer_<n>.pt) as a buffer")
     sp.add_argument("src", nargs="?", default=None,
-                    help="export directory, image folder (<class>/*.png) or .npz")
-    sp.add_argument("--format", default=None, choices=["png", "npz", "torch", "tfds", "hf"],
+                    help="export directory, image folder (<class>/*.png), .npz, TFDS or "
+                         "datasets directory, or MTT replay_buffer_<n>.pt (or its directory)")
+    sp.add_argument("--format", default=None,
+                    choices=["png", "npz", "torch", "tfds", "hf", "mtt_buffer"],
                     help="default: from the source")
+    sp.add_argument("--model", default=None,
+                    help="MTT buffers: the jaxdd ConvNet of the experts (default convnet = "
+                         "MTT's ConvNet-D3 W128 instance norm at 28/32 px)")
     sp.add_argument("--images", default=None, help="MTT/DATM images.pt (N, C, H, W)")
     sp.add_argument("--labels", default=None, help="labels.pt: (N,) classes or (N, K) logits")
     sp.add_argument("--lr", default=None, help="lr.pt: the learned evaluation lr")
@@ -436,8 +459,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--space", default=None, choices=["model", "pixel"],
                     help="images already preprocessed (model; default for .pt) or pixels "
                          "(default for png / npz)")
-    sp.add_argument("--out", required=True, help="artefact directory to write")
-    sp.add_argument("--seed", type=NONNEG, default=0, help="dataset validation split seed")
+    sp.add_argument("--out", required=True, help="artefact (or expert buffer) directory to write")
+    sp.add_argument("--seed", type=NONNEG, default=0,
+                    help="dataset validation split seed (for a buffer: the distill config's seed)")
     sp.add_argument("--overwrite", action="store_true")
     common(sp)
     sp.set_defaults(fn=cmd_import)

@@ -72,7 +72,8 @@ class ImportedSet(NamedTuple):
     preprocess_kind: str | None  # recorded by our export (default for --preprocess)
 
 
-def _torch():
+def torch_module():
+    """torch, or a one-line error saying how to install it."""
     try:
         import torch
     except ImportError:
@@ -152,7 +153,7 @@ def export(src: str, fmt: str, out: str, *, overwrite: bool = False,
         raise ValueError(f"unknown export format {fmt!r}; use one of {', '.join(FORMATS)}")
     replace = check_export_target(out, overwrite)
     art = artefact.load(src)
-    torch = _torch() if fmt == "torch" else None
+    torch = torch_module() if fmt == "torch" else None
     if fmt == "hf":
         _hf_datasets()
     y_hard = hard_labels(art.y_syn)
@@ -473,11 +474,13 @@ def read_npz(src: str) -> ImportedSet:
     return ImportedSet(x, y, lr, False, None, None)
 
 
-def _load_tensor(torch, path: str, what: str):
+def torch_load(torch, path: str, what: str) -> Any:
+    """`torch.load(path, weights_only=True)` on the CPU: tensors and plain containers only;
+    any other pickle (code, objects) is refused with one line naming `what` and the file."""
     try:
         with warnings.catch_warnings():  # e.g. "pickle protocol 4": the one line is ours
             warnings.simplefilter("ignore")
-            t = torch.load(path, map_location="cpu", weights_only=True)
+            return torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise ValueError(f"{what} {path}: no such file") from None
     except Exception as e:  # noqa: BLE001 - torch raises many kinds for a bad pickle
@@ -486,6 +489,10 @@ def _load_tensor(torch, path: str, what: str):
         reason = next(ln.strip() for ln in (*tail.splitlines(), text) if ln.strip())
         raise ValueError(f"{what} {path} is not a file of tensors: torch.load(weights_only="
                          f"True) refused it ({reason[:160]})") from None
+
+
+def _load_tensor(torch, path: str, what: str):
+    t = torch_load(torch, path, what)
     if isinstance(t, (int, float)) and what == "--lr":
         return np.float64(t)
     if not isinstance(t, torch.Tensor):
@@ -494,7 +501,7 @@ def _load_tensor(torch, path: str, what: str):
 
 
 def read_torch(images: str, labels: str, lr: str | None) -> ImportedSet:
-    torch = _torch()
+    torch = torch_module()
     x = _load_tensor(torch, images, "--images")
     y = _load_tensor(torch, labels, "--labels")
     lr_v = None
