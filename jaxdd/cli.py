@@ -137,6 +137,46 @@ def cmd_full(args) -> int:
                        progress=Progress("full data", enabled=not args.quiet))
     res.update(method="full", dataset=ds.name)
     _emit(res, args.json, f"full {ds.name}: {_fmt_acc(res)}")
+    from jaxdd.evaluate import score  # `jaxdd score` reuses it
+    score.store_full(score.full_cache_path(ds, pre, proto, args.model or proto.model,
+                                           args.seeds, args.seed), res)
+    return 0
+
+
+def _unit_fraction(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0 <= v <= 1:
+        raise argparse.ArgumentTypeError(f"must lie in [0, 1] (an accuracy as a fraction, "
+                                         f"e.g. 0.894), got {text}")
+    return v
+
+
+def cmd_score(args) -> int:
+    """DD-Ranking-style figures: HLR, IOR, LRS, ARS (jaxdd.evaluate.score)."""
+    from jaxdd import artefact
+    from jaxdd.evaluate import score
+    from jaxdd.run.progress import Progress
+    art = artefact.load(args.dir)  # fail fast on a missing or corrupt artefact
+    ds = _load(art.meta["dataset"])
+    rec = score.score(args.dir, ds, args.protocol, args.seeds, args.seed, model=args.model,
+                      overrides={k: v for k, v in (("epochs", args.epochs),
+                                                   ("batch_size", args.batch_size)) if v},
+                      full_acc=args.full_acc, full_seeds=args.full_seeds,
+                      full_epochs=args.full_epochs, w=args.lrs_weight, g=args.ars_weight,
+                      progress=lambda name: Progress(f"score {name}", enabled=not args.quiet))
+    f, a = rec["figures"], rec["accuracy"]
+    rows = [f"{args.dir}: {rec['method']} IPC {rec['ipc']} on {rec['dataset']} ({rec['protocol']}"
+            f", {rec['model']}, {rec['seeds']} seeds)"]
+    rows += [f"  {k:<16} {100 * v['mean']:6.2f} +- {100 * v['std']:.2f} %" for k, v in a.items()]
+    rows.append(f"  {'full (hard)':<16} {100 * rec['full']['accuracy_mean']:6.2f} %  "
+                f"({rec['full']['source']})")
+    rows += [f"  {k.upper():<16} {100 * v['mean']:6.2f} +- {100 * v['std']:.2f}"
+             + (" %" if k.startswith(("hlr", "ior")) else " (x100)") for k, v in f.items()]
+    _emit(rec, args.json, "\n".join(rows))  # printed before it is written
+    score.write(args.dir, rec)
     return 0
 
 
@@ -465,6 +505,29 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--overwrite", action="store_true")
     common(sp)
     sp.set_defaults(fn=cmd_import)
+
+    sp = sub.add_parser("score", help="fair-comparison figures (DD-Ranking): with and without "
+                                      "augmentation, hard and soft labels, against a random "
+                                      "subset and the full data; writes DIR/score.json")
+    sp.add_argument("dir", help="artefact directory")
+    sp.add_argument("--protocol", default="cpu", help="mtt | cpu | smoke")
+    sp.add_argument("--seeds", type=POS, default=3, help="networks per evaluation (vmapped)")
+    sp.add_argument("--seed", type=NONNEG, default=0, help="key of every evaluation and of "
+                                                           "the random subset")
+    sp.add_argument("--model", default=None, help="another registry name (all evaluations)")
+    sp.add_argument("--epochs", type=POS, default=None, help="override the protocol's epochs")
+    sp.add_argument("--batch-size", type=POS, default=None)
+    sp.add_argument("--full-acc", type=_unit_fraction, default=None,
+                    help="known full-data accuracy in [0, 1] (skips its training)")
+    sp.add_argument("--full-seeds", type=POS, default=1, help="networks on the full data")
+    sp.add_argument("--full-epochs", type=POS, default=None,
+                    help="override the full-data recipe's epochs")
+    sp.add_argument("--lrs-weight", type=_unit_fraction, default=0.5,
+                    help="w of LRS = norm(w IOR - (1 - w) HLR) (DD-Ranking: 0.5)")
+    sp.add_argument("--ars-weight", type=_unit_fraction, default=0.5,
+                    help="g of ARS = norm(g IOR_aug + (1 - g) IOR_noaug) (DD-Ranking: 0.5)")
+    common(sp)
+    sp.set_defaults(fn=cmd_score)
 
     sp = sub.add_parser("methods", help="the registered methods")
     common(sp)
