@@ -130,7 +130,7 @@ def test_tfds_round_trip_is_identical_after_quantisation(arts, tiny_npz, tmp_pat
 
 
 @pytest.mark.parametrize("kind", ["hard", "soft"])
-def test_hf_round_trip_is_identical_after_quantisation(arts, tiny_npz, tmp_path, kind):
+def test_hf_round_trip_is_identical_after_quantisation(arts, tiny_npz, tmp_path, kind, capsys):
     datasets = pytest.importorskip("datasets")
     out, back = tmp_path / "exp", tmp_path / "back"
     _run("export", arts[kind], "--format", "hf", "--out", out)
@@ -146,6 +146,11 @@ def test_hf_round_trip_is_identical_after_quantisation(arts, tiny_npz, tmp_path,
     b = artefact.load(str(back))
     _assert_identical(a, b, x_expected=jdata.apply(a.preprocess, exchange.pixels_uint8(a)))
     assert b.meta["method"] == "imported:hf"
+    # an existing export is replaced only with --overwrite (here by a TFDS one)
+    _fails(capsys, tmp_path, ["export", arts[kind], "--format", "tfds", "--out", out],
+           "already holds a jaxdd export", "--overwrite")
+    _run("export", arts[kind], "--format", "tfds", "--out", out, "--overwrite")
+    assert exchange.detect_format(str(out)) == "tfds" and not (out / "state.json").exists()
 
 
 def test_hf_missing_is_one_line(arts, tmp_path, capsys, monkeypatch):

@@ -98,3 +98,15 @@ def test_score_bad_input(tiny_npz, tmp_path, capsys):
     _fails(capsys, tmp_path, ["!argparse", "score", str(tmp_path), "--full-acc", "89.4"],
            "--full-acc", "[0, 1]")
     _fails(capsys, tmp_path, ["score", str(tmp_path / "none"), "--quiet"], "does not exist")
+
+
+def test_evaluate_no_aug_flag(tiny_npz, tmp_path, capsys):
+    art = tmp_path / "rand"
+    assert main(["baseline", "random", "--dataset", f"npz:{tiny_npz}", "--ipc", "2",
+                 "--out", str(art), "--quiet"]) == 0
+    for flag, dsa in (([], "set"), (["--no-aug"], None)):
+        capsys.readouterr()
+        assert main(["evaluate", str(art), "--protocol", "cpu", "--epochs", "1", "--model",
+                     "mlp_w32", "--seeds", "1", "--quiet", "--json", *flag]) == 0
+        res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        assert (res["augment"] is None) == (dsa is None), res["augment"]
