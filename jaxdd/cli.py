@@ -64,15 +64,17 @@ def _load(name: str, seed: int = 0):
 
 
 def _evaluate_artefact(path: str, protocol: str, seeds: int, model: str | None, seed: int,
-                       overrides: dict, quiet: bool) -> dict:
-    """`overrides`: TrainConfig fields replacing the protocol's (None values are ignored)."""
+                       overrides: dict, quiet: bool, augment: bool = True) -> dict:
+    """`overrides`: TrainConfig fields replacing the protocol's (None values are ignored);
+    `augment=False`: the protocol without augmentation."""
     import jax
 
     from jaxdd import artefact
     from jaxdd.evaluate import eval_data, evaluate_set, get_protocol
     from jaxdd.run.progress import Progress
     art = artefact.load(path)
-    proto = get_protocol(protocol, **{k: v for k, v in overrides.items() if v is not None})
+    proto = get_protocol(protocol, augment=augment,
+                         **{k: v for k, v in overrides.items() if v is not None})
     ds = _load(art.meta["dataset"])
     res = evaluate_set(jax.random.key(seed), art.x_syn_NHWC, art.y_syn,
                        eval_data(ds, art.preprocess), proto, seeds, lr=art.lr, model_name=model,
@@ -85,7 +87,8 @@ def _evaluate_artefact(path: str, protocol: str, seeds: int, model: str | None, 
 def cmd_evaluate(args) -> int:
     from jaxdd import artefact
     res = _evaluate_artefact(args.dir, args.protocol, args.seeds, args.model, args.seed,
-                             {"epochs": args.epochs, "batch_size": args.batch_size}, args.quiet)
+                             {"epochs": args.epochs, "batch_size": args.batch_size}, args.quiet,
+                             augment=not args.no_aug)
     _emit(res, args.json, f"{args.dir}: {_fmt_acc(res)}")  # printed before it is written
     artefact.add_evaluation(args.dir, res)
     return 0
@@ -134,6 +137,46 @@ def cmd_full(args) -> int:
                        progress=Progress("full data", enabled=not args.quiet))
     res.update(method="full", dataset=ds.name)
     _emit(res, args.json, f"full {ds.name}: {_fmt_acc(res)}")
+    from jaxdd.evaluate import score  # `jaxdd score` reuses it
+    score.store_full(score.full_cache_path(ds, pre, proto, args.model or proto.model,
+                                           args.seeds, args.seed), res)
+    return 0
+
+
+def _unit_fraction(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0 <= v <= 1:
+        raise argparse.ArgumentTypeError(f"must lie in [0, 1] (an accuracy as a fraction, "
+                                         f"e.g. 0.894), got {text}")
+    return v
+
+
+def cmd_score(args) -> int:
+    """DD-Ranking-style figures: HLR, IOR, LRS, ARS (jaxdd.evaluate.score)."""
+    from jaxdd import artefact
+    from jaxdd.evaluate import score
+    from jaxdd.run.progress import Progress
+    art = artefact.load(args.dir)  # fail fast on a missing or corrupt artefact
+    ds = _load(art.meta["dataset"])
+    rec = score.score(args.dir, ds, args.protocol, args.seeds, args.seed, model=args.model,
+                      overrides={k: v for k, v in (("epochs", args.epochs),
+                                                   ("batch_size", args.batch_size)) if v},
+                      full_acc=args.full_acc, full_seeds=args.full_seeds,
+                      full_epochs=args.full_epochs, w=args.lrs_weight, g=args.ars_weight,
+                      progress=lambda name: Progress(f"score {name}", enabled=not args.quiet))
+    f, a = rec["figures"], rec["accuracy"]
+    rows = [f"{args.dir}: {rec['method']} IPC {rec['ipc']} on {rec['dataset']} ({rec['protocol']}"
+            f", {rec['model']}, {rec['seeds']} seeds)"]
+    rows += [f"  {k:<16} {100 * v['mean']:6.2f} +- {100 * v['std']:.2f} %" for k, v in a.items()]
+    rows.append(f"  {'full (hard)':<16} {100 * rec['full']['accuracy_mean']:6.2f} %  "
+                f"({rec['full']['source']})")
+    rows += [f"  {k.upper():<16} {100 * v['mean']:6.2f} +- {100 * v['std']:.2f}"
+             + (" %" if k.startswith(("hlr", "ior")) else " (x100)") for k, v in f.items()]
+    _emit(rec, args.json, "\n".join(rows))  # printed before it is written
+    score.write(args.dir, rec)
     return 0
 
 
@@ -337,6 +380,23 @@ def cmd_import(args) -> int:
 
     from jaxdd import artefact, exchange
     from jaxdd import data as jdata
+    from jaxdd.population import mtt_import
+    if args.format == "mtt_buffer" or (args.format is None and args.src and not args.images
+                                       and mtt_import.is_mtt_buffer(args.src)):
+        if args.src is None:
+            raise ValueError("give the replay_buffer_<n>.pt file or its directory")
+        mtt_import.check_target(args.out, args.overwrite)  # before any work: fail fast
+        info = mtt_import.import_mtt_buffer(
+            args.src, args.out, args.dataset, model_name=args.model or "convnet",
+            preprocess=args.preprocess or "normalize", seed=args.seed,
+            overwrite=args.overwrite)
+        _emit({"out": args.out, "format": "mtt_buffer", "experts": info.num_experts,
+               "epochs": info.epochs, "model": info.model_name}, args.json,
+              f"imported {info.num_experts} MTT expert trajectories of {info.epochs} epochs "
+              f"({info.model_name}) -> {args.out}")
+        return 0
+    if args.model:
+        raise ValueError("--model applies to MTT expert buffers (replay_buffer_<n>.pt) only")
     artefact.check_target(args.out, args.overwrite)  # before any work: fail fast
     ds = _load(args.dataset, args.seed)
     fmt, s = exchange.read(args.src, args.format, ds.class_names, images=args.images,
@@ -424,6 +484,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--epochs", type=POS, default=None, help="override the protocol's epochs")
     sp.add_argument("--batch-size", type=POS, default=None,
                     help="override the protocol's batch size (DATM evaluates with 128)")
+    sp.add_argument("--no-aug", action="store_true",
+                    help="train without augmentation (the protocol's DSA off)")
     sp.add_argument("--seed", type=NONNEG, default=0)
     common(sp)
     sp.set_defaults(fn=cmd_evaluate)
@@ -442,20 +504,27 @@ def build_parser() -> argparse.ArgumentParser:
     common(sp)
     sp.set_defaults(fn=cmd_baseline)
 
-    sp = sub.add_parser("export", help="an artefact as a PNG folder, an npz or MTT/DATM .pt files")
+    sp = sub.add_parser("export", help="an artefact as a PNG folder, an npz, MTT/DATM .pt "
+                                       "files, a TFDS or a Hugging Face datasets directory")
     sp.add_argument("dir", help="artefact directory")
-    sp.add_argument("--format", required=True, choices=["png", "npz", "torch"])
+    sp.add_argument("--format", required=True, choices=["png", "npz", "torch", "tfds", "hf"])
     sp.add_argument("--out", required=True, help="new directory to write")
     sp.add_argument("--overwrite", action="store_true", help="replace a previous jaxdd export")
     common(sp)
     sp.set_defaults(fn=cmd_export)
 
-    sp = sub.add_parser("import", help="a set made elsewhere (MTT/DATM .pt, image folder, npz) "
-                                       "as an artefact")
+    sp = sub.add_parser("import", help="a set made elsewhere (MTT/DATM .pt, image folder, npz, "
+                                       "TFDS, datasets) as an artefact, or MTT expert "
+                                       "trajectories (replay_buffer_<n>.pt) as a buffer")
     sp.add_argument("src", nargs="?", default=None,
-                    help="export directory, image folder (<class>/*.png) or .npz")
-    sp.add_argument("--format", default=None, choices=["png", "npz", "torch"],
+                    help="export directory, image folder (<class>/*.png), .npz, TFDS or "
+                         "datasets directory, or MTT replay_buffer_<n>.pt (or its directory)")
+    sp.add_argument("--format", default=None,
+                    choices=["png", "npz", "torch", "tfds", "hf", "mtt_buffer"],
                     help="default: from the source")
+    sp.add_argument("--model", default=None,
+                    help="MTT buffers: the jaxdd ConvNet of the experts (default convnet = "
+                         "MTT's ConvNet-D3 W128 instance norm at 28/32 px)")
     sp.add_argument("--images", default=None, help="MTT/DATM images.pt (N, C, H, W)")
     sp.add_argument("--labels", default=None, help="labels.pt: (N,) classes or (N, K) logits")
     sp.add_argument("--lr", default=None, help="lr.pt: the learned evaluation lr")
@@ -466,11 +535,35 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--space", default=None, choices=["model", "pixel"],
                     help="images already preprocessed (model; default for .pt) or pixels "
                          "(default for png / npz)")
-    sp.add_argument("--out", required=True, help="artefact directory to write")
-    sp.add_argument("--seed", type=NONNEG, default=0, help="dataset validation split seed")
+    sp.add_argument("--out", required=True, help="artefact (or expert buffer) directory to write")
+    sp.add_argument("--seed", type=NONNEG, default=0,
+                    help="dataset validation split seed (for a buffer: the distill config's seed)")
     sp.add_argument("--overwrite", action="store_true")
     common(sp)
     sp.set_defaults(fn=cmd_import)
+
+    sp = sub.add_parser("score", help="fair-comparison figures (DD-Ranking): with and without "
+                                      "augmentation, hard and soft labels, against a random "
+                                      "subset and the full data; writes DIR/score.json")
+    sp.add_argument("dir", help="artefact directory")
+    sp.add_argument("--protocol", default="cpu", help="mtt | cpu | smoke")
+    sp.add_argument("--seeds", type=POS, default=3, help="networks per evaluation (vmapped)")
+    sp.add_argument("--seed", type=NONNEG, default=0, help="key of every evaluation and of "
+                                                           "the random subset")
+    sp.add_argument("--model", default=None, help="another registry name (all evaluations)")
+    sp.add_argument("--epochs", type=POS, default=None, help="override the protocol's epochs")
+    sp.add_argument("--batch-size", type=POS, default=None)
+    sp.add_argument("--full-acc", type=_unit_fraction, default=None,
+                    help="known full-data accuracy in [0, 1] (skips its training)")
+    sp.add_argument("--full-seeds", type=POS, default=1, help="networks on the full data")
+    sp.add_argument("--full-epochs", type=POS, default=None,
+                    help="override the full-data recipe's epochs")
+    sp.add_argument("--lrs-weight", type=_unit_fraction, default=0.5,
+                    help="w of LRS = norm(w IOR - (1 - w) HLR) (DD-Ranking: 0.5)")
+    sp.add_argument("--ars-weight", type=_unit_fraction, default=0.5,
+                    help="g of ARS = norm(g IOR_aug + (1 - g) IOR_noaug) (DD-Ranking: 0.5)")
+    common(sp)
+    sp.set_defaults(fn=cmd_score)
 
     sp = sub.add_parser("methods", help="the registered methods")
     common(sp)

@@ -14,10 +14,20 @@ directory it did not write) and
 - `torch`: `OUT/images.pt` float32 NCHW in model space (what MTT / DATM save as
   `image_syn`), `OUT/labels.pt` (int64 hard labels, or float32 logits as DATM), `OUT/lr.pt`
   (0-d float64 tensor, if the artefact has an lr). Needs torch (`jaxdd[torch]`).
+- `tfds`: a TFDS dataset `jaxdd_set` (ArrayRecord, split `train`, example i = image i) with
+  OUT as its data_dir: features `image` (H,W,C) uint8 pixels as `png`, `label` (ClassLabel,
+  the hard label), `logits` (K,) float32 when the artefact has soft labels; lr and the
+  preprocessing kind in its metadata. Read it without TensorFlow with
+  `tfds.builder_from_directory(OUT/jaxdd_set/1.0.0).as_data_source("train")` or
+  `tfds.data_source("jaxdd_set", data_dir=OUT, split="train")`.
+- `hf`: a Hugging Face `datasets.Dataset` saved with `save_to_disk(OUT)`: `image`
+  (datasets.Image, the same 8-bit pixels), `label` (ClassLabel), `logits` (K floats) when
+  soft; `datasets.load_from_disk(OUT)` reads it. Needs `datasets` (`jaxdd[hf]`).
 
 Import (`jaxdd import SRC --dataset NAME --out ART`): SRC is an export directory, an image
 folder (`class_dir/*.png`), an npz (ours, or `x` (N,H,W[,C]) uint8 / float in [0, 1] and
-`y`), or `.pt` files (`--images images.pt --labels labels.pt [--lr lr.pt]`, read with
+`y`), a TFDS dataset directory or a `save_to_disk` directory of `datasets` (ours, or any
+with an image and a class-label feature), or `.pt` files (`--images images.pt --labels labels.pt [--lr lr.pt]`, read with
 `torch.load(weights_only=True)`: a pickle of anything but tensors is refused). Shapes and
 class counts are checked against the dataset; images in pixel space are preprocessed with
 the dataset's preprocessing fitted on its training split (as `jaxdd baseline` does), images
@@ -26,8 +36,13 @@ in model space (`.pt`, `x_model_NHWC`) are taken as they are. Nothing is written
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import io
 import json
 import os
+import shutil
+import sys
 import warnings
 from typing import Any, NamedTuple
 
@@ -37,12 +52,15 @@ from jaxdd import artefact, safeio
 from jaxdd import data as jdata
 from jaxdd.data import sources
 
-FORMATS = ("png", "npz", "torch")
+FORMATS = ("png", "npz", "torch", "tfds", "hf")
+PIXEL_FORMATS = ("png", "tfds", "hf")  # 8-bit pixel space: the `png` round-trip contract
 EXPORT_FORMAT = "jaxdd-export"
 EXPORT_VERSION = 1
 MARKER = "export.json"
 NPZ_NAME = "set.npz"
 TORCH_FILES = ("images.pt", "labels.pt", "lr.pt")
+TFDS_NAME = "jaxdd_set"
+TFDS_VERSION = "1.0.0"
 
 
 class ImportedSet(NamedTuple):
@@ -54,12 +72,41 @@ class ImportedSet(NamedTuple):
     preprocess_kind: str | None  # recorded by our export (default for --preprocess)
 
 
-def _torch():
+def torch_module():
+    """torch, or a one-line error saying how to install it."""
     try:
         import torch
     except ImportError:
         raise RuntimeError("torch is not installed: pip install 'jaxdd[torch]'") from None
     return torch
+
+
+def _hf_datasets():
+    try:
+        import datasets
+    except ImportError:
+        raise RuntimeError("Hugging Face datasets is not installed: pip install 'jaxdd[hf]'"
+                           ) from None
+    return datasets
+
+
+@contextlib.contextmanager
+def _quiet_libraries():
+    """TFDS and datasets print progress bars and banners; an export or import is one line."""
+    from tensorflow_datasets.core.utils import tqdm_utils
+    tfds_bars = tqdm_utils._active
+    tqdm_utils.display_progress_bar(False)
+    hf = sys.modules.get("datasets")  # only if in use (importing it costs a second)
+    hf_bars = hf is not None and not hf.are_progress_bars_disabled()
+    if hf_bars:
+        hf.disable_progress_bars()
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        tqdm_utils.display_progress_bar(tfds_bars)
+        if hf_bars:
+            hf.enable_progress_bars()
 
 
 # ---------------------------------------------------------------------------------------
@@ -106,7 +153,9 @@ def export(src: str, fmt: str, out: str, *, overwrite: bool = False,
         raise ValueError(f"unknown export format {fmt!r}; use one of {', '.join(FORMATS)}")
     replace = check_export_target(out, overwrite)
     art = artefact.load(src)
-    torch = _torch() if fmt == "torch" else None
+    torch = torch_module() if fmt == "torch" else None
+    if fmt == "hf":
+        _hf_datasets()
     y_hard = hard_labels(art.y_syn)
     logits = None if art.y_syn.ndim == 1 else np.asarray(art.y_syn, np.float32)
     marker = {"format": EXPORT_FORMAT, "format_version": EXPORT_VERSION, "export_format": fmt,
@@ -141,6 +190,10 @@ def export(src: str, fmt: str, out: str, *, overwrite: bool = False,
                 arrays["lr"] = np.float64(art.lr)
             safeio.savez(os.path.join(tmp, NPZ_NAME), **arrays)
             files.append(NPZ_NAME)
+        elif fmt in ("tfds", "hf"):
+            write = _write_tfds if fmt == "tfds" else _write_hf
+            files += write(tmp, pixels_uint8(art), y_hard, logits, art.num_classes,
+                           class_names, {"lr": art.lr, "preprocess": art.preprocess.kind})
         else:
             x = torch.from_numpy(np.ascontiguousarray(art.x_syn_NHWC.transpose(0, 3, 1, 2)))
             y = torch.from_numpy(y_hard if logits is None else logits)
@@ -155,6 +208,92 @@ def export(src: str, fmt: str, out: str, *, overwrite: bool = False,
 
     safeio.write_dir(out, fill, replace=replace, prefix="export")
     return {"out": out, "format": fmt, "num_images": len(y_hard)}
+
+
+def _label_names(num_classes: int, class_names: list[str] | None) -> list[str]:
+    if class_names and len(class_names) == num_classes:
+        return [str(n) for n in class_names]
+    return [str(k) for k in range(num_classes)]
+
+
+def _write_tfds(tmp: str, px_NHWC: np.ndarray, y: np.ndarray, logits: np.ndarray | None,
+                num_classes: int, class_names: list[str] | None, meta: dict) -> list[str]:
+    """`tmp` becomes the data_dir of the TFDS dataset `jaxdd_set` (ArrayRecord)."""
+    import tensorflow_datasets as tfds
+    spec = {"image": tfds.features.Tensor(shape=px_NHWC.shape[1:], dtype=np.uint8),
+            "label": tfds.features.ClassLabel(names=_label_names(num_classes, class_names))}
+    if logits is not None:
+        spec["logits"] = tfds.features.Tensor(shape=(num_classes,), dtype=np.float32)
+
+    def examples():
+        for i in range(len(y)):
+            ex = {"image": px_NHWC[i], "label": int(y[i])}
+            if logits is not None:
+                ex["logits"] = logits[i]
+            yield i, ex
+
+    builder = _tfds_builder_class()(examples=examples, features=tfds.features.FeaturesDict(spec),
+                                    meta=meta, data_dir=tmp, file_format="array_record")
+    with _quiet_libraries():
+        builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+            try_download_gcs=False))
+    downloads = os.path.join(tmp, "downloads")  # TFDS makes it; nothing was downloaded
+    if os.path.isdir(downloads) and not any(f for _, _, f in os.walk(downloads)):
+        shutil.rmtree(downloads)
+    root = os.path.join(tmp, TFDS_NAME, TFDS_VERSION)
+    return sorted(os.path.relpath(os.path.join(root, f), tmp) for f in os.listdir(root))
+
+
+@functools.cache
+def _tfds_builder_class():
+    """The builder of `jaxdd_set`: writes the given examples (TFDS's AdhocBuilder needs
+    TensorFlow; a GeneratorBasedBuilder does not)."""
+    import tensorflow_datasets as tfds
+
+    class JaxddSet(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+        name = TFDS_NAME
+        VERSION = tfds.core.Version(TFDS_VERSION)
+        RELEASE_NOTES = {TFDS_VERSION: "A distilled set exported by jaxdd."}
+
+        def __init__(self, *, examples, features, meta, **kwargs):
+            self._examples, self._features, self._meta = examples, features, meta
+            super().__init__(**kwargs)
+
+        def _info(self):
+            return tfds.core.DatasetInfo(
+                builder=self, description="A distilled set exported by jaxdd (jaxdd export "
+                "--format tfds); image = 8-bit pixels, label = hard label, logits = soft "
+                "labels if any.", features=self._features, supervised_keys=("image", "label"),
+                disable_shuffling=True, metadata=tfds.core.MetadataDict(self._meta))
+
+        def _split_generators(self, dl_manager):
+            return {"train": self._generate_examples()}
+
+        def _generate_examples(self):
+            yield from self._examples()
+
+    return JaxddSet
+
+
+def _write_hf(tmp: str, px_NHWC: np.ndarray, y: np.ndarray, logits: np.ndarray | None,
+              num_classes: int, class_names: list[str] | None, meta: dict) -> list[str]:
+    """`tmp` holds a `datasets.Dataset` written by `save_to_disk`."""
+    datasets = _hf_datasets()
+    from PIL import Image
+    spec = {"image": datasets.Image(),
+            "label": datasets.ClassLabel(names=_label_names(num_classes, class_names))}
+    cols = {"image": [Image.fromarray(im[..., 0] if im.shape[-1] == 1 else im)
+                      for im in px_NHWC], "label": [int(k) for k in y]}
+    if logits is not None:
+        spec["logits"] = datasets.Sequence(datasets.Value("float32"), length=num_classes)
+        cols["logits"] = [row for row in logits]
+    features = datasets.Features(spec)
+    info = datasets.DatasetInfo(
+        description=f"A distilled set exported by jaxdd (jaxdd export --format hf): {meta}",
+        features=features)
+    with _quiet_libraries():
+        datasets.Dataset.from_dict(cols, features=features, info=info).save_to_disk(tmp)
+    return sorted(os.listdir(tmp))
 
 
 # ---------------------------------------------------------------------------------------
@@ -178,6 +317,11 @@ def detect_format(src: str) -> str:
             return "npz"
         if os.path.isfile(os.path.join(src, TORCH_FILES[0])):
             return "torch"
+        if os.path.isfile(os.path.join(src, "state.json")) and os.path.isfile(
+                os.path.join(src, "dataset_info.json")):
+            return "hf"
+        if _tfds_dirs(src):
+            return "tfds"
         return "png"
     if src.endswith(".npz"):
         return "npz"
@@ -185,7 +329,7 @@ def detect_format(src: str) -> str:
         return "torch"
     if not os.path.exists(src):
         raise ValueError(f"{src}: no such file or directory")
-    raise ValueError(f"cannot tell the format of {src}; pass --format png|npz|torch")
+    raise ValueError(f"cannot tell the format of {src}; pass --format {'|'.join(FORMATS)}")
 
 
 def _png_class(folder: str, class_names: list[str]) -> int | None:
@@ -224,6 +368,91 @@ def read_png(src: str, class_names: list[str]) -> ImportedSet:
     return ImportedSet(sources._read_images(paths, src), y, None, False, None, None)
 
 
+def _tfds_dirs(src: str) -> list[str]:
+    """TFDS dataset version directories at `src`: itself, or <name>/<version>/ below it."""
+    def is_version(d):
+        return all(os.path.isfile(os.path.join(d, f)) for f in ("dataset_info.json",
+                                                                 "features.json"))
+    if is_version(src):
+        return [src]
+    found = []
+    for name in sorted(os.listdir(src)):
+        d = os.path.join(src, name)
+        if os.path.isdir(d):
+            found += [os.path.join(d, v) for v in sorted(os.listdir(d))
+                      if is_version(os.path.join(d, v))]
+    return found
+
+
+def _image_label_keys(features: dict, kind_image, kind_label, what: str) -> tuple[str, str]:
+    """The image and class-label feature names: `image` / `label`, else the only ones."""
+    def pick(default, kind, role):
+        if default in features:
+            return default
+        keys = [k for k, f in features.items() if isinstance(f, kind)]
+        if len(keys) != 1:
+            raise ValueError(f"{what}: cannot tell the {role} feature among "
+                             f"{sorted(features)}; name it {default!r}")
+        return keys[0]
+    return pick("image", kind_image, "image"), pick("label", kind_label, "label")
+
+
+def read_tfds(src: str) -> ImportedSet:
+    """A TFDS dataset directory (ours, or any with an image and a class-label feature);
+    its `train` split, read through an ArrayRecord data source (no TensorFlow)."""
+    import tensorflow_datasets as tfds
+    dirs = _tfds_dirs(src) if os.path.isdir(src) else []
+    if len(dirs) != 1:
+        raise ValueError(f"{src}: expected one TFDS dataset directory (<name>/<version>/ "
+                         f"with dataset_info.json), found {len(dirs)}")
+    try:
+        with _quiet_libraries():
+            builder = tfds.builder_from_directory(dirs[0])
+            splits = list(builder.info.splits)
+            split = "train" if "train" in splits else splits[0]
+            source = builder.as_data_source(split=split)
+    except Exception as e:  # noqa: BLE001 - TFDS raises many kinds for a bad directory
+        raise ValueError(f"{src}: cannot read the TFDS dataset {dirs[0]} ({type(e).__name__}: "
+                         f"{str(e).strip().splitlines()[0][:200] if str(e).strip() else ''}); "
+                         f"it needs ArrayRecord files") from None
+    features = dict(builder.info.features)
+    ik, lk = _image_label_keys(features, (tfds.features.Tensor, tfds.features.Image),
+                               tfds.features.ClassLabel, src)
+    rows = [source[i] for i in range(len(source))]
+    x = np.stack([np.asarray(r[ik]) for r in rows]) if rows else np.zeros((0, 1, 1, 1), np.uint8)
+    y = np.asarray([r[lk] for r in rows], np.int64)
+    if "logits" in features and rows:
+        y = np.stack([np.asarray(r["logits"], np.float32) for r in rows])
+    meta = dict(builder.info.metadata or {})
+    marker = _read_marker(src) if os.path.isdir(src) else None
+    return ImportedSet(x, y, meta.get("lr"), False, None,
+                       (marker or {}).get("preprocess") or meta.get("preprocess"))
+
+
+def read_hf(src: str) -> ImportedSet:
+    """A `datasets.Dataset` saved with `save_to_disk` (ours, or any with an image and a
+    class-label column)."""
+    datasets = _hf_datasets()
+    try:
+        with _quiet_libraries():
+            ds = datasets.load_from_disk(src)
+    except Exception as e:  # noqa: BLE001 - datasets raises many kinds
+        raise ValueError(f"{src}: cannot read it with datasets.load_from_disk "
+                         f"({type(e).__name__}: {str(e).strip()[:200]})") from None
+    if isinstance(ds, datasets.DatasetDict):
+        ds = ds["train"] if "train" in ds else ds[sorted(ds)[0]]
+    ik, lk = _image_label_keys(dict(ds.features), datasets.Image, datasets.ClassLabel, src)
+    images = [np.asarray(im) for im in ds[ik]]
+    x = np.stack([im[..., None] if im.ndim == 2 else im for im in images]) if images else (
+        np.zeros((0, 1, 1, 1), np.uint8))
+    y = np.asarray(ds[lk], np.int64)
+    if "logits" in ds.features and len(ds):
+        y = np.asarray(ds["logits"], np.float32)
+    marker = _read_marker(src)
+    return ImportedSet(x, y, (marker or {}).get("lr"), False, None,
+                       (marker or {}).get("preprocess"))
+
+
 def read_npz(src: str) -> ImportedSet:
     path = os.path.join(src, NPZ_NAME) if os.path.isdir(src) else src
     try:
@@ -245,11 +474,13 @@ def read_npz(src: str) -> ImportedSet:
     return ImportedSet(x, y, lr, False, None, None)
 
 
-def _load_tensor(torch, path: str, what: str):
+def torch_load(torch, path: str, what: str) -> Any:
+    """`torch.load(path, weights_only=True)` on the CPU: tensors and plain containers only;
+    any other pickle (code, objects) is refused with one line naming `what` and the file."""
     try:
         with warnings.catch_warnings():  # e.g. "pickle protocol 4": the one line is ours
             warnings.simplefilter("ignore")
-            t = torch.load(path, map_location="cpu", weights_only=True)
+            return torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise ValueError(f"{what} {path}: no such file") from None
     except Exception as e:  # noqa: BLE001 - torch raises many kinds for a bad pickle
@@ -258,6 +489,10 @@ def _load_tensor(torch, path: str, what: str):
         reason = next(ln.strip() for ln in (*tail.splitlines(), text) if ln.strip())
         raise ValueError(f"{what} {path} is not a file of tensors: torch.load(weights_only="
                          f"True) refused it ({reason[:160]})") from None
+
+
+def _load_tensor(torch, path: str, what: str):
+    t = torch_load(torch, path, what)
     if isinstance(t, (int, float)) and what == "--lr":
         return np.float64(t)
     if not isinstance(t, torch.Tensor):
@@ -266,7 +501,7 @@ def _load_tensor(torch, path: str, what: str):
 
 
 def read_torch(images: str, labels: str, lr: str | None) -> ImportedSet:
-    torch = _torch()
+    torch = torch_module()
     x = _load_tensor(torch, images, "--images")
     y = _load_tensor(torch, labels, "--labels")
     lr_v = None
@@ -303,6 +538,10 @@ def read(src: str | None, fmt: str | None, class_names: list[str], *,
         return fmt, read_npz(src)
     if fmt == "png":
         return fmt, read_png(src, class_names)
+    if fmt in ("tfds", "hf"):
+        if src is None or not os.path.isdir(src):
+            raise ValueError(f"{fmt} import needs a directory, got {src}")
+        return fmt, (read_tfds if fmt == "tfds" else read_hf)(src)
     raise ValueError(f"unknown import format {fmt!r}; use one of {', '.join(FORMATS)}")
 
 

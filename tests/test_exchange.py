@@ -3,7 +3,7 @@
 What the round trips compare:
 - npz, torch: the imported artefact's model-space images, labels (hard or logits), lr and
   preprocessing arrays are bit-identical to the exported artefact's.
-- png (8-bit): the PNG pixels equal the quantisation round(clip(invert(x)) * 255) of the
+- png, tfds, hf (8-bit): the PNG / TFDS / datasets pixels equal the quantisation round(clip(invert(x)) * 255) of the
   exported images; the imported model-space images equal apply(preprocess, those uint8
   pixels) bit for bit (the same preprocessing, refitted on the same training split);
   labels, logits, lr and preprocessing arrays are identical.
@@ -99,6 +99,64 @@ def test_png_round_trip_is_identical_after_quantisation(arts, tiny_npz, tmp_path
          "--out", tmp_path / "plain_art")
     c = artefact.load(str(tmp_path / "plain_art"))
     assert sorted(c.y_syn.tolist()) == sorted(y_hard.tolist())
+
+
+@pytest.mark.parametrize("kind", ["hard", "soft"])
+def test_tfds_round_trip_is_identical_after_quantisation(arts, tiny_npz, tmp_path, kind):
+    import tensorflow_datasets as tfds
+    out, back = tmp_path / "exp", tmp_path / "back"
+    _run("export", arts[kind], "--format", "tfds", "--out", out)
+    a = artefact.load(arts[kind])
+    # readable by TFDS alone (no TensorFlow), in the artefact's order
+    builder = tfds.builder_from_directory(str(out / exchange.TFDS_NAME / exchange.TFDS_VERSION))
+    src = builder.as_data_source(split="train")
+    assert len(src) == len(a.y_syn) and builder.info.metadata["lr"] == a.lr
+    np.testing.assert_array_equal(np.stack([src[i]["image"] for i in range(len(src))]),
+                                  exchange.pixels_uint8(a))
+    assert [src[i]["label"] for i in range(len(src))] == exchange.hard_labels(a.y_syn).tolist()
+    if kind == "soft":
+        np.testing.assert_array_equal(np.stack([src[i]["logits"] for i in range(len(src))]),
+                                      a.y_syn)
+    assert len(tfds.data_source(exchange.TFDS_NAME, data_dir=str(out), split="train")) == len(src)
+    _run("import", out, "--dataset", f"npz:{tiny_npz}", "--out", back)
+    b = artefact.load(str(back))
+    _assert_identical(a, b, x_expected=jdata.apply(a.preprocess, exchange.pixels_uint8(a)))
+    assert b.meta["method"] == "imported:tfds"
+    # the version directory alone imports too (a TFDS dataset made elsewhere)
+    _run("import", out / exchange.TFDS_NAME / exchange.TFDS_VERSION, "--dataset",
+         f"npz:{tiny_npz}", "--preprocess", a.preprocess.kind, "--out", tmp_path / "b2")
+    _assert_identical(a, artefact.load(str(tmp_path / "b2")),
+                      x_expected=jdata.apply(a.preprocess, exchange.pixels_uint8(a)))
+
+
+@pytest.mark.parametrize("kind", ["hard", "soft"])
+def test_hf_round_trip_is_identical_after_quantisation(arts, tiny_npz, tmp_path, kind, capsys):
+    datasets = pytest.importorskip("datasets")
+    out, back = tmp_path / "exp", tmp_path / "back"
+    _run("export", arts[kind], "--format", "hf", "--out", out)
+    a = artefact.load(arts[kind])
+    ds = datasets.load_from_disk(str(out))
+    assert len(ds) == len(a.y_syn) and ds.features["label"].num_classes == 3
+    np.testing.assert_array_equal(np.stack([np.asarray(im) for im in ds["image"]]),
+                                  exchange.pixels_uint8(a)[..., 0])
+    assert list(ds["label"]) == exchange.hard_labels(a.y_syn).tolist()
+    if kind == "soft":
+        np.testing.assert_array_equal(np.asarray(ds["logits"], np.float32), a.y_syn)
+    _run("import", out, "--dataset", f"npz:{tiny_npz}", "--out", back)
+    b = artefact.load(str(back))
+    _assert_identical(a, b, x_expected=jdata.apply(a.preprocess, exchange.pixels_uint8(a)))
+    assert b.meta["method"] == "imported:hf"
+    # an existing export is replaced only with --overwrite (here by a TFDS one)
+    _fails(capsys, tmp_path, ["export", arts[kind], "--format", "tfds", "--out", out],
+           "already holds a jaxdd export", "--overwrite")
+    _run("export", arts[kind], "--format", "tfds", "--out", out, "--overwrite")
+    assert exchange.detect_format(str(out)) == "tfds" and not (out / "state.json").exists()
+
+
+def test_hf_missing_is_one_line(arts, tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "datasets", None)
+    _fails(capsys, tmp_path, ["export", arts["hard"], "--format", "hf", "--out", tmp_path / "h"],
+           "pip install 'jaxdd[hf]'")
 
 
 def test_imported_set_evaluates(arts, tiny_npz, tmp_path, capsys):

@@ -124,6 +124,6 @@ def evaluate_set(key: jax.Array, x_syn_NHWC: np.ndarray, y_syn: np.ndarray, data
         "accuracies": test.tolist(), "val_accuracy_mean": float(val.mean()),
         "seeds": seeds, "protocol": protocol.name, "model": model.name,
         "epochs": protocol.train.epochs, "batch_size": protocol.train.batch_size,
-        "lr": None if lr is None else float(lr), "report": "final epoch",
+        "augment": protocol.train.dsa or None, "lr": None if lr is None else float(lr), "report": "final epoch",
         "train_seconds": round(t_train, 2), "seconds": round(time.time() - t0, 2),
     }

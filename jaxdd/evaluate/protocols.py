@@ -50,13 +50,20 @@ PROTOCOLS: dict[str, Protocol] = {
 }
 
 
-def get_protocol(name: str, **overrides) -> Protocol:
-    """A named protocol; `overrides` replace TrainConfig fields (e.g. epochs=10)."""
+def get_protocol(name: str, *, augment: bool = True, **overrides) -> Protocol:
+    """A named protocol; `overrides` replace TrainConfig fields (e.g. epochs=10).
+
+    `augment=False` trains without any augmentation (dsa ""), on the set and on the full
+    data alike: the switch that separates what a set holds from what its augmentation adds
+    (DD-Ranking's augmentation-robust comparison, `jaxdd score`)."""
     if name not in PROTOCOLS:
         raise ValueError(f"unknown protocol {name!r}; use one of {', '.join(PROTOCOLS)}")
     p = PROTOCOLS[name]
     if overrides:
         p = dataclasses.replace(p, train=dataclasses.replace(p.train, **overrides))
+    if not augment:
+        p = dataclasses.replace(p, train=dataclasses.replace(p.train, dsa=""),
+                                full_train=dataclasses.replace(p.full_train, dsa=""))
     return p
 
 

@@ -219,7 +219,8 @@ def mesh_from(cfg: dict):
 def evaluate_with_baseline(ctx: Context, paths: dict[str, str]) -> dict:
     """Evaluate each artefact and a random real subset under the same protocol and seeds."""
     ev = ctx.cfg.get("eval", {})
-    proto = get_protocol(ev.get("protocol", "cpu"), **ev.get("overrides", {}))
+    proto = get_protocol(ev.get("protocol", "cpu"), augment=ev.get("augment", True),
+                         **ev.get("overrides", {}))
     seeds = int(ev.get("seeds", 3))
     data = eval_data(ctx.ds, ctx.pre)
     key = jax.random.fold_in(ctx.key, 2)

@@ -22,6 +22,7 @@ class EvalSection:
     protocol: str = "cpu"          # mtt | cpu | smoke (jaxdd.evaluate.protocols)
     seeds: int = 3                 # independent networks, vmapped
     random_baseline: bool = True   # also evaluate a random real subset of the same IPC
+    augment: bool = True           # False: train without augmentation (the protocol's dsa off)
     # TrainConfig fields replacing the protocol's (e.g. DATM's batch_size=128); checked
     # against TrainConfig at load time, applied by `evaluate.get_protocol(protocol, **overrides)`
     overrides: dict = dataclasses.field(default_factory=dict)

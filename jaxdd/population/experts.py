@@ -259,6 +259,24 @@ def load_buffer(out_dir: str) -> BufferInfo:
     return _info(out_dir, _read_manifest(out_dir))
 
 
+def imported_from(out_dir: str) -> dict[str, Any] | None:
+    """The `imported` record of a buffer made elsewhere (`jaxdd import`), else None."""
+    return _read_manifest(out_dir).get("imported")
+
+
+def _use_imported(out_dir: str, m: Mapping[str, Any], asked: Mapping[str, Any]) -> BufferInfo:
+    """An imported buffer is used as it is (never retrained or extended) when it was
+    imported for the same model, dataset and fitted preprocessing as asked."""
+    keys = ("model", "num_classes", "input_shape", "dataset", "preprocess", "preprocess_sha256")
+    diff = {k: (m.get(k), asked.get(k)) for k in keys if m.get(k) != asked.get(k)}
+    if diff:
+        raise BufferError(
+            f"{out_dir} holds experts imported from {m['imported'].get('from')} for another "
+            f"setup (stored, requested): {diff}; import them again with this config's "
+            f"--dataset, --model, --preprocess and --seed, or use another buffer_dir")
+    return _info(out_dir, m)
+
+
 # ---------------------------------------------------------------------------------------
 # Building
 
@@ -327,6 +345,8 @@ def build_buffer(out_dir: str, dataset: Any, model_name: str, cfg: ExpertConfig,
         layout="expert_{i:03d}/{epoch}/ = Orbax CheckpointManager steps of params",
         versions={"orbax_version": ocp.__version__}, model_info={"param_count": param_count},
         counts={"num_test": 0 if x_test is None else int(len(x_test))})
+    if old is not None and old.get("imported"):
+        return _use_imported(out_dir, old, m)
     records = open_population(
         out_dir, man_path, m, old, pre, members="experts", grow_key="num_experts",
         requested=cfg.num_experts, free_keys=("experts_per_program", "group_mode"),
@@ -536,5 +556,5 @@ def take_segment(stacked_ExT: PyTree, expert: jax.Array | int, start: jax.Array 
 
 
 __all__ = ["ExpertConfig", "BufferInfo", "ExpertRecord", "BufferError", "build_buffer",
-           "load_buffer", "load_expert_epoch", "load_segment", "stack_experts", "stack_final",
+           "load_buffer", "imported_from", "load_expert_epoch", "load_segment", "stack_experts", "stack_final",
            "take_segment", "gsam_direction", "gsam_train_epochs"]
