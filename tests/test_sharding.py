@@ -42,3 +42,12 @@ def test_expert_groups_agree_across_devices():
     for size in (8, 4):
         assert res[f"{size}_unroll"]["maxdiff"] == 0.0, res
         assert res[f"{size}_vmap"]["maxdiff"] <= 1e-6, res
+
+
+def test_streamed_teacher_and_relabel_student_agree_across_devices():
+    """The streamed teacher (BatchNorm statistics reduced over the mesh) and the
+    data-parallel relabel student: 8 devices give the 1-device variables."""
+    res = _run_check("stages")["stages"]
+    for stage in ("teacher", "relabel"):
+        assert res[stage]["maxdiff"] <= 1e-5, res
+        assert res[stage]["changed"] > 1e-3, res   # training moved the variables
