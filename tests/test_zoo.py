@@ -80,18 +80,42 @@ def test_too_small_inputs_and_bad_names_are_clear_errors():
             get_model(bad, 10, (32, 32, 3))
 
 
-@pytest.mark.parametrize("name", BN_MODELS)
-def test_bn_models_train_through_the_loop(name):
-    """Mutable batch_stats through jaxdd's training loop: finite, statistics updated."""
-    m = get_model(name, 3, (32, 32, 3))
-    x = jax.random.normal(jax.random.key(0), (6, 32, 32, 3))
-    y = jnp.arange(6) % 3
+def _tiny_run(name, size):
+    m = get_model(name, 3, (size, size, 3))
+    x = jax.random.normal(jax.random.key(0), (6, size, size, 3))
     cfg = TrainConfig(epochs=1, batch_size=4, lr=0.01, dsa="")
-    v = jax.jit(lambda k: train_network(k, m, cfg, x, y))(jax.random.key(1))
+    return m, lambda k: train_network(k, m, cfg, x, jnp.arange(6) % 3)
+
+
+@pytest.mark.parametrize("name", BN_MODELS)
+def test_bn_models_trace_through_the_training_loop(name):
+    """Every BN model goes through jaxdd's loop (train-mode BN, mutable batch_stats threaded
+    through the scan): traced only, as compiling the larger nets takes minutes on the 2-core
+    machine; `test_bn_models_train_compiled` (slow) runs them all."""
+    m, run = _tiny_run(name, 32)
+    out = jax.eval_shape(run, jax.random.key(1))
+    ref = jax.eval_shape(m.init, jax.random.key(0))
+    assert jax.tree.structure(out) == jax.tree.structure(ref) and "batch_stats" in out
+    assert all(a.shape == b.shape for a, b in zip(jax.tree.leaves(out), jax.tree.leaves(ref)))
+
+
+def _check_trained(m, run):
+    v = jax.jit(run)(jax.random.key(1))
     assert all(bool(jnp.isfinite(a).all()) for a in jax.tree.leaves(v))
     v0 = m.init(jax.random.split(jax.random.key(1))[0])
     moved = jax.tree.map(lambda a, b: float(jnp.abs(a - b).max()), v["batch_stats"], v0["batch_stats"])
     assert min(jax.tree.leaves(moved)) > 0   # every BN layer saw the batches
+
+
+def test_a_bn_model_trains_compiled():
+    """Compiled and run: finite variables, every BN layer's statistics updated (16 px: small)."""
+    _check_trained(*_tiny_run("alexnet_bn", 16))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", BN_MODELS)
+def test_bn_models_train_compiled(name):
+    _check_trained(*_tiny_run(name, 32))
 
 
 def test_channel_shuffle_matches_torch_order():
