@@ -118,6 +118,14 @@ def test_bn_models_train_compiled(name):
     _check_trained(*_tiny_run(name, 32))
 
 
+def test_torchvision_conversion_refuses_the_dc_variants():
+    from jaxdd.models import convert
+    for name in ("resnet18_instance", "resnet18_ap"):
+        m = get_model(name, 10, (32, 32, 3))
+        with pytest.raises(ValueError, match="not a ResNet in torchvision's layout"):
+            convert.torchvision_to_flax({}, m)
+
+
 def test_channel_shuffle_matches_torch_order():
     """ShuffleNet's view(N, g, C/g, H, W).permute(0, 2, 1, 3, 4) in NHWC."""
     from jaxdd.models.zoo import channel_shuffle
