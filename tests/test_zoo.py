@@ -305,3 +305,48 @@ def test_torch_redefinitions(name):
     with torch.no_grad():
         for c, s in ((3, 32), (1, 28)):
             assert tuple(build(c, 10, s).eval()(torch.zeros(2, c, s, s)).shape) == (2, 10)
+
+
+# Flattened feature map (H, W, C) of the flatten-head nets: NHWC rows of jaxdd's first
+# classifier kernel are reordered to PyTorch's NCHW flattening.
+_FLAT = {"lenet": (5, 5, 16), "alexnet_bn": (4, 4, 192), "resnet18_ap": (4, 4, 512)}
+
+
+@pytest.mark.parametrize("name", ["lenet", "alexnet_bn", "vgg11_bn", "resnet18_instance",
+                                  "resnet18_ap", "mobilenetv2_half", "wrn_16_2", "shufflenetv2_0_5"])
+def test_same_function_as_the_torch_redefinition(name):
+    """jaxdd's weights copied into the PyTorch re-definition (creation order = registration
+    order) give the same logits in eval mode, BN statistics included: the block internals
+    (pre-activation, inverted residuals, split + channel shuffle, AP pooling) match, not
+    just the counts."""
+    from flax import traverse_util
+    torch, builders = _torch_models()
+    net = builders[name](3, 10, 32).eval()
+    m = get_model(name, 10, (32, 32, 3))
+    v = m.init(jax.random.key(0))
+    keys = jax.random.split(jax.random.key(1), 2)
+    if "batch_stats" in v:   # non-trivial running statistics (flatten_dict keeps creation order)
+        flat = traverse_util.flatten_dict(v["batch_stats"])
+        v["batch_stats"] = traverse_util.unflatten_dict(
+            {k: a + 0.3 * jax.random.uniform(jax.random.fold_in(keys[0], i), a.shape)
+             for i, (k, a) in enumerate(flat.items())})
+    ours = [np.asarray(a) for a in traverse_util.flatten_dict(v["params"]).values()]
+    stats = [np.asarray(a) for a in traverse_util.flatten_dict(v.get("batch_stats", {})).values()]
+    theirs = list(net.parameters())
+    bufs = [b for n, b in net.named_buffers() if not n.endswith("num_batches_tracked")]
+    assert len(ours) == len(theirs) and len(stats) == len(bufs)
+    if name in _FLAT:
+        h, w, c = _FLAT[name]
+        i = next(i for i, a in enumerate(ours) if a.ndim == 2 and a.shape[0] == h * w * c)
+        ours[i] = ours[i].reshape(h, w, c, -1).transpose(2, 0, 1, 3).reshape(h * w * c, -1)
+    with torch.no_grad():
+        for a, t in zip(ours, theirs):
+            a = a.transpose(3, 2, 0, 1) if a.ndim == 4 else a.T if a.ndim == 2 else a
+            assert tuple(a.shape) == tuple(t.shape)
+            t.copy_(torch.from_numpy(np.array(a)))
+        for a, t in zip(stats, bufs):   # mean, var per BN layer, in order
+            t.copy_(torch.from_numpy(np.array(a)))
+        x = np.asarray(jax.random.normal(keys[1], (2, 32, 32, 3)))
+        want = net(torch.from_numpy(x.transpose(0, 3, 1, 2).copy())).numpy()
+    got = np.asarray(m.apply(v, jnp.asarray(x)))
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * float(np.abs(want).max()))
