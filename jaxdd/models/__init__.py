@@ -51,12 +51,12 @@ _RESNET_STAGES = {"18": ((2, 2, 2, 2), BasicBlock), "50": ((3, 4, 6, 3), Bottlen
 _WRN = re.compile(r"^wrn_(\d+)_(\d+)$")
 _SHUFFLENETV2 = re.compile(r"^shufflenetv2(?:_(\d_\d))?$")
 _ZOO_FIXED = {
-    "lenet": lambda k: LeNet(k),
-    "alexnet": lambda k: AlexNet(k),
+    "lenet": LeNet,
+    "alexnet": AlexNet,
     "alexnet_bn": lambda k: AlexNet(k, norm="batch"),
     "vgg11": lambda k: VGG(k, VGG_CFGS["vgg11"], norm="instance"),
     "vgg11_bn": lambda k: VGG(k, VGG_CFGS["vgg11"], norm="batch"),
-    "mobilenetv2": lambda k: MobileNetV2(k),
+    "mobilenetv2": MobileNetV2,
     "mobilenetv2_half": lambda k: MobileNetV2(k, width=0.5),
 }
 # The cross-architecture zoo: name -> the reference definition it follows (README's table).

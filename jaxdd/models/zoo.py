@@ -71,8 +71,8 @@ def he_conv(features: int, k: int, stride: int = 1, padding: int = 0, groups: in
                    use_bias=False, kernel_init=_fan_out_normal)
 
 
-def _bn(train: bool) -> nn.BatchNorm:
-    return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5)
+def _bn(train: bool) -> nn.Module:
+    return norm_layer("batch", train)
 
 
 def max_pool_2x2(x_NHWC: jax.Array) -> jax.Array:
