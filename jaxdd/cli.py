@@ -67,30 +67,62 @@ def _evaluate_artefact(path: str, protocol: str, seeds: int, model: str | None, 
                        overrides: dict, quiet: bool, augment: bool = True) -> dict:
     """`overrides`: TrainConfig fields replacing the protocol's (None values are ignored);
     `augment=False`: the protocol without augmentation."""
+    return _evaluate_models(path, protocol, seeds, [model], seed, overrides, quiet,
+                            augment)[0][0]
+
+
+def _evaluate_models(path: str, protocol: str, seeds: int, models: list[str | None], seed: int,
+                     overrides: dict, quiet: bool, augment: bool = True):
+    """(one result per model (None: the protocol's), all with the same seed keys; the
+    artefact). The names are checked against the artefact's images before the dataset loads."""
     import jax
 
     from jaxdd import artefact
     from jaxdd.evaluate import eval_data, evaluate_set, get_protocol
+    from jaxdd.evaluate.cross_arch import check_models
     from jaxdd.run.progress import Progress
     art = artefact.load(path)
     proto = get_protocol(protocol, augment=augment,
                          **{k: v for k, v in overrides.items() if v is not None})
+    named = [m for m in models if m is not None]
+    if named:
+        check_models(named, art.num_classes, tuple(art.x_syn_NHWC.shape[1:]))
     ds = _load(art.meta["dataset"])
-    res = evaluate_set(jax.random.key(seed), art.x_syn_NHWC, art.y_syn,
-                       eval_data(ds, art.preprocess), proto, seeds, lr=art.lr, model_name=model,
-                       progress=Progress(f"evaluate {protocol}", enabled=not quiet))
-    res.update(method=art.meta["method"], dataset=art.meta["dataset"], ipc=art.meta["ipc"],
-               eval_seed=seed)
-    return res
+    data = eval_data(ds, art.preprocess)
+    results = []
+    for model in models:
+        label = f"evaluate {protocol}" + (f" {model}" if len(models) > 1 else "")
+        res = evaluate_set(jax.random.key(seed), art.x_syn_NHWC, art.y_syn, data, proto, seeds,
+                           lr=art.lr, model_name=model,
+                           progress=Progress(label, enabled=not quiet))
+        res.update(method=art.meta["method"], dataset=art.meta["dataset"], ipc=art.meta["ipc"],
+                   eval_seed=seed)
+        results.append(res)
+    return results, art
 
 
 def cmd_evaluate(args) -> int:
     from jaxdd import artefact
-    res = _evaluate_artefact(args.dir, args.protocol, args.seeds, args.model, args.seed,
-                             {"epochs": args.epochs, "batch_size": args.batch_size}, args.quiet,
-                             augment=not args.no_aug)
-    _emit(res, args.json, f"{args.dir}: {_fmt_acc(res)}")  # printed before it is written
-    artefact.add_evaluation(args.dir, res)
+    overrides = {"epochs": args.epochs, "batch_size": args.batch_size}
+    if args.models is None:
+        res = _evaluate_artefact(args.dir, args.protocol, args.seeds, args.model, args.seed,
+                                 overrides, args.quiet, augment=not args.no_aug)
+        _emit(res, args.json, f"{args.dir}: {_fmt_acc(res)}")  # printed before it is written
+        artefact.add_evaluation(args.dir, res)
+        return 0
+    from jaxdd.evaluate import cross_arch
+    names = cross_arch.parse_models(args.models)
+    results, art = _evaluate_models(args.dir, args.protocol, args.seeds, names, args.seed,
+                                    overrides, args.quiet, not args.no_aug)
+    table = cross_arch.make_table(results, art.num_classes, tuple(art.x_syn_NHWC.shape[1:]))
+    files = [os.path.join(args.dir, n) for n in (cross_arch.JSON_NAME, cross_arch.MD_NAME)]
+    _emit({**table, "files": files}, args.json,
+          f"{args.dir}: cross-architecture\n{cross_arch.table_markdown(table)}")  # before writing
+    for res in results:
+        artefact.add_evaluation(args.dir, res)
+    cross_arch.write_table(args.dir, table)
+    if not args.json:
+        print(f"wrote {files[0]} and {files[1]}")
     return 0
 
 
@@ -480,7 +512,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("dir")
     sp.add_argument("--protocol", default="cpu", help="mtt | cpu | smoke")
     sp.add_argument("--seeds", type=POS, default=5, help="independent networks (vmapped)")
-    sp.add_argument("--model", default=None, help="cross-architecture: another registry name")
+    which = sp.add_mutually_exclusive_group()
+    which.add_argument("--model", default=None, help="cross-architecture: another registry name")
+    which.add_argument("--models", default=None, metavar="A,B,...",
+                       help="cross-architecture table: each registry name under the same "
+                            "protocol and seeds (e.g. convnet,resnet18,vgg11); writes "
+                            "cross_arch.json and cross_arch.md in the artefact")
     sp.add_argument("--epochs", type=POS, default=None, help="override the protocol's epochs")
     sp.add_argument("--batch-size", type=POS, default=None,
                     help="override the protocol's batch size (DATM evaluates with 128)")

@@ -92,3 +92,47 @@ def test_artefact_roundtrip_with_zca_and_soft_labels(tmp_path):
         artefact.save(str(tmp_path / "bad"), x * np.nan, y, preprocess=pre, method="t", dataset="d",
                       num_classes=3, ipc=2, seed=0)
     assert not os.path.exists(tmp_path / "bad")
+
+
+def test_evaluate_models_cross_architecture_table(tiny_npz, tmp_path, capsys):
+    """--models: one table, same protocol and seed keys per model, printed, then written
+    (cross_arch.json keeps every table, cross_arch.md renders them); unknown names fail
+    before anything is written."""
+    from conftest import snapshot
+    art = str(tmp_path / "rand")
+    assert _run(capsys, "baseline", "random", "--dataset", f"npz:{tiny_npz}", "--ipc", "3",
+                "--out", art, "--quiet")[0] == 0
+    before = snapshot(art)
+    for bad in (["--models", "mlp_w16,vgg99"], ["--models", " , "],
+                ["--models", "mlp_w16,lenet"]):      # lenet cannot take 8 px images
+        code, o, e = _run(capsys, "evaluate", art, "--protocol", "smoke", *bad)
+        lines = [x for x in e.strip().splitlines() if x.startswith("jaxdd: error:")]
+        assert code == 2 and len(lines) == 1, e
+    assert "unknown model 'vgg99'; use one of convnet" in _run(
+        capsys, "evaluate", art, "--models", "vgg99")[2]
+    with pytest.raises(SystemExit) as ex:   # argparse: one line, exit code 2
+        main(["evaluate", art, "--model", "mlp", "--models", "mlp"])
+    assert ex.value.code == 2 and "not allowed with argument" in capsys.readouterr().err
+    assert snapshot(art) == before   # nothing written
+
+    argv = ["evaluate", art, "--protocol", "smoke", "--seeds", "2", "--epochs", "3", "--quiet"]
+    code, o, e = _run(capsys, *argv, "--models", "mlp_w16, convnet_d2_w4", "--json")
+    assert code == 0, e
+    table = json.loads(o.strip().splitlines()[-1])
+    assert [r["model"] for r in table["rows"]] == ["mlp_w16", "convnet_d2_w4"]
+    assert table["seeds"] == 2 and table["epochs"] == 3 and table["protocol"] == "smoke"
+    for r in table["rows"]:
+        assert len(r["accuracies"]) == 2 and r["params"] > 0
+        assert r["accuracy_mean"] == pytest.approx(np.mean(r["accuracies"]))
+        assert r["accuracy_std"] == pytest.approx(np.std(r["accuracies"]))
+    saved = json.load(open(os.path.join(art, "cross_arch.json")))
+    assert saved["tables"][0]["rows"] == table["rows"]
+    md = open(os.path.join(art, "cross_arch.md")).read()
+    assert "| mlp_w16 |" in md and "| convnet_d2_w4 |" in md and " ± " in md
+    assert len(json.load(open(os.path.join(art, "evaluations.json")))) == 2
+    # Same protocol and seed keys as a single --model run; a second table is appended.
+    code, o, _ = _run(capsys, *argv, "--model", "mlp_w16", "--json")
+    assert json.loads(o.strip().splitlines()[-1])["accuracies"] == table["rows"][0]["accuracies"]
+    code, o, _ = _run(capsys, *argv, "--models", "mlp_w16")
+    assert code == 0 and "| mlp_w16 |" in o and "wrote" in o
+    assert len(json.load(open(os.path.join(art, "cross_arch.json")))["tables"]) == 2

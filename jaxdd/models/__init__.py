@@ -11,6 +11,18 @@ classes), loadable from torchvision weights with `jaxdd.models.convert`. The suf
 (e.g. `resnet50_imagenet_bf16`) computes in bfloat16 with float32 parameters and BN
 statistics and float32 logits (for GPU/TPU; on CPU bfloat16 is slower). ResNets accept any
 image size at `apply` (global average pool; ImageNet stem: H, W >= 32).
+
+ResNet-18 variants of DC/DSA/DM's `networks.py` (the references' cross-architecture pool; no
+suffix = BN, as jaxdd's `resnet18` always was): `resnet18` = `resnet18_bn` (DC
+`ResNet18BN`), `resnet18_instance` (DC `ResNet18`, instance norm), `resnet18_ap` =
+`resnet18_ap_bn` (DC `ResNet18BN_AP`: average-pool downsampling, flattened classifier input),
+`resnet18_ap_instance` (DC `ResNet18_AP`).
+
+The zoo (`jaxdd.models.zoo`, layouts of the references): `lenet`, `alexnet`, `alexnet_bn`,
+`vgg11` (instance norm, DC's default), `vgg11_bn`, `mobilenetv2` (`mobilenetv2_half`: width
+0.5, G-VBSM's teacher), `wrn_16_2` (`wrn_D_W`: any depth 6n + 4 and width), `shufflenetv2`
+(1.0x; `shufflenetv2_0_5` ... `_2_0`). Every zoo model takes 28 px (1 or 3 channel) and
+32 px images; see `ZOO` for each one's reference.
 """
 
 from __future__ import annotations
@@ -27,16 +39,46 @@ import jax.numpy as jnp
 from jaxdd.models.convnet import ConvNet
 from jaxdd.models.mlp import MLP
 from jaxdd.models.resnet import BasicBlock, Bottleneck, ResNet
+from jaxdd.models.zoo import (SHUFFLENETV2_SIZES, VGG, VGG_CFGS, AlexNet, LeNet, MobileNetV2,
+                              ShuffleNetV2, WideResNet)
 
 Variables = dict[str, Any]
 
 _CONVNET = re.compile(r"^convnet(?:_d(\d+))?(?:_w(\d+))?(?:_(instance|bn|none))?$")
 _MLP = re.compile(r"^mlp(?:_w(\d+))?$")
-_RESNET = re.compile(r"^resnet(18|50)(_imagenet)?(_bf16)?$")
+_RESNET = re.compile(r"^resnet(18|50)(_ap)?(_imagenet)?(?:_(bn|instance))?(_bf16)?$")
 _RESNET_STAGES = {"18": ((2, 2, 2, 2), BasicBlock), "50": ((3, 4, 6, 3), Bottleneck)}
+_WRN = re.compile(r"^wrn_(\d+)_(\d+)$")
+_SHUFFLENETV2 = re.compile(r"^shufflenetv2(?:_(\d_\d))?$")
+_ZOO_FIXED = {
+    "lenet": LeNet,
+    "alexnet": AlexNet,
+    "alexnet_bn": lambda k: AlexNet(k, norm="batch"),
+    "vgg11": lambda k: VGG(k, VGG_CFGS["vgg11"], norm="instance"),
+    "vgg11_bn": lambda k: VGG(k, VGG_CFGS["vgg11"], norm="batch"),
+    "mobilenetv2": MobileNetV2,
+    "mobilenetv2_half": lambda k: MobileNetV2(k, width=0.5),
+}
+# The cross-architecture zoo: name -> the reference definition it follows (README's table).
+ZOO = {
+    "lenet": "DC networks.py LeNet",
+    "alexnet": "DC networks.py AlexNet",
+    "alexnet_bn": "DC networks.py AlexNetBN",
+    "vgg11": "DC networks.py VGG11 (instance norm)",
+    "vgg11_bn": "DC networks.py VGG11BN",
+    "resnet18": "DC networks.py ResNet18BN (= torchvision ResNet-18, CIFAR stem)",
+    "resnet18_instance": "DC networks.py ResNet18 (instance norm)",
+    "resnet18_ap": "DC networks.py ResNet18BN_AP",
+    "resnet18_ap_instance": "DC networks.py ResNet18_AP (instance norm)",
+    "mobilenetv2": "G-VBSM models/mobilenetv2.py MobileNetV2 (T 6, width 1.0)",
+    "mobilenetv2_half": "G-VBSM models/mobilenetv2.py mobile_half (G-VBSM's MobileNetV2)",
+    "wrn_16_2": "G-VBSM models/wrn.py wrn_16_2",
+    "shufflenetv2": "G-VBSM models/ShuffleNetv2.py ShuffleV2 (1.0x)",
+    "shufflenetv2_0_5": "G-VBSM models/ShuffleNetv2.py ShuffleV2_0_5",
+}
 MODEL_NAMES = ("convnet", "convnet_d3", "convnet_d4", "convnet_d5", "convnet_bn",
                "convnet_d3_w64", "convnet_d3_w32", "resnet18", "resnet18_imagenet",
-               "resnet50_imagenet", "mlp")
+               "resnet50_imagenet", "mlp", *(n for n in ZOO if n != "resnet18"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,7 +95,8 @@ class Model:
 
     @property
     def has_batch_stats(self) -> bool:
-        return isinstance(self.module, ResNet) or getattr(self.module, "norm", "") == "batch"
+        # Every jaxdd module with a normalisation names it in its `norm` field.
+        return getattr(self.module, "norm", "") == "batch"
 
     def init(self, key: jax.Array) -> Variables:
         x = jnp.zeros((1, *self.input_shape), jnp.float32)
@@ -94,16 +137,26 @@ def get_model(name: str, num_classes: int, input_shape: tuple[int, int, int],
         if conv_impl == "auto":
             conv_impl = "im2col" if norm == "batch" else "im2col_cm"
         module = ConvNet(num_classes, width=width, depth=depth, norm=norm, conv_impl=conv_impl)
-    elif m := _RESNET.match(name):
+    elif (m := _RESNET.match(name)) and not (m.group(2) and (m.group(1) != "18" or m.group(3))):
         stages, block = _RESNET_STAGES[m.group(1)]
-        imagenet = bool(m.group(2))
+        imagenet = bool(m.group(3))
         module = ResNet(stages, block, num_classes, stem="imagenet" if imagenet else "cifar",
-                        dtype=jnp.bfloat16 if m.group(3) else None, torch_fc_init=imagenet)
+                        dtype=jnp.bfloat16 if m.group(5) else None, torch_fc_init=imagenet,
+                        norm="instance" if m.group(4) == "instance" else "batch",
+                        downsample="avgpool" if m.group(2) else "stride")
+    elif name in _ZOO_FIXED:
+        module = _ZOO_FIXED[name](num_classes)
+    elif (m := _WRN.match(name)) and (int(m.group(1)) - 4) % 6 == 0 and int(m.group(1)) >= 10:
+        module = WideResNet(num_classes, depth=int(m.group(1)), widen=int(m.group(2)))
+    elif (m := _SHUFFLENETV2.match(name)) and (m.group(1) or "1_0") in SHUFFLENETV2_SIZES:
+        module = ShuffleNetV2(num_classes, size=m.group(1) or "1_0")
     elif m := _MLP.match(name):
         module = MLP(num_classes, width=int(m.group(1) or 128))
     else:
         raise ValueError(f"unknown model {name!r}; use one of {', '.join(MODEL_NAMES)} "
-                         f"(convnet_dD_wW[_bn|_none] for other depths/widths, resnet{18,50}[_imagenet][_bf16])")
+                         f"(convnet_dD_wW[_bn|_none] for other depths/widths, "
+                         f"resnet{{18,50}}[_imagenet][_bn|_instance][_bf16], resnet18_ap[_bn|_instance], "
+                         f"wrn_D_W with D = 6n + 4, shufflenetv2_{{0_5,1_0,1_5,2_0}})")
     return Model(name, module, input_shape, num_classes)
 
 
@@ -175,8 +228,8 @@ def auto_chunks(model: Model, batch: int, max_chunks: int = CPU_MAX_CHUNKS) -> i
     return int(min(max(2, -(-act_bytes // CPU_CHUNK_BYTES)), max_chunks, batch))
 
 
-__all__ = ["Model", "get_model", "count_params", "param_count", "embed", "MODEL_NAMES", "chunked",
-           "auto_chunks"]
+__all__ = ["Model", "get_model", "count_params", "param_count", "embed", "MODEL_NAMES", "ZOO",
+           "chunked", "auto_chunks"]
 
 
 def embed(model: Model, variables: Variables, x_NHWC: jax.Array) -> jax.Array:

@@ -44,8 +44,10 @@ __all__ = ["TORCHVISION_MEAN", "TORCHVISION_STD", "load_state_dict", "torchvisio
 
 
 def _net(model: Model) -> ResNet:
-    if not isinstance(model.module, ResNet):
-        raise ValueError(f"model {model.name!r} is not a ResNet; torchvision conversion covers "
+    if (not isinstance(model.module, ResNet) or model.module.norm != "batch"
+            or model.module.downsample != "stride"):
+        raise ValueError(f"model {model.name!r} is not a ResNet in torchvision's layout (BN, "
+                         f"strided downsampling); torchvision conversion covers "
                          f"resnet18[_imagenet] and resnet50[_imagenet]")
     return model.module
 
