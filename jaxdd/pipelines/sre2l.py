@@ -421,7 +421,7 @@ def relabel(art_path: str, teacher_path: str | None, overrides: dict | None = No
             seeds_apply, variables, ds.loader(split, batch_size=eval_bs, sharding=ev_sharding,
                                               preprocess=art.preprocess))
         test = split_acc("test")
-        val = split_acc("val") if ds.val is not None and len(ds.val) else np.array([np.nan])
+        val = np.array([np.nan])  # the val split is cut from train by labels: a full pass
     else:
         acc = jax.jit(jax.vmap(lambda v, xe, ye: accuracy(student, v, xe, ye),
                                in_axes=(0, None, None)))
