@@ -95,7 +95,7 @@ def test_rerun_of_a_finished_distill_keeps_the_evaluation_history(tiny_npz, tmp_
     ("iterations=abc", "config.iterations: expected int, got 'abc'"),
     ("iterations=0", "config.iterations must be > 0"),
     ("ckpt_every=0", "config.ckpt_every must be > 0"),
-    ("eval.seedz=3", "eval.seedz: unknown field; known: overrides, protocol"),
+    ("eval.seedz=3", "eval.seedz: unknown field; known: augment, overrides, protocol"),
     ("eval.seeds=0", "eval.seeds must be > 0"),
     ("dm.batch_reel=3", "dm.batch_reel: unknown field"),
     ("mtt.lr_img=1.0", "config.mtt: unknown field"),
