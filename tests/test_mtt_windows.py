@@ -18,7 +18,6 @@ import pytest
 from jaxdd.configs import load_config
 from jaxdd.methods.base import SynState
 from jaxdd.methods.mtt import (
-    ExpertSegment,
     MTTConfig,
     make_mtt,
     sample_segment_index,
