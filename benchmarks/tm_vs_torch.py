@@ -90,7 +90,7 @@ def parse_args(argv=None):
     return args
 
 
-ARGS = parse_args()
+ARGS = parse_args(None if __name__ == "__main__" else [])  # importable: stages_vs_torch.py reuses its helpers
 # Select the JAX backend before jax is imported.
 os.environ.setdefault("JAX_PLATFORMS", "cpu" if ARGS.device == "cpu" else "cuda")
 

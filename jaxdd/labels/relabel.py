@@ -304,6 +304,7 @@ def _student_program(key: jax.Array, student: Model, cfg: TrainConfig, rcfg: Rel
         tb = _expand(vals, idx, student.num_classes)
         progress = (epoch / cfg.epochs if rcfg.lr_per_epoch else (epoch * spe + step) / total)
         lr = cfg.lr * _lr_scale(cfg.schedule, progress, rcfg.cosine_span)
+        lr = jnp.asarray(lr, opt_state.hyperparams["learning_rate"].dtype)  # float64 runs too
         return update(*carry, xb, (tb, yb), p.mask_B, lr), None
 
     return (variables, opt_state), batch_step, spe

@@ -8,6 +8,12 @@ the images, the inner step size and (DATM) the label logits with SGD + momentum.
 The driver chooses the expert and start epoch (`sample_segment_index`, `datm_upper_bound`)
 and passes the segment as the step's `batch`; `step` itself is pure and jittable.
 
+Several windows per step (`MTTConfig.windows_per_step = W > 1`): the batch holds W segments
+(leaves with a leading axis W, `sample_windows`), the step matches each from its own key
+(`jax.random.split(key, W)`: window w's minibatches and augmentations), vmapped over the
+windows, and updates with the mean loss and the mean gradient. W = 1 is the single-window
+program, unchanged.
+
 Learned step size. `SynState.log_lr` stores log(alpha). How it is optimised is set by
 `MTTConfig.lr_space`:
 - "linear" (default): exactly the references' update, SGD(lr_lr, momentum 0.5) on alpha itself
@@ -22,6 +28,7 @@ Learned step size. `SynState.log_lr` stores log(alpha). How it is optimised is s
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Callable, Literal, Mapping, NamedTuple, Sequence
 
 import jax
@@ -35,6 +42,7 @@ from jaxdd.methods.tm_grad import (
     GRAD_MODES,
     ApplyFn,
     AugmentFn,
+    MatchingGrads,
     identity_augment,
     make_inner_schedule,
     matching_loss_and_grads,
@@ -48,6 +56,8 @@ __all__ = [
     "ExpertSegment",
     "make_mtt",
     "sample_segment_index",
+    "sample_windows",
+    "window_loss_and_grads",
     "datm_upper_bound",
     "datm_init_labels",
     "datm_pick_correct",
@@ -107,6 +117,10 @@ class MTTConfig:
     expansion_end: int | None = None  # DATM: iteration at which the window reaches max_start
     dsa_strategy: str = DSA_DEFAULT  # DSA ops; used by the driver
     iterations: int = 5000  # outer iterations (MTT 5000; TESLA, DATM 10000); used by the driver
+    # W: independent (expert, start epoch) windows matched per outer iteration, vmapped; the
+    # update uses their mean loss and mean gradient. 1 = one window (the references). Costs W x
+    # the compute and W x the memory of one window's gradient (README, trajectory matching).
+    windows_per_step: int = 1
 
     def __post_init__(self):
         if self.grad_mode not in GRAD_MODES:
@@ -119,6 +133,8 @@ class MTTConfig:
             raise ValueError(f"image_chunks={self.image_chunks!r}; expected 'auto' or an int >= 1 (1 = off)")
         if self.label_expert_epoch not in ("final", "window"):
             raise ValueError(f"label_expert_epoch={self.label_expert_epoch!r}; expected 'final' or 'window'")
+        if not (type(self.windows_per_step) is int and self.windows_per_step >= 1):
+            raise ValueError(f"windows_per_step={self.windows_per_step!r}; expected an int >= 1")
         if not 0 <= self.min_start < self.max_start:
             raise ValueError(f"need 0 <= min_start < max_start, got {self.min_start}, {self.max_start}")
 
@@ -135,7 +151,8 @@ class MTTState(NamedTuple):
 
 
 class ExpertSegment(NamedTuple):
-    """The step's `batch`: one expert segment. A mapping with these keys works too."""
+    """The step's `batch`: one expert segment (with `windows_per_step = W > 1`: W segments,
+    every leaf with a leading axis W). A mapping with these keys works too."""
 
     theta_0: PyTree  # expert parameters at start epoch s
     theta_target: PyTree  # expert parameters at epoch s + expert_epochs
@@ -160,6 +177,20 @@ def sample_segment_index(
     expert = jax.random.randint(k_e, (), 0, num_experts)
     start = jax.random.randint(k_s, (), min_start, upper)
     return expert, start
+
+
+def sample_windows(
+    key: PRNGKey, windows: int, num_experts: int, min_start: int | jax.Array, upper: int | jax.Array
+) -> tuple[jax.Array, jax.Array]:
+    """(expert, start) of `windows` independent windows (drawn with replacement).
+
+    windows = 1: `sample_segment_index(key, ...)` itself (scalars). Otherwise window w is
+    `sample_segment_index(jax.random.split(key, windows)[w], ...)`; returns (W,) arrays.
+    """
+    if windows == 1:
+        return sample_segment_index(key, num_experts, min_start, upper)
+    return jax.vmap(lambda k: sample_segment_index(k, num_experts, min_start, upper))(
+        jax.random.split(key, windows))
 
 
 def datm_upper_bound(
@@ -249,6 +280,53 @@ def _global_norm(x: jax.Array | None) -> jax.Array:
     return jnp.zeros(()) if x is None else optax.tree.norm(x)
 
 
+def _one_window(cfg: MTTConfig, apply_fn: ApplyFn, augment_fn: AugmentFn, syn: SynState,
+                theta_0: PyTree, theta_target: PyTree, key: PRNGKey):
+    """Loss, gradients and TESLA-assigned labels (else None) of one window under `key`."""
+    x_SHWC = syn.x_syn_NHWC
+    step_idx_NxB, step_keys_N = make_inner_schedule(key, x_SHWC.shape[0], cfg.syn_steps, cfg.batch_syn)
+    assigned = None
+    if cfg.label_mode == "tesla":
+        assigned = tesla_assign_labels(apply_fn, theta_target, x_SHWC)
+        labels, label_kind = jnp.exp(assigned), "probs"
+    elif cfg.label_mode == "learned":
+        labels, label_kind = syn.y_syn, "logits"
+    else:
+        labels, label_kind = syn.y_syn, "hard"
+    loss, grads = matching_loss_and_grads(
+        cfg.grad_mode, apply_fn, x_SHWC, labels, syn.log_lr, theta_0, theta_target,
+        step_idx_NxB, step_keys_N, augment_fn=augment_fn, label_kind=label_kind, unroll=cfg.unroll)
+    return loss, grads, assigned
+
+
+def window_loss_and_grads(
+    config: MTTConfig,
+    apply_fn: ApplyFn,
+    syn: SynState,
+    segment: ExpertSegment | Mapping[str, PyTree],
+    key: PRNGKey,
+    augment_fn: AugmentFn = identity_augment,
+) -> tuple[jax.Array, MatchingGrads, jax.Array]:
+    """Matching loss, gradients and the labels to store, over `config.windows_per_step` windows.
+
+    W = 1: one window; its schedule comes from `key`. W > 1: `segment` leaves carry a leading
+    axis W; window w uses `jax.random.split(key, W)[w]`; the W windows are one `vmap` (of the
+    `bptt`, `remat` or `tesla` gradient alike) and loss and gradients are their means. Labels:
+    the stored ones, or for label_mode="tesla" the assigned log-probabilities (window 0's when
+    W > 1; each window matches with its own target expert's labels).
+    """
+    cfg = config
+    theta_0, theta_target = _segment(segment)
+    one = functools.partial(_one_window, cfg, apply_fn, augment_fn, syn)
+    if cfg.windows_per_step == 1:
+        loss, grads, assigned = one(theta_0, theta_target, key)
+        return loss, grads, syn.y_syn if assigned is None else assigned
+    keys_W = jax.random.split(key, cfg.windows_per_step)
+    loss_W, grads_W, assigned_W = jax.vmap(one)(theta_0, theta_target, keys_W)
+    grads = jax.tree.map(lambda g: jnp.mean(g, axis=0), grads_W)
+    return jnp.mean(loss_W), grads, syn.y_syn if assigned_W is None else assigned_W[0]
+
+
 def make_mtt(
     config: MTTConfig,
     apply_fn: ApplyFn,
@@ -297,24 +375,11 @@ def make_mtt(
         )
 
     def step(state: MTTState, batch: ExpertSegment | Mapping[str, PyTree], key: PRNGKey) -> tuple[MTTState, Metrics]:
-        """One outer iteration on the expert segment `batch` (`skip_nonfinite` keeps the
-        state on NaN/inf)."""
-        theta_0, theta_target = _segment(batch)
+        """One outer iteration on the expert segment `batch` (W segments when
+        windows_per_step = W > 1; `skip_nonfinite` keeps the state on NaN/inf)."""
         syn = state.syn
         x_SHWC = syn.x_syn_NHWC
-        step_idx_NxB, step_keys_N = make_inner_schedule(key, x_SHWC.shape[0], cfg.syn_steps, cfg.batch_syn)
-
-        if cfg.label_mode == "tesla":
-            y_new = tesla_assign_labels(apply_fn, theta_target, x_SHWC)
-            labels, label_kind = jnp.exp(y_new), "probs"
-        elif learned:
-            y_new, labels, label_kind = syn.y_syn, syn.y_syn, "logits"
-        else:
-            y_new, labels, label_kind = syn.y_syn, syn.y_syn, "hard"
-
-        loss, grads = matching_loss_and_grads(
-            cfg.grad_mode, apply_fn, x_SHWC, labels, syn.log_lr, theta_0, theta_target,
-            step_idx_NxB, step_keys_N, augment_fn=augment_fn, label_kind=label_kind, unroll=cfg.unroll)
+        loss, grads, y_new = window_loss_and_grads(cfg, apply_fn, syn, batch, key, augment_fn)
 
         # Images: SGD(lr_img, momentum) as torch.optim.SGD (optax's trace = torch's buffer).
         upd_x, opt_img_state = opt_img.update(grads.x_syn_NHWC, state.opt_img, x_SHWC)

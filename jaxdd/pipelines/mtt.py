@@ -60,6 +60,21 @@ def init_correct_images(ctx: Context, key: jax.Array, apply_fn, experts_E) -> tu
     return jdata.apply(ctx.pre, ctx.ds.x_train[idx]), y
 
 
+def make_batch_fn(mcfg: mtt.MTTConfig, num_experts: int):
+    """The driver's `batch_fn(stacked, key, t)`: the iteration's expert segment(s) from
+    `stack_experts`' leaves (E, T, ...); W = mcfg.windows_per_step windows (leaves (W, ...))
+    when W > 1 (`mtt.sample_windows`), the start epochs bounded by DATM's schedule."""
+
+    def batch_fn(stacked, key, t):
+        upper = mtt.datm_upper_bound(t, mcfg.current_max_start or mcfg.max_start,
+                                     mcfg.max_start, mcfg.expansion_end)
+        e, s = mtt.sample_windows(key, mcfg.windows_per_step, num_experts, mcfg.min_start, upper)
+        theta_0, theta_t = jexperts.take_segment(stacked, e, s, mcfg.expert_epochs)
+        return mtt.ExpertSegment(theta_0, theta_t)
+
+    return batch_fn
+
+
 def prepare(ctx: Context) -> Prepared:
     cfg = ctx.cfg
     mcfg = dataclass_from(mtt.MTTConfig, {**cfg["mtt"], "iterations": cfg["iterations"]})
@@ -93,13 +108,6 @@ def prepare(ctx: Context) -> Prepared:
         y0 = mtt.tesla_assign_labels(apply_fn, first, jnp.asarray(x0))
     state = distiller.init(jax.random.fold_in(ctx.key, 0), jnp.asarray(x0), jnp.asarray(y0))
 
-    def batch_fn(stacked, key, t):
-        upper = mtt.datm_upper_bound(t, mcfg.current_max_start or mcfg.max_start,
-                                     mcfg.max_start, mcfg.expansion_end)
-        e, s = mtt.sample_segment_index(key, num_experts, mcfg.min_start, upper)
-        theta_0, theta_t = jexperts.take_segment(stacked, e, s, mcfg.expert_epochs)
-        return mtt.ExpertSegment(theta_0, theta_t)
-
     def export(state):
         lr = float(np.exp(np.asarray(state.syn.log_lr)))
         out = {"artefact": (state.syn.x_syn_NHWC, state.syn.y_syn, lr)}
@@ -107,7 +115,7 @@ def prepare(ctx: Context) -> Prepared:
             out["artefact_ema"] = (state.x_ema_NHWC, state.syn.y_syn, lr)
         return out
 
-    return Prepared(distiller, state, batch_fn, stacked, export)
+    return Prepared(distiller, state, make_batch_fn(mcfg, num_experts), stacked, export)
 
 
 METHODS = [Method("mtt", "trajectory", mtt.MTTConfig, run_prepared(prepare), sections=("experts",),
