@@ -45,7 +45,7 @@ from jaxdd.methods.matching import forward_features
 from jaxdd.models import Model, Variables
 
 __all__ = ["FRePoConfig", "FRePoState", "FRePoBatch", "Pool", "make_frepo", "krr_predict",
-           "krr_loss", "label_margin_loss", "centred_targets", "frepo_keys", "init_pool"]
+           "krr_loss", "frepo_loss", "label_margin_loss", "centred_targets", "frepo_keys", "init_pool"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,6 +150,21 @@ def features(model: Model, variables: Variables, x_NHWC: jax.Array) -> jax.Array
     return forward_features(model, variables, x_NHWC, train=False).emb_BxD
 
 
+def frepo_loss(model: Model, variables: Variables, x_syn_NHWC: jax.Array, y_syn_NxK: jax.Array,
+               feat_t_BxD: jax.Array, y_real_B: jax.Array, reg: float, label_margin: bool
+               ) -> tuple[jax.Array, tuple[jax.Array, jax.Array, jax.Array]]:
+    """The outer objective of one step: kernel loss of the synthetic set under the model
+    `variables` against real features `feat_t_BxD` (constants) with classes `y_real_B`,
+    plus the label margin term if `label_margin`. Returns (loss, (kernel, margin, KRR
+    accuracy on the real batch))."""
+    y_t_BxK = centred_targets(y_real_B, y_syn_NxK.shape[-1])
+    kernel, pred_BxK = krr_loss(features(model, variables, x_syn_NHWC), y_syn_NxK, feat_t_BxD,
+                                y_t_BxK, reg)
+    margin = label_margin_loss(y_syn_NxK) if label_margin else jnp.zeros((), kernel.dtype)
+    acc = jnp.mean(jnp.argmax(pred_BxK, -1) == y_real_B)
+    return kernel + margin, (kernel, margin, acc)
+
+
 # ----------------------------------------------------------------------------------------
 # The pool of online models
 
@@ -229,16 +244,11 @@ def make_frepo(config: FRePoConfig, model: Model, num_classes: int,
         m = state.current
         variables = _tree_get(state.pool.variables, m)
         feat_t = jax.lax.stop_gradient(features(model, variables, batch.x_real_BxHWC))
-        y_t = centred_targets(batch.y_real_B, num_classes)
 
         def objective(p):
-            y_s = p.get("y", state.syn.y_syn)
-            kernel, pred = krr_loss(features(model, variables, p["x"]), y_s, feat_t, y_t,
-                                    config.reg)
-            margin = (label_margin_loss(y_s) if config.learn_label and config.label_margin
-                      else jnp.zeros((), kernel.dtype))
-            acc = jnp.mean(jnp.argmax(pred, -1) == batch.y_real_B)
-            return kernel + margin, (kernel, margin, acc)
+            return frepo_loss(model, variables, p["x"], p.get("y", state.syn.y_syn), feat_t,
+                              batch.y_real_B, config.reg,
+                              config.learn_label and config.label_margin)
 
         params = syn_params(state.syn)
         (loss, (kernel, margin, acc)), grads = jax.value_and_grad(objective, has_aux=True)(params)
