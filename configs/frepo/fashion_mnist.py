@@ -12,7 +12,9 @@ with the other CPU numbers; `--set eval.protocol=mtt` trains the width-128 stude
 instead. Not yet run to the end by jaxdd; accuracy not measured.
 Differences in the network: jaxdd's ConvNet keeps the width constant and normalises after
 each conv; FRePo's `Conv` doubles it per layer (128/256/512) and normalises before the
-2nd and 3rd conv (lib/models/networks.py:185-237).
+2nd and 3rd conv (lib/models/networks.py:185-237), and its BatchNorm keeps running
+statistics with Flax momentum 0.1 (networks.py:200: almost the last batch's), jaxdd's with
+0.9 (PyTorch's 0.1); the KRR features are computed in inference mode with them.
 """
 
 from jaxdd.configs import family_base
