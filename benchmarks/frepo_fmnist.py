@@ -40,7 +40,8 @@ def main() -> None:
     res = json.loads(proc.stdout.strip().splitlines()[-1])
     ev = res["evaluations"]
     row = {name: {"accuracy_mean": r["accuracy_mean"], "accuracy_std": r["accuracy_std"],
-                  "accuracies": r["accuracies"], "seeds": r["seeds"], "protocol": r["protocol"],
+                  "accuracies": r["accuracies"], "val_accuracy_mean": r.get("val_accuracy_mean"),
+                  "seeds": r["seeds"], "protocol": r["protocol"],
                   "eval_seconds": r["seconds"]} for name, r in ev.items()}
     with open(args.config) as f:
         config_sha = hashlib.sha256(f.read().encode()).hexdigest()[:12]
