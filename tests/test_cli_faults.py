@@ -218,6 +218,9 @@ for _m, _cfg in (("dc", "dc"), ("dsa", "dsa"), ("datadam", "datadam")):
     TINY[_m] = (os.path.join(ROOT, "configs", "classic", f"{_cfg}_fashion_mnist_cpu.py"),
                 ["model=convnet_d2_w4", "iterations=6", "ckpt_every=2",
                  f"{_m}.batch_real=8"] + ([] if _m == "dc" else [f"{_m}.dsa_strategy='crop'"]))
+TINY["frepo"] = (os.path.join(ROOT, "configs", "frepo", "fashion_mnist_cpu.py"),
+                 ["model=convnet_d2_w4", "iterations=6", "ckpt_every=2", "frepo.batch_real=8",
+                  "frepo.pool_size=2", "frepo.reg=0.001"])
 for _m in ("cda", "gvbsm", "dwa"):
     TINY[_m] = (SRE2L, TINY["sre2l"][1] + [f"method={_m!r}"])
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable, Mapping
 
-FAMILIES = ("trajectory", "classic", "statistics")
+FAMILIES = ("trajectory", "classic", "statistics", "kernel")
 
 
 @dataclasses.dataclass(frozen=True)
