@@ -35,7 +35,7 @@ def prepare(ctx: Context) -> Prepared:
     distiller = make_frepo(mcfg, model, ctx.ds.num_classes, cfg["iterations"])
     x_train = jdata.apply(ctx.pre, ctx.ds.x_train)  # host numpy; the driver places it
     y_train = jnp.asarray(ctx.ds.y_train, jnp.int32)
-    x0, y0 = init_images(ctx._replace(cfg={**cfg, "init": mcfg.init}),
+    x0, y0 = init_images(ctx.replace(cfg={**cfg, "init": mcfg.init}),
                          jax.random.fold_in(ctx.key, 0))
     state = distiller.init(jax.random.fold_in(ctx.key, 0), jnp.asarray(x0), jnp.asarray(y0))
 
