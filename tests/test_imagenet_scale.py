@@ -151,10 +151,41 @@ def test_streamed_data_refused_where_unsupported(tmp_path, capsys, sets, needle)
     assert not out.exists()
 
 
-def test_conv_stats_with_streamed_data_is_one_clear_error(tmp_path):
+def _imagenet_teacher(path, model_name="convnet_d3_w16_bn"):
+    """A ready (untrained) 16 px teacher of the mocked imagenet2012."""
+    from jaxdd.data.preprocess import fit_preprocess
+    from jaxdd.models import get_model
+    model = get_model(model_name, 1000, (16, 16, 3))
+    pre = fit_preprocess("normalize", np.zeros((1, 16, 16, 3), np.uint8),
+                         dataset_name="imagenet2012")
+    teachers.save_teacher(str(path), model_name, model.init(jax.random.key(0)),
+                          dataset="imagenet2012", num_classes=1000, input_shape=(16, 16, 3),
+                          preprocess=pre, source="test")
+
+
+def test_gvbsm_conv_stats_stream(tmp_path, monkeypatch):
+    """G-VBSM's conv statistics on streamed data: the targets come from one pass of the
+    eval loader (each training record read once) and are cached with the teacher."""
+    import tensorflow_datasets as tfds
+
     from jaxdd.configs import load_config
+    from jaxdd.data import stream
     from jaxdd.pipelines import sre2l
-    cfg = load_config("configs/sre2l/gvbsm_cifar100.py", 10, ["image_size=16"])
-    with pytest.raises(ValueError, match="conv_stats"):
-        sre2l.recover(cfg, str(tmp_path / "run"), quiet=True)
-    assert not (tmp_path / "run").exists()
+
+    _imagenet_teacher(tmp_path / "t")
+    reads = []
+    real_read = stream.TfdsSource.read
+    monkeypatch.setattr(stream.TfdsSource, "read",
+                        lambda self, i: reads.append(int(i)) or real_read(self, i))
+    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "tfds"))
+    with tfds.testing.mock_data(num_examples=8):
+        cfg = load_config("configs/sre2l/sre2l_imagenet1k.py", 1, [
+            "image_size=16", f"teacher.dir={str(tmp_path / 't')!r}", "recover.iterations=1",
+            "recover.batch_size=1000", "recover.conv_stats=True", "recover.patch_size=4",
+            "recover.conv_target_batch=4"])
+        res = sre2l.recover(cfg, str(tmp_path / "run"), quiet=True)
+    art = artefact.load(res["artefact"])
+    assert art.x_syn_NHWC.shape == (1000, 16, 16, 3) and np.isfinite(art.x_syn_NHWC).all()
+    (entry,) = art.meta["conv_targets"]
+    assert os.path.exists(os.path.join(entry, "targets.json"))
+    assert sorted(reads) == list(range(8))   # the 8 training records, once each

@@ -617,9 +617,15 @@ class StreamedDataset:
     train = property(lambda self: self._split[0])
     val = property(lambda self: self._split[1])
 
-    def loader(self, split: str, *, batch_size: int, train: bool = False, **kw) -> Loader:
-        """`make_loader` over `split` (train | val | test) at this dataset's image size."""
-        return make_loader(getattr(self, split), batch_size=batch_size, train=train,
+    def loader(self, split: str, *, batch_size: int, train: bool = False,
+               indices: np.ndarray | None = None, **kw) -> Loader:
+        """`make_loader` over `split` (train | val | test) at this dataset's image size;
+        `indices`: only these records of the split, in this order (an eval pass in a
+        chosen order, e.g. the conv targets' permutation)."""
+        source = getattr(self, split)
+        if indices is not None:
+            source = SubsetSource(source, np.asarray(indices, np.int64))
+        return make_loader(source, batch_size=batch_size, train=train,
                            image_size=self.image_size, worker_count=self.workers, **kw)
 
 

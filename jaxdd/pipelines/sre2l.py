@@ -24,7 +24,8 @@ scripts print) or, with `select="val"`, the test accuracy at the epoch of the be
 validation accuracy ("best (val-selected)").
 
 G-VBSM's conv statistics (`recover.conv_stats`) need dataset targets: computed once per
-teacher over the training split and cached under TEACHER_DIR/conv_targets/<key hash>/
+teacher over the training split (streamed data: one pass of the eval loader, batches
+split over the mesh) and cached under TEACHER_DIR/conv_targets/<key hash>/
 (`jaxdd.population.conv_targets`). With `recover.ipc_per_batch` g > 1 a batch holds g images of each
 of `batch_size` classes (IPC indices i0..i0+g-1); batch files keep the name of i0.
 
@@ -148,9 +149,6 @@ def recover(cfg: dict, out_dir: str, quiet: bool = False, ctx: Context | None = 
     ipc = int(cfg["ipc"])
     rcfg = recover_config(cfg)
     streamed = cfg.get("image_size") is not None
-    if streamed and rcfg.conv_stats:
-        raise ValueError("recover.conv_stats (G-VBSM's conv statistics) needs the training set "
-                         "in memory; it is not available with image_size (streamed data)")
     needs_data = rcfg.init == "real" or rcfg.conv_stats or not teacher_ready(cfg)
     ds = ctx.ds if needs_data else None
     check_run_dir(out_dir, cfg)
@@ -186,7 +184,8 @@ def recover(cfg: dict, out_dir: str, quiet: bool = False, ctx: Context | None = 
     if rcfg.conv_stats:  # G-VBSM: dataset statistics of every conv input, cached per teacher
         conv_targets, conv_dirs = conv_targets_lib.teacher_targets(
             os.path.join(tdir, "conv_targets"), model, vlist, tman["model"], ds, pre, rcfg,
-            stacked=rcfg.stacked_teachers, progress=Progress("conv targets", enabled=not quiet))
+            stacked=rcfg.stacked_teachers, progress=Progress("conv targets", enabled=not quiet),
+            mesh=mesh)
     distiller = make_recover(rcfg, model, variables, bounds, conv_targets)
     procs, me = jax.process_count(), jax.process_index()
     if procs > 1:  # each process recovers its own batches on its own devices

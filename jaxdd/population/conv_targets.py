@@ -2,7 +2,11 @@
 
 `jaxdd.methods.statistics.targets.compute_conv_targets` makes one pass over the real
 training set; on CIFAR-100 with a ResNet-18 that is an epoch of inference, so the result is
-cached next to the teacher and reused by every recover run on it. A cache entry is a directory::
+cached next to the teacher and reused by every recover run on it. A streamed dataset
+(`jaxdd.data.stream.StreamedDataset`, e.g. ImageNet at `image_size`) makes the same pass
+through its eval loader (resize + centre-crop to the model size, batches split over the
+mesh, padding and undecodable records masked out): `streamed_conv_targets`, equal to the
+in-memory targets of the same images. A cache entry is a directory::
 
     DIR/targets.npz     l{i}_mean, l{i}_var, l{i}_patch_mean, l{i}_patch_var per conv layer
     DIR/targets.json    format, format_version, key (below), layer paths and shapes,
@@ -10,7 +14,9 @@ cached next to the teacher and reused by every recover run on it. A cache entry 
 
 The key names everything the targets depend on: the teacher's variables (sha256 of every
 leaf), model name, dataset name and fingerprint, preprocessing hash, augmentation (crop
-padding, flip, batch size, seed), cell size and per-channel mode, and the format version.
+padding, flip, batch size, seed), cell size and per-channel mode, and the format version;
+a streamed dataset adds `streamed` (its decoded image size) and is fingerprinted by its
+labels.
 `load` refuses an entry whose key differs (naming the fields) or whose npz does not match
 its recorded hash; nothing mismatched or corrupt is ever used silently. `load_or_compute`
 computes a missing entry, and replaces a bad one only when asked (`recompute=True`).
@@ -28,13 +34,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jax.sharding import NamedSharding, PartitionSpec
+
 from jaxdd import data as jdata
 from jaxdd import safeio
+from jaxdd.data.stream import StreamedDataset
 from jaxdd.safeio import sha256_file
 from jaxdd.methods.statistics.capture import ConvStat, conv_layer_paths
 from jaxdd.methods.statistics.recover import pixel_bounds, stack_teachers
-from jaxdd.methods.statistics.targets import compute_conv_targets
+from jaxdd.methods.statistics.targets import (compute_conv_targets, streamed_conv_targets,
+                                              target_order)
 from jaxdd.population import train as population
+from jaxdd.run.mesh import make_mesh, put_replicated
 
 FORMAT = "jaxdd.conv_targets"
 FORMAT_VERSION = 1
@@ -63,14 +74,19 @@ def variables_fingerprint(variables: Any) -> str:
 
 def make_key(*, teacher_sha256: str, model: str, dataset: str, dataset_fingerprint: str,
              preprocess_sha256: str, patch_size: int, per_channel: bool, batch_size: int,
-             pad: int, flip: bool, seed: int) -> dict[str, Any]:
-    """The identity of one targets entry (every input of `compute_conv_targets`)."""
-    return {"format_version": FORMAT_VERSION, "teacher_sha256": teacher_sha256, "model": model,
-            "dataset": dataset, "dataset_fingerprint": dataset_fingerprint,
-            "preprocess_sha256": preprocess_sha256, "patch_size": int(patch_size),
-            "per_channel": bool(per_channel),
-            "augmentation": {"pad_crop": int(pad), "flip": bool(flip),
-                             "batch_size": int(batch_size), "seed": int(seed)}}
+             pad: int, flip: bool, seed: int, streamed: dict[str, Any] | None = None
+             ) -> dict[str, Any]:
+    """The identity of one targets entry (every input of `compute_conv_targets`);
+    `streamed` ({"image_size": ...}) marks targets of a streamed dataset."""
+    key = {"format_version": FORMAT_VERSION, "teacher_sha256": teacher_sha256, "model": model,
+           "dataset": dataset, "dataset_fingerprint": dataset_fingerprint,
+           "preprocess_sha256": preprocess_sha256, "patch_size": int(patch_size),
+           "per_channel": bool(per_channel),
+           "augmentation": {"pad_crop": int(pad), "flip": bool(flip),
+                            "batch_size": int(batch_size), "seed": int(seed)}}
+    if streamed is not None:
+        key["streamed"] = dict(streamed)
+    return key
 
 
 def key_hash(key: dict[str, Any]) -> str:
@@ -159,19 +175,30 @@ def load_or_compute(path: str, key: dict[str, Any],
 
 def teacher_targets(cache_root: str, model: Any, variables_list: Sequence[Any], model_name: str,
                     dataset: Any, preprocess: Any, config: Any, *, seed: int = 0,
-                    stacked: bool = False, progress: Callable[[int, int], None] | None = None
-                    ) -> tuple[Any, list[str]]:
+                    stacked: bool = False, progress: Callable[[int, int], None] | None = None,
+                    mesh: jax.sharding.Mesh | None = None) -> tuple[Any, list[str]]:
     """Targets of each teacher (cached under cache_root/<key hash>/), stacked along a
     leading axis when `stacked`; returns (targets, entry directories).
 
     `config` is a RecoverConfig (patch_size, patch_per_channel, conv_target_*); targets use
     the training split, the preprocessing of the teacher, and RandomCrop padding with a
-    black pixel (the reference pads the raw image, then normalises).
+    black pixel (the reference pads the raw image, then normalises). A `StreamedDataset`
+    is read in one pass of its eval loader, each batch split over `mesh`'s first axis
+    (default: every device), so the batch size must divide by that axis.
     """
 
     bounds = pixel_bounds(preprocess)
     fill = None if bounds is None else bounds[0]
-    x, y = dataset.x_train, dataset.y_train
+    streamed = isinstance(dataset, StreamedDataset)
+    if streamed:
+        x, y = None, dataset.train.labels()
+        shape = tuple(dataset.image_shape)
+    else:
+        x, y = dataset.x_train, dataset.y_train
+        shape = tuple(x.shape[1:])
+    opts = dict(patch_size=config.patch_size, per_channel=config.patch_per_channel,
+                pad=config.conv_target_pad, flip=config.conv_target_flip, fill_C=fill,
+                progress=progress)
     per_teacher, dirs = [], []
     for v in variables_list:
         key = make_key(teacher_sha256=variables_fingerprint(v), model=model_name,
@@ -180,19 +207,39 @@ def teacher_targets(cache_root: str, model: Any, variables_list: Sequence[Any], 
                        preprocess_sha256=population.preprocess_sha(preprocess),
                        patch_size=config.patch_size, per_channel=config.patch_per_channel,
                        batch_size=config.conv_target_batch, pad=config.conv_target_pad,
-                       flip=config.conv_target_flip, seed=seed)
+                       flip=config.conv_target_flip, seed=seed,
+                       streamed={"image_size": dataset.image_size} if streamed else None)
         path = os.path.join(cache_root, key_hash(key))
 
         def compute(v=v):
-            t = compute_conv_targets(
-                model, v, x, jax.random.key(seed), batch_size=config.conv_target_batch,
-                patch_size=config.patch_size, per_channel=config.patch_per_channel,
-                pad=config.conv_target_pad, flip=config.conv_target_flip, fill_C=fill,
-                transform=lambda xb: jdata.apply(preprocess, xb), progress=progress)
-            return t, conv_layer_paths(model, v, jnp.zeros((1, *x.shape[1:]), jnp.float32))
+            if streamed:
+                t = _streamed_targets(model, v, dataset, preprocess, config, seed, mesh, opts)
+            else:
+                t = compute_conv_targets(
+                    model, v, x, jax.random.key(seed), batch_size=config.conv_target_batch,
+                    transform=lambda xb: jdata.apply(preprocess, xb), **opts)
+            return t, conv_layer_paths(model, v, jnp.zeros((1, *shape), jnp.float32))
 
         t, _ = load_or_compute(path, key, compute)
         per_teacher.append(t)
         dirs.append(path)
     targets = stack_teachers(per_teacher) if stacked else per_teacher[0]
     return targets, dirs
+
+
+def _streamed_targets(model: Any, variables: Any, dataset: StreamedDataset, preprocess: Any,
+                      config: Any, seed: int, mesh: jax.sharding.Mesh | None,
+                      opts: dict[str, Any]) -> list[ConvStat]:
+    """One eval pass over the training split in `target_order` (the in-memory batches),
+    batches split over the mesh's first axis, the teacher replicated."""
+    mesh = mesh or make_mesh()
+    axis = mesh.axis_names[0]
+    batch = int(config.conv_target_batch)
+    if batch % mesh.shape[axis]:
+        raise ValueError(f"recover.conv_target_batch {batch} is not divisible by the "
+                         f"{mesh.shape[axis]} devices of mesh axis {axis!r}; set a multiple")
+    order, k_aug = target_order(jax.random.key(seed), len(dataset.train))
+    loader = dataset.loader("train", batch_size=batch, indices=order, preprocess=preprocess,
+                            sharding=NamedSharding(mesh, PartitionSpec(axis)))
+    return streamed_conv_targets(model, put_replicated(variables, mesh), loader, k_aug,
+                                 steps=len(loader), **opts)

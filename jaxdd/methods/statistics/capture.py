@@ -62,21 +62,37 @@ class Captured(NamedTuple):
     first_is_conv: bool  # the first captured layer (call order) is a convolution
 
 
-def _moments(x: jax.Array, red: tuple[int, ...]) -> tuple[jax.Array, jax.Array]:
-    """Mean and biased variance over `red`, two-pass in float32 (no E[x^2] - E[x]^2 loss)."""
+def _moments(x: jax.Array, red: tuple[int, ...], w: jax.Array | None = None
+             ) -> tuple[jax.Array, jax.Array]:
+    """Mean and biased variance over `red`, two-pass in float32 (no E[x^2] - E[x]^2 loss);
+    with 0/1 weights `w` (x's shape) only the elements of weight 1 count (none: 0, 0)."""
     x32 = x.astype(jnp.float32)
-    mean = x32.mean(axis=red, keepdims=True)
-    var = jnp.square(x32 - mean).mean(axis=red)
-    return mean.reshape(var.shape), var
+    if w is None:
+        mean = x32.mean(axis=red, keepdims=True)
+        var = jnp.square(x32 - mean).mean(axis=red)
+        return mean.reshape(var.shape), var
+    count = jnp.maximum(w.sum(axis=red, keepdims=True), 1.0)
+    mean = (w * x32).sum(axis=red, keepdims=True) / count
+    var = (w * jnp.square(x32 - mean)).sum(axis=red, keepdims=True) / count
+    return mean.squeeze(red), var.squeeze(red)
 
 
-def patch_stats(x_NHWC: jax.Array, patch_size: int = 16, per_channel: bool = False
-                ) -> tuple[jax.Array, jax.Array]:
+def _image_weights(mask_N: jax.Array | None, shape: tuple[int, ...]) -> jax.Array | None:
+    """0/1 float weights of shape (N, ...) from a per-image mask (None: all count)."""
+    if mask_N is None:
+        return None
+    m = jnp.asarray(mask_N, jnp.float32).reshape((shape[0],) + (1,) * (len(shape) - 1))
+    return jnp.broadcast_to(m, shape)
+
+
+def patch_stats(x_NHWC: jax.Array, patch_size: int = 16, per_channel: bool = False,
+                mask_N: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
     """Mean / biased var of each patch_size x patch_size spatial cell (cells row-major).
 
     An axis shorter than `patch_size` is one cell (the whole map); a longer axis that is
     not a multiple of it is first bilinearly resized up to the next multiple (the
-    reference's F.interpolate). Pooled over (N, h, w, C) -> (P,), or per channel (P, C).
+    reference's F.interpolate). Pooled over (N, h, w, C) -> (P,), or per channel (P, C);
+    with `mask_N` only the images where it is True count.
     """
     n, h, w, c = x_NHWC.shape
 
@@ -90,19 +106,24 @@ def patch_stats(x_NHWC: jax.Array, patch_size: int = 16, per_channel: bool = Fal
     if (h2, w2) != (h, w):
         x = jax.image.resize(x, (n, h2, w2, c), "linear", antialias=False)
     u, v = h2 // ph, w2 // pw
-    cells = x.reshape(n, u, ph, v, pw, c).transpose(1, 3, 0, 2, 4, 5)
-    cells = cells.reshape(u * v, n * ph * pw, c) if per_channel else cells.reshape(u * v, -1)
-    return _moments(cells, (1,))
+
+    def as_cells(a):
+        a = a.reshape(n, u, ph, v, pw, c).transpose(1, 3, 0, 2, 4, 5)
+        return a.reshape(u * v, n * ph * pw, c) if per_channel else a.reshape(u * v, -1)
+
+    w = _image_weights(mask_N, x.shape)
+    return _moments(as_cells(x), (1,), None if w is None else as_cells(w))
 
 
-def conv_input_stat(x_NHWC: jax.Array, patch_size: int = 16, per_channel: bool = False
-                    ) -> ConvStat:
-    """Channel and cell statistics of one convolution input (eq. 2's mean, var, pm, pv)."""
+def conv_input_stat(x_NHWC: jax.Array, patch_size: int = 16, per_channel: bool = False,
+                    mask_N: jax.Array | None = None) -> ConvStat:
+    """Channel and cell statistics of one convolution input (eq. 2's mean, var, pm, pv),
+    over the images where `mask_N` is True (default: all)."""
     if x_NHWC.ndim != 4:
         raise ValueError(f"conv statistics need NHWC inputs (2-D convolutions); got shape "
                          f"{x_NHWC.shape}")
-    mean, var = _moments(x_NHWC, (0, 1, 2))
-    return ConvStat(mean, var, *patch_stats(x_NHWC, patch_size, per_channel))
+    mean, var = _moments(x_NHWC, (0, 1, 2), _image_weights(mask_N, x_NHWC.shape))
+    return ConvStat(mean, var, *patch_stats(x_NHWC, patch_size, per_channel, mask_N))
 
 
 def _module_and_kwargs(model_or_module: Model | nn.Module, apply_kwargs: dict | None
@@ -142,11 +163,14 @@ def _feature_axes(axis: int | Sequence[int], ndim: int) -> tuple[tuple[int, ...]
 
 
 def capture(model_or_module: Any, variables: Any, x_NHWC: jax.Array,
-             apply_kwargs: dict | None, patch: tuple[int, bool] | None = None) -> Captured:
+             apply_kwargs: dict | None, patch: tuple[int, bool] | None = None,
+             mask_N: jax.Array | None = None) -> Captured:
     """One inference forward pass recording every BN input (and, with `patch` = (cell side,
-    per_channel), every convolution input)."""
+    per_channel), every convolution input). `mask_N`: the conv statistics count only these
+    images (padding and skipped slots of a streamed batch; inference mode keeps images
+    independent)."""
     if isinstance(model_or_module, nnx.Module):
-        return _capture_nnx(model_or_module, variables, x_NHWC, apply_kwargs, patch)
+        return _capture_nnx(model_or_module, variables, x_NHWC, apply_kwargs, patch, mask_N)
     module, kwargs = _module_and_kwargs(model_or_module, apply_kwargs)
     stats: list[BNStat] = []
     paths: list[tuple[str, ...]] = []
@@ -160,7 +184,7 @@ def capture(model_or_module: Any, variables: Any, x_NHWC: jax.Array,
             return next_fun(*args, **kw)
         if patch is not None and isinstance(mod, CONV_TYPES):
             x = args[0] if args else next(iter(kw.values()))
-            convs.append(conv_input_stat(jlayers.to_nhwc(mod, x), *patch))
+            convs.append(conv_input_stat(jlayers.to_nhwc(mod, x), *patch, mask_N))
             conv_paths.append(tuple(mod.scope.path))
             order.append("conv")
             return next_fun(*args, **kw)
@@ -206,7 +230,7 @@ def _nnx_wrapped(cls: type, wrapper: Callable) -> Any:
 
 
 def _capture_nnx(model: nnx.Module, state: Any, x_NHWC: jax.Array, apply_kwargs: dict | None,
-                 patch: tuple[int, bool] | None) -> Captured:
+                 patch: tuple[int, bool] | None, mask_N: jax.Array | None = None) -> Captured:
     """`capture` for a flax.nnx model: same statistics, BN forced to running averages,
     Dropout deterministic; `state` (an nnx.State, e.g. vmapped or perturbed) replaces the
     model's own when given."""
@@ -236,7 +260,7 @@ def _capture_nnx(model: nnx.Module, state: Any, x_NHWC: jax.Array, apply_kwargs:
 
     def wrap_conv(original):
         def call(self, inputs, *args, **kw):
-            convs.append(conv_input_stat(inputs, *patch))
+            convs.append(conv_input_stat(inputs, *patch, mask_N))
             conv_paths.append(names.get(id(self), ("?",)))
             order.append("conv")
             return original(self, inputs, *args, **kw)
