@@ -228,9 +228,10 @@ def cmd_distill(args) -> int:
     from jaxdd.run import metrics
     cfg = load_config(args.config, args.ipc, args.set)
     spec = registry.get(cfg["method"])
-    if cfg.get("image_size") is not None and (spec.family != "statistics" or spec.name == "rded"):
-        raise ValueError(f"image_size (streamed data) is supported by sre2l, cda, gvbsm and "
-                         f"dwa; {cfg['method']} needs the dataset in memory: remove image_size")
+    if cfg.get("image_size") is not None and spec.family != "statistics":
+        raise ValueError(f"image_size (streamed data) is supported by sre2l, cda, gvbsm, dwa "
+                         f"and rded; {cfg['method']} needs the dataset in memory: remove "
+                         f"image_size")
     if cfg.get("eval_every") and spec.family == "statistics":
         raise ValueError(f"eval_every evaluates one set while it is optimised; {spec.name} "
                          f"builds its set batch by batch: unset eval_every")

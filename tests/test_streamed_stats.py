@@ -76,3 +76,74 @@ def test_streamed_conv_targets_equal_in_memory(tmp_path, monkeypatch):
     assert dirs2 == st_dirs and os.path.basename(st_dirs[0]) != os.path.basename(mem_dirs[0])
     for a, b in zip(jax.tree.leaves(again), jax.tree.leaves(streamed)):
         np.testing.assert_array_equal(a, b)
+
+
+RDED_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs", "sre2l",
+                           "rded_fashion_mnist_cpu.py")
+
+
+def _save_teacher(path, dataset: str, classes: int, shape, model="convnet_d2_w4_bn"):
+    """A ready (untrained, seeded) BN teacher for `dataset`."""
+    from jaxdd.models import get_model
+    from jaxdd.population import teachers
+    model_ = get_model(model, classes, shape)
+    pre = fit_preprocess("normalize", np.zeros((1, *shape), np.uint8), dataset_name=dataset)
+    teachers.save_teacher(str(path), model, model_.init(jax.random.key(0)), dataset=dataset,
+                          num_classes=classes, input_shape=shape, preprocess=pre, source="test")
+
+
+def test_rded_streamed_equals_in_memory(tmp_path):
+    """The same arrays in memory and streamed at their stored size: the same pools (record
+    indices from labels only), the same selected crops, the same artefact."""
+    from jaxdd import artefact
+    from jaxdd.configs import load_config
+    from jaxdd.pipelines import rded as prded
+    from jaxdd.pipelines.common import Context
+    from jaxdd.pipelines.spec import RunOptions
+    x, y = _arrays(30, (8, 8, 1))
+    ds, st = _both(x, y, *_arrays(6, (8, 8, 1), seed=1), 3)
+    _save_teacher(tmp_path / "t", "toy", 3, (8, 8, 1))
+    cfg = load_config(RDED_CONFIG, 2, [f"teacher.dir={str(tmp_path / 't')!r}", "rded.mipc=6",
+                                       "rded.num_crop=2", "rded.class_batch=2"])
+    arts = []
+    for name, data in (("mem", ds), ("st", st)):
+        ctx = Context(cfg, str(tmp_path / name), quiet=True, ds=data)
+        res = prded.run(ctx, RunOptions(None, None))
+        assert res["batches"] == 2 and res["pool_per_class"] == 6
+        arts.append(artefact.load(res["artefact"]))
+    assert arts[0].x_syn_NHWC.shape == (6, 8, 8, 1)
+    np.testing.assert_array_equal(arts[1].x_syn_NHWC, arts[0].x_syn_NHWC)
+    assert arts[1].meta["final_ce"] == arts[0].meta["final_ce"]
+
+
+def test_rded_mock_imagenet_reads_only_pool_records(tmp_path, monkeypatch, capsys):
+    """RDED on a mocked imagenet2012 at 16 px through `jaxdd distill --no-eval`: each class
+    batch reads its own pool images once (2 x 1000 records of 20,000), nothing else."""
+    import json
+
+    import tensorflow_datasets as tfds
+
+    from jaxdd import artefact
+    from jaxdd.cli import main
+    _save_teacher(tmp_path / "t", "imagenet2012", 1000, (16, 16, 3), "convnet_d3_w16_bn")
+    reads = []
+    real_read = stream.TfdsSource.read
+    monkeypatch.setattr(stream.TfdsSource, "read",
+                        lambda self, i: reads.append(int(i)) or real_read(self, i))
+    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "tfds"))
+    out = tmp_path / "run"
+    argv = ["distill", "--config", RDED_CONFIG, "--ipc", "1", "--out", str(out), "--no-eval",
+            "--quiet", "--json"]
+    for s in ("dataset='imagenet2012'", "image_size=16", f"teacher.dir={str(tmp_path / 't')!r}",
+              "rded.mipc=2", "rded.num_crop=1", "rded.class_batch=500"):
+        argv += ["--set", s]
+    with tfds.testing.mock_data(num_examples=20000):   # every class has >= 2 images
+        code = main(argv)
+    o, e = capsys.readouterr()
+    assert code == 0, e
+    res = json.loads(o.strip().splitlines()[-1])
+    assert res["batches"] == 2 and res["pool_per_class"] == 2
+    assert len(reads) == 2000 and len(set(reads)) == 2000   # the pools, each record once
+    art = artefact.load(res["artefacts"]["artefact"])
+    assert art.x_syn_NHWC.shape == (1000, 16, 16, 3) and np.isfinite(art.x_syn_NHWC).all()
+    assert art.meta["method"] == "rded" and art.y_syn.tolist() == list(range(1000))

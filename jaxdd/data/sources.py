@@ -193,9 +193,15 @@ def check_ipc(dataset: Dataset, ipc: int) -> None:
 def sample_indices_per_class(key_or_seed: Any, dataset: Dataset, ipc: int) -> np.ndarray:
     """Indices of `ipc` distinct random training images of every class, class-major."""
     check_ipc(dataset, ipc)
+    return sample_from_classes(key_or_seed, dataset.class_indices, ipc)
+
+
+def sample_from_classes(key_or_seed: Any, class_indices: list[np.ndarray], n: int
+                        ) -> np.ndarray:
+    """`n` distinct random entries of each class's index array, class-major (the draw of
+    `sample_indices_per_class`, for any per-class index lists: streamed sources too)."""
     rng = np.random.default_rng(_seed_of(key_or_seed))
-    return np.concatenate([rng.choice(ix, size=ipc, replace=False)
-                           for ix in dataset.class_indices])
+    return np.concatenate([rng.choice(ix, size=n, replace=False) for ix in class_indices])
 
 
 def sample_per_class(key_or_seed: Any, dataset: Dataset, ipc: int

@@ -7,9 +7,15 @@ by `jaxdd.run.driver`: one step per batch of `rded.class_batch` classes, checkpo
 every step in OUT/run/ (a restart resumes there).
 
     pool      `mipc` real training images per class (fewer if a class is smaller), drawn
-              with fold_in(key(seed), 0), in the teacher's pixel space
+              with fold_in(key(seed), 0) (record indices only), in the teacher's pixel space
     select    classes in chunks of `rded.class_batch`; class c uses fold_in(fold_in(key(seed),
-              1), c), so chunking (and a restart from OUT/run/) never changes the images
+              1), c), so chunking (and a restart from OUT/run/) never changes the images.
+              Step t gets the pools of its own classes as a per-step driver input
+              (`driver.run(step_input=...)`): in memory they are cut from the pools of all
+              classes, prepared once; streamed data (`image_size` set, e.g. ImageNet) reads
+              only those pool records (`stream.read_images`, resize + centre-crop to the
+              model size) while step t - 1 runs, so no step holds more than
+              class_batch * mipc images and the training set is never read whole
     artefact  OUT/artefact/ with hard labels; `jaxdd relabel` adds the teacher's soft labels
               (recipe `rded` unless the config's relabel section names another)
 """
@@ -18,7 +24,7 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -26,6 +32,8 @@ import numpy as np
 
 from jaxdd import artefact
 from jaxdd import data as jdata
+from jaxdd.data import stream
+from jaxdd.data.sources import sample_from_classes
 from jaxdd.population import teachers as jteachers
 from jaxdd.methods import rded as mrded
 from jaxdd.methods.base import Distiller, SynState, check_init
@@ -35,7 +43,7 @@ from jaxdd.pipelines.spec import Method, RunOptions
 from jaxdd.run import driver
 from jaxdd.run.progress import Progress
 
-__all__ = ["rded_config", "pool_size", "make_rded", "run"]
+__all__ = ["rded_config", "pool_size", "pool_reader", "make_rded", "run"]
 
 
 def rded_config(cfg: dict) -> mrded.RDEDConfig:
@@ -44,10 +52,12 @@ def rded_config(cfg: dict) -> mrded.RDEDConfig:
     return dataclass_from(mrded.RDEDConfig, r)
 
 
-def pool_size(ds: jdata.Dataset, ipc: int, rc: mrded.RDEDConfig) -> int:
+def pool_size(ds: jdata.Dataset | stream.StreamedDataset, ipc: int, rc: mrded.RDEDConfig,
+              class_indices: list[np.ndarray] | None = None) -> int:
     """Images per class in the pool: mipc, capped by the smallest class; clear errors when
     IPC * factor^2 crops (one per real image) cannot be had."""
-    counts = np.array([len(ix) for ix in ds.class_indices])
+    counts = np.array([len(ix) for ix in (ds.class_indices if class_indices is None
+                                          else class_indices)])
     need = ipc * rc.factor ** 2
     if ipc < 1:
         raise ValueError(f"IPC must be >= 1, got {ipc}")
@@ -63,6 +73,24 @@ def pool_size(ds: jdata.Dataset, ipc: int, rc: mrded.RDEDConfig) -> int:
     return int(min(rc.mipc, counts[k]))
 
 
+def pool_reader(ds: jdata.Dataset | stream.StreamedDataset, pre: jdata.Preprocess,
+                idx_KxP: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+    """classes_B -> (B, P, H, W, C) float32 pools in model space (training-split record
+    indices idx_KxP). In memory: cut from all pools, preprocessed once; streamed: only the
+    records of those classes are read and decoded, each class once per call."""
+    k, p = idx_KxP.shape
+    shape = tuple(ds.image_shape)
+    if not isinstance(ds, stream.StreamedDataset):
+        x_pool = jdata.apply(pre, ds.x_train[idx_KxP.reshape(-1)]).reshape(k, p, *shape)
+        return lambda classes_B: x_pool[np.asarray(classes_B)]
+
+    def read(classes_B):
+        uniq, inv = np.unique(np.asarray(classes_B), return_inverse=True)
+        x = stream.read_images(ds.train, idx_KxP[uniq].reshape(-1), shape)
+        return jdata.apply(pre, x).reshape(len(uniq), p, *shape)[inv.reshape(-1)]
+    return read
+
+
 class RDEDState(NamedTuple):
     syn: SynState          # (K * ipc, H, W, C) images, filled class batch by class batch
     ce_KxM: jax.Array      # (K, ipc * f^2) eq. (1) scores of the kept crops
@@ -70,7 +98,7 @@ class RDEDState(NamedTuple):
 
 
 class RDEDBatch(NamedTuple):
-    x_pool_BxPxHxWxC: jax.Array  # the pools of this step's classes (model space)
+    x_pool_BxPxHxWxC: jax.Array  # the pools of this step's classes (model space, per step)
     classes_B: jax.Array         # int32 class ids (the last batch repeats the last class)
     teacher: Any                 # teacher variables (an argument, not a program constant)
 
@@ -100,34 +128,43 @@ def make_rded(rc: mrded.RDEDConfig, model: Any, num_classes: int, ipc: int) -> D
     return Distiller(init, step)
 
 
+def _step_classes(t: Any, b: int, k_classes: int) -> Any:
+    """Classes of step t (1-based): b consecutive ones, the last step repeating the last."""
+    xp = jnp if isinstance(t, jax.Array) else np
+    return xp.minimum((t - 1) * b + xp.arange(b), k_classes - 1)
+
+
 def run(ctx: Context, options: RunOptions) -> dict:
     """Teacher -> RDED images (one Distiller through the driver) -> OUT/artefact."""
     cfg = {**ctx.cfg, "relabel": {"recipe": "rded", **(ctx.cfg.get("relabel") or {})}}
     seed, ipc, ds = int(cfg.get("seed", 0)), int(cfg["ipc"]), ctx.ds
     rc = rded_config(cfg)
-    pool = pool_size(ds, ipc, rc)
-    tdir, teacher_seconds = ensure_teacher(cfg, ds, ctx.quiet)
+    streamed = isinstance(ds, stream.StreamedDataset)
+    class_idx = stream.class_index(ds.train) if streamed else ds.class_indices  # labels only
+    pool = pool_size(ds, ipc, rc, class_idx)
+    mesh = mesh_from(cfg)
+    tdir, teacher_seconds = ensure_teacher(cfg, ds, ctx.quiet, mesh)
     model, vlist, pre, tman = jteachers.load_teachers(tdir, 1)
     check_compatible(tman, ds.name, ds.num_classes, ds.image_shape)
     k_classes, shape, b = ds.num_classes, ds.image_shape, min(rc.class_batch, ds.num_classes)
     key = jax.random.key(seed)
-    idx_KxP = jdata.sample_indices_per_class(jax.random.fold_in(key, 0), ds, pool).reshape(
+    idx_KxP = sample_from_classes(jax.random.fold_in(key, 0), class_idx, pool).reshape(
         k_classes, pool)
-    x_pool = jdata.apply(pre, ds.x_train[idx_KxP.reshape(-1)]).reshape(k_classes, pool, *shape)
+    pools_of = pool_reader(ds, pre, idx_KxP)
     y_syn = np.repeat(np.arange(k_classes, dtype=np.int32), ipc)
     distiller = make_rded(rc, model, k_classes, ipc)
     state = distiller.init(jax.random.fold_in(key, 1), np.zeros((len(y_syn), *shape)), y_syn)
 
     def batch_fn(consts, k, t):
-        pool_KxP, teacher = consts
-        classes = jnp.minimum((t - 1) * b + jnp.arange(b), k_classes - 1)
-        return RDEDBatch(pool_KxP[classes], classes, teacher)
+        teacher, pool_BxP = consts
+        return RDEDBatch(pool_BxP, _step_classes(t, b, k_classes), teacher)
 
     steps = -(-k_classes // b)
     t0, timings = time.time(), {}
     state, _ = driver.run(
         distiller, state, batch_fn, jax.random.fold_in(key, 2), steps,
-        consts=(x_pool, vlist[0]), mesh=mesh_from(cfg), run_dir=os.path.join(ctx.out_dir, "run"),
+        consts=vlist[0], step_input=lambda t: pools_of(_step_classes(t, b, k_classes)),
+        mesh=mesh, run_dir=os.path.join(ctx.out_dir, "run"),
         config=image_config(cfg), ckpt_every=1,
         keep=cfg.get("ckpt_keep", 3), resume_step=options.resume_step, log_every=1,
         max_nonfinite=1, progress=Progress("rded", enabled=not ctx.quiet), writer=ctx.writer,

@@ -10,6 +10,11 @@ state NaN/inf is skipped (the state is kept) and logged with `nonfinite: 1`; a s
 checked before it is checkpointed, and `max_nonfinite` skips in a row stop the run with a
 message naming the iteration, the state and every checkpoint intact.
 
+Data too large to be a constant (RDED's candidate pools on ImageNet) comes in per step:
+`step_input(t)` is a host pytree read for step t (a pure function of t, so a resumed run
+reads what the uninterrupted one read) and `batch_fn` then gets (consts, input_t); the
+input of step t + 1 is read while step t runs on the device.
+
 Logging goes through one `jaxdd.run.metrics.MetricWriter` (tags `train/<metric>`; by
 default `metrics.jsonl` in the run directory), and periodic work (image grids, evaluation
 during distillation) through `Hook`s, called with step t's state before step t+1 is
@@ -88,7 +93,8 @@ def run(distiller: Distiller, state: Any, batch_fn: Callable, key: jax.Array, it
         resume_step: int | None = None, progress: Progress | None = None, log_every: int = 10,
         jit_kwargs: dict | None = None, stop_after: int | None = None,
         timings: dict | None = None, max_nonfinite: int = 10,
-        writer: MetricWriter | None = None, hooks: tuple[Hook, ...] = ()) -> tuple[Any, list[dict]]:
+        writer: MetricWriter | None = None, hooks: tuple[Hook, ...] = (),
+        step_input: Callable[[int], Any] | None = None) -> tuple[Any, list[dict]]:
     """Run `iterations` steps (resuming from run_dir if it holds a checkpoint).
 
     `stop_after` ends the loop early after that many steps of this call (tests, budgets).
@@ -99,7 +105,9 @@ def run(distiller: Distiller, state: Any, batch_fn: Callable, key: jax.Array, it
     served from the persistent compilation cache that the CLI enables when the same program
     was compiled before), `steps_seconds` and `nonfinite_steps` (skipped steps).
     `writer` receives the logged metrics as `train/<name>` (default: `metrics.jsonl` in
-    run_dir, process 0 only); `hooks` run after every step (see `Hook`).
+    run_dir, process 0 only); `hooks` run after every step (see `Hook`). `step_input`: a
+    host pytree per step t (same shapes every step, replicated), given to `batch_fn` as
+    (consts, step_input(t)) in place of consts.
     """
     if iterations < 1 or ckpt_every < 1 or max_nonfinite < 1:
         raise ValueError(f"iterations, ckpt_every and max_nonfinite must be >= 1, got "
@@ -126,6 +134,12 @@ def run(distiller: Distiller, state: Any, batch_fn: Callable, key: jax.Array, it
     pending = None  # (t, metrics) of the previous step, read after dispatching the next
     skips = {"total": 0, "in_a_row": 0}
 
+    def consts_at(t):  # what the step gets as consts: with step_input, (consts, input_t)
+        if step_input is None:
+            return consts
+        inp = step_input(t)
+        return consts, jmesh.put(inp, jax.tree.map(lambda _: repl, inp))
+
     def check(t, metrics):
         m = _host_metrics(metrics)
         bad = bool(m.get("nonfinite", 0))
@@ -150,16 +164,20 @@ def run(distiller: Distiller, state: Any, batch_fn: Callable, key: jax.Array, it
 
     t = start
     if start < iterations:  # compile ahead of time so compile and step times are reported apart
+        consts_t = consts_at(start + 1)
         t_compile = time.perf_counter()
         step = _compiled_step(distiller, batch_fn,
-                              (state, consts, key, jnp.asarray(start + 1, jnp.int32)),
+                              (state, consts_t, key, jnp.asarray(start + 1, jnp.int32)),
                               (state_sh, repl, repl, repl), (state_sh, repl), jit_kwargs)
         if timings is not None:
             timings["compile_seconds"] = round(time.perf_counter() - t_compile, 2)
     t_steps = time.perf_counter()
     try:
         for t in range(start + 1, iterations + 1):
-            state, metrics = step(state, consts, key, jnp.asarray(t, jnp.int32))
+            state, metrics = step(state, consts_t, key, jnp.asarray(t, jnp.int32))
+            last = t == iterations or (stop_after is not None and t - start >= stop_after)
+            if step_input is not None and not last:
+                consts_t = consts_at(t + 1)  # read while step t runs
             if pending is not None:
                 check(*pending)
             pending = (t, metrics)
