@@ -1,7 +1,8 @@
 """ImageNet scale: a mocked imagenet2012 (1000 classes, variable-size images) streamed
 through teacher -> recover -> relabel on 1 and 8 devices and as two jax.distributed
-processes (tests/imagenet_check.py); recover from noise reads no training image; streamed
-data refused clearly where it is not supported."""
+processes (tests/imagenet_check.py); recover from noise reads no training image; G-VBSM's
+conv targets read each training record once; streamed data refused clearly where it is not
+supported (RDED streamed: tests/test_streamed_stats.py)."""
 
 from __future__ import annotations
 

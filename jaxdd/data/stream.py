@@ -654,7 +654,8 @@ def open_streamed(name: str, image_size: int | None, *, seed: int = 0,
 def read_images(source: RecordSource, indices: np.ndarray, image_shape: tuple[int, int, int],
                 ) -> np.ndarray:
     """Records `indices` of `source` decoded and resized (+ centre-crop) to `image_shape`,
-    as (len(indices), H, W, C) uint8 in this process (a few images: real init, samples).
+    as (len(indices), H, W, C) uint8 in this process (a few images: real init, samples,
+    one step's RDED pools).
     An undecodable image is an error here (the caller picked it)."""
     plan = _Plan(source, 0, False, 1, 1, 0, 1, int(image_shape[0]),
                  round(int(image_shape[0]) * EVAL_RESIZE_RATIO), TRAIN_SCALE, TRAIN_RATIO,

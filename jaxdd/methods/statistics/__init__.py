@@ -33,7 +33,8 @@ augmentations (crop, flip, jitter, the CDA schedule) live in `jaxdd.augment.crop
 
 G-VBSM (spec section 4) adds, as options of `RecoverConfig` (all off = SRe2L):
   * the input of every convolution (`CONV_TYPES`, Linen; `nnx.Conv`) matched against
-    dataset targets precomputed once (`compute_conv_targets`, cached on disk by
+    dataset targets precomputed once (`compute_conv_targets`, or `streamed_conv_targets`
+    over a loader for data larger than memory; cached on disk by
     `jaxdd.population.conv_targets`): channel mean/var plus the mean/var of each
     patch_size^2 spatial cell, four norms per layer (eq. 2), each layer's term dropped with
     probability p per iteration (explicit key);
