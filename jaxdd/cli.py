@@ -378,7 +378,8 @@ def cmd_relabel(args) -> int:
             "temperature": args.temperature, "t2_factor": args.t2_factor,
             "lr_per_epoch": args.lr_per_epoch, "report": args.report, "loss": args.loss,
             "ce_weight": args.ce_weight, "eval_every": args.eval_every, "select": args.select,
-            "cosine_span": args.cosine_span}
+            "cosine_span": args.cosine_span, "pad_crop": args.pad_crop,
+            "mixup_alpha": args.mixup_alpha, "shuffle_patches": args.shuffle_patches}
     res = sm.relabel(args.dir, args.teacher, over, args.quiet)
     lab = (f"; labels {res['label_bytes']:,d} B in {res['labels_file']}" if res["mode"] == "stored"
            else f"; stored labels would take {res['label_bytes_if_stored']:,d} B")
@@ -684,7 +685,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("relabel", help="train KD students on an artefact with a teacher's soft labels")
     sp.add_argument("dir", help="artefact directory (or a recover run directory)")
     sp.add_argument("--teacher", default=None, help="teacher directory (default: the artefact's)")
-    sp.add_argument("--recipe", default=None, help="sre2l | cda | rded | gvbsm | gvbsm_kd")
+    sp.add_argument("--recipe", default=None,
+                    help="sre2l | sre2l_cifar | cda | rded | gvbsm | gvbsm_kd")
     sp.add_argument("--mode", default=None, choices=["online", "stored"])
     sp.add_argument("--epochs", type=POS, default=None)
     sp.add_argument("--top-k", type=NONNEG, default=None, help="stored labels: k largest logits")
@@ -710,6 +712,12 @@ def build_parser() -> argparse.ArgumentParser:
                     help="kd: KL at temperature T; mse_ce: G-VBSM logit matching, "
                          "MSE(logits) + ce_weight * CE(y)")
     sp.add_argument("--ce-weight", type=float, default=None, help="CE weight of mse_ce (0.1)")
+    sp.add_argument("--pad-crop", type=NONNEG, default=None,
+                    help="RandomCrop(size, padding=P) per image; 0: off (sre2l_cifar: 4)")
+    sp.add_argument("--mixup-alpha", type=float, default=None,
+                    help="MixUp Beta(a, a) of the images; 0: off (sre2l_cifar: 0.8)")
+    sp.add_argument("--shuffle-patches", type=POS, default=None,
+                    help="shuffle each image's F x F patches (RDED); 1: off")
     sp.add_argument("--report", default=None, choices=["last", "best"],
                     help="last (final epoch, default) | best: also the best of an evaluation "
                          "every --eval-every epochs, reported next to the last")

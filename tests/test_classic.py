@@ -9,6 +9,8 @@ stay well under a minute on a loaded 2-core CPU, so every jitted function is com
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 
 import jax
 import jax.numpy as jnp
@@ -241,3 +243,28 @@ def test_dc_bn_model_and_dead_units_stay_finite():
     new, metrics = jax.jit(d.step)(state, x_real, jax.random.key(19))
     assert bool(tree_all_finite((metrics["loss"], new)))
     assert int(new.outer_step) == 0  # outer_loop=1: every step is a fresh network
+
+
+def test_evaluation_result_records_its_protocol(tmp_path):
+    """What `distill` appends to evaluations.json names the protocol as it ran: model,
+    augmentation, the whole training recipe (overrides applied) and whether it is reduced."""
+    from jaxdd import artefact
+    from jaxdd.evaluate import get_protocol
+    from jaxdd.evaluate.core import EvalData, evaluate_set
+    x = np.asarray(jax.random.normal(jax.random.key(0), (6, 8, 8, 1)), np.float32)
+    y = np.array([0, 0, 1, 1, 2, 2], np.int32)
+    data = EvalData(x, y, x, y, 3, (8, 8, 1))
+    for name, augment, over in (("dc", True, {}), ("cpu", False, {"epochs": 2})):
+        proto = get_protocol(name, augment=augment, **{"epochs": 1, "batch_size": 4, **over})
+        proto = dataclasses.replace(proto, model="mlp_w16")  # cheap stand-in network
+        r = evaluate_set(jax.random.key(1), x, y, data, proto, seeds=1)
+        assert r["protocol"] == name and r["model"] == "mlp_w16" and r["augment"] is None
+        assert r["protocol_train"]["dsa"] == "" and r["protocol_train"]["batch_size"] == 4
+        assert r["protocol_train"]["epochs"] == (1 if name == "dc" else 2)
+        assert r["protocol_reduced"] == (name == "cpu") and r["protocol_description"]
+    # and it survives the artefact's JSON
+    art = str(tmp_path / "art")
+    os.makedirs(art)
+    artefact.add_evaluation(art, r)
+    with open(os.path.join(art, "evaluations.json")) as f:
+        assert json.load(f)[0]["protocol_train"] == r["protocol_train"]

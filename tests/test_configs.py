@@ -29,3 +29,26 @@ def test_family_base_merges_sections_field_by_field(tmp_path):
     # The base itself is not changed by a preset's overrides.
     assert family_base(str(tmp_path / "other.py")) == {"seed": 0,
                                                        "experts": {"epochs": 50, "lr": 0.01}}
+
+
+def test_classic_presets_evaluate_with_their_papers_protocols():
+    """DC without augmentation (300 epochs), DSA / DM with DSA (1000), DataDAM with a
+    BatchNorm ConvNet (1800 epochs, batch 64); the `_cpu` presets keep the reduced `cpu`."""
+    from jaxdd.evaluate import get_protocol
+    from jaxdd.models import get_model
+    want = {"dc": ("dc", "convnet", 300, 256, ""), "dsa": ("dsa", "convnet", 1000, 256, "x"),
+            "dm": ("dsa", "convnet", 1000, 256, "x"),
+            "datadam": ("datadam", "convnet_d3_w128_bn", 1800, 64, "x")}
+    for method, (name, model, epochs, batch, aug) in want.items():
+        cfg = load_config(os.path.join(ROOT, "classic", f"{method}_cifar10.py"), 10)
+        ev = cfg["eval"]
+        p = get_protocol(ev["protocol"], augment=ev.get("augment", True),
+                         **ev.get("overrides", {}))
+        assert (p.name, p.model, p.train.epochs, p.train.batch_size) == (name, model, epochs, batch)
+        assert bool(p.train.dsa) == bool(aug) and not p.reduced, method
+        assert p.train.lr == 0.01 and p.train.schedule == "step"
+        cpu = load_config(os.path.join(ROOT, "classic", f"{method}_fashion_mnist_cpu.py"), 10)
+        assert get_protocol(cpu["eval"]["protocol"]).reduced
+    bn = get_model("convnet_d3_w128_bn", 10, (32, 32, 3))
+    assert bn.name == "convnet_d3_w128_bn"
+    assert load_config(os.path.join(ROOT, "classic", "datadam_cifar10.py"), 10)["model"] == bn.name

@@ -321,6 +321,30 @@ def test_normalize_constants_and_fit():
         data.apply(q, np.zeros((2, 5, 5, 3), np.uint8))
 
 
+def test_reference_normalisation_constants():
+    """MTT / SRe2L: CIFAR-100 with CIFAR-10's constants; Tiny-ImageNet and ImageNet
+    (also resized) with torchvision's; everything else (Fashion-MNIST, npz:, other
+    folders) is fitted, and other kinds ignore the constants."""
+    x = _correlated_images(shape=(4, 4, 3))
+    cifar = ([0.4914, 0.4822, 0.4465], [0.2023, 0.1994, 0.2010])
+    imagenet = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+    for name, want in (("cifar10", cifar), ("cifar100", cifar), ("imagenet2012", imagenet),
+                       ("tiny_imagenet", imagenet), ("imagenet_resized/64x64", imagenet),
+                       ("folder:/data/tiny-imagenet-200/", imagenet)):
+        p = data.fit_preprocess("normalize", x, dataset_name=name)
+        np.testing.assert_allclose(p.mean_C, want[0], rtol=1e-6, err_msg=name)
+        np.testing.assert_allclose(p.std_C, want[1], rtol=1e-6, err_msg=name)
+    fitted = data.fit_preprocess("normalize", x)
+    for name in ("fashion_mnist", "mnist", "npz:/tmp/cifar100.npz", "folder:/data/cifar100",
+                 "svhn_cropped", None):
+        assert preprocess.known_stats(name) is None, name
+        p = data.fit_preprocess("normalize", x, dataset_name=name)
+        np.testing.assert_array_equal(p.mean_C, fitted.mean_C)
+        np.testing.assert_array_equal(p.std_C, fitted.std_C)
+    kip = data.fit_preprocess("zca_kip", x, dataset_name="cifar100")
+    np.testing.assert_array_equal(kip.mean_C, data.fit_preprocess("zca_kip", x).mean_C)
+
+
 @pytest.mark.parametrize("kind", data.KINDS)
 def test_preprocess_dict_round_trip(kind, tmp_path):
     x = _correlated_images(200)

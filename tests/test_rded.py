@@ -163,3 +163,52 @@ def test_cli_rded_artefact(tiny_npz, tmp_path, capsys):
     assert ev["accuracies"] == [ev["accuracy_mean"]] and ev["method"] == "rded"
     evs = json.load(open(os.path.join(r["artefact"], "evaluations.json")))
     assert [e["accuracy_mean"] for e in evs] == [rl["accuracy_mean"], ev["accuracy_mean"]]
+
+
+# ---------------------------------------------------------------------------------------
+# The student augmentation at factor > 1: ShufflePatches + RandomResizedCrop(1/f, 1)
+
+
+def test_shuffle_patches_permutes_tiles():
+    from jaxdd.augment import shuffle_patches
+    from jaxdd.labels import relabel as jr
+    x = jax.random.normal(jax.random.key(0), (8, 6, 3))
+    perm = jnp.array([[1, 0], [1, 0]], jnp.int32)  # rows and columns of tiles swapped
+    got = np.asarray(shuffle_patches(x, perm))
+    xn = np.asarray(x)
+    np.testing.assert_array_equal(got[:4, :3], xn[4:, 3:])
+    np.testing.assert_array_equal(got[4:, :3], xn[:4, 3:])
+    np.testing.assert_array_equal(np.sort(got, axis=None), np.sort(xn, axis=None))
+    np.testing.assert_array_equal(shuffle_patches(x, jnp.array([[0, 1], [0, 1]])), x)
+    with pytest.raises(ValueError, match="divisible by 4"):
+        shuffle_patches(x, jnp.tile(jnp.arange(4), (2, 1)))
+    # in the relabel augmentation: per image, a pure function of the key
+    xs = jax.random.normal(jax.random.key(1), (5, 8, 8, 2))
+    cfg = jr.RelabelConfig(shuffle_patches=2, crop_min_scale=1.0, flip=False, cutmix_alpha=0.0)
+    p = jr.aug_params(jax.random.key(2), 0, 0, 5, 5, (8, 8), cfg)
+    assert p.patch_perm_Bx2xF.shape == (5, 2, 2)
+    q = jr.aug_params(jax.random.key(2), 0, 0, 5, 5, (8, 8), cfg)
+    np.testing.assert_array_equal(p.patch_perm_Bx2xF, q.patch_perm_Bx2xF)
+    out = np.asarray(jr.apply_aug(xs, p, cfg))
+    for b in range(5):  # each output image holds the pixels of its source image
+        np.testing.assert_array_equal(np.sort(out[b], axis=None),
+                                      np.sort(np.asarray(xs[p.idx_B[b]]), axis=None))
+    perms = np.concatenate([np.asarray(jr.aug_params(jax.random.key(2), e, 0, 5, 5, (8, 8),
+                                                     cfg).patch_perm_Bx2xF) for e in range(4)])
+    assert (perms[..., 0] == 1).any() and (perms[..., 0] == 0).any()  # shuffles happen
+    off = jr.RelabelConfig(crop_min_scale=1.0, flip=False, cutmix_alpha=0.0)  # factor 1
+    p1 = jr.aug_params(jax.random.key(2), 0, 0, 5, 5, (8, 8), off)
+    np.testing.assert_array_equal(jr.apply_aug(xs, p1, off), xs[p1.idx_B])
+
+
+def test_rded_recipe_follows_the_factor():
+    from jaxdd.pipelines import sre2l as sm
+    meta = lambda f: {"config": {"rded": {"factor": f}, "relabel": {"recipe": "rded"}}}  # noqa: E731
+    o1 = sm.relabel_options(meta(1), {})
+    assert (o1["shuffle_patches"], o1["crop_min_scale"]) == (1, 1.0)
+    o2 = sm.relabel_options(meta(2), {})
+    assert (o2["shuffle_patches"], o2["crop_min_scale"]) == (2, 0.5)
+    o3 = sm.relabel_options(meta(2), {"shuffle_patches": 1, "crop_min_scale": 0.08})
+    assert (o3["shuffle_patches"], o3["crop_min_scale"]) == (1, 0.08)  # explicit values win
+    o4 = sm.relabel_options(meta(2), {"recipe": "sre2l"})
+    assert o4["shuffle_patches"] == 1  # only RDED's recipe

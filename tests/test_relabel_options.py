@@ -123,3 +123,89 @@ def test_cli_report_best_test_and_val(tiny_npz, tmp_path, capsys):
     code = main(["relabel", out, "--loss", "mse_ce", "--top-k", "2", "--quiet"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "top_k = 0" in err[0]
+
+
+# ---------------------------------------------------------------------------------------
+# SRe2L's CIFAR relabel recipe: pad-crop + flip per image, MixUp of the images, T 30
+
+
+def _cifar_rcfg(**kw):
+    opts = {k: v for k, v in sm.RECIPES["sre2l_cifar"].items()
+            if k in {f.name for f in __import__("dataclasses").fields(jr.RelabelConfig)}}
+    return jr.RelabelConfig(**{**opts, **kw})
+
+
+def test_sre2l_cifar_recipe_values():
+    r = sm.RECIPES["sre2l_cifar"]
+    assert (r["epochs"], r["batch_size"], r["temperature"], r["pad_crop"], r["mixup_alpha"],
+            r["cutmix_alpha"], r["crop_min_scale"], r["flip"]) == (400, 128, 30.0, 4, 0.8,
+                                                                   0.0, 1.0, True)
+    assert r["optimizer"] == "adamw" and r["lr"] == 1e-3 and r["weight_decay"] == 0.01
+    assert r["decay_norms_biases"] and not r["t2_factor"] and r["lr_per_epoch"]
+    # the preset uses it, and nothing in its relabel section overrides the recipe's numbers
+    from jaxdd.configs import load_config
+    cfg = load_config(os.path.join(os.path.dirname(CONFIG), "sre2l_cifar100.py"))
+    assert cfg["relabel"]["recipe"] == "sre2l_cifar"
+    o = sm.relabel_options({"config": cfg}, {})
+    assert (o["epochs"], o["batch_size"], o["temperature"], o["mixup_alpha"]) == (400, 128, 30.0, 0.8)
+    for bad, match in ((dict(mixup_alpha=0.8, cutmix_alpha=1.0), "use one mix"),
+                       (dict(pad_crop=-1), "pad_crop"), (dict(shuffle_patches=0), "shuffle")):
+        with pytest.raises(ValueError, match=match):
+            jr.RelabelConfig(**bad)
+
+
+def test_pad_crop_and_mixup_by_hand():
+    x = jax.random.normal(jax.random.key(0), (3, 6, 6, 2))
+    rcfg = _cifar_rcfg(pad_crop=2, pad_fill=(-5.0, 7.0), flip=False)
+    p = jr.aug_params(jax.random.key(1), 0, 0, 3, 3, (6, 6), rcfg)
+    assert p.pad_Bx2.shape == (3, 2) and int(p.pad_Bx2.min()) >= 0 and int(p.pad_Bx2.max()) <= 4
+    assert 0.0 < float(p.mix_lam) < 1.0
+    # offsets (2, 2) and lambda 1: the gathered images themselves
+    ident = p._replace(pad_Bx2=jnp.full((3, 2), 2, jnp.int32), mix_lam=jnp.float32(1.0))
+    np.testing.assert_array_equal(jr.apply_aug(x, ident, rcfg), x[p.idx_B])
+    # offset (0, 0): the image moves down-right by 2, the top rows are the fill value
+    shifted = ident._replace(pad_Bx2=jnp.zeros((3, 2), jnp.int32))
+    got = np.asarray(jr.apply_aug(x, shifted, rcfg))
+    np.testing.assert_array_equal(got[:, 2:, 2:], np.asarray(x[p.idx_B])[:, :4, :4])
+    np.testing.assert_array_equal(got[:, :2, :, 0], -5.0)
+    np.testing.assert_array_equal(got[:, :, :2, 1], 7.0)
+    # MixUp: lam x + (1 - lam) x[perm] of the cropped images, one lambda per batch
+    mixed = np.asarray(jr.apply_aug(x, p._replace(pad_Bx2=ident.pad_Bx2), rcfg))
+    xb = np.asarray(x[p.idx_B])
+    lam = float(p.mix_lam)
+    np.testing.assert_allclose(mixed, lam * xb + (1 - lam) * xb[np.asarray(p.mix_perm_B)],
+                               rtol=1e-6, atol=1e-6)
+    # the options only add draws: without them, the older parameters are unchanged
+    plain = jr.RelabelConfig()
+    a = jr.aug_params(jax.random.key(4), 1, 0, 3, 2, (6, 6), plain)
+    b = jr.aug_params(jax.random.key(4), 1, 0, 3, 2, (6, 6), _cifar_rcfg(crop_min_scale=0.08,
+                                                                        mixup_alpha=0.0,
+                                                                        cutmix_alpha=1.0))
+    for f in ("idx_B", "box_Bx4", "flip_B", "mix_perm_B", "mix_box_4"):
+        np.testing.assert_array_equal(getattr(a, f), getattr(b, f))
+
+
+def test_sre2l_cifar_stored_labels_equal_online():
+    k_cls, shape = 3, (8, 8, 2)
+    x = jax.random.normal(jax.random.key(0), (7, *shape))
+    w = jax.random.normal(jax.random.key(1), (128, 8))
+    w2 = jax.random.normal(jax.random.key(2), (8, k_cls))
+    teacher = lambda xb: jnp.tanh(xb.reshape(xb.shape[0], -1) @ w) @ w2  # noqa: E731
+    rcfg = _cifar_rcfg(pad_fill=(-1.5, 0.5), top_k=2)
+    key, epochs, bs = jax.random.key(3), 2, 3  # 3 steps per epoch, the last one padded
+    stored = jax.jit(jr.generate_labels, static_argnums=(0, 3, 4, 5))(
+        teacher, x, key, epochs, bs, rcfg)
+    online = jax.jit(jr.online_labels, static_argnums=(0, 5, 6))
+    for e in range(epochs):
+        for s in range(3):
+            v, i = online(teacher, x, key, e, s, bs, rcfg)
+            np.testing.assert_array_equal(stored.values_ExSxBxk[e, s], v)
+            np.testing.assert_array_equal(stored.indices_ExSxBxk[e, s], i)
+    student = get_model("convnet_d2_w4", k_cls, shape)
+    cfg = TrainConfig(epochs=epochs, batch_size=bs, lr=1e-3, weight_decay=0.01,
+                      schedule="cosine", optimizer="adamw", dsa="")
+    train = jax.jit(jr.train_student, static_argnums=(1, 2, 3, 5))
+    v_on = train(jax.random.key(9), student, cfg, rcfg, x, teacher, None, key)
+    v_st = train(jax.random.key(9), student, cfg, rcfg, x, None, stored, key)
+    for a, b in zip(jax.tree.leaves(v_on), jax.tree.leaves(v_st)):
+        np.testing.assert_array_equal(a, b)

@@ -4,6 +4,8 @@ Command:  jaxdd distill --config configs/classic/dc_fashion_mnist_cpu.py --ipc 1
 Runtime / expected accuracy: measured by jaxdd in benchmarks/results/fashion_mnist.md.
 Reductions: ConvNet-D3 width 32; `iterations` counts distiller steps (one outer step of
 the reference each; the reference runs 1000 x outer_loop of them); batch_real 64.
+Evaluation: the reduced `cpu` protocol (ConvNet-D3 width 32, 300 epochs, DSA; a CPU
+stand-in, recorded as `protocol_reduced`); the paper's protocol is in dc_cifar10.py.
 """
 
 from jaxdd.configs import family_base

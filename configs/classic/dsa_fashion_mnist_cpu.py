@@ -3,6 +3,8 @@
 Command:  jaxdd distill --config configs/classic/dsa_fashion_mnist_cpu.py --ipc 10
 Runtime / expected accuracy: measured by jaxdd in benchmarks/results/fashion_mnist.md.
 Reductions: as configs/classic/dc_fashion_mnist_cpu.py; real init (DSA readme).
+Evaluation: the reduced `cpu` protocol (ConvNet-D3 width 32, 300 epochs, DSA; a CPU
+stand-in, recorded as `protocol_reduced`); the paper's protocol is in dsa_cifar10.py.
 """
 
 from jaxdd.configs import family_base

@@ -17,7 +17,7 @@ from jaxdd.augment.dsa import flip_horizontal
 PRNGKey = jax.Array
 
 __all__ = ["CDA_FLOOR", "cda_min_scale", "sample_crop_box", "crop_resize", "random_resized_crop",
-           "random_pad_crop", "random_flip", "random_jitter", "fyi_flip_concat"]
+           "random_pad_crop", "pad_crop", "shuffle_patches", "random_flip", "random_jitter", "fyi_flip_concat"]
 
 CDA_FLOOR = 0.08  # torchvision's default RandomResizedCrop lower scale; CDA's end point
 
@@ -87,18 +87,40 @@ def random_pad_crop(key: PRNGKey, x_NHWC: jax.Array, pad: int = 4,
     offset in [0, 2 pad]^2; one offset for the batch or one per image."""
     if pad <= 0:
         return x_NHWC
+    n = x_NHWC.shape[0]
+    if per_image:
+        return pad_crop(x_NHWC, jax.random.randint(key, (n, 2), 0, 2 * pad + 1), pad, fill_C)
+    d = jax.random.randint(key, (2,), 0, 2 * pad + 1)
+    return pad_crop(x_NHWC, jnp.broadcast_to(d, (n, 2)), pad, fill_C)
+
+
+def pad_crop(x_NHWC: jax.Array, offsets_Nx2: jax.Array, pad: int,
+             fill_C: jax.Array | None = None) -> jax.Array:
+    """The deterministic half of RandomCrop(size, padding=pad): pad every image by `pad`
+    with `fill_C` (default 0), then cut the (H, W) window at (dy, dx) = offsets_Nx2[i], each
+    in [0, 2 pad] (pad, pad: the image itself)."""
     n, h, w, c = x_NHWC.shape
     xp = jnp.pad(x_NHWC, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
     if fill_C is not None:  # pad value per channel (e.g. a black pixel in model space)
         inside = jnp.pad(jnp.ones((1, h, w, 1), bool), ((0, 0), (pad, pad), (pad, pad), (0, 0)))
         xp = jnp.where(inside, xp, jnp.asarray(fill_C, xp.dtype).reshape(1, 1, 1, c))
     crop = lambda img, d: jax.lax.dynamic_slice(img, (d[0], d[1], 0), (h, w, c))
-    if per_image:
-        d = jax.random.randint(key, (n, 2), 0, 2 * pad + 1)
-        return jax.vmap(crop)(xp, d)
-    d = jax.random.randint(key, (2,), 0, 2 * pad + 1)
-    return jax.vmap(crop, in_axes=(0, None))(xp, d)
+    return jax.vmap(crop)(xp, offsets_Nx2)
 
+
+def shuffle_patches(x_HWC: jax.Array, perm_2xF: jax.Array) -> jax.Array:
+    """RDED's ShufflePatches(f) for one image: cut it into f x f equal patches and move them
+    as a grid, row strip i <- row strip perm_2xF[0, i], column strip j <- column strip
+    perm_2xF[1, j] (the reference shuffles the f column strips, then the f row strips, each
+    by its own random order). H and W must divide by f; identity permutations: the image."""
+    f = perm_2xF.shape[-1]
+    h, w, c = x_HWC.shape
+    if h % f or w % f:
+        raise ValueError(f"shuffle_patches {f} needs the image sides divisible by {f}; "
+                         f"they are {h} x {w}")
+    g = x_HWC.reshape(f, h // f, f, w // f, c)
+    g = jnp.take(jnp.take(g, perm_2xF[0], axis=0), perm_2xF[1], axis=2)
+    return g.reshape(h, w, c)
 
 
 def random_flip(key: PRNGKey, x_NHWC: jax.Array, per_image: bool = False) -> jax.Array:

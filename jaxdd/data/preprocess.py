@@ -6,9 +6,12 @@ scalars that round-trips through `to_dict` / `from_dict` (an npz holds the dict)
 
 Kinds (spec: evaluation.md section 3):
 - `none`: pixels in [0, 1].
-- `normalize`: per-channel (x - mean_C) / std_C. CIFAR-10 uses the conventional constants
-  mean (0.4914, 0.4822, 0.4465), std (0.2023, 0.1994, 0.2010); other datasets are fitted
-  (population mean / std over all training pixels of a channel).
+- `normalize`: per-channel (x - mean_C) / std_C. The datasets of `KNOWN_STATS` use the
+  references' constants: CIFAR-10 and CIFAR-100 mean (0.4914, 0.4822, 0.4465), std (0.2023,
+  0.1994, 0.2010) (MTT and SRe2L use CIFAR-10's numbers for CIFAR-100), ImageNet,
+  Tiny-ImageNet and ImageNet-resized torchvision's (0.485, 0.456, 0.406) / (0.229, 0.224,
+  0.225); other datasets (Fashion-MNIST, npz:, folder:) are fitted (population mean / std
+  over all training pixels of a channel).
 - `zca` (trajectory matching, MTT): on [0, 1] pixels with *no* per-channel normalisation
   (MTT's `get_dataset` uses a bare `ToTensor()` when `--zca` is set, then fits Kornia's
   `ZCAWhitening(eps=0.1)`), flattened to D = H*W*C: mean mu, covariance with 1/(N-1),
@@ -33,6 +36,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 from typing import Any
 
 import jax
@@ -40,10 +44,35 @@ import jax.numpy as jnp
 import numpy as np
 
 KINDS = ("none", "normalize", "zca", "zca_kip")
-# Per-channel (mean, std) constants that the reference code uses for these datasets.
-KNOWN_STATS = {"cifar10": ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
-               # torchvision's ImageNet constants (every ImageNet reference uses them)
-               "imagenet2012": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))}
+# Per-channel (mean, std) constants that the reference code uses for these datasets (their
+# `normalize` preprocessing uses them instead of fitted statistics; see `known_stats`).
+_CIFAR10_STATS = ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010))
+# torchvision's ImageNet constants (every ImageNet reference uses them)
+_IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+KNOWN_STATS = {"cifar10": _CIFAR10_STATS,
+               # MTT utils.py get_dataset ('CIFAR100' branch) and SRe2L
+               # small_dataset/relabel_cifar.py:54 normalise CIFAR-100 with CIFAR-10's numbers
+               "cifar100": _CIFAR10_STATS,
+               "imagenet2012": _IMAGENET_STATS,
+               # MTT utils.py get_dataset ('Tiny' and 'ImageNet' branches): ImageNet's
+               "tiny_imagenet": _IMAGENET_STATS,
+               "imagenet_resized": _IMAGENET_STATS}
+_TINY_FOLDER = "tiny-imagenet-200"  # the directory of the official Tiny-ImageNet archive
+
+
+def known_stats(dataset_name: str | None) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+    """The reference (mean, std) of a dataset, or None (then statistics are fitted).
+
+    A TFDS name with a config (`imagenet_resized/64x64`) uses its base name; a
+    `folder:PATH` whose last component is `tiny-imagenet-200` is Tiny-ImageNet."""
+    if not dataset_name:
+        return None
+    if dataset_name.startswith("folder:"):
+        leaf = os.path.basename(os.path.normpath(dataset_name[len("folder:"):]))
+        return KNOWN_STATS["tiny_imagenet"] if leaf == _TINY_FOLDER else None
+    if ":" in dataset_name:  # npz:PATH and other sources: fitted
+        return None
+    return KNOWN_STATS.get(dataset_name, KNOWN_STATS.get(dataset_name.split("/")[0]))
 ZCA_EPS = 0.1      # MTT: absolute eps added to the covariance eigenvalues
 KIP_ZCA_REG = 0.1  # KIP/FRePo: eps = reg * trace(M) / D
 _CHUNK = 4096      # rows per block in fits and numpy applies (bounds temporary memory)
@@ -102,7 +131,7 @@ def fit_preprocess(kind: str, x_train: np.ndarray, *, dataset_name: str | None =
                    std: tuple[float, ...] | None = None) -> Preprocess:
     """Fit `kind` on training images x_train (N,H,W,C) uint8 (or float in [0, 1]).
 
-    `dataset_name` picks known normalisation constants (cifar10); `mean` / `std` override
+    `dataset_name` picks known normalisation constants (`known_stats`); `mean` / `std` override
     them. `eps` is the absolute ZCA regulariser of `zca`; `reg` and `layer_norm` configure
     `zca_kip`.
     """
@@ -120,8 +149,8 @@ def fit_preprocess(kind: str, x_train: np.ndarray, *, dataset_name: str | None =
         return _from_eig("zca", shape, zeros, ones, mu_D, cov_DxD, eps=float(eps),
                          rank=cov_DxD.shape[0])
 
-    if mean is None and std is None and kind == "normalize" and dataset_name in KNOWN_STATS:
-        mean, std = KNOWN_STATS[dataset_name]
+    if mean is None and std is None and kind == "normalize" and known_stats(dataset_name):
+        mean, std = known_stats(dataset_name)
     fit_mean, fit_std = (None, None) if mean is not None and std is not None else (
         _channel_stats(x_train))
     mean_C = np.asarray(mean if mean is not None else fit_mean, np.float32).reshape(c)

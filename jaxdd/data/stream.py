@@ -694,7 +694,7 @@ def fit_streamed_preprocess(kind: str, data: StreamedDataset, seed: int = 0,
         raise ValueError(f"preprocess {kind!r} needs the whole training set in memory; a "
                          f"streamed dataset uses normalize or none")
     sample = np.zeros((1, *data.image_shape), np.uint8)
-    if kind == "normalize" and data.name not in pre.KNOWN_STATS:
+    if kind == "normalize" and pre.known_stats(data.name) is None:
         n = len(data.train)
         idx = np.random.default_rng(seed).permutation(n)[:min(n, max_images)]
         sample = read_images(data.train, np.sort(idx), data.image_shape)

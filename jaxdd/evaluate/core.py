@@ -8,6 +8,7 @@ so 8 devices train 8 seeds side by side with the same program as one device.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Callable, NamedTuple
 
@@ -126,4 +127,8 @@ def evaluate_set(key: jax.Array, x_syn_NHWC: np.ndarray, y_syn: np.ndarray, data
         "epochs": protocol.train.epochs, "batch_size": protocol.train.batch_size,
         "augment": protocol.train.dsa or None, "lr": None if lr is None else float(lr), "report": "final epoch",
         "train_seconds": round(t_train, 2), "seconds": round(time.time() - t0, 2),
+        # the protocol as it ran (overrides and augment switch applied), so a stored result
+        # says how it was obtained; `reduced`: a CPU stand-in, not a paper's protocol
+        "protocol_train": dataclasses.asdict(protocol.train), "protocol_reduced": protocol.reduced,
+        "protocol_description": protocol.description,
     }

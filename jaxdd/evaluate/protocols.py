@@ -1,8 +1,17 @@
 """Named, serialisable evaluation protocols.
 
 `mtt` is the reference recipe of the trajectory-matching papers (../shared/specs/
-evaluation.md section 1). `cpu` is the same recipe reduced to fit this project's 2-core CI
-machine; its numbers are only comparable with other `cpu` numbers. `smoke` is for tests.
+evaluation.md section 1). The classic matchers' papers evaluate in their own ways, each a
+named protocol (facts from VICO-UoE/DatasetCondensation and DataDistillation/DataDAM):
+- `dc`: DC's `main.py` (:20 epoch_eval_train 300, :23 lr_net 0.01, :25 batch_train 256)
+  with `utils.get_daparam` strategy 'none' for every non-MNIST dataset and ConvNet: no
+  augmentation, 300 epochs (1000 only when augmenting), lr x0.1 after half of them.
+- `dsa`: DSA's and DM's `evaluate_synset` with DSA (`color_crop_cutout_flip_scale_rotate`),
+  1000 epochs, batch 256, lr 0.01: the same recipe as `mtt`, named for what it evaluates.
+- `datadam`: DataDAM's `main_DataDAM.py` (:26 epoch_eval_train 1800, :29 lr_net 0.01, :31
+  batch_train 64, :33 DSA strategy) with a BatchNorm ConvNet (`ConvNetBN`, issue #14).
+`cpu` is the `mtt` recipe reduced to fit this project's 2-core CI machine (`reduced`: its
+numbers are only comparable with other `cpu` numbers). `smoke` is for tests.
 """
 
 from __future__ import annotations
@@ -21,6 +30,7 @@ class Protocol:
     train: TrainConfig    # recipe for training on a distilled set (lr: default if none learned)
     full_train: TrainConfig  # recipe for the full-dataset upper bound
     description: str = ""
+    reduced: bool = False  # a CPU-sized stand-in for a paper's protocol (compare like with like)
 
 
 PROTOCOLS: dict[str, Protocol] = {
@@ -39,7 +49,31 @@ PROTOCOLS: dict[str, Protocol] = {
         TrainConfig(epochs=5, batch_size=256, lr=0.01, momentum=0.9, weight_decay=5e-4,
                     schedule="step", dsa=""),
         "ConvNet-D3 width 32, SGD(m 0.9, wd 5e-4), 300 epochs, lr x0.1 at 150, batch 256, "
-        "DSA; full data: 5 epochs without DSA. Sized for a 2-core CPU."),
+        "DSA; full data: 5 epochs without DSA. Reduced: sized for a 2-core CPU.", reduced=True),
+    "dc": Protocol(
+        "dc", "convnet",
+        TrainConfig(epochs=300, batch_size=256, lr=0.01, momentum=0.9, weight_decay=5e-4,
+                    schedule="step", dsa=""),
+        TrainConfig(epochs=50, batch_size=256, lr=0.01, momentum=0.9, weight_decay=5e-4,
+                    schedule="step", dsa=""),
+        "DC's evaluation: ConvNet-D3 width 128, SGD(m 0.9, wd 5e-4), 300 epochs, lr x0.1 at "
+        "150, batch 256, no augmentation (DatasetCondensation main.py, get_daparam)."),
+    "dsa": Protocol(
+        "dsa", "convnet",
+        TrainConfig(epochs=1000, batch_size=256, lr=0.01, momentum=0.9, weight_decay=5e-4,
+                    schedule="step", dsa=DSA_DEFAULT),
+        TrainConfig(epochs=50, batch_size=256, lr=0.01, momentum=0.9, weight_decay=5e-4,
+                    schedule="step", dsa=""),
+        "DSA / DM evaluation: ConvNet-D3 width 128, SGD(m 0.9, wd 5e-4), 1000 epochs, lr x0.1 "
+        "at 500, batch 256, DSA on every batch (DatasetCondensation evaluate_synset)."),
+    "datadam": Protocol(
+        "datadam", "convnet_d3_w128_bn",
+        TrainConfig(epochs=1800, batch_size=64, lr=0.01, momentum=0.9, weight_decay=5e-4,
+                    schedule="step", dsa=DSA_DEFAULT),
+        TrainConfig(epochs=50, batch_size=256, lr=0.01, momentum=0.9, weight_decay=5e-4,
+                    schedule="step", dsa=""),
+        "DataDAM's evaluation: ConvNet-D3 width 128 with BatchNorm, SGD(m 0.9, wd 5e-4), 1800 "
+        "epochs, lr x0.1 at 900, batch 64, DSA on every batch (main_DataDAM.py)."),
     "smoke": Protocol(
         "smoke", "mlp_w32",
         TrainConfig(epochs=20, batch_size=64, lr=0.01, momentum=0.9, weight_decay=5e-4,

@@ -1,7 +1,8 @@
 """Relabel: train a student on the distilled images with the teacher's soft labels.
 
-Every augmentation parameter of step s of epoch e (batch indices, crop boxes, flips, the
-CutMix permutation and box) is a pure function of (key, e, s) — `aug_params`. Hence
+Every augmentation parameter of step s of epoch e (batch indices, crop boxes, pad-crop
+offsets, flips, patch shuffles, the CutMix / MixUp permutation, box and lambda) is a pure
+function of (key, e, s) — `aug_params`. Hence
 "online" labels (the teacher labels each augmented batch on the fly, SRe2L's KD mode) and
 "stored" labels (FKD style: `generate_labels` precomputes the teacher's logits for every
 (e, s), fp16 or top-k, saved as .npz) are the same numbers, and a student trained from
@@ -25,10 +26,18 @@ best test accuracy seen every 10 epochs — test-selected, hence optimistic).
 
 Facts carried from the references: SRe2L ImageNet KD: AdamW lr 1e-3, wd 0.01, cosine per
 epoch, T = 20, no T^2, CutMix, RandomResizedCrop(0.08, 1) + flip; the CIFAR script
-(`relabel_cifar.py`) uses T = 30 and MixUp(0.8), and never puts its teacher in eval mode
-(its BN teacher labels with batch statistics — a quirk we do not copy: the teacher here is
-always in inference mode). CutMix mixes the images only: the teacher labels the mixed
-image, so no label mixing is needed.
+(SRe2L `small_dataset/relabel_cifar.py`) uses RandomCrop(32, padding 4) + flip per image
+(`pad_crop`), MixUp(0.8) (`mixup_alpha`), T = 30, AdamW on all parameters
+(`decay_norms_biases`), batch 128, 400 epochs (recipe `sre2l_cifar`), and never puts its
+teacher in eval mode (its BN teacher labels with batch statistics — a quirk we do not copy:
+the teacher here is always in inference mode). CutMix and MixUp mix the images only: the
+teacher labels the mixed image, so no label mixing is needed. RDED's student at factor
+f > 1 (validation/main.py:115-126) shuffles each image's f x f patches (`shuffle_patches`:
+one permutation of the f column strips and one of the f row strips, as its ShufflePatches)
+before a RandomResizedCrop of area (1/f, 1) and the flip.
+
+Order of the augmentations: gather, patch shuffle, random-resized-crop, pad-crop, flip
+(all per image), then CutMix or MixUp (per batch).
 """
 
 from __future__ import annotations
@@ -42,7 +51,7 @@ import numpy as np
 import optax
 
 from jaxdd import safeio
-from jaxdd.augment.crops import crop_resize, sample_crop_box
+from jaxdd.augment.crops import crop_resize, pad_crop, sample_crop_box, shuffle_patches
 from jaxdd.augment.cutmix import cutmix_box, paste_box
 from jaxdd.augment.dsa import flip_horizontal
 from jaxdd.models import Model, Variables
@@ -75,6 +84,11 @@ class RelabelConfig:
     ce_weight: float = 0.1          # weight of the CE term of eq. (3) (G-VBSM spec: 0.1)
     cosine_span: float = 1.0        # cosine lr covers this part of its half period: lr ends at
                                     # 0.5 (1 + cos(pi span)) x lr; RDED's scheduler: 0.5
+    pad_crop: int = 0               # RandomCrop(size, padding=p) per image [px]; 0 = off
+    pad_fill: tuple[float, ...] = ()  # pad-crop fill per channel in model space (a black
+                                    # pixel: -mean/std); () = 0
+    mixup_alpha: float = 0.0        # MixUp lambda ~ Beta(a, a), one per batch; 0 = off
+    shuffle_patches: int = 1        # f: shuffle the f x f patches of each image (RDED); 1 = off
 
     def __post_init__(self):
         if self.label_dtype not in ("float16", "bfloat16", "float32"):
@@ -88,6 +102,17 @@ class RelabelConfig:
                              "(the classes outside the top-k have no logit)")
         if not 0 < self.cosine_span <= 1:
             raise ValueError(f"cosine_span must be in (0, 1], got {self.cosine_span}")
+        if self.pad_crop < 0:
+            raise ValueError(f"pad_crop must be >= 0 pixels, got {self.pad_crop}")
+        if self.mixup_alpha < 0 or self.cutmix_alpha < 0:
+            raise ValueError("cutmix_alpha and mixup_alpha must be >= 0 (0 = off)")
+        if self.mixup_alpha > 0 and self.cutmix_alpha > 0:
+            raise ValueError(f"cutmix_alpha={self.cutmix_alpha} and mixup_alpha="
+                             f"{self.mixup_alpha}: use one mix (set the other to 0)")
+        if self.shuffle_patches < 1:
+            raise ValueError(f"shuffle_patches must be >= 1 (1 = off), got {self.shuffle_patches}")
+        if not 0 < self.crop_min_scale <= 1:
+            raise ValueError(f"crop_min_scale must be in (0, 1], got {self.crop_min_scale}")
 
 
 class AugParams(NamedTuple):
@@ -97,8 +122,11 @@ class AugParams(NamedTuple):
     mask_B: jax.Array       # 1 for real entries, 0 for padding of the last batch
     box_Bx4: jax.Array      # (y0, x0, h, w) crop per image
     flip_B: jax.Array       # bool
-    mix_perm_B: jax.Array   # CutMix partner of each image
+    mix_perm_B: jax.Array   # CutMix / MixUp partner of each image
     mix_box_4: jax.Array    # (y0, y1, x0, x1) int32 pasted region (empty when CutMix is off)
+    pad_Bx2: jax.Array      # int32 pad-crop offsets (dy, dx) in [0, 2 pad] (pad: none)
+    mix_lam: jax.Array      # MixUp weight of the image itself (1 when MixUp is off)
+    patch_perm_Bx2xF: jax.Array  # int32 row-strip and column-strip permutations (identity: off)
 
 
 class StoredLabels(NamedTuple):
@@ -136,15 +164,34 @@ def aug_params(key: jax.Array, epoch: jax.Array | int, step: jax.Array | int, n:
     mix_perm = jax.random.permutation(k_perm, bs).astype(jnp.int32)
     mix_box = (cutmix_box(k_lam, k_cy, k_cx, h, w, cfg.cutmix_alpha) if cfg.cutmix_alpha > 0
                else jnp.zeros((4,), jnp.int32))  # an empty box: no CutMix
-    return AugParams(idx, mask, boxes, flip, mix_perm, mix_box)
+    # Keys of the later options come from their own fold_in: the draws above (and so every
+    # set of options without them) stay what they were.
+    k_pad, k_mix, k_shuf = jax.random.split(
+        jax.random.fold_in(jax.random.fold_in(k_epoch, step + 1), 7), 3)
+    pad = (jax.random.randint(k_pad, (bs, 2), 0, 2 * cfg.pad_crop + 1).astype(jnp.int32)
+           if cfg.pad_crop else jnp.zeros((bs, 2), jnp.int32))
+    lam = (jax.random.beta(k_mix, cfg.mixup_alpha, cfg.mixup_alpha).astype(jnp.float32)
+           if cfg.mixup_alpha > 0 else jnp.ones((), jnp.float32))
+    f = cfg.shuffle_patches
+    perms = (jax.vmap(lambda k: jax.random.permutation(k, f))(jax.random.split(k_shuf, 2 * bs))
+             if f > 1 else jnp.broadcast_to(jnp.arange(f), (2 * bs, f)))
+    return AugParams(idx, mask, boxes, flip, mix_perm, mix_box, pad, lam,
+                     perms.reshape(bs, 2, f).astype(jnp.int32))
 
 
 def apply_aug(x_syn_NHWC: jax.Array, p: AugParams, cfg: RelabelConfig) -> jax.Array:
-    """Gather the batch, random-resized-crop + flip per image, then paste the CutMix box."""
+    """Gather the batch; per image: patch shuffle, random-resized-crop, pad-crop, flip; then
+    the batch's CutMix box or MixUp (module docstring)."""
     x = x_syn_NHWC[p.idx_B]
+    if cfg.shuffle_patches > 1:
+        x = jax.vmap(shuffle_patches)(x, p.patch_perm_Bx2xF)
     if cfg.crop_min_scale < 1.0:
         x = jax.vmap(crop_resize)(x, p.box_Bx4)
+    if cfg.pad_crop:
+        x = pad_crop(x, p.pad_Bx2, cfg.pad_crop, cfg.pad_fill or None)
     x = flip_horizontal(x, p.flip_B)
+    if cfg.mixup_alpha > 0:  # lam x + (1 - lam) x[perm]; the teacher labels the result
+        return p.mix_lam * x + (1.0 - p.mix_lam) * x[p.mix_perm_B]
     return paste_box(x, x[p.mix_perm_B], p.mix_box_4)
 
 

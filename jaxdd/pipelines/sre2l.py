@@ -30,8 +30,7 @@ split over the mesh) and cached under TEACHER_DIR/conv_targets/<key hash>/
 of `batch_size` classes (IPC indices i0..i0+g-1); batch files keep the name of i0.
 
 Not implemented here (see the spec): G-VBSM's rotation of teachers per iteration (several
-teachers are vmapped together, `stacked_teachers`), and RDED's ShufflePatches student
-augmentation (a no-op at factor 1).
+teachers are vmapped together, `stacked_teachers`).
 """
 
 from __future__ import annotations
@@ -75,10 +74,19 @@ METHODS = ("sre2l", "cda", "gvbsm", "dwa")
 _SRE2L = dict(optimizer="adamw", lr=1e-3, weight_decay=0.01, momentum=0.9, schedule="cosine",
               epochs=300, batch_size=1024, temperature=20.0, t2_factor=False, lr_per_epoch=True,
               cutmix_alpha=1.0, crop_min_scale=0.08, flip=True, ensemble=False, loss="kd",
-              ce_weight=0.1, cosine_span=1.0)
+              ce_weight=0.1, cosine_span=1.0, decay_norms_biases=False, pad_crop=0,
+              mixup_alpha=0.0, shuffle_patches=1)
 RECIPES: dict[str, dict[str, Any]] = {
     # AdamW 1e-3, wd 0.01 (not on biases/norms), cosine per epoch, T 20, no T^2
     "sre2l": dict(_SRE2L),
+    # SRe2L's CIFAR relabel (VILA-Lab/SRe2L SRe2L/*small_dataset/relabel_cifar.py): per image
+    # RandomCrop(32, padding=4) + flip (:51-52; no resized crop), MixUp with lambda ~
+    # Beta(0.8, 0.8) of the images, labelled by the teacher (:111-119, :133, :138), T 30
+    # (:107), AdamW lr 1e-3 wd 0.01 on every parameter (:104), cosine per epoch (:106), batch
+    # 128 and 400 epochs (relabel_cifar.sh:2,6).
+    "sre2l_cifar": dict(_SRE2L, epochs=400, batch_size=128, temperature=30.0,
+                        decay_norms_biases=True, crop_min_scale=1.0, pad_crop=4,
+                        cutmix_alpha=0.0, mixup_alpha=0.8),
     # CDA trains its students with SRe2L's KD code; the spec lists no recipe of its own.
     "cda": dict(_SRE2L),
     # RDED validation/main.py: AdamW(0.9, 0.999) lr 1e-3 (ResNet-18 / ConvNet students), wd
@@ -86,7 +94,10 @@ RECIPES: dict[str, dict[str, Any]] = {
     # (factor 1 at 32/64 px: no crop), scheduler 0.5 (1 + cos(pi e / (2 E))) stepped per
     # epoch (half a cosine: the lr ends at half its start), batch 100 at CIFAR-100 IPC 10
     # (200 at IPC 50: set relabel.batch_size). It prints the best test accuracy of every
-    # 10th epoch in the last 20 % (here: report="best", select="test").
+    # 10th epoch in the last 20 % (here: report="best", select="test"). At factor f > 1
+    # (validation/main.py:115-126) each image's f x f patches are shuffled (ShufflePatches)
+    # before a RandomResizedCrop of area (1/f, 1): `relabel_options` sets shuffle_patches = f
+    # and crop_min_scale = 1/f from the artefact's rded.factor unless they are given.
     "rded": dict(_SRE2L, batch_size=100, crop_min_scale=1.0, cosine_span=0.5),
     # G-VBSM: the teachers' logits rescaled to the mean Frobenius norm and averaged (spec 4),
     # student loss "logit matching" eq. (3): MSE(logits) + 0.1 CE(student, y). Optimiser
@@ -281,6 +292,11 @@ def relabel_options(art_meta: dict, overrides: dict) -> dict:
     merged = {**recipe, **{k: v for k, v in saved.items() if k in recipe and v is not None},
               **{k: v for k, v in overrides.items() if k in recipe and v is not None}}
     opts.update(merged)
+    given = {k for d in (saved, overrides) for k, v in d.items() if v is not None}
+    factor = int((art_meta.get("config", {}).get("rded") or {}).get("factor", 1) or 1)
+    if opts["recipe"] == "rded" and factor > 1:  # RDED's student augmentation at factor f
+        opts.update({k: v for k, v in (("shuffle_patches", factor),
+                                       ("crop_min_scale", 1.0 / factor)) if k not in given})
     if opts["mode"] not in ("online", "stored"):
         raise ValueError(f"relabel mode {opts['mode']!r}; use online or stored")
     if opts["report"] not in ("last", "best"):
@@ -328,7 +344,10 @@ def relabel(art_path: str, teacher_path: str | None, overrides: dict | None = No
         crop_min_scale=float(o["crop_min_scale"]), flip=bool(o["flip"]),
         cutmix_alpha=float(o["cutmix_alpha"]), label_dtype=o["label_dtype"],
         top_k=int(o["top_k"]), lr_per_epoch=bool(o["lr_per_epoch"]), loss=o["loss"],
-        ce_weight=float(o["ce_weight"]), cosine_span=float(o["cosine_span"]))
+        ce_weight=float(o["ce_weight"]), cosine_span=float(o["cosine_span"]),
+        decay_norms_biases=bool(o["decay_norms_biases"]), pad_crop=int(o["pad_crop"]),
+        pad_fill=black_pixel(art.preprocess), mixup_alpha=float(o["mixup_alpha"]),
+        shuffle_patches=int(o["shuffle_patches"]))
     if rcfg.top_k and not 0 < rcfg.top_k <= k_classes:
         raise ValueError(f"top_k {rcfg.top_k} must be in 1..{k_classes}")
 
@@ -445,6 +464,10 @@ def relabel(art_path: str, teacher_path: str | None, overrides: dict | None = No
         "temperature": rcfg.temperature, "t2_factor": rcfg.t2_factor, "top_k": rcfg.top_k,
         "label_dtype": rcfg.label_dtype, "ensemble": bool(o["ensemble"]),
         "num_teachers": len(vlist), "loss": loss_txt, "ce_weight": rcfg.ce_weight,
+        "augment": {"crop_min_scale": rcfg.crop_min_scale, "pad_crop": rcfg.pad_crop,
+                    "flip": rcfg.flip, "cutmix_alpha": rcfg.cutmix_alpha,
+                    "mixup_alpha": rcfg.mixup_alpha, "shuffle_patches": rcfg.shuffle_patches},
+        "decay_norms_biases": rcfg.decay_norms_biases,
         "eval_seed": int(o["seed"]), "teacher_dir": os.path.abspath(teacher_path),
         "teacher_test_accuracy": [r["test_accuracy"] for r in tman["teachers"] if r["complete"]][:len(vlist)],
         "image_bytes": image_bytes, "label_bytes": stored_bytes,
@@ -460,6 +483,16 @@ def relabel(art_path: str, teacher_path: str | None, overrides: dict | None = No
     if is_main:
         artefact.add_evaluation(art_path, res)
     return {**res, "artefact": art_path}
+
+
+def black_pixel(pre: jdata.Preprocess) -> tuple[float, ...]:
+    """A black pixel in the model space of per-channel preprocessing (what RandomCrop's zero
+    padding of [0, 1] pixels becomes there): -mean/std for normalize, 0 otherwise (for ZCA
+    kinds 0 is the mean image, the nearest per-channel value)."""
+    if pre.kind != "normalize":
+        return ()
+    return tuple(float(v) for v in -np.asarray(pre.mean_C, np.float64)
+                 / np.asarray(pre.std_C, np.float64))
 
 
 def best_report(curve_SxRxM: np.ndarray, epochs_R: list[int], select: str) -> dict:
