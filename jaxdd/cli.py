@@ -64,17 +64,21 @@ def _load(name: str, seed: int = 0):
 
 
 def _evaluate_artefact(path: str, protocol: str, seeds: int, model: str | None, seed: int,
-                       overrides: dict, quiet: bool, augment: bool = True) -> dict:
+                       overrides: dict, quiet: bool, augment: bool = True,
+                       soup: str | None = None, init: str | None = None) -> dict:
     """`overrides`: TrainConfig fields replacing the protocol's (None values are ignored);
-    `augment=False`: the protocol without augmentation."""
+    `augment=False`: the protocol without augmentation; `soup`, `init`: see cmd_evaluate."""
     return _evaluate_models(path, protocol, seeds, [model], seed, overrides, quiet,
-                            augment)[0][0]
+                            augment, soup, init)[0][0]
 
 
 def _evaluate_models(path: str, protocol: str, seeds: int, models: list[str | None], seed: int,
-                     overrides: dict, quiet: bool, augment: bool = True):
+                     overrides: dict, quiet: bool, augment: bool = True,
+                     soup: str | None = None, init: str | None = None):
     """(one result per model (None: the protocol's), all with the same seed keys; the
     artefact). The names are checked against the artefact's images before the dataset loads."""
+    from jaxdd.evaluate import soups
+    soups.check_soup(soup)
     import jax
 
     from jaxdd import artefact
@@ -94,7 +98,7 @@ def _evaluate_models(path: str, protocol: str, seeds: int, models: list[str | No
         label = f"evaluate {protocol}" + (f" {model}" if len(models) > 1 else "")
         res = evaluate_set(jax.random.key(seed), art.x_syn_NHWC, art.y_syn, data, proto, seeds,
                            lr=art.lr, model_name=model,
-                           progress=Progress(label, enabled=not quiet))
+                           progress=Progress(label, enabled=not quiet), soup=soup)
         res.update(method=art.meta["method"], dataset=art.meta["dataset"], ipc=art.meta["ipc"],
                    eval_seed=seed)
         results.append(res)
@@ -106,10 +110,18 @@ def cmd_evaluate(args) -> int:
     overrides = {"epochs": args.epochs, "batch_size": args.batch_size}
     if args.models is None:
         res = _evaluate_artefact(args.dir, args.protocol, args.seeds, args.model, args.seed,
-                                 overrides, args.quiet, augment=not args.no_aug)
-        _emit(res, args.json, f"{args.dir}: {_fmt_acc(res)}")  # printed before it is written
+                                 overrides, args.quiet, augment=not args.no_aug, soup=args.soup)
+        human = f"{args.dir}: {_fmt_acc(res)}"
+        if "soup" in res:
+            s = res["soup"]
+            human += (f"\n  {s['kind']} soup of {len(s['members'])}/{res['seeds']} students: "
+                      f"{100 * s['accuracy']:.2f} % test accuracy (students' mean "
+                      f"{100 * res['accuracy_mean']:.2f} %)")
+        _emit(res, args.json, human)  # printed before it is written
         artefact.add_evaluation(args.dir, res)
         return 0
+    if args.soup:
+        raise ValueError("--soup evaluates one student model; drop --models (or use --model)")
     from jaxdd.evaluate import cross_arch
     names = cross_arch.parse_models(args.models)
     results, art = _evaluate_models(args.dir, args.protocol, args.seeds, names, args.seed,
@@ -523,6 +535,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="override the protocol's batch size (DATM evaluates with 128)")
     sp.add_argument("--no-aug", action="store_true",
                     help="train without augmentation (the protocol's DSA off)")
+    sp.add_argument("--soup", default=None, choices=["uniform", "greedy"],
+                    help="also average the students' weights (model soup; greedy selects on "
+                         "the validation split); the students then share one init")
     sp.add_argument("--seed", type=NONNEG, default=0)
     common(sp)
     sp.set_defaults(fn=cmd_evaluate)
