@@ -187,6 +187,42 @@ def cmd_full(args) -> int:
     return 0
 
 
+def cmd_rs2(args) -> int:
+    """RS2 (a fresh r-fraction of the data per epoch, without replacement across epochs)
+    against full-data training at the same steps: accuracy and time-to-accuracy."""
+    import jax
+
+    from jaxdd import data as jdata
+    from jaxdd import safeio
+    from jaxdd.evaluate import eval_data, get_protocol
+    from jaxdd.evaluate.rs2 import rs2_vs_full
+    if args.out and os.path.exists(args.out) and not args.overwrite:
+        raise ValueError(f"{args.out} exists; pass --overwrite or choose another file")
+    if args.ratio == 0:   # _unit_fraction checked [0, 1]; before any data is loaded
+        raise ValueError("RS2 ratio must lie in (0, 1], got 0")
+    ds = _load(args.dataset, args.seed)
+    pre = jdata.fit_preprocess(args.preprocess, ds.x_train, dataset_name=ds.name)
+    res = rs2_vs_full(jax.random.key(args.seed), jdata.apply(pre, ds.x_train), ds.y_train,
+                      eval_data(ds, pre), get_protocol(args.protocol), args.ratio, args.epochs,
+                      args.seeds, args.model, args.target)
+    res.update(dataset=ds.name, seed=args.seed)
+
+    def line(name, r):
+        tta = r["time_to_accuracy"]
+        reach = ("not reached" if tta["steps"] is None else
+                 f"reached at step {tta['steps']} ({tta['seconds']:.1f} s)")
+        return (f"  {name:<5} {r['epochs']} epochs x {r['examples_per_epoch']} images = "
+                f"{r['steps']} steps: {100 * r['accuracy_mean']:.2f} +- "
+                f"{100 * r['accuracy_std']:.2f} % in {r['train_seconds']:.1f} s; target {reach}")
+    _emit(res, args.json, "\n".join([
+        f"RS2 ratio {args.ratio} on {ds.name} ({res['protocol']}, {res['model']}, "
+        f"{res['seeds']} seeds; target {100 * res['target_accuracy']:.2f} %)",
+        line("rs2", res["rs2"]), line("full", res["full"])]))
+    if args.out:
+        safeio.write_json(args.out, res)
+    return 0
+
+
 def _unit_fraction(text: str) -> float:
     try:
         v = float(text)
@@ -660,6 +696,26 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--preprocess", default="normalize")
     common(sp)
     sp.set_defaults(fn=cmd_full)
+
+    sp = sub.add_parser("rs2", help="RS2 baseline: each epoch on a fresh random fraction of "
+                                    "the data (no replacement across epochs) vs full-data "
+                                    "training at the same steps; time-to-accuracy")
+    sp.add_argument("--dataset", default="fashion_mnist")
+    sp.add_argument("--ratio", type=_unit_fraction, required=True,
+                    help="fraction r of the training set per epoch, in (0, 1]")
+    sp.add_argument("--epochs", type=POS, default=None,
+                    help="RS2 epochs (default: the protocol's full-data steps, full epochs / r)")
+    sp.add_argument("--protocol", default="cpu", help="its full-data recipe and model")
+    sp.add_argument("--model", default=None)
+    sp.add_argument("--seeds", type=POS, default=1)
+    sp.add_argument("--target", type=_unit_fraction, default=None,
+                    help="time-to-accuracy target (default: the lower final accuracy)")
+    sp.add_argument("--seed", type=NONNEG, default=0)
+    sp.add_argument("--preprocess", default="normalize")
+    sp.add_argument("--out", default=None, help="also write the result as JSON to this file")
+    sp.add_argument("--overwrite", action="store_true")
+    common(sp)
+    sp.set_defaults(fn=cmd_rs2)
 
     sp = sub.add_parser("teacher", help="train BN teacher(s) for statistics matching (resumable)")
     sp.add_argument("--config", default=None, help="take dataset/teacher from a configs/sre2l file")
