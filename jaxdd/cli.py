@@ -144,15 +144,21 @@ def cmd_baseline(args) -> int:
     from jaxdd import artefact
     from jaxdd import data as jdata
     from jaxdd.evaluate import select
+    from jaxdd.evaluate.baselines import DQ_BINS
+    if args.bins is not None and args.method != "dq":
+        raise ValueError(f"--bins applies to dq only, not {args.method}")
+    args.bins = DQ_BINS if args.bins is None else args.bins
     artefact.check_target(args.out, args.overwrite)  # before any work: fail fast
     ds = _load(args.dataset, args.seed)
     pre = jdata.fit_preprocess(args.preprocess, ds.x_train, dataset_name=ds.name)
     t0 = time.time()
-    idx = select(args.method, jax.random.key(args.seed), ds, pre, args.ipc, args.features)
+    idx = select(args.method, jax.random.key(args.seed), ds, pre, args.ipc, args.features,
+                 args.bins)
     x = jdata.apply(pre, ds.x_train[idx])
     artefact.save(args.out, x, ds.y_train[idx], preprocess=pre, method=args.method,
                   dataset=ds.name, num_classes=ds.num_classes, ipc=args.ipc, seed=args.seed,
-                  config={"features": args.features, "preprocess": args.preprocess},
+                  config={"features": args.features, "preprocess": args.preprocess,
+                          **({"bins": args.bins} if args.method == "dq" else {})},
                   overwrite=args.overwrite, extra={"distill_seconds": round(time.time() - t0, 2)})
     if not args.evaluate:
         _emit({"out": args.out}, args.json, f"wrote {args.out}")
@@ -578,14 +584,19 @@ def build_parser() -> argparse.ArgumentParser:
     common(sp)
     sp.set_defaults(fn=cmd_evaluate)
 
-    sp = sub.add_parser("baseline", help="random / herding / k-center real subset as an artefact")
-    sp.add_argument("method", choices=["random", "herding", "kcenter"])
+    sp = sub.add_parser("baseline", help="random / herding / k-center / Dataset Quantization "
+                                         "real subset as an artefact")
+    sp.add_argument("method", choices=["random", "herding", "kcenter", "dq"])
     sp.add_argument("--dataset", default="fashion_mnist")
     sp.add_argument("--ipc", type=POS, required=True, help="images per class")
     sp.add_argument("--out", required=True)
     sp.add_argument("--seed", type=NONNEG, default=0)
     sp.add_argument("--preprocess", default="normalize", help="normalize | zca | zca_kip | none")
-    sp.add_argument("--features", default="pixels", help="herding/k-center space: pixels | convnet")
+    sp.add_argument("--features", default="pixels",
+                    help="herding/k-center/dq space: pixels | convnet")
+    sp.add_argument("--bins", type=POS, default=None,
+                    help="dq: bins per class (GraphCut; default 10); IPC is sampled evenly "
+                         "from them")
     sp.add_argument("--evaluate", default=None, metavar="PROTOCOL", help="also evaluate it")
     sp.add_argument("--seeds", type=POS, default=5)
     sp.add_argument("--overwrite", action="store_true")
