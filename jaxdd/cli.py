@@ -91,6 +91,7 @@ def _evaluate_models(path: str, protocol: str, seeds: int, models: list[str | No
     named = [m for m in models if m is not None]
     if named:
         check_models(named, art.num_classes, tuple(art.x_syn_NHWC.shape[1:]))
+    inits = _weight_selection_inits(init, models, proto, art, seed)   # before any training
     ds = _load(art.meta["dataset"])
     data = eval_data(ds, art.preprocess)
     results = []
@@ -98,11 +99,36 @@ def _evaluate_models(path: str, protocol: str, seeds: int, models: list[str | No
         label = f"evaluate {protocol}" + (f" {model}" if len(models) > 1 else "")
         res = evaluate_set(jax.random.key(seed), art.x_syn_NHWC, art.y_syn, data, proto, seeds,
                            lr=art.lr, model_name=model,
-                           progress=Progress(label, enabled=not quiet), soup=soup)
+                           progress=Progress(label, enabled=not quiet), soup=soup,
+                           init_variables=inits[model][0] if inits else None,
+                           init_name=init)
+        if inits:
+            res["init_selection"] = inits[model][1]
         res.update(method=art.meta["method"], dataset=art.meta["dataset"], ipc=art.meta["ipc"],
                    eval_seed=seed)
         results.append(res)
     return results, art
+
+
+def _weight_selection_inits(init: str | None, models: list[str | None], proto, art, seed: int):
+    """`--init weight-selection:DIR`: {model: (variables, info)} selected from the teacher
+    (one shared init per student model; its fresh parts from the soups' shared-init key)."""
+    import jax
+
+    from jaxdd.evaluate.core import SHARED_INIT_FOLD
+    from jaxdd.evaluate.weight_selection import from_teacher_dir, parse_init
+    from jaxdd.models import get_model
+    teacher_dir = parse_init(init)
+    if teacher_dir is None:
+        return {}
+    out = {}
+    for name in models:
+        student = get_model(name or proto.model, art.num_classes, tuple(art.x_syn_NHWC.shape[1:]))
+        out[name] = from_teacher_dir(teacher_dir, student,
+                                     jax.random.fold_in(jax.random.key(seed), SHARED_INIT_FOLD),
+                                     dataset=art.meta["dataset"],
+                                     preprocess_kind=art.preprocess.kind)
+    return out
 
 
 def cmd_evaluate(args) -> int:
@@ -110,7 +136,8 @@ def cmd_evaluate(args) -> int:
     overrides = {"epochs": args.epochs, "batch_size": args.batch_size}
     if args.models is None:
         res = _evaluate_artefact(args.dir, args.protocol, args.seeds, args.model, args.seed,
-                                 overrides, args.quiet, augment=not args.no_aug, soup=args.soup)
+                                 overrides, args.quiet, augment=not args.no_aug, soup=args.soup,
+                                 init=args.init)
         human = f"{args.dir}: {_fmt_acc(res)}"
         if "soup" in res:
             s = res["soup"]
@@ -125,7 +152,7 @@ def cmd_evaluate(args) -> int:
     from jaxdd.evaluate import cross_arch
     names = cross_arch.parse_models(args.models)
     results, art = _evaluate_models(args.dir, args.protocol, args.seeds, names, args.seed,
-                                    overrides, args.quiet, not args.no_aug)
+                                    overrides, args.quiet, not args.no_aug, init=args.init)
     table = cross_arch.make_table(results, art.num_classes, tuple(art.x_syn_NHWC.shape[1:]))
     files = [os.path.join(args.dir, n) for n in (cross_arch.JSON_NAME, cross_arch.MD_NAME)]
     _emit({**table, "files": files}, args.json,
@@ -577,6 +604,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="override the protocol's batch size (DATM evaluates with 128)")
     sp.add_argument("--no-aug", action="store_true",
                     help="train without augmentation (the protocol's DSA off)")
+    sp.add_argument("--init", default=None, metavar="weight-selection:TEACHER_DIR",
+                    help="start every student from weights selected out of a larger "
+                         "pretrained ConvNet teacher (jaxdd teacher dir; Xu et al. 2024)")
     sp.add_argument("--soup", default=None, choices=["uniform", "greedy"],
                     help="also average the students' weights (model soup; greedy selects on "
                          "the validation split); the students then share one init")
