@@ -139,6 +139,10 @@ def cmd_evaluate(args) -> int:
                                  overrides, args.quiet, augment=not args.no_aug, soup=args.soup,
                                  init=args.init)
         human = f"{args.dir}: {_fmt_acc(res)}"
+        if "init_selection" in res:
+            sel = res["init_selection"]
+            human += (f"\n  students initialised by weight selection from {sel['teacher_model']} "
+                      f"({sel['teacher']}; classifier: {sel['head']})")
         if "soup" in res:
             s = res["soup"]
             human += (f"\n  {s['kind']} soup of {len(s['members'])}/{res['seeds']} students: "
