@@ -64,17 +64,21 @@ def _load(name: str, seed: int = 0):
 
 
 def _evaluate_artefact(path: str, protocol: str, seeds: int, model: str | None, seed: int,
-                       overrides: dict, quiet: bool, augment: bool = True) -> dict:
+                       overrides: dict, quiet: bool, augment: bool = True,
+                       soup: str | None = None, init: str | None = None) -> dict:
     """`overrides`: TrainConfig fields replacing the protocol's (None values are ignored);
-    `augment=False`: the protocol without augmentation."""
+    `augment=False`: the protocol without augmentation; `soup`, `init`: see cmd_evaluate."""
     return _evaluate_models(path, protocol, seeds, [model], seed, overrides, quiet,
-                            augment)[0][0]
+                            augment, soup, init)[0][0]
 
 
 def _evaluate_models(path: str, protocol: str, seeds: int, models: list[str | None], seed: int,
-                     overrides: dict, quiet: bool, augment: bool = True):
+                     overrides: dict, quiet: bool, augment: bool = True,
+                     soup: str | None = None, init: str | None = None):
     """(one result per model (None: the protocol's), all with the same seed keys; the
     artefact). The names are checked against the artefact's images before the dataset loads."""
+    from jaxdd.evaluate import soups
+    soups.check_soup(soup)
     import jax
 
     from jaxdd import artefact
@@ -87,6 +91,7 @@ def _evaluate_models(path: str, protocol: str, seeds: int, models: list[str | No
     named = [m for m in models if m is not None]
     if named:
         check_models(named, art.num_classes, tuple(art.x_syn_NHWC.shape[1:]))
+    inits = _weight_selection_inits(init, models, proto, art, seed)   # before any training
     ds = _load(art.meta["dataset"])
     data = eval_data(ds, art.preprocess)
     results = []
@@ -94,11 +99,36 @@ def _evaluate_models(path: str, protocol: str, seeds: int, models: list[str | No
         label = f"evaluate {protocol}" + (f" {model}" if len(models) > 1 else "")
         res = evaluate_set(jax.random.key(seed), art.x_syn_NHWC, art.y_syn, data, proto, seeds,
                            lr=art.lr, model_name=model,
-                           progress=Progress(label, enabled=not quiet))
+                           progress=Progress(label, enabled=not quiet), soup=soup,
+                           init_variables=inits[model][0] if inits else None,
+                           init_name=init)
+        if inits:
+            res["init_selection"] = inits[model][1]
         res.update(method=art.meta["method"], dataset=art.meta["dataset"], ipc=art.meta["ipc"],
                    eval_seed=seed)
         results.append(res)
     return results, art
+
+
+def _weight_selection_inits(init: str | None, models: list[str | None], proto, art, seed: int):
+    """`--init weight-selection:DIR`: {model: (variables, info)} selected from the teacher
+    (one shared init per student model; its fresh parts from the soups' shared-init key)."""
+    import jax
+
+    from jaxdd.evaluate.core import SHARED_INIT_FOLD
+    from jaxdd.evaluate.weight_selection import from_teacher_dir, parse_init
+    from jaxdd.models import get_model
+    teacher_dir = parse_init(init)
+    if teacher_dir is None:
+        return {}
+    out = {}
+    for name in models:
+        student = get_model(name or proto.model, art.num_classes, tuple(art.x_syn_NHWC.shape[1:]))
+        out[name] = from_teacher_dir(teacher_dir, student,
+                                     jax.random.fold_in(jax.random.key(seed), SHARED_INIT_FOLD),
+                                     dataset=art.meta["dataset"],
+                                     preprocess_kind=art.preprocess.kind)
+    return out
 
 
 def cmd_evaluate(args) -> int:
@@ -106,14 +136,27 @@ def cmd_evaluate(args) -> int:
     overrides = {"epochs": args.epochs, "batch_size": args.batch_size}
     if args.models is None:
         res = _evaluate_artefact(args.dir, args.protocol, args.seeds, args.model, args.seed,
-                                 overrides, args.quiet, augment=not args.no_aug)
-        _emit(res, args.json, f"{args.dir}: {_fmt_acc(res)}")  # printed before it is written
+                                 overrides, args.quiet, augment=not args.no_aug, soup=args.soup,
+                                 init=args.init)
+        human = f"{args.dir}: {_fmt_acc(res)}"
+        if "init_selection" in res:
+            sel = res["init_selection"]
+            human += (f"\n  students initialised by weight selection from {sel['teacher_model']} "
+                      f"({sel['teacher']}; classifier: {sel['head']})")
+        if "soup" in res:
+            s = res["soup"]
+            human += (f"\n  {s['kind']} soup of {len(s['members'])}/{res['seeds']} students: "
+                      f"{100 * s['accuracy']:.2f} % test accuracy (students' mean "
+                      f"{100 * res['accuracy_mean']:.2f} %)")
+        _emit(res, args.json, human)  # printed before it is written
         artefact.add_evaluation(args.dir, res)
         return 0
+    if args.soup:
+        raise ValueError("--soup evaluates one student model; drop --models (or use --model)")
     from jaxdd.evaluate import cross_arch
     names = cross_arch.parse_models(args.models)
     results, art = _evaluate_models(args.dir, args.protocol, args.seeds, names, args.seed,
-                                    overrides, args.quiet, not args.no_aug)
+                                    overrides, args.quiet, not args.no_aug, init=args.init)
     table = cross_arch.make_table(results, art.num_classes, tuple(art.x_syn_NHWC.shape[1:]))
     files = [os.path.join(args.dir, n) for n in (cross_arch.JSON_NAME, cross_arch.MD_NAME)]
     _emit({**table, "files": files}, args.json,
@@ -132,15 +175,21 @@ def cmd_baseline(args) -> int:
     from jaxdd import artefact
     from jaxdd import data as jdata
     from jaxdd.evaluate import select
+    from jaxdd.evaluate.baselines import DQ_BINS
+    if args.bins is not None and args.method != "dq":
+        raise ValueError(f"--bins applies to dq only, not {args.method}")
+    args.bins = DQ_BINS if args.bins is None else args.bins
     artefact.check_target(args.out, args.overwrite)  # before any work: fail fast
     ds = _load(args.dataset, args.seed)
     pre = jdata.fit_preprocess(args.preprocess, ds.x_train, dataset_name=ds.name)
     t0 = time.time()
-    idx = select(args.method, jax.random.key(args.seed), ds, pre, args.ipc, args.features)
+    idx = select(args.method, jax.random.key(args.seed), ds, pre, args.ipc, args.features,
+                 args.bins)
     x = jdata.apply(pre, ds.x_train[idx])
     artefact.save(args.out, x, ds.y_train[idx], preprocess=pre, method=args.method,
                   dataset=ds.name, num_classes=ds.num_classes, ipc=args.ipc, seed=args.seed,
-                  config={"features": args.features, "preprocess": args.preprocess},
+                  config={"features": args.features, "preprocess": args.preprocess,
+                          **({"bins": args.bins} if args.method == "dq" else {})},
                   overwrite=args.overwrite, extra={"distill_seconds": round(time.time() - t0, 2)})
     if not args.evaluate:
         _emit({"out": args.out}, args.json, f"wrote {args.out}")
@@ -172,6 +221,42 @@ def cmd_full(args) -> int:
     from jaxdd.evaluate import score  # `jaxdd score` reuses it
     score.store_full(score.full_cache_path(ds, pre, proto, args.model or proto.model,
                                            args.seeds, args.seed), res)
+    return 0
+
+
+def cmd_rs2(args) -> int:
+    """RS2 (a fresh r-fraction of the data per epoch, without replacement across epochs)
+    against full-data training at the same steps: accuracy and time-to-accuracy."""
+    import jax
+
+    from jaxdd import data as jdata
+    from jaxdd import safeio
+    from jaxdd.evaluate import eval_data, get_protocol
+    from jaxdd.evaluate.rs2 import rs2_vs_full
+    if args.out and os.path.exists(args.out) and not args.overwrite:
+        raise ValueError(f"{args.out} exists; pass --overwrite or choose another file")
+    if args.ratio == 0:   # _unit_fraction checked [0, 1]; before any data is loaded
+        raise ValueError("RS2 ratio must lie in (0, 1], got 0")
+    ds = _load(args.dataset, args.seed)
+    pre = jdata.fit_preprocess(args.preprocess, ds.x_train, dataset_name=ds.name)
+    res = rs2_vs_full(jax.random.key(args.seed), jdata.apply(pre, ds.x_train), ds.y_train,
+                      eval_data(ds, pre), get_protocol(args.protocol), args.ratio, args.epochs,
+                      args.seeds, args.model, args.target)
+    res.update(dataset=ds.name, seed=args.seed)
+
+    def line(name, r):
+        tta = r["time_to_accuracy"]
+        reach = ("not reached" if tta["steps"] is None else
+                 f"reached at step {tta['steps']} ({tta['seconds']:.1f} s)")
+        return (f"  {name:<5} {r['epochs']} epochs x {r['examples_per_epoch']} images = "
+                f"{r['steps']} steps: {100 * r['accuracy_mean']:.2f} +- "
+                f"{100 * r['accuracy_std']:.2f} % in {r['train_seconds']:.1f} s; target {reach}")
+    _emit(res, args.json, "\n".join([
+        f"RS2 ratio {args.ratio} on {ds.name} ({res['protocol']}, {res['model']}, "
+        f"{res['seeds']} seeds; target {100 * res['target_accuracy']:.2f} %)",
+        line("rs2", res["rs2"]), line("full", res["full"])]))
+    if args.out:
+        safeio.write_json(args.out, res)
     return 0
 
 
@@ -525,18 +610,29 @@ def build_parser() -> argparse.ArgumentParser:
                     help="override the protocol's batch size (DATM evaluates with 128)")
     sp.add_argument("--no-aug", action="store_true",
                     help="train without augmentation (the protocol's DSA off)")
+    sp.add_argument("--init", default=None, metavar="weight-selection:TEACHER_DIR",
+                    help="start every student from weights selected out of a larger "
+                         "pretrained ConvNet teacher (jaxdd teacher dir; Xu et al. 2024)")
+    sp.add_argument("--soup", default=None, choices=["uniform", "greedy"],
+                    help="also average the students' weights (model soup; greedy selects on "
+                         "the validation split); the students then share one init")
     sp.add_argument("--seed", type=NONNEG, default=0)
     common(sp)
     sp.set_defaults(fn=cmd_evaluate)
 
-    sp = sub.add_parser("baseline", help="random / herding / k-center real subset as an artefact")
-    sp.add_argument("method", choices=["random", "herding", "kcenter"])
+    sp = sub.add_parser("baseline", help="random / herding / k-center / Dataset Quantization "
+                                         "real subset as an artefact")
+    sp.add_argument("method", choices=["random", "herding", "kcenter", "dq"])
     sp.add_argument("--dataset", default="fashion_mnist")
     sp.add_argument("--ipc", type=POS, required=True, help="images per class")
     sp.add_argument("--out", required=True)
     sp.add_argument("--seed", type=NONNEG, default=0)
     sp.add_argument("--preprocess", default="normalize", help="normalize | zca | zca_kip | none")
-    sp.add_argument("--features", default="pixels", help="herding/k-center space: pixels | convnet")
+    sp.add_argument("--features", default="pixels",
+                    help="herding/k-center/dq space: pixels | convnet")
+    sp.add_argument("--bins", type=POS, default=None,
+                    help="dq: bins per class (GraphCut; default 10); IPC is sampled evenly "
+                         "from them")
     sp.add_argument("--evaluate", default=None, metavar="PROTOCOL", help="also evaluate it")
     sp.add_argument("--seeds", type=POS, default=5)
     sp.add_argument("--overwrite", action="store_true")
@@ -647,6 +743,26 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--preprocess", default="normalize")
     common(sp)
     sp.set_defaults(fn=cmd_full)
+
+    sp = sub.add_parser("rs2", help="RS2 baseline: each epoch on a fresh random fraction of "
+                                    "the data (no replacement across epochs) vs full-data "
+                                    "training at the same steps; time-to-accuracy")
+    sp.add_argument("--dataset", default="fashion_mnist")
+    sp.add_argument("--ratio", type=_unit_fraction, required=True,
+                    help="fraction r of the training set per epoch, in (0, 1]")
+    sp.add_argument("--epochs", type=POS, default=None,
+                    help="RS2 epochs (default: the protocol's full-data steps, full epochs / r)")
+    sp.add_argument("--protocol", default="cpu", help="its full-data recipe and model")
+    sp.add_argument("--model", default=None)
+    sp.add_argument("--seeds", type=POS, default=1)
+    sp.add_argument("--target", type=_unit_fraction, default=None,
+                    help="time-to-accuracy target (default: the lower final accuracy)")
+    sp.add_argument("--seed", type=NONNEG, default=0)
+    sp.add_argument("--preprocess", default="normalize")
+    sp.add_argument("--out", default=None, help="also write the result as JSON to this file")
+    sp.add_argument("--overwrite", action="store_true")
+    common(sp)
+    sp.set_defaults(fn=cmd_rs2)
 
     sp = sub.add_parser("teacher", help="train BN teacher(s) for statistics matching (resumable)")
     sp.add_argument("--config", default=None, help="take dataset/teacher from a configs/sre2l file")

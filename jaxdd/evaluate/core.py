@@ -18,12 +18,14 @@ import numpy as np
 
 from jaxdd import data as jdata
 from jaxdd.augment import dsa_augment
+from jaxdd.evaluate import soups
 from jaxdd.evaluate.protocols import Protocol
-from jaxdd.models import Model, get_model
+from jaxdd.models import Model, Variables, get_model
 from jaxdd.run import mesh as jmesh
 from jaxdd.train import TrainConfig, accuracy, train_epochs, train_init
 
 Progress = Callable[[int, int], None]
+SHARED_INIT_FOLD = 0x50FA   # fold_in(key, .) draws the students' shared init under a soup
 
 
 class EvalData(NamedTuple):
@@ -70,22 +72,24 @@ def _seed_sharding(mesh: jax.sharding.Mesh, seeds: int, axis: str = "data"):
 
 def train_seeds(keys: jax.Array, model: Model, cfg: TrainConfig, x_NHWC, y_target,
                 lr=None, progress: Progress | None = None,
-                mesh: jax.sharding.Mesh | None = None):
+                mesh: jax.sharding.Mesh | None = None,
+                init_variables: Variables | None = None):
     """Train len(keys) networks at once (vmap over keys, seeds split over the mesh's `data`
-    axis); returns stacked variables."""
+    axis); returns stacked variables. `init_variables`: one network every seed starts from
+    (the seeds then differ in data order and augmentation only); None = a fresh init each."""
     mesh = mesh or jmesh.make_mesh()
     repl = jmesh.replicated(mesh)
     x_NHWC = jmesh.put(np.asarray(x_NHWC, np.float32), repl)
     y_target = jmesh.put(np.asarray(y_target), repl)
     keys = jmesh.put(keys, _seed_sharding(mesh, len(keys)))
     aug = augment_fn(cfg)
-    init = jax.jit(jax.vmap(lambda k, lr: train_init(k, model, cfg, x_NHWC.shape[0], lr),
-                            in_axes=(0, None)))
+    init = jax.jit(jax.vmap(lambda k, lr, v: train_init(k, model, cfg, x_NHWC.shape[0], lr, v),
+                            in_axes=(0, None, None)))
     chunk = _chunk_size(cfg.epochs)
     # Data are arguments (not closure constants): XLA would otherwise fold them into the program.
     run = jax.jit(jax.vmap(lambda s, x, y: train_epochs(s, model, cfg, x, y, chunk, aug),
                            in_axes=(0, None, None)), donate_argnums=(0,))
-    state = init(keys, lr)
+    state = init(keys, lr, init_variables)
     state = jax.device_put(state, _seed_sharding(mesh, len(keys)))
     for done in range(0, cfg.epochs, chunk):
         state = run(state, x_NHWC, y_target)
@@ -103,24 +107,44 @@ def accuracies(model: Model, variables_S, x, y) -> np.ndarray:
 def evaluate_set(key: jax.Array, x_syn_NHWC: np.ndarray, y_syn: np.ndarray, data: EvalData,
                  protocol: Protocol, seeds: int = 5, lr: float | None = None,
                  model_name: str | None = None, progress: Progress | None = None,
-                 mesh: jax.sharding.Mesh | None = None) -> dict:
+                 mesh: jax.sharding.Mesh | None = None, soup: str | None = None,
+                 init_variables: Variables | None = None, init_name: str | None = None) -> dict:
     """Train `seeds` fresh networks on the set and report final test accuracy.
 
     Final-epoch accuracy is reported (no selection on test). Validation accuracy comes
     from the validation split carved from the training data and may be used for selection.
+    `soup` ("uniform" | "greedy", `jaxdd.evaluate.soups`) also averages the students and
+    reports the soup's test accuracy under "soup"; the students then share one init.
+    `init_variables`: the network every student starts from (e.g. weight selection, named
+    `init_name` in the result); it must fit the student.
     """
+    soups.check_soup(soup)
+    if soup == "greedy" and not len(data.y_val):
+        raise ValueError("greedy soup selects on the validation split, and this dataset has "
+                         "none (val_per_class=0); use --soup uniform")
     if x_syn_NHWC.shape[1:] != tuple(data.image_shape):
         raise ValueError(f"set images have shape {x_syn_NHWC.shape[1:]}, but the dataset's "
                          f"are {tuple(data.image_shape)}; evaluate on the dataset the set was made from")
     model = get_model(model_name or protocol.model, data.num_classes, data.image_shape)
+    if init_variables is not None:
+        check_fits(model, init_variables)
+    elif soup is not None:   # one shared init, drawn apart from the seeds' keys
+        init_variables = model.init(jax.random.fold_in(key, SHARED_INIT_FOLD))
     t0 = time.time()
     variables = train_seeds(jax.random.split(key, seeds), model, protocol.train, x_syn_NHWC,
-                            label_targets(y_syn, data.num_classes), lr, progress, mesh)
+                            label_targets(y_syn, data.num_classes), lr, progress, mesh,
+                            init_variables)
     jax.block_until_ready(variables)
     t_train = time.time() - t0
     test = accuracies(model, variables, data.x_test, data.y_test)
     val = accuracies(model, variables, data.x_val, data.y_val) if len(data.y_val) else np.array([np.nan])
+    out = {}
+    if soup is not None:
+        out["soup"] = _soup(soup, model, variables, val, data)
+    if init_variables is not None:
+        out["init"] = init_name or ("shared" if soup is not None else "given")
     return {
+        **out,
         "accuracy_mean": float(test.mean()), "accuracy_std": float(test.std()),
         "accuracies": test.tolist(), "val_accuracy_mean": float(val.mean()),
         "seeds": seeds, "protocol": protocol.name, "model": model.name,
@@ -132,3 +156,30 @@ def evaluate_set(key: jax.Array, x_syn_NHWC: np.ndarray, y_syn: np.ndarray, data
         "protocol_train": dataclasses.asdict(protocol.train), "protocol_reduced": protocol.reduced,
         "protocol_description": protocol.description,
     }
+
+
+def check_fits(model: Model, variables: Variables) -> None:
+    """One-line error when `variables` do not have the structure and shapes of `model`'s."""
+    want = jax.tree.map(lambda s: s.shape, jax.eval_shape(model.init, jax.random.key(0)))
+    got = jax.tree.map(np.shape, variables)
+    if got != want:
+        raise ValueError(f"the initial variables do not fit student {model.name!r} "
+                         f"(their structure or shapes differ from the model's)")
+
+
+def _soup(kind: str, model: Model, variables_S: Variables, val_S: np.ndarray,
+          data: EvalData) -> dict:
+    """The soup of the stacked students: its test (and val) accuracy, members, students' mean."""
+    acc = jax.jit(lambda v, x, y: accuracy(model, v, x, y))
+    x_val, y_val = jnp.asarray(data.x_val), jnp.asarray(data.y_val)
+    if kind == "greedy":
+        soup, members, _ = soups.greedy_soup(variables_S, val_S,
+                                             lambda v: float(acc(v, x_val, y_val)))
+    else:
+        soup, members = soups.uniform_soup(variables_S), list(range(len(val_S)))
+    val = float(acc(soup, x_val, y_val)) if len(data.y_val) else float("nan")
+    return {"kind": kind, "accuracy": float(acc(soup, jnp.asarray(data.x_test),
+                                                  jnp.asarray(data.y_test))),
+            "val_accuracy": val, "members": members,
+            "selection": "validation split" if kind == "greedy" else "none (all students)",
+            "bn_statistics": "averaged" if model.has_batch_stats else "none"}
