@@ -29,6 +29,7 @@ def main() -> None:
     ap.add_argument("--config", default=os.path.join(ROOT, "configs/frepo/fashion_mnist_cpu.py"))
     ap.add_argument("--set", action="append", default=[])
     ap.add_argument("--tag", default="frepo_cpu_ipc10")
+    ap.add_argument("--note", default="", help="what changed since the last recorded run")
     args = ap.parse_args()
     out = os.path.join(ROOT, "benchmarks", "runs", args.tag)
     cmd = [sys.executable, "-m", "jaxdd.cli", "distill", "--config", args.config,
@@ -41,7 +42,7 @@ def main() -> None:
     ev = res["evaluations"]
     row = {name: {"accuracy_mean": r["accuracy_mean"], "accuracy_std": r["accuracy_std"],
                   "accuracies": r["accuracies"], "val_accuracy_mean": r.get("val_accuracy_mean"),
-                  "seeds": r["seeds"], "protocol": r["protocol"],
+                  "seeds": r["seeds"], "protocol": r["protocol"], "loss": r.get("loss"),
                   "eval_seconds": r["seconds"]} for name, r in ev.items()}
     with open(args.config) as f:
         config_sha = hashlib.sha256(f.read().encode()).hexdigest()[:12]
@@ -58,7 +59,7 @@ def main() -> None:
                      "wall_seconds": round(time.time() - t0, 1),
                      "loadavg_start": [round(x, 2) for x in load0],
                      "loadavg_end": [round(x, 2) for x in os.getloadavg()],
-                     "config_sha": config_sha, "environment": environment()})
+                     "config_sha": config_sha, "note": args.note, "environment": environment()})
 
 
 if __name__ == "__main__":

@@ -20,7 +20,9 @@ from jaxdd.cli import main
 from jaxdd.methods.frepo import (FRePoBatch, FRePoConfig, centred_targets, features,
                                  frepo_keys, frepo_loss, krr_loss, label_margin_loss,
                                  make_frepo)
+from jaxdd.evaluate import get_protocol, label_targets
 from jaxdd.models import get_model
+from jaxdd.train import TrainConfig, train_network
 
 K, IPC, HW, B = 3, 2, 8, 12
 CONFIG = os.path.join(os.path.dirname(__file__), "..", "configs", "frepo", "fashion_mnist_cpu.py")
@@ -159,13 +161,47 @@ def test_fixed_labels_and_purity(model):
 
 
 # ------------------------------------------------------------------------------------------
+# Evaluation with the learned labels (FRePo's script/eval.py: MSE on y_proto)
+
+
+def test_mse_protocol_uses_learned_targets_as_they_are():
+    """The bug: learned FRePo targets were softmaxed (or dropped for the class): a softmax of
+    the initial 0.9 / -0.1 targets leaves 0.23 on the class. Under loss "mse" they pass
+    through untouched, and hard labels become FRePo's centred one-hot."""
+    y = np.array([[0.9, -0.1, -0.1], [-0.3, 0.2, 0.7]], np.float32)
+    np.testing.assert_array_equal(np.asarray(label_targets(y, K, "mse")), y)
+    np.testing.assert_allclose(np.asarray(label_targets(y, K, "ce")).sum(-1), 1.0, rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(label_targets(np.array([2]), K, "mse")),
+                               np.asarray(centred_targets(jnp.array([2]), K)), rtol=1e-6)
+    for name in ("frepo", "frepo_cpu"):
+        p = get_protocol(name)
+        assert p.train.loss == "mse" and p.train.optimizer == "adamw" and p.train.lr == 3e-4
+        assert p.train.weight_decay == 0.0 and p.model.endswith("_none")
+    with pytest.raises(ValueError, match="unknown loss"):
+        TrainConfig(epochs=1, loss="l1")
+
+
+def test_mse_training_regresses_the_targets():
+    """A network trained with loss "mse" fits the regression targets themselves (logits ->
+    y), not a softmax of them."""
+    model = get_model("mlp_w32", K, (HW, HW, 1))
+    x = jax.random.normal(jax.random.key(0), (4, HW, HW, 1))
+    y = jnp.array([[0.9, -0.1, -0.8], [-0.3, 0.2, 0.1], [0.0, 0.5, -0.5], [1.5, -1.0, -0.5]])
+    cfg = TrainConfig(epochs=300, batch_size=4, lr=1e-2, weight_decay=0.0, schedule="constant",
+                      optimizer="adamw", loss="mse", dsa="")
+    v = jax.jit(lambda k: train_network(k, model, cfg, x, y))(jax.random.key(1))
+    np.testing.assert_allclose(np.asarray(model.apply(v, x)), np.asarray(y), atol=0.05)
+
+
+# ------------------------------------------------------------------------------------------
 # The CLI end to end
 
 
 def _sets(npz):
     return [f"dataset=npz:{npz}", "model=convnet_d2_w8_bn", "iterations=6", "ckpt_every=2",
             "frepo.batch_real=16", "frepo.pool_size=3", "frepo.max_online_updates=2",
-            "frepo.lr_syn=0.01", "frepo.reg=0.001", "eval.protocol=smoke", "eval.seeds=2"]
+            "frepo.lr_syn=0.01", "frepo.reg=0.001", "eval.protocol=smoke", "eval.seeds=2",
+            "eval.overrides={'loss': 'mse'}"]
 
 
 def _distill(capsys, out, sets, *extra):
@@ -183,8 +219,12 @@ def test_cli_distill_is_deterministic_and_resumes_bit_exactly(tiny_npz, tmp_path
     full = _distill(capsys, tmp_path / "full", sets)
     art = artefact.load(full["artefacts"]["artefact"])
     assert art.meta["method"] == "frepo" and art.x_syn_NHWC.shape == (30, 8, 8, 1)
-    assert art.y_syn.tolist() == sorted(art.y_syn.tolist()) and art.lr is None
+    # The learned regression targets are exported (FRePo saves y_proto) and the evaluation
+    # trains on them with MSE, as FRePo's script/eval.py.
+    assert art.y_syn.shape == (30, 3) and art.y_syn.dtype == np.float32 and art.lr is None
+    assert art.y_syn.argmax(-1).tolist() == sorted(art.y_syn.argmax(-1).tolist())
     assert [len(full["evaluations"][k]["accuracies"]) for k in ("artefact", "random")] == [2, 2]
+    assert {full["evaluations"][k]["loss"] for k in ("artefact", "random")} == {"mse"}
     log = [json.loads(line) for line in open(tmp_path / "full" / "run" / "metrics.jsonl")]
     assert log[-1]["iteration"] == 6 and np.isfinite(log[-1]["loss"])
     assert not any(m.get("nonfinite") for m in log)
@@ -203,8 +243,8 @@ def test_cli_distill_is_deterministic_and_resumes_bit_exactly(tiny_npz, tmp_path
     np.testing.assert_array_equal(art3.x_syn_NHWC, art.x_syn_NHWC)
     np.testing.assert_array_equal(art3.y_syn, art.y_syn)
 
-    # The learned labels can be exported instead of the classes.
-    lab = _distill(capsys, tmp_path / "learned", sets + ["frepo.export_labels='learned'",
-                                                         "iterations=2"], "--no-eval")
+    # The classes can be exported instead (for cross-entropy protocols).
+    lab = _distill(capsys, tmp_path / "class", sets + ["frepo.export_labels='class'",
+                                                       "iterations=2"], "--no-eval")
     y = artefact.load(lab["artefacts"]["artefact"]).y_syn
-    assert y.shape == (30, 3) and y.dtype == np.float32
+    assert y.shape == (30,) and y.tolist() == sorted(y.tolist())

@@ -13,7 +13,9 @@ Values from github.com/yongchao97/FRePo (commit 9b98c65), file:line:
   eval_batch_size (script/distill.py:65) passed as the sample size (frepo.py:351-359, 395);
 - no ZCA for MNIST / Fashion-MNIST (README "Load checkpoint" note), no flip for grey
   datasets (script/distill.py:147-149);
-- ConvNet with BatchNorm for the online models: README.md `--normalization=batch`.
+- ConvNet with BatchNorm for the online models: README.md `--normalization=batch`;
+- evaluation (`frepo_cpu` / `frepo` protocols, jaxdd/evaluate/protocols.py): the learned
+  labels with MSE, Adam 3e-4, ConvNet without norm: script/eval.py:128-129,202-233.
 """
 
 
@@ -25,9 +27,11 @@ def get_config():
         seed=0,                       # every random choice derives from key(seed)
         preprocess="normalize",       # per-channel mean/std (FRePo: no ZCA for Fashion-MNIST)
         init="real",
-        eval=dict(protocol="cpu", seeds=3),
+        # FRePo's evaluation (script/eval.py): MSE on the learned labels, Adam 3e-4, no norm
+        eval=dict(protocol="frepo_cpu", seeds=3),
         frepo=dict(pool_size=10, max_online_updates=100, reg=1e-6, lr_syn=3e-4,
                    syn_optimizer="lamb", cosine_alpha=0.1, learn_label=True,
-                   lr_online=3e-4, batch_real=1024, batch_online=1000),
+                   lr_online=3e-4, batch_real=1024, batch_online=1000,
+                   export_labels="learned"),  # y_proto, as FRePo saves and evaluates it
         by_ipc={1: {}, 10: {}, 50: {}},
     )

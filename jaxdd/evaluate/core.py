@@ -22,7 +22,7 @@ from jaxdd.evaluate import soups
 from jaxdd.evaluate.protocols import Protocol
 from jaxdd.models import Model, Variables, get_model
 from jaxdd.run import mesh as jmesh
-from jaxdd.train import TrainConfig, accuracy, train_epochs, train_init
+from jaxdd.train import TrainConfig, accuracy, class_targets, train_epochs, train_init
 
 Progress = Callable[[int, int], None]
 SHARED_INIT_FOLD = 0x50FA   # fold_in(key, .) draws the students' shared init under a soup
@@ -52,12 +52,16 @@ def _chunk_size(epochs: int, target_chunks: int = 10) -> int:
     return epochs
 
 
-def label_targets(y_syn: np.ndarray, num_classes: int) -> jax.Array:
-    """Hard labels (N,) -> one-hot; soft label logits (N, K) -> probabilities."""
+def label_targets(y_syn: np.ndarray, num_classes: int, loss: str = "ce") -> jax.Array:
+    """The training targets of a set's labels for the protocol's loss. ce: hard labels (N,)
+    -> one-hot, soft label logits (N, K) -> probabilities. mse: hard labels -> one-hot - 1/K,
+    (N, K) regression targets (FRePo's learned labels) as they are: a softmax would flatten
+    them (softmax of FRePo's initial 0.9 / -0.1 targets puts only 0.23 on the class)."""
     y = jnp.asarray(y_syn)
     if y.ndim == 1:
-        return jax.nn.one_hot(y, num_classes, dtype=jnp.float32)
-    return jax.nn.softmax(y.astype(jnp.float32), axis=-1)
+        return class_targets(y, num_classes, loss)
+    y = y.astype(jnp.float32)
+    return y if loss == "mse" else jax.nn.softmax(y, axis=-1)
 
 
 def augment_fn(cfg: TrainConfig):
@@ -132,8 +136,8 @@ def evaluate_set(key: jax.Array, x_syn_NHWC: np.ndarray, y_syn: np.ndarray, data
         init_variables = model.init(jax.random.fold_in(key, SHARED_INIT_FOLD))
     t0 = time.time()
     variables = train_seeds(jax.random.split(key, seeds), model, protocol.train, x_syn_NHWC,
-                            label_targets(y_syn, data.num_classes), lr, progress, mesh,
-                            init_variables)
+                            label_targets(y_syn, data.num_classes, protocol.train.loss), lr,
+                            progress, mesh, init_variables)
     jax.block_until_ready(variables)
     t_train = time.time() - t0
     test = accuracies(model, variables, data.x_test, data.y_test)
@@ -149,7 +153,7 @@ def evaluate_set(key: jax.Array, x_syn_NHWC: np.ndarray, y_syn: np.ndarray, data
         "accuracies": test.tolist(), "val_accuracy_mean": float(val.mean()),
         "seeds": seeds, "protocol": protocol.name, "model": model.name,
         "epochs": protocol.train.epochs, "batch_size": protocol.train.batch_size,
-        "augment": protocol.train.dsa or None, "lr": None if lr is None else float(lr), "report": "final epoch",
+        "augment": protocol.train.dsa or None, "loss": protocol.train.loss, "lr": None if lr is None else float(lr), "report": "final epoch",
         "train_seconds": round(t_train, 2), "seconds": round(time.time() - t0, 2),
         # the protocol as it ran (overrides and augment switch applied), so a stored result
         # says how it was obtained; `reduced`: a CPU stand-in, not a paper's protocol

@@ -12,6 +12,9 @@ named protocol (facts from VICO-UoE/DatasetCondensation and DataDistillation/Dat
   batch_train 64, :33 DSA strategy) with a BatchNorm ConvNet (`ConvNetBN`, issue #14).
 `cpu` is the `mtt` recipe reduced to fit this project's 2-core CI machine (`reduced`: its
 numbers are only comparable with other `cpu` numbers). `smoke` is for tests.
+`frepo` is FRePo's own evaluation (github.com/yongchao97/FRePo `script/eval.py`: Adam 3e-4,
+no weight decay, MSE on the set's learned regression targets, ConvNet without norm,
+1000 steps at batch min(N, 500)); `frepo_cpu` is it on ConvNet-D3-W32, 300 epochs (reduced).
 """
 
 from __future__ import annotations
@@ -74,6 +77,28 @@ PROTOCOLS: dict[str, Protocol] = {
                     schedule="step", dsa=""),
         "DataDAM's evaluation: ConvNet-D3 width 128 with BatchNorm, SGD(m 0.9, wd 5e-4), 1800 "
         "epochs, lr x0.1 at 900, batch 64, DSA on every batch (main_DataDAM.py)."),
+    # FRePo script/eval.py: eval net = the distilling ConvNet with 'identity' norm (l.202-203),
+    # Adam lr 3e-4 (l.128; weight_decay only reaches adamw/lamb), batch min(N, 500) (l.231),
+    # 1000 updates for 100 images (l.208), MSE on y_proto (l.129 loss='mse'), augmax
+    # 'color_crop_rotate_translate_cutout' for grey data (l.164-166). jaxdd: cosine to 0
+    # without FRePo's 500-step warmup (l.221-225), DSA, epochs (= steps while N <= 500).
+    "frepo": Protocol(
+        "frepo", "convnet_d3_none",
+        TrainConfig(epochs=1000, batch_size=500, lr=3e-4, momentum=0.0, weight_decay=0.0,
+                    schedule="cosine", optimizer="adamw", loss="mse", dsa=DSA_DEFAULT),
+        TrainConfig(epochs=50, batch_size=256, lr=3e-4, momentum=0.0, weight_decay=0.0,
+                    schedule="cosine", optimizer="adamw", loss="mse", dsa=""),
+        "ConvNet-D3 width 128 without norm, Adam 3e-4 (no wd), cosine, 1000 epochs, batch "
+        "min(N, 500), MSE on the learned regression targets (hard labels: one-hot - 1/K), "
+        "DSA (FRePo's script/eval.py)."),
+    "frepo_cpu": Protocol(
+        "frepo_cpu", "convnet_d3_w32_none",
+        TrainConfig(epochs=300, batch_size=500, lr=3e-4, momentum=0.0, weight_decay=0.0,
+                    schedule="cosine", optimizer="adamw", loss="mse", dsa=DSA_DEFAULT),
+        TrainConfig(epochs=5, batch_size=256, lr=3e-4, momentum=0.0, weight_decay=0.0,
+                    schedule="cosine", optimizer="adamw", loss="mse", dsa=""),
+        "`frepo` on ConvNet-D3 width 32 without norm, 300 epochs. Reduced: sized for a 2-core "
+        "CPU; compare only with other `frepo_cpu` numbers.", reduced=True),
     "smoke": Protocol(
         "smoke", "mlp_w32",
         TrainConfig(epochs=20, batch_size=64, lr=0.01, momentum=0.9, weight_decay=5e-4,

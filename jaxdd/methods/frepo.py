@@ -65,9 +65,10 @@ class FRePoConfig:
     batch_real: int = 1024          # real images per step, drawn uniformly (distill.py:64)
     batch_online: int = 1000        # synthetic images per online step, all if fewer (distill.py:65)
     init: Literal["real", "noise"] = "real"  # initial images (frepo.py:46 init_proto: real)
-    export_labels: Literal["class", "learned"] = "class"  # artefact labels: the class of each
-    # image (jaxdd's cross-entropy evaluation), or the learned regression targets (N, K)
-    # (read by jaxdd's evaluation as logits; FRePo's own evaluation trains with MSE on them)
+    export_labels: Literal["class", "learned"] = "learned"  # artefact labels: the learned
+    # regression targets (N, K), as FRePo saves y_proto and trains its evaluation nets on them
+    # with MSE (script/eval.py:129,233: evaluate with a loss="mse" protocol, `frepo_cpu`),
+    # or each image's class (for cross-entropy protocols such as `cpu`)
 
     def __post_init__(self):
         if self.syn_optimizer not in ("lamb", "adam"):

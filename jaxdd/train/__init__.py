@@ -6,9 +6,10 @@ update, `make_update`, with a pluggable loss). A run is one jitted `lax.scan` ov
 keys and cost far less than K separate runs.
 """
 
-from jaxdd.train.loop import (TrainConfig, TrainState, accuracy, make_update,
-                              soft_cross_entropy, steps_per_epoch, train_epochs, train_init,
-                              train_network)
+from jaxdd.train.loop import (LOSSES, TrainConfig, TrainState, accuracy, class_targets,
+                              make_update, soft_cross_entropy, squared_error, steps_per_epoch,
+                              train_epochs, train_init, train_network)
 
 __all__ = ["TrainConfig", "TrainState", "train_init", "train_epochs", "train_network",
-           "make_update", "accuracy", "soft_cross_entropy", "steps_per_epoch"]
+           "make_update", "accuracy", "soft_cross_entropy", "squared_error", "class_targets",
+           "LOSSES", "steps_per_epoch"]

@@ -46,6 +46,10 @@ class TrainConfig:
     schedule: str = "step"      # step: x0.1 at half the steps | cosine | constant
     optimizer: str = "sgd"      # sgd | adamw (decoupled wd, for statistics-matching students)
     dsa: str = DSA_DEFAULT  # DSA strategy; "" = no augmentation
+    # ce: cross-entropy on probability targets | mse: 1/2 ||logits - y||^2 on regression
+    # targets (FRePo's evaluation, lib/training/metrics.py:47-55; hard labels become
+    # one-hot - 1/K, learned (N, K) targets are used as they are)
+    loss: str = "ce"
     # Forward of each batch in chunks (`models.chunked`, same function; measured 8-24 % faster
     # training steps on the 2-core CPU); "auto" = `models.auto_chunks`, 1 = whole batch.
     image_chunks: int | str = "auto"
@@ -59,6 +63,8 @@ class TrainConfig:
             raise ValueError(f"unknown lr schedule {self.schedule!r}; use step, cosine or constant")
         if self.optimizer not in ("sgd", "adamw"):
             raise ValueError(f"unknown optimizer {self.optimizer!r}; use sgd or adamw")
+        if self.loss not in LOSSES:
+            raise ValueError(f"unknown loss {self.loss!r}; use {' or '.join(LOSSES)}")
 
 
 class TrainState(NamedTuple):
@@ -72,6 +78,21 @@ class TrainState(NamedTuple):
 def soft_cross_entropy(logits_BxK: jax.Array, target_BxK: jax.Array) -> jax.Array:
     """Per-example CE against probability targets (equals hard CE for one-hot targets)."""
     return -(jax.nn.log_softmax(logits_BxK) * target_BxK).sum(-1)
+
+
+def squared_error(logits_BxK: jax.Array, target_BxK: jax.Array) -> jax.Array:
+    """Per-example 1/2 ||logits - target||^2 (FRePo's `mean_squared_loss`)."""
+    return 0.5 * ((logits_BxK - target_BxK) ** 2).sum(-1)
+
+
+LOSSES: dict[str, LossFn] = {"ce": soft_cross_entropy, "mse": squared_error}
+
+
+def class_targets(y_N: jax.Array, num_classes: int, loss: str = "ce") -> jax.Array:
+    """Targets of hard labels: one-hot (ce), or one-hot - 1/K (mse: FRePo's centred
+    regression targets)."""
+    y = jax.nn.one_hot(y_N, num_classes, dtype=jnp.float32)
+    return y - 1.0 / num_classes if loss == "mse" else y
 
 
 def steps_per_epoch(n: int, batch_size: int) -> int:
@@ -149,14 +170,15 @@ def train_epochs(state: TrainState, model: Model, cfg: TrainConfig, x_NHWC: jax.
                  y_target: jax.Array, num_epochs: int,
                  augment_fn: AugmentFn | None = None,
                  direction_fn: DirectionFn | None = None) -> TrainState:
-    """Run `num_epochs` more epochs. y_target: (N,) int labels or (N, K) probabilities.
+    """Run `num_epochs` more epochs. y_target: (N,) int labels or (N, K) targets
+    (probabilities for cfg.loss "ce", regression targets for "mse").
 
     `direction_fn` replaces the gradient by another update direction (e.g. GSAM); BN
     statistics always come from the first, unperturbed pass.
     """
     n = x_NHWC.shape[0]
     if y_target.ndim == 1:
-        y_target = jax.nn.one_hot(y_target, model.num_classes, dtype=x_NHWC.dtype)
+        y_target = class_targets(y_target, model.num_classes, cfg.loss).astype(x_NHWC.dtype)
     bs = min(cfg.batch_size, n)
     spe = steps_per_epoch(n, bs)
     tx = make_optimizer(cfg, cfg.epochs * spe)
@@ -170,7 +192,7 @@ def train_epochs(state: TrainState, model: Model, cfg: TrainConfig, x_NHWC: jax.
         forward = chunked(lambda v, xb: model.apply_train(v, xb)[0], chunks)
         apply_train = lambda v, xb: (forward(v, xb), v)  # noqa: E731
 
-    update = make_update(apply_train, soft_cross_entropy, tx, direction_fn)
+    update = make_update(apply_train, LOSSES[cfg.loss], tx, direction_fn)
 
     def batch_step(carry, inp):
         idx, mask, k_aug = inp
