@@ -509,6 +509,19 @@ def _jitted_apply(preprocess):
     return jax.jit(functools.partial(pre.apply, preprocess))
 
 
+def output_shape(source: RecordSource, image_size: int | None) -> tuple[int, int, int]:
+    """(H, W, C) of what the loader gives for `source`: image_size square, or the one
+    stored size (None; an error for variable-size sources)."""
+    if image_size is None:
+        if source.image_shape is None:
+            raise ValueError(f"{source.name} has images of different sizes; set image_size "
+                             f"(e.g. --set image_size=224) to decode them to one size")
+        return tuple(source.image_shape)
+    if int(image_size) < 1:
+        raise ValueError(f"image_size must be >= 1, got {image_size}")
+    return (int(image_size), int(image_size), int(source.channels))
+
+
 def make_loader(source: RecordSource, *, batch_size: int, seed: int = 0, train: bool = True,
                 start_step: int = 0, num_epochs: int | None = None,
                 image_size: int | None = 224, resize_size: int | None = None,
@@ -549,13 +562,7 @@ def make_loader(source: RecordSource, *, batch_size: int, seed: int = 0, train: 
     if on_corrupt not in ("skip", "error"):
         raise ValueError(f"on_corrupt must be 'skip' or 'error', got {on_corrupt!r}")
     n = len(source)
-    if image_size is None:
-        if source.image_shape is None:
-            raise ValueError(f"{source.name} has images of different sizes; give "
-                             f"image_size (e.g. 224)")
-        image_shape = tuple(source.image_shape)
-    else:
-        image_shape = (int(image_size), int(image_size), int(source.channels))
+    image_shape = output_shape(source, image_size)
     if train:
         steps = n // batch_size
         if steps == 0:
@@ -637,15 +644,7 @@ def open_streamed(name: str, image_size: int | None, *, seed: int = 0,
     test = open_source(name, "test", data_dir=data_dir)
     if len(full.class_names) < 2:
         raise ValueError(f"{name} has {len(full.class_names)} class(es); jaxdd needs at least 2")
-    if image_size is None:
-        if full.image_shape is None:
-            raise ValueError(f"{name} has images of different sizes; set image_size (e.g. "
-                             f"--set image_size=224) to decode them to one size")
-        shape = tuple(full.image_shape)
-    else:
-        if int(image_size) < 1:
-            raise ValueError(f"image_size must be >= 1, got {image_size}")
-        shape = (int(image_size), int(image_size), int(full.channels))
+    shape = output_shape(full, image_size)
     return StreamedDataset(name, full, test, shape, list(full.class_names),
                            None if image_size is None else int(image_size), int(workers),
                            int(seed), val_per_class)

@@ -36,45 +36,41 @@ class Protocol:
     reduced: bool = False  # a CPU-sized stand-in for a paper's protocol (compare like with like)
 
 
+def _sgd(epochs: int, batch_size: int = 256, dsa: str = DSA_DEFAULT) -> TrainConfig:
+    """The references' evaluation optimiser: SGD(lr 0.01, m 0.9, wd 5e-4), lr x0.1 at half."""
+    return TrainConfig(epochs=epochs, batch_size=batch_size, lr=0.01, momentum=0.9,
+                       weight_decay=5e-4, schedule="step", dsa=dsa)
+
+
 PROTOCOLS: dict[str, Protocol] = {
     "mtt": Protocol(
         "mtt", "convnet",
-        TrainConfig(epochs=1000, batch_size=256, lr=0.01, momentum=0.9, weight_decay=5e-4,
-                    schedule="step", dsa=DSA_DEFAULT),
-        TrainConfig(epochs=50, batch_size=256, lr=0.01, momentum=0.9, weight_decay=5e-4,
-                    schedule="step", dsa=""),
+        _sgd(1000),
+        _sgd(50, dsa=""),
         "ConvNet-D3/D4 width 128, SGD(m 0.9, wd 5e-4), 1000 epochs, lr x0.1 at 500, "
         "batch 256, DSA on every batch (MTT/TESLA/DATM/FTD evaluation)."),
     "cpu": Protocol(
         "cpu", "convnet_d3_w32",
-        TrainConfig(epochs=300, batch_size=256, lr=0.01, momentum=0.9, weight_decay=5e-4,
-                    schedule="step", dsa=DSA_DEFAULT),
-        TrainConfig(epochs=5, batch_size=256, lr=0.01, momentum=0.9, weight_decay=5e-4,
-                    schedule="step", dsa=""),
+        _sgd(300),
+        _sgd(5, dsa=""),
         "ConvNet-D3 width 32, SGD(m 0.9, wd 5e-4), 300 epochs, lr x0.1 at 150, batch 256, "
         "DSA; full data: 5 epochs without DSA. Reduced: sized for a 2-core CPU.", reduced=True),
     "dc": Protocol(
         "dc", "convnet",
-        TrainConfig(epochs=300, batch_size=256, lr=0.01, momentum=0.9, weight_decay=5e-4,
-                    schedule="step", dsa=""),
-        TrainConfig(epochs=50, batch_size=256, lr=0.01, momentum=0.9, weight_decay=5e-4,
-                    schedule="step", dsa=""),
+        _sgd(300, dsa=""),
+        _sgd(50, dsa=""),
         "DC's evaluation: ConvNet-D3 width 128, SGD(m 0.9, wd 5e-4), 300 epochs, lr x0.1 at "
         "150, batch 256, no augmentation (DatasetCondensation main.py, get_daparam)."),
     "dsa": Protocol(
         "dsa", "convnet",
-        TrainConfig(epochs=1000, batch_size=256, lr=0.01, momentum=0.9, weight_decay=5e-4,
-                    schedule="step", dsa=DSA_DEFAULT),
-        TrainConfig(epochs=50, batch_size=256, lr=0.01, momentum=0.9, weight_decay=5e-4,
-                    schedule="step", dsa=""),
+        _sgd(1000),
+        _sgd(50, dsa=""),
         "DSA / DM evaluation: ConvNet-D3 width 128, SGD(m 0.9, wd 5e-4), 1000 epochs, lr x0.1 "
         "at 500, batch 256, DSA on every batch (DatasetCondensation evaluate_synset)."),
     "datadam": Protocol(
         "datadam", "convnet_d3_w128_bn",
-        TrainConfig(epochs=1800, batch_size=64, lr=0.01, momentum=0.9, weight_decay=5e-4,
-                    schedule="step", dsa=DSA_DEFAULT),
-        TrainConfig(epochs=50, batch_size=256, lr=0.01, momentum=0.9, weight_decay=5e-4,
-                    schedule="step", dsa=""),
+        _sgd(1800, batch_size=64),
+        _sgd(50, dsa=""),
         "DataDAM's evaluation: ConvNet-D3 width 128 with BatchNorm, SGD(m 0.9, wd 5e-4), 1800 "
         "epochs, lr x0.1 at 900, batch 64, DSA on every batch (main_DataDAM.py)."),
     # FRePo script/eval.py: eval net = the distilling ConvNet with 'identity' norm (l.202-203),
@@ -101,8 +97,7 @@ PROTOCOLS: dict[str, Protocol] = {
         "CPU; compare only with other `frepo_cpu` numbers.", reduced=True),
     "smoke": Protocol(
         "smoke", "mlp_w32",
-        TrainConfig(epochs=20, batch_size=64, lr=0.01, momentum=0.9, weight_decay=5e-4,
-                    schedule="step", dsa=""),
+        _sgd(20, batch_size=64, dsa=""),
         TrainConfig(epochs=1, batch_size=256, lr=0.01, momentum=0.9, weight_decay=5e-4,
                     schedule="constant", dsa=""),
         "Tiny MLP, 20 epochs, no augmentation: for tests and smoke runs only."),
