@@ -42,6 +42,13 @@ def _sgd(epochs: int, batch_size: int = 256, dsa: str = DSA_DEFAULT) -> TrainCon
                        weight_decay=5e-4, schedule="step", dsa=dsa)
 
 
+def _adam_mse(epochs: int, batch_size: int = 500, dsa: str = DSA_DEFAULT) -> TrainConfig:
+    """FRePo's evaluation optimiser: Adam 3e-4 without weight decay, cosine, MSE targets."""
+    return TrainConfig(epochs=epochs, batch_size=batch_size, lr=3e-4, momentum=0.0,
+                       weight_decay=0.0, schedule="cosine", optimizer="adamw", loss="mse",
+                       dsa=dsa)
+
+
 PROTOCOLS: dict[str, Protocol] = {
     "mtt": Protocol(
         "mtt", "convnet",
@@ -80,19 +87,15 @@ PROTOCOLS: dict[str, Protocol] = {
     # without FRePo's 500-step warmup (l.221-225), DSA, epochs (= steps while N <= 500).
     "frepo": Protocol(
         "frepo", "convnet_d3_none",
-        TrainConfig(epochs=1000, batch_size=500, lr=3e-4, momentum=0.0, weight_decay=0.0,
-                    schedule="cosine", optimizer="adamw", loss="mse", dsa=DSA_DEFAULT),
-        TrainConfig(epochs=50, batch_size=256, lr=3e-4, momentum=0.0, weight_decay=0.0,
-                    schedule="cosine", optimizer="adamw", loss="mse", dsa=""),
+        _adam_mse(1000),
+        _adam_mse(50, batch_size=256, dsa=""),
         "ConvNet-D3 width 128 without norm, Adam 3e-4 (no wd), cosine, 1000 epochs, batch "
         "min(N, 500), MSE on the learned regression targets (hard labels: one-hot - 1/K), "
         "DSA (FRePo's script/eval.py)."),
     "frepo_cpu": Protocol(
         "frepo_cpu", "convnet_d3_w32_none",
-        TrainConfig(epochs=300, batch_size=500, lr=3e-4, momentum=0.0, weight_decay=0.0,
-                    schedule="cosine", optimizer="adamw", loss="mse", dsa=DSA_DEFAULT),
-        TrainConfig(epochs=5, batch_size=256, lr=3e-4, momentum=0.0, weight_decay=0.0,
-                    schedule="cosine", optimizer="adamw", loss="mse", dsa=""),
+        _adam_mse(300),
+        _adam_mse(5, batch_size=256, dsa=""),
         "`frepo` on ConvNet-D3 width 32 without norm, 300 epochs. Reduced: sized for a 2-core "
         "CPU; compare only with other `frepo_cpu` numbers.", reduced=True),
     "smoke": Protocol(
