@@ -6,14 +6,11 @@ device with a per-class index table, so the whole iteration is one compiled func
 
 from __future__ import annotations
 
-import jax
-import jax.numpy as jnp
-
 from jaxdd import data as jdata
 from jaxdd.methods import datadam, dc, dm
 from jaxdd.methods.matching import class_index_table, sample_real_batch
 from jaxdd.models import get_model
-from jaxdd.pipelines.common import Context, Prepared, init_images, run_prepared
+from jaxdd.pipelines.common import Context, Prepared, init_state, run_prepared
 from jaxdd.pipelines.spec import Method
 
 FACTORIES = {"dc": dc.make_dc, "dsa": dc.make_dc, "dm": dm.make_dm,
@@ -28,9 +25,7 @@ def prepare(ctx: Context) -> Prepared:
     distiller = FACTORIES[spec.name](mcfg, model, ctx.ds.num_classes)
     x_train = jdata.apply(ctx.pre, ctx.ds.x_train)  # host numpy; the driver places it
     idx_KxM, counts_K = class_index_table(ctx.ds.y_train, ctx.ds.num_classes)
-    x0, y0 = init_images(ctx.replace(cfg={**cfg, "init": mcfg.init}),
-                         jax.random.fold_in(ctx.key, 0))
-    state = distiller.init(jax.random.fold_in(ctx.key, 0), jnp.asarray(x0), jnp.asarray(y0))
+    state = init_state(ctx, distiller, mcfg.init)
 
     def batch_fn(real, key, t):
         return sample_real_batch(key, real, mcfg.batch_real)

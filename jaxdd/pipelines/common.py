@@ -10,6 +10,7 @@ import time
 from typing import Any, Callable, NamedTuple
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from jaxdd import artefact, safeio
@@ -112,6 +113,14 @@ def init_images(ctx: Context, key: jax.Array) -> tuple[np.ndarray, np.ndarray]:
     elif ctx.cfg.get("init", "real") != "real":
         raise ValueError(f"unknown init {ctx.cfg['init']!r}; use real or noise")
     return x, y
+
+
+def init_state(ctx: Context, distiller: Distiller, init: str) -> Any:
+    """`distiller.init` on the initial set (`init_images` with the method's `init`), both
+    from fold_in(run key, 0): what every single-Distiller method starts from."""
+    key = jax.random.fold_in(ctx.key, 0)
+    x0, y0 = init_images(ctx.replace(cfg={**ctx.cfg, "init": init}), key)
+    return distiller.init(key, jnp.asarray(x0), jnp.asarray(y0))
 
 
 def run_prepared(prepare: Callable[[Context], Prepared]) -> Callable[[Context, RunOptions], dict]:

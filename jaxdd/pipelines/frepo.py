@@ -13,7 +13,7 @@ import jax.numpy as jnp
 from jaxdd import data as jdata
 from jaxdd.methods.frepo import FRePoBatch, FRePoConfig, make_frepo
 from jaxdd.models import get_model
-from jaxdd.pipelines.common import Context, Prepared, init_images, run_prepared
+from jaxdd.pipelines.common import Context, Prepared, init_state, run_prepared
 from jaxdd.pipelines.spec import Method
 
 
@@ -35,9 +35,7 @@ def prepare(ctx: Context) -> Prepared:
     distiller = make_frepo(mcfg, model, ctx.ds.num_classes, cfg["iterations"])
     x_train = jdata.apply(ctx.pre, ctx.ds.x_train)  # host numpy; the driver places it
     y_train = jnp.asarray(ctx.ds.y_train, jnp.int32)
-    x0, y0 = init_images(ctx.replace(cfg={**cfg, "init": mcfg.init}),
-                         jax.random.fold_in(ctx.key, 0))
-    state = distiller.init(jax.random.fold_in(ctx.key, 0), jnp.asarray(x0), jnp.asarray(y0))
+    state = init_state(ctx, distiller, mcfg.init)
 
     def batch_fn(real, key, t):
         return sample_uniform_batch(key, real, mcfg.batch_real)
