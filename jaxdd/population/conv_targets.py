@@ -160,16 +160,31 @@ def load_or_compute(path: str, key: dict[str, Any],
     """(targets, computed now): load the entry, or compute and save it when absent.
 
     A mismatched or corrupt entry raises ConvTargetsError, unless `recompute` (then it is
-    deleted and rebuilt)."""
-    if os.path.exists(os.path.join(path, JSON)) or os.path.exists(os.path.join(path, NPZ)):
+    deleted and rebuilt). With several processes (`jax.distributed`), process 0 decides
+    whether to load or compute and tells the others (a streamed `compute` is collective, so
+    every process must make the same choice); every process computes, only process 0
+    deletes and writes the entry, and all read it back after a barrier."""
+    multi = jax.process_count() > 1
+    lead = jax.process_index() == 0
+    present = os.path.exists(os.path.join(path, JSON)) or os.path.exists(os.path.join(path, NPZ))
+    if multi:
+        from jax.experimental import multihost_utils
+        present = bool(multihost_utils.broadcast_one_to_all(np.int32(present)))
+    if present:
         try:
             return load(path, key), False
         except ConvTargetsError:
             if not recompute:
                 raise
-            shutil.rmtree(path)
+            if multi:  # every process has read the bad entry before process 0 deletes it
+                multihost_utils.sync_global_devices("jaxdd conv targets: bad entry seen")
+            if lead:
+                shutil.rmtree(path, ignore_errors=True)
     targets, layer_paths = compute()
-    save(path, targets, key, layer_paths)
+    if lead:
+        save(path, targets, key, layer_paths)
+    if multi:
+        multihost_utils.sync_global_devices("jaxdd conv targets: entry written")
     return load(path, key), True  # what is used is what is on disk
 
 
