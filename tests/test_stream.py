@@ -240,3 +240,18 @@ def test_arrayrecord_source_reads_encoded_records(tmp_path, monkeypatch):
     np.testing.assert_array_equal(src.labels(), np.arange(12) % 3)
     for b in _batches(src, batch_size=4, image_size=24, num_epochs=1):
         assert b["image"].shape == (4, 24, 24, 3) and b["mask"].all()
+
+
+def test_read_images_same_with_any_thread_count(folder):
+    """RDED pools / real init decode their records on threads: the images and their order
+    do not depend on the thread count, and equal the eval loader's resize + centre crop."""
+    src = stream.open_source(f"folder:{folder}", "train")
+    idx = np.array([5, 0, 17, 3, 3, 22, 9])
+    one = stream.read_images(src, idx, (16, 16, 3), threads=1)
+    assert one.shape == (7, 16, 16, 3) and one.dtype == np.uint8
+    for t in (2, 4, 0):
+        np.testing.assert_array_equal(stream.read_images(src, idx, (16, 16, 3), threads=t), one)
+    np.testing.assert_array_equal(one[3], one[4])
+    assert not np.array_equal(one[0], one[1])
+    first = _batches(src, train=False, num_epochs=1, image_size=16)[0]  # eval: in order
+    np.testing.assert_array_equal(one[1], first["image"][0])

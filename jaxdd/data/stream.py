@@ -58,6 +58,7 @@ front and an unreadable file is an error there.)
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import dataclasses
 import functools
 import logging
@@ -651,19 +652,31 @@ def open_streamed(name: str, image_size: int | None, *, seed: int = 0,
 
 
 def read_images(source: RecordSource, indices: np.ndarray, image_shape: tuple[int, int, int],
-                ) -> np.ndarray:
+                threads: int = 0) -> np.ndarray:
     """Records `indices` of `source` decoded and resized (+ centre-crop) to `image_shape`,
     as (len(indices), H, W, C) uint8 in this process (a few images: real init, samples,
-    one step's RDED pools).
+    one step's RDED pools), decoded by `threads` threads (0: one per CPU; PIL releases the
+    GIL while it decodes; each image depends only on its record, so the result does not
+    depend on the thread count).
     An undecodable image is an error here (the caller picked it)."""
     plan = _Plan(source, 0, False, 1, 1, 0, 1, int(image_shape[0]),
                  round(int(image_shape[0]) * EVAL_RESIZE_RATIO), TRAIN_SCALE, TRAIN_RATIO,
                  False, tuple(image_shape))
     if source.image_shape is not None and tuple(source.image_shape) == tuple(image_shape):
         plan = dataclasses.replace(plan, image_size=None)
-    out = np.empty((len(indices), *image_shape), np.uint8)
-    for j, i in enumerate(np.asarray(indices).reshape(-1)):
-        out[j] = plan.transform(source.read(int(i))[0], int(i), 0)
+    flat = [int(i) for i in np.asarray(indices).reshape(-1)]
+    out = np.empty((len(flat), *image_shape), np.uint8)
+
+    def one(j: int) -> None:
+        out[j] = plan.transform(source.read(flat[j])[0], flat[j], 0)
+
+    threads = min(len(flat), threads or os.cpu_count() or 1)
+    if threads <= 1:
+        for j in range(len(flat)):
+            one(j)
+    else:
+        with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+            list(pool.map(one, range(len(flat))))   # list(): re-raises a worker's error
     return out
 
 
@@ -696,7 +709,7 @@ def fit_streamed_preprocess(kind: str, data: StreamedDataset, seed: int = 0,
     if kind == "normalize" and pre.known_stats(data.name) is None:
         n = len(data.train)
         idx = np.random.default_rng(seed).permutation(n)[:min(n, max_images)]
-        sample = read_images(data.train, np.sort(idx), data.image_shape)
+        sample = read_images(data.train, np.sort(idx), data.image_shape, threads=data.workers)
     return pre.fit_preprocess(kind, sample, dataset_name=data.name)
 
 

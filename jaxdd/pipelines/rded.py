@@ -86,7 +86,7 @@ def pool_reader(ds: jdata.Dataset | stream.StreamedDataset, pre: jdata.Preproces
 
     def read(classes_B):
         uniq, inv = np.unique(np.asarray(classes_B), return_inverse=True)
-        x = stream.read_images(ds.train, idx_KxP[uniq].reshape(-1), shape)
+        x = stream.read_images(ds.train, idx_KxP[uniq].reshape(-1), shape, threads=ds.workers)
         return jdata.apply(pre, x).reshape(len(uniq), p, *shape)[inv.reshape(-1)]
     return read
 

@@ -181,7 +181,7 @@ def recover(cfg: dict, out_dir: str, quiet: bool = False, ctx: Context | None = 
         idx_KxI = stream.sample_class_indices(ds.train.labels(), k_classes, ipc,
                                               _int_seed(jax.random.fold_in(key, 0)))
         real_init = lambda at: jdata.apply(pre, stream.read_images(  # noqa: E731
-            ds.train, idx_KxI[at].reshape(-1), shape))
+            ds.train, idx_KxI[at].reshape(-1), shape, threads=ds.workers))
     elif rcfg.init == "real":
         xr, _ = jdata.sample_per_class(jax.random.fold_in(key, 0), ds, ipc)
         x_init = jdata.apply(pre, xr).reshape(k_classes, ipc, *shape)
