@@ -105,8 +105,9 @@ def sre2l_loss(x_aug_NHWC: jax.Array, y_B: jax.Array, model: Any, variables: Any
     """
     patch = None if conv_targets is None else (patch_size, patch_per_channel)
     cap = capture(model, variables, x_aug_NHWC, None, patch)
-    if not cap.bn:
-        raise ValueError("the model called no BatchNorm: statistics matching needs a BN teacher")
+    if not cap.bn and conv_targets is None:
+        raise ValueError("the model called no BatchNorm: statistics matching needs a BN teacher "
+                         "(or conv statistics, recover.conv_stats, as G-VBSM's ConvNet)")
     ce = optax.softmax_cross_entropy_with_integer_labels(cap.logits.astype(jnp.float32), y_B).mean()
     stats, new_ema, new_conv_ema = cap.bn, None, None
     if ema is not None:
