@@ -27,7 +27,7 @@ def bn_matching_loss(stats: Sequence[BNStat], first_bn_multiplier: float = 10.0,
     terms = [r_var * safe_norm(s.var_C - s.running_var_C) + safe_norm(s.mean_C - s.running_mean_C)
              for s in stats]
     weights = [first_bn_multiplier] + [1.0] * (len(terms) - 1)
-    return sum(w * t for w, t in zip(weights, terms))
+    return sum((w * t for w, t in zip(weights, terms)), jnp.zeros((), jnp.float32))
 
 
 def ema_stats(stats: Sequence[BNStat], ema: Sequence[tuple[jax.Array, jax.Array]], alpha: float
