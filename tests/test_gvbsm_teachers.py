@@ -182,16 +182,15 @@ def test_plain_mean_ensemble_is_numpy_mean():
     assert np.abs(got - logits.mean(0)).max() > 0.1  # the two rules differ here
 
 
-def _crop_of(out_HWC, x_HWC, pad, fill):
-    """The (dy, dx, flipped) for which out is RandomCrop(pad) (+ flip) of x, else None."""
-    for flip in (False, True):
-        src = flip_horizontal(x_HWC[None], jnp.array([flip]))[0] if flip else x_HWC
-        for dy in range(2 * pad + 1):
-            for dx in range(2 * pad + 1):
-                cand = pad_crop(src[None], jnp.array([[dy, dx]]), pad, fill)[0]
-                if np.array_equal(np.asarray(cand), out_HWC):
-                    return dy, dx, flip
-    return None
+def _all_crops(x_HWC, pad, fill):
+    """{(dy, dx, flipped): RandomCrop(pad) at (dy, dx) of x, mirrored or not} (numpy)."""
+    offs = [(dy, dx) for dy in range(2 * pad + 1) for dx in range(2 * pad + 1)]
+    n = len(offs)
+    src = jnp.stack([x_HWC, flip_horizontal(x_HWC[None], jnp.array([True]))[0]])
+    crops = jax.jit(lambda s, o: pad_crop(s, o, pad, fill))(
+        jnp.repeat(src, n, axis=0), jnp.asarray(offs * 2, jnp.int32))
+    keys = [(dy, dx, f) for f in (False, True) for dy, dx in offs]
+    return dict(zip(keys, np.asarray(crops)))
 
 
 def test_teacher_pad_crop_flip_per_image_and_deterministic():
@@ -206,7 +205,8 @@ def test_teacher_pad_crop_flip_per_image_and_deterministic():
     out = np.asarray(aug(k, x))
     np.testing.assert_array_equal(out, np.asarray(aug(k, x)))
     assert not np.array_equal(out, np.asarray(aug(jax.random.key(1), x)))
-    draws = [_crop_of(o, x[0], 4, jnp.asarray(fill)) for o in out]
+    crops = _all_crops(x[0], 4, jnp.asarray(fill))
+    draws = [next((k for k, c in crops.items() if np.array_equal(c, o)), None) for o in out]
     assert all(d is not None for d in draws), draws
     assert len(set(draws)) > 3  # per image, not one crop for the batch
     assert {d[2] for d in draws} == {False, True}
@@ -223,9 +223,8 @@ def _run(capsys, argv, code=0):
     return json.loads(o.strip().splitlines()[-1]) if code == 0 else e
 
 
-def test_gvbsm_mixed_teachers_rotate_pipeline(tiny_npz, tmp_path, capsys):
-    """The CPU preset with two teacher architectures (BN ConvNet and instance-norm ConvNet,
-    each in its own directory, per-image pad-crop teachers), rotation, plain-mean relabel."""
+def _mixed_pipeline(tiny_npz, tmp_path, capsys):
+    """Teachers + recover of the CPU preset with two teacher architectures; (out, argv sets)."""
     config = os.path.join(os.path.dirname(__file__), "..", "configs", "sre2l", "fashion_mnist_cpu.py")
     tdir, out = tmp_path / "teachers", str(tmp_path / "run")
     sets = [f"dataset=npz:{tiny_npz}", "teacher.model=['convnet_d2_w4_bn', 'convnet_d2_w4']",
@@ -246,16 +245,30 @@ def test_gvbsm_mixed_teachers_rotate_pipeline(tiny_npz, tmp_path, capsys):
     assert r["teacher_dirs"] == [str(tdir / "convnet_d2_w4_bn"), str(tdir / "convnet_d2_w4")]
     for m in ("convnet_d2_w4_bn", "convnet_d2_w4"):
         assert len(os.listdir(tdir / m / "conv_targets")) == 1
+    return config, out, setv
+
+
+def test_gvbsm_mixed_teachers_rotate_pipeline(tiny_npz, tmp_path, capsys):
+    """The CPU preset with two teacher architectures (BN ConvNet and instance-norm ConvNet,
+    each in its own directory, per-image pad-crop teachers) and the rotation."""
     from jaxdd import artefact
-    art = artefact.load(r["artefact"])
+    config, out, setv = _mixed_pipeline(tiny_npz, tmp_path, capsys)
+    art = artefact.load(os.path.join(out, "artefact"))
     assert art.meta["teacher_schedule"] == "rotate" and len(art.meta["conv_targets"]) == 2
     assert art.meta["teacher_models"] == ["convnet_d2_w4_bn", "convnet_d2_w4"]
     assert np.isfinite(art.x_syn_NHWC).all() and art.x_syn_NHWC.shape == (6, 8, 8, 1)
+    # The instance-norm teacher without conv statistics: one clear error, nothing written.
+    bad = tmp_path / "run_nobn"
+    err = _run(capsys, ["recover", "--config", config, "--ipc", "2", "--out", str(bad)]
+               + setv + ["--set", "recover.conv_stats=False"], code=2)
+    assert "no BatchNorm" in err and "conv_stats" in err
+    assert not os.path.exists(bad)
+
+
+@pytest.mark.slow
+def test_gvbsm_mixed_teachers_relabel_plain_mean(tiny_npz, tmp_path, capsys):
+    """Relabel of a mixed-architecture run: both directories' teachers, plain mean."""
+    _, out, _ = _mixed_pipeline(tiny_npz, tmp_path, capsys)
     rl = _run(capsys, ["relabel", out, "--mode", "online", "--epochs", "1", "--seeds", "1"])
     assert rl["num_teachers"] == 2 and rl["ensemble_mean"] == "plain"
     assert len(rl["teacher_dirs"]) == 2 and 0.0 <= rl["accuracy_mean"] <= 1.0
-    # The instance-norm teacher without conv statistics: one clear error, nothing written.
-    err = _run(capsys, ["recover", "--config", config, "--ipc", "2", "--out",
-                        str(tmp_path / "run_nobn")] + setv + ["--set", "recover.conv_stats=False"],
-               code=2)
-    assert "no BatchNorm" in err and "conv_stats" in err

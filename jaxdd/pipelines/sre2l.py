@@ -67,7 +67,7 @@ from jaxdd.models import get_model
 from jaxdd.pipelines.common import (Context, dataclass_from, load_data, mesh_from,
                                     resumable_batch)
 from jaxdd.pipelines.teacher import (check_compatible, check_run_dir, ensure_teachers,
-                                     teacher_config, teacher_ready)
+                                     teacher_config, teacher_dirs, teacher_models, teacher_ready)
 from jaxdd.pipelines.spec import Method, RunOptions
 from jaxdd.data import stream
 from jaxdd.run import driver
@@ -135,19 +135,32 @@ def recover_config(cfg: dict) -> RecoverConfig:
     return dataclass_from(RecoverConfig, r)
 
 
-def _check_teacher_set(teachers: list, tdirs: list[str], rcfg: RecoverConfig) -> None:
+def _check_teacher_set(teachers: list, tdirs: list[str]) -> None:
     """Refuse teachers that cannot be matched together: other data, classes, image shape or
-    preprocessing than the first, or no BatchNorm without conv statistics."""
+    preprocessing than the first."""
     _, _, pre0, man0 = teachers[0]
-    for d, (m, _, pre, man) in zip(tdirs, teachers):
+    for d, (_, _, pre, man) in zip(tdirs, teachers):
         check_compatible(man, man0["dataset"], int(man0["num_classes"]), man0["input_shape"])
         if preprocess_sha(pre) != preprocess_sha(pre0):
             raise ValueError(f"teacher {d} uses other preprocessing than {tdirs[0]}; train "
                              f"every teacher with the same `preprocess`")
-        if not m.has_batch_stats and not rcfg.conv_stats:
-            raise ValueError(f"teacher {d} ({man['model']}) has no BatchNorm: it can only be "
-                             f"matched through conv statistics (set recover.conv_stats=True) "
-                             f"or use a BN model")
+
+
+def _refuse_bn_free(cfg: dict, rcfg: RecoverConfig, ds: Any) -> None:
+    """Before anything is written: a teacher model without BatchNorm is matched through its
+    conv inputs only, so it needs recover.conv_stats (G-VBSM's instance-norm ConvNet)."""
+    if rcfg.conv_stats:
+        return
+    for name, d in zip(teacher_models(cfg), teacher_dirs(cfg)):
+        if ds is not None:
+            k, shape = ds.num_classes, tuple(ds.image_shape)
+        else:  # no data read: the teachers are complete, their manifests name the shape
+            man = jteachers.read_manifest(d)
+            k, shape = int(man["num_classes"]), tuple(man["input_shape"])
+        if not get_model(name, k, shape).has_batch_stats:
+            raise ValueError(f"teacher model {name!r} has no BatchNorm: it can only be matched "
+                             f"through conv statistics (set recover.conv_stats=True) or use a "
+                             f"BN model")
 
 
 def _no_batch(consts: Any, key: jax.Array, t: jax.Array) -> None:
@@ -188,6 +201,7 @@ def recover(cfg: dict, out_dir: str, quiet: bool = False, ctx: Context | None = 
     streamed = cfg.get("image_size") is not None
     needs_data = rcfg.init == "real" or rcfg.conv_stats or not teacher_ready(cfg)
     ds = ctx.ds if needs_data else None
+    _refuse_bn_free(cfg, rcfg, ds)
     check_run_dir(out_dir, cfg)
     mesh = mesh_from(cfg)
     tdirs, teacher_seconds = ensure_teachers(cfg, ds, quiet, mesh)
@@ -201,7 +215,7 @@ def recover(cfg: dict, out_dir: str, quiet: bool = False, ctx: Context | None = 
     else:  # nothing read: the teacher defines the classes and the image shape
         want = shape if not streamed else (int(cfg["image_size"]),) * 2 + shape[2:]
         check_compatible(tman, cfg["dataset"], k_classes, want)
-    _check_teacher_set(teachers, tdirs, rcfg)
+    _check_teacher_set(teachers, tdirs)
     # A list (several architectures, or a rotation) or one model's stacked teachers.
     listed = len(tdirs) > 1 or rcfg.teacher_schedule == "rotate"
     if listed:
