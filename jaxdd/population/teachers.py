@@ -3,6 +3,10 @@
 `train_teachers` trains `num_teachers` networks (teacher i from fold_in(key, i); several
 for G-VBSM) on the training split and stores their final variables (params + BN
 `batch_stats`); `load_teacher` / `load_teachers` read them back for recover and relabel.
+Augmentation: a DSA family per batch (`dsa`, default), or per-image RandomCrop(padding
+`pad_crop`, black fill) + flip (`pad_crop_flip`, G-VBSM's squeeze/train.py). Models
+without BatchNorm train too (G-VBSM's instance-norm ConvNet teacher); recover matches them
+through conv statistics only.
 `save_teacher` stores given variables (e.g. converted torchvision weights,
 `jaxdd.models.convert.torchvision_to_teacher`) as a complete one-teacher directory.
 
