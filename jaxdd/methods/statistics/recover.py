@@ -195,7 +195,8 @@ def make_recover(config: RecoverConfig, model: Any, variables: Any,
     config.ipc_per_batch images per class. `model` may be an nnx.Module (variables: its
     nnx.State, stacked for several teachers, or None).
 
-    Several teachers of different architectures: `model` a list of T models, `variables`
+    Several teachers of different architectures: `model` a list of T models (a tuple for
+    `recover_batch_jit` / `recover_all`, where the model is a static argument), `variables`
     the list of their (unstacked) variables, `conv_targets` the list of their targets;
     config.teacher_schedule picks "mean" (all T each iteration; conv-drop key i of
     split(k, T)) or "rotate" (teacher `teacher_index(t, T)` alone, one `lax.switch`: only
