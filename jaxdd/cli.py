@@ -407,9 +407,11 @@ def _teacher_cfg_from_args(args) -> dict:
     t = cfg.setdefault("teacher", {})
     for flag, key in (("model", "model"), ("epochs", "epochs"), ("lr", "lr"),
                       ("batch_size", "batch_size"), ("teachers", "num_teachers"), ("out", "dir"),
-                      ("dsa", "dsa")):
+                      ("dsa", "dsa"), ("pad_crop", "pad_crop")):
         if getattr(args, flag) is not None:
             t[key] = getattr(args, flag)
+    if args.pad_crop and args.dsa is None:  # --pad-crop replaces the default DSA family
+        t["dsa"] = ""
     if not cfg.get("dataset") or not t.get("model"):
         raise ValueError("jaxdd teacher needs --config or both --dataset and --model")
     return cfg
@@ -421,29 +423,38 @@ def cmd_teacher(args) -> int:
     from jaxdd.population import teachers as jteachers
     from jaxdd.run.progress import Progress
     cfg = _teacher_cfg_from_args(args)
-    path = pteacher.teacher_dir(cfg)
+    paths = pteacher.teacher_dirs(cfg)
     t0 = time.time()
     if args.from_torchvision:
+        if len(paths) != 1:
+            raise ValueError("--from-torchvision converts one model; give one teacher.model")
         from jaxdd.models import convert
         size = int(cfg.get("image_size") or 224)
-        m = convert.torchvision_to_teacher(args.from_torchvision, cfg["teacher"]["model"], path,
+        m = convert.torchvision_to_teacher(args.from_torchvision, cfg["teacher"]["model"], paths[0],
                                            cfg["dataset"], args.num_classes, (size, size, 3))
-        _emit({"teacher": path, "model": m["model"], "dataset": m["dataset"],
+        _emit({"teacher": paths[0], "model": m["model"], "dataset": m["dataset"],
                "source": args.from_torchvision}, args.json,
-              f"teacher {path}: {m['model']} converted from {args.from_torchvision}")
+              f"teacher {paths[0]}: {m['model']} converted from {args.from_torchvision}")
         return 0
     ds = common.load_data(cfg)
-    m = jteachers.train_teachers(path, ds, cfg["teacher"]["model"], pteacher.teacher_config(cfg),
-                                 int(cfg.get("seed", 0)), preprocess=cfg.get("preprocess", "normalize"),
-                                 progress_cb=Progress("teacher", enabled=not args.quiet),
-                                 mesh=common.mesh_from(cfg))
-    recs = m["teachers"][:pteacher.teacher_config(cfg).num_teachers]
-    res = {"teacher": path, "model": m["model"], "dataset": m["dataset"],
-           "teachers": len(recs), "test_accuracy": [r["test_accuracy"] for r in recs],
-           "train_seconds": [r["train_time_s"] for r in recs],
-           "seconds": round(time.time() - t0, 2)}
-    _emit(res, args.json, f"teacher {path}: {res['teachers']} x {m['model']} on {m['dataset']}, "
-                          f"test accuracy {res['test_accuracy']}")
+    tcfg = pteacher.teacher_config(cfg)
+    out = []
+    for model, path in zip(pteacher.teacher_models(cfg), paths):  # one directory per model
+        t1 = time.time()
+        m = jteachers.train_teachers(path, ds, model, tcfg, int(cfg.get("seed", 0)),
+                                     preprocess=cfg.get("preprocess", "normalize"),
+                                     progress_cb=Progress(f"teacher {model}", enabled=not args.quiet),
+                                     mesh=common.mesh_from(cfg))
+        recs = m["teachers"][:tcfg.num_teachers]
+        out.append({"teacher": path, "model": m["model"], "dataset": m["dataset"],
+                    "teachers": len(recs), "test_accuracy": [r["test_accuracy"] for r in recs],
+                    "train_seconds": [r["train_time_s"] for r in recs],
+                    "seconds": round(time.time() - t1, 2)})
+    res = dict(out[0]) if len(out) == 1 else {
+        "teachers": out, "dataset": out[0]["dataset"], "seconds": round(time.time() - t0, 2)}
+    _emit(res, args.json, "\n".join(
+        f"teacher {r['teacher']}: {r['teachers']} x {r['model']} on {r['dataset']}, "
+        f"test accuracy {r['test_accuracy']}" for r in out))
     return 0
 
 
@@ -767,12 +778,15 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("teacher", help="train BN teacher(s) for statistics matching (resumable)")
     sp.add_argument("--config", default=None, help="take dataset/teacher from a configs/sre2l file")
     sp.add_argument("--dataset", default=None)
-    sp.add_argument("--model", default=None, help="a BN model, e.g. convnet_d3_w32_bn, resnet18")
+    sp.add_argument("--model", default=None, help="a BN model, e.g. convnet_d3_w32_bn, resnet18 "
+                    "(several architectures: teacher.model = [...] in --config)")
     sp.add_argument("--epochs", type=POS, default=None)
     sp.add_argument("--lr", type=_positive_float, default=None, help="SGD lr (default 0.1, cosine)")
     sp.add_argument("--batch-size", type=POS, default=None)
     sp.add_argument("--teachers", type=POS, default=None, help="number of teachers (G-VBSM)")
     sp.add_argument("--dsa", default=None, help="augmentation (default crop_flip; '' = none)")
+    sp.add_argument("--pad-crop", type=NONNEG, default=None, metavar="PAD",
+                    help="per-image RandomCrop(padding=PAD) + flip instead of DSA (G-VBSM: 4)")
     sp.add_argument("--preprocess", default=None)
     sp.add_argument("--out", default=None, help="teacher directory")
     sp.add_argument("--image-size", type=POS, default=None,

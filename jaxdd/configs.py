@@ -45,8 +45,12 @@ class _NotFinite(ConfigError):
 class TeacherSection:
     """The `teacher` keys outside `TeacherConfig`."""
 
-    model: str | None = None       # registry name of a BatchNorm model
-    dir: str | None = None         # None = runs/teachers/<dataset>-<model>-<pre>-s<seed>
+    # registry name of the teacher model, or a list (G-VBSM: several architectures, each in
+    # its own directory)
+    model: str | tuple[str, ...] | None = None
+    # None = runs/teachers/<dataset>-<model>-<pre>-s<seed> per model; a list: one per model;
+    # one path with several models: PATH/<model>
+    dir: str | tuple[str, ...] | None = None
     train_if_missing: bool = True  # train it there when absent (resumable per epoch)
 
 

@@ -392,7 +392,7 @@ def test_gvbsm_cpu_pipeline(tiny_npz, tmp_path, capsys):
 def test_gvbsm_cifar100_preset_resolves():
     from jaxdd.configs import load_config
     from jaxdd.pipelines import sre2l as P
-    from jaxdd.pipelines.teacher import teacher_config
+    from jaxdd.pipelines.teacher import teacher_config, teacher_dirs, teacher_models
     path = os.path.join(os.path.dirname(__file__), "..", "configs", "sre2l", "gvbsm_cifar100.py")
     for ipc, classes in ((10, 10), (50, 2)):
         cfg = load_config(path, ipc)
@@ -400,6 +400,12 @@ def test_gvbsm_cifar100_preset_resolves():
         assert r.conv_stats and r.diversity == 1.0 and r.stat_ema == 0.8 and r.conv_drop == 0.4
         assert r.batch_size * r.ipc_per_batch == 100 and r.batch_size == classes
         assert len(batch_layout(r, 100, ipc)) == 100 * ipc // 100
-        assert teacher_config(cfg).num_teachers == 5
+        # the reference's five architectures, one network each, in rotation
+        assert teacher_models(cfg) == ["resnet18", "convnet_d3_w128", "mobilenetv2_half",
+                                       "wrn_16_2", "shufflenetv2_0_5"]
+        assert len(set(teacher_dirs(cfg))) == 5 and r.teacher_schedule == "rotate"
+        t = teacher_config(cfg)
+        assert (t.num_teachers, t.pad_crop, t.dsa, t.epochs, t.lr) == (1, 4, "", 50, 0.05)
         o = P.relabel_options({"config": cfg}, {})
         assert (o["loss"], o["ce_weight"], o["optimizer"], o["epochs"]) == ("mse_ce", 0.15, "sgd", 1000)
+        assert o["ensemble"] and not o["ensemble_rescale"]  # plain mean on CIFAR-100

@@ -1,36 +1,52 @@
 """G-VBSM CIFAR-100 (spec section 4; the reference's Branch_CIFAR_100 scripts).
 
 Commands:
-  jaxdd teacher --config configs/sre2l/gvbsm_cifar100.py               # 5 weak teachers (recover also trains them)
+  jaxdd teacher --config configs/sre2l/gvbsm_cifar100.py   # the 5 weak teachers, one directory each
   jaxdd recover --config configs/sre2l/gvbsm_cifar100.py --ipc 10 --out runs/gvbsm_cifar100-ipc10
   jaxdd relabel runs/gvbsm_cifar100-ipc10 --mode online --json
 Runtime / expected accuracy: not measured by jaxdd (no such hardware here); see the G-VBSM
 paper (Shao et al., CVPR 2024) for its published numbers. The first recover computes the
 conv targets (one inference pass over the 50 000 training images per teacher) and caches
-them in TEACHER_DIR/conv_targets/.
+them in each TEACHER_DIR/conv_targets/. Small CPU run of the same options (tiny models and
+data): tests/test_gvbsm.py::test_gvbsm_mixed_teachers_rotate_pipeline.
 
-Settings carried over from shaoshitong/G_VBSM_Dataset_Condensation:
-  recover (recover.sh, data_synthesis_with_svd_with_db_with_all_statistic.py): Adam(0.5,
-    0.9) lr 0.05 cosine, 4000 iterations, N(0, 1) init, batch 100 = 10 classes x 10 images
-    at IPC 10 (50 images of 2 classes at IPC 50), r_loss 0.01 on BN and conv terms alike,
-    first_multiplier 10, training_momentum (EMA) 0.8, drop_rate 0.4, nuc_norm (diversity) 1
-    with tau 4, RandomCrop(32, padding 4) + flip on the batch then torch.roll by
-    randint(0, 32) (the --jitter default; recover.sh does not set it).
-  conv targets: the training set in batches of 64, RandomCrop(pad 4) + flip, teachers in
-    eval mode; 4-px cells pooled over channels (the 32/64-px branches' utils.py; the
-    CIFAR-100 branch's own utils.py is not in the copy we read).
-  teachers (squeeze/train.py defaults): SGD lr 0.05 constant, momentum 0.9, no weight
-    decay, batch 64, 50 epochs, RandomCrop + flip.
-  student (train.sh, relabel.sh): ConvNet-W128, SGD lr 0.1, momentum 0.9, wd 5e-4, cosine
-    per epoch, batch 64, 1000 epochs, CutMix, RandomResizedCrop 0.08-1, loss MSE(logits) +
-    0.15 CE.
-Differences: the reference matches five architectures (ResNet-18, ConvNet-W128,
-MobileNetV2, WRN-16-2, ShuffleNetV2-0.5), one per iteration in rotation; jaxdd vmaps N
-teachers of one architecture and averages their losses every iteration: here 5 ResNet-18
-seeds, ~5x the reference's compute per iteration. The reference splits each batch of 100
-over 2 GPUs (BN / conv statistics over 50 images each, the diversity term over all 100);
-here all 100 images are on one device. EMA averages restart with every batch (the
-reference carries its hooks' averages across batches).
+Settings carried over from shaoshitong/G_VBSM_Dataset_Condensation (Branch_CIFAR_100/):
+  teachers (recover/data_synthesis_with_svd_with_db_with_all_statistic.py:331, model
+    dict recover/models/__init__.py, baseline.py:189,239): ResNet18 (resnet18),
+    ConvNetW128 (get_network: depth 3, width 128, *instance* norm, avg pooling ->
+    convnet_d3_w128: no BN, matched through its conv inputs only), MobileNetV2 = mobile_half
+    (mobilenetv2_half), WRN_16_2 (wrn_16_2), ShuffleNetV2_0_5 (shufflenetv2_0_5), in that
+    order, each in its own directory (teacher.dir None: runs/teachers/cifar100-<model>-...).
+  teacher training (squeeze/train.py:57-62, :78, :97, :129-135; squeeze.sh): SGD lr 0.05
+    constant, momentum 0.9, no weight decay, batch 64, 50 epochs, per-image
+    RandomCrop(32, padding 4) + RandomHorizontalFlip (teacher.pad_crop=4, dsa='').
+  rotation (data_synthesis...py:112, :150-151): `id = counter % 5; counter += 1` once per
+    iteration, one counter across batches: teacher t mod 5 at iteration t
+    (teacher_schedule="rotate"; the same teacher as the reference's, since 4000 is a
+    multiple of 5). Only that teacher's CE, BN and conv terms enter the iteration
+    (:152-159), and only its hooks update their moving averages.
+  recover (recover.sh, data_synthesis...py): Adam(0.5, 0.9) lr 0.05 cosine, 4000
+    iterations, N(0, 1) init, batch 100 = 10 classes x 10 images at IPC 10 (50 images of 2
+    classes at IPC 50), r_loss 0.01 on BN and conv terms alike, first_multiplier 10 on the
+    first hooked layer (:157; for each of the five models its stem conv), training_momentum
+    (EMA) 0.8, drop_rate 0.4, nuc_norm (diversity) 1 with tau 4, RandomCrop(32, padding 4)
+    + flip on the batch then torch.roll by randint(0, 32) (the --jitter default; recover.sh
+    does not set it).
+  conv targets (data_synthesis...py:71-93, recover/utils.py ConvFeatureHook): the training
+    set in batches of 64, RandomCrop(pad 4) + flip, teachers in eval mode; 4-px cells
+    pooled over channels.
+  relabel (relabel/relabel.sh: --candidate-number 5; generate_soft_label_with_db.py:144,
+    :282-284): all five teachers, the *plain* mean of their logits (the norm rescaling is
+    commented out on CIFAR-100; ensemble_rescale=False).
+  student (train/train.sh, train/train_FKD.py): ConvNet-W128, SGD lr 0.1, momentum 0.9, wd
+    5e-4, cosine per epoch, batch 64, 1000 epochs, CutMix, RandomResizedCrop 0.08-1, loss
+    MSE(logits) + 0.15 CE.
+Differences: the reference splits each batch of 100 over 2 GPUs (BN / conv statistics over
+50 images each, the diversity term over all 100); here all 100 images are on one device.
+EMA averages restart with every batch (the reference carries its hooks' averages across
+batches) and start at the initial batch's statistics. The reference's soft labels are the
+teachers' outputs on the un-mixed crops (generate_soft_label_with_db.py:266-274) while its
+student sees the CutMix of them; jaxdd labels the images the student sees.
 """
 
 
@@ -42,15 +58,18 @@ def get_config():
         seed=0,
         preprocess="normalize",
         teacher=dict(                 # jaxdd.population.teachers.TeacherConfig non-defaults + model/dir
-            model="resnet18",
-            dir=None,
+            model=["resnet18", "convnet_d3_w128", "mobilenetv2_half", "wrn_16_2",
+                   "shufflenetv2_0_5"],  # the reference's five, in its rotation order
+            dir=None,                 # one default directory per model
             train_if_missing=True,
-            num_teachers=5,           # reference: 5 different architectures
+            num_teachers=1,           # one network of each architecture
             epochs=50,
             batch_size=64,
             lr=0.05,
             schedule="constant",
             weight_decay=0.0,
+            dsa="",                   # no DSA: ...
+            pad_crop=4,               # ... per-image RandomCrop(32, padding 4) + flip
         ),
         recover=dict(                 # jaxdd.methods.sre2l.RecoverConfig (only non-defaults)
             lr=0.05,
@@ -58,7 +77,7 @@ def get_config():
             r_bn=0.01,                # r_loss: BN and conv terms
             jitter=(0, 32),
             pad_crop=4,               # RandomCrop(32, padding=4) + flip per batch
-            stacked_teachers=True,
+            teacher_schedule="rotate",  # teacher t mod 5 at iteration t
             stat_ema=0.8,
             conv_stats=True,
             conv_drop=0.4,
@@ -68,7 +87,8 @@ def get_config():
             ipc_per_batch=10,         # ... x images per class = 100
         ),
         relabel=dict(
-            recipe="gvbsm",           # norm-rescaled ensemble, MSE(logits) + ce_weight * CE
+            recipe="gvbsm",           # teacher ensemble, MSE(logits) + ce_weight * CE
+            ensemble_rescale=False,   # CIFAR-100: the plain mean of the 5 teachers' logits
             model="convnet",          # ConvNet-D3-W128
             ce_weight=0.15,
             optimizer="sgd",

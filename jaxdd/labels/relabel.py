@@ -247,8 +247,12 @@ def generate_labels(teacher_fn: TeacherFn, x_syn_NHWC: jax.Array, key: jax.Array
     return StoredLabels(reshape(vals), reshape(idx))
 
 
-def ensemble_logits(logits_TxBxK: jax.Array) -> jax.Array:
-    """G-VBSM ensemble: rescale each teacher's logits to the mean Frobenius norm, average."""
+def ensemble_logits(logits_TxBxK: jax.Array, rescale: bool = True) -> jax.Array:
+    """G-VBSM ensemble: rescale each teacher's logits to the mean Frobenius norm, average
+    (the ImageNet-1K branch); rescale=False: the plain mean over teachers (its CIFAR-100 and
+    Tiny-ImageNet generate_soft_label_with_db.py, the rescaling commented out)."""
+    if not rescale:
+        return logits_TxBxK.mean(0)
     norms_T = jnp.sqrt(jnp.sum(jnp.square(logits_TxBxK), axis=(1, 2)))
     scale_T = norms_T.mean() / jnp.maximum(norms_T, 1e-12)
     return (logits_TxBxK * scale_T.reshape(-1, 1, 1)).mean(0)

@@ -29,8 +29,16 @@ split over the mesh) and cached under TEACHER_DIR/conv_targets/<key hash>/
 (`jaxdd.population.conv_targets`). With `recover.ipc_per_batch` g > 1 a batch holds g images of each
 of `batch_size` classes (IPC indices i0..i0+g-1); batch files keep the name of i0.
 
-Not implemented here (see the spec): G-VBSM's rotation of teachers per iteration (several
-teachers are vmapped together, `stacked_teachers`).
+Several teachers: `teacher.num_teachers` networks of one architecture are vmapped together
+(`recover.stacked_teachers`, their losses averaged every iteration); `teacher.model` as a
+list trains and loads one directory per architecture (`jaxdd.pipelines.teacher`), and the
+teachers then go to `make_recover` as a list: every one each iteration
+(`recover.teacher_schedule="mean"`) or G-VBSM's rotation, teacher t mod T at iteration t
+("rotate"; one teacher of one architecture can rotate its `num_teachers` seeds too). Each
+teacher's conv targets are cached in its own directory. Relabel's ensemble
+(`relabel.ensemble`) takes every teacher of every directory the artefact names, averaged
+plainly (`ensemble_rescale=False`, G-VBSM CIFAR-100 / Tiny-ImageNet) or rescaled to the
+mean Frobenius norm first (True, G-VBSM ImageNet-1K).
 """
 
 from __future__ import annotations
@@ -58,8 +66,8 @@ from jaxdd.methods.statistics.recover import (RecoverConfig, batch_layout, make_
 from jaxdd.models import get_model
 from jaxdd.pipelines.common import (Context, dataclass_from, load_data, mesh_from,
                                     resumable_batch)
-from jaxdd.pipelines.teacher import (check_compatible, check_run_dir, ensure_teacher,
-                                     teacher_config, teacher_ready)
+from jaxdd.pipelines.teacher import (check_compatible, check_run_dir, ensure_teachers,
+                                     teacher_config, teacher_dirs, teacher_models, teacher_ready)
 from jaxdd.pipelines.spec import Method, RunOptions
 from jaxdd.data import stream
 from jaxdd.run import driver
@@ -75,7 +83,8 @@ _SRE2L = dict(optimizer="adamw", lr=1e-3, weight_decay=0.01, momentum=0.9, sched
               epochs=300, batch_size=1024, temperature=20.0, t2_factor=False, lr_per_epoch=True,
               cutmix_alpha=1.0, crop_min_scale=0.08, flip=True, ensemble=False, loss="kd",
               ce_weight=0.1, cosine_span=1.0, decay_norms_biases=False, pad_crop=0,
-              mixup_alpha=0.0, shuffle_patches=1)
+              mixup_alpha=0.0, shuffle_patches=1,
+              ensemble_rescale=True)  # ensemble: rescale to the mean norm (False: plain mean)
 RECIPES: dict[str, dict[str, Any]] = {
     # AdamW 1e-3, wd 0.01 (not on biases/norms), cosine per epoch, T 20, no T^2
     "sre2l": dict(_SRE2L),
@@ -99,7 +108,9 @@ RECIPES: dict[str, dict[str, Any]] = {
     # before a RandomResizedCrop of area (1/f, 1): `relabel_options` sets shuffle_patches = f
     # and crop_min_scale = 1/f from the artefact's rded.factor unless they are given.
     "rded": dict(_SRE2L, batch_size=100, crop_min_scale=1.0, cosine_span=0.5),
-    # G-VBSM: the teachers' logits rescaled to the mean Frobenius norm and averaged (spec 4),
+    # G-VBSM: the teachers' logits rescaled to the mean Frobenius norm and averaged (spec 4;
+    # the ImageNet-1K branch; its CIFAR-100 relabel/generate_soft_label_with_db.py:282-284
+    # has the rescaling commented out and takes the plain mean: ensemble_rescale=False),
     # student loss "logit matching" eq. (3): MSE(logits) + 0.1 CE(student, y). Optimiser
     # numbers: the spec gives none, so SRe2L's (G-VBSM's CIFAR-100 train.sh: SGD 0.1,
     # batch 64, ce_weight 0.15 — pass them as options).
@@ -122,6 +133,34 @@ def recover_config(cfg: dict) -> RecoverConfig:
     """RecoverConfig from the config's `recover` section (lists -> tuples: it is hashable)."""
     r = {k: tuple(v) if isinstance(v, list) else v for k, v in cfg.get("recover", {}).items()}
     return dataclass_from(RecoverConfig, r)
+
+
+def _check_teacher_set(teachers: list, tdirs: list[str]) -> None:
+    """Refuse teachers that cannot be matched together: other data, classes, image shape or
+    preprocessing than the first."""
+    _, _, pre0, man0 = teachers[0]
+    for d, (_, _, pre, man) in zip(tdirs, teachers):
+        check_compatible(man, man0["dataset"], int(man0["num_classes"]), man0["input_shape"])
+        if preprocess_sha(pre) != preprocess_sha(pre0):
+            raise ValueError(f"teacher {d} uses other preprocessing than {tdirs[0]}; train "
+                             f"every teacher with the same `preprocess`")
+
+
+def _refuse_bn_free(cfg: dict, rcfg: RecoverConfig, ds: Any) -> None:
+    """Before anything is written: a teacher model without BatchNorm is matched through its
+    conv inputs only, so it needs recover.conv_stats (G-VBSM's instance-norm ConvNet)."""
+    if rcfg.conv_stats:
+        return
+    for name, d in zip(teacher_models(cfg), teacher_dirs(cfg)):
+        if ds is not None:
+            k, shape = ds.num_classes, tuple(ds.image_shape)
+        else:  # no data read: the teachers are complete, their manifests name the shape
+            man = jteachers.read_manifest(d)
+            k, shape = int(man["num_classes"]), tuple(man["input_shape"])
+        if not get_model(name, k, shape).has_batch_stats:
+            raise ValueError(f"teacher model {name!r} has no BatchNorm: it can only be matched "
+                             f"through conv statistics (set recover.conv_stats=True) or use a "
+                             f"BN model")
 
 
 def _no_batch(consts: Any, key: jax.Array, t: jax.Array) -> None:
@@ -162,18 +201,28 @@ def recover(cfg: dict, out_dir: str, quiet: bool = False, ctx: Context | None = 
     streamed = cfg.get("image_size") is not None
     needs_data = rcfg.init == "real" or rcfg.conv_stats or not teacher_ready(cfg)
     ds = ctx.ds if needs_data else None
+    _refuse_bn_free(cfg, rcfg, ds)
     check_run_dir(out_dir, cfg)
     mesh = mesh_from(cfg)
-    tdir, teacher_seconds = ensure_teacher(cfg, ds, quiet, mesh)
+    tdirs, teacher_seconds = ensure_teachers(cfg, ds, quiet, mesh)
     num = teacher_config(cfg).num_teachers
-    model, vlist, pre, tman = jteachers.load_teachers(tdir, num if rcfg.stacked_teachers else 1)
+    per_dir = num if rcfg.stacked_teachers else 1
+    teachers = [jteachers.load_teachers(d, per_dir) for d in tdirs]  # (model, vlist, pre, man)
+    model, vlist, pre, tman = teachers[0]
     k_classes, shape = int(tman["num_classes"]), tuple(int(s) for s in tman["input_shape"])
     if ds is not None:
         check_compatible(tman, ds.name, ds.num_classes, ds.image_shape)
     else:  # nothing read: the teacher defines the classes and the image shape
         want = shape if not streamed else (int(cfg["image_size"]),) * 2 + shape[2:]
         check_compatible(tman, cfg["dataset"], k_classes, want)
-    variables = stack_teachers(vlist) if rcfg.stacked_teachers else vlist[0]
+    _check_teacher_set(teachers, tdirs)
+    # A list (several architectures, or a rotation) or one model's stacked teachers.
+    listed = len(tdirs) > 1 or rcfg.teacher_schedule == "rotate"
+    if listed:
+        models = [m for m, vl, _, _ in teachers for _ in vl]
+        variables = [v for _, vl, _, _ in teachers for v in vl]
+    else:
+        variables = stack_teachers(vlist) if rcfg.stacked_teachers else vlist[0]
     bounds = pixel_bounds(pre)
     key = jax.random.key(seed)
     real_init = None   # (cls, ipcs) -> initial images of a batch, model space, flat
@@ -192,12 +241,23 @@ def recover(cfg: dict, out_dir: str, quiet: bool = False, ctx: Context | None = 
     os.makedirs(bdir, exist_ok=True)
     jobs = batch_layout(rcfg, k_classes, ipc)
     conv_targets, conv_dirs = None, []
-    if rcfg.conv_stats:  # G-VBSM: dataset statistics of every conv input, cached per teacher
+    if rcfg.conv_stats and listed:  # one entry per teacher, in its own directory's cache
+        conv_targets = []
+        for d, (m, vl, _, man) in zip(tdirs, teachers):
+            for v in vl:
+                t, dirs = conv_targets_lib.teacher_targets(
+                    os.path.join(d, "conv_targets"), m, [v], man["model"], ds, pre, rcfg,
+                    progress=Progress(f"conv targets {man['model']}", enabled=not quiet),
+                    mesh=mesh)
+                conv_targets.append(t)
+                conv_dirs += dirs
+    elif rcfg.conv_stats:  # G-VBSM: dataset statistics of every conv input, cached per teacher
         conv_targets, conv_dirs = conv_targets_lib.teacher_targets(
-            os.path.join(tdir, "conv_targets"), model, vlist, tman["model"], ds, pre, rcfg,
+            os.path.join(tdirs[0], "conv_targets"), model, vlist, tman["model"], ds, pre, rcfg,
             stacked=rcfg.stacked_teachers, progress=Progress("conv targets", enabled=not quiet),
             mesh=mesh)
-    distiller = make_recover(rcfg, model, variables, bounds, conv_targets)
+    distiller = (make_recover(rcfg, models, variables, bounds, conv_targets) if listed
+                 else make_recover(rcfg, model, variables, bounds, conv_targets))
     procs, me = jax.process_count(), jax.process_index()
     if procs > 1:  # each process recovers its own batches on its own devices
         mesh = make_mesh(devices=jax.local_devices())
@@ -231,9 +291,11 @@ def recover(cfg: dict, out_dir: str, quiet: bool = False, ctx: Context | None = 
         progress(done + 1, len(mine), f"ce {float(z['ce']):.3f} bn {float(z['bn']):.3f}")
     seconds = round(time.time() - t0, 2)
     art_dir = os.path.join(out_dir, "artefact")
-    accs = [r["test_accuracy"] for r in tman["teachers"] if r["complete"]]
+    accs = [a for _, vl, _, man in teachers
+            for a in [r["test_accuracy"] for r in man["teachers"] if r["complete"]][:len(vl)]]
     summary = {"out": out_dir, "artefact": art_dir, "method": method, "dataset": cfg["dataset"],
-               "ipc": ipc, "teacher": tdir, "teacher_test_accuracy": accs[:num],
+               "ipc": ipc, "teacher": tdirs[0], "teacher_dirs": tdirs,
+               "teacher_test_accuracy": accs,
                "teacher_seconds": teacher_seconds, "distill_seconds": seconds,
                "batches": len(jobs), "batches_here": len(mine)}
     if procs > 1:
@@ -261,8 +323,12 @@ def recover(cfg: dict, out_dir: str, quiet: bool = False, ctx: Context | None = 
     mean = {k: float(np.mean([f[k] for f in finals])) for k in ("loss", "ce", "bn")}
     artefact.save(art_dir, x_syn, y_syn, preprocess=pre, method=method, dataset=cfg["dataset"],
                   num_classes=k_classes, ipc=ipc, seed=seed, config=cfg, lr=None, overwrite=True,
-                  extra={"distill_seconds": seconds, "teacher_dir": os.path.abspath(tdir),
-                         "teacher_model": tman["model"], "teacher_test_accuracy": accs[:num],
+                  extra={"distill_seconds": seconds, "teacher_dir": os.path.abspath(tdirs[0]),
+                         "teacher_dirs": [os.path.abspath(d) for d in tdirs],
+                         "teacher_model": tman["model"],
+                         "teacher_models": [man["model"] for _, _, _, man in teachers],
+                         "teacher_schedule": rcfg.teacher_schedule if listed else "mean",
+                         "teacher_test_accuracy": accs,
                          "teacher_seconds": teacher_seconds, "final_loss": mean["loss"],
                          "final_ce": mean["ce"], "final_bn": mean["bn"], "batches": len(jobs),
                          "conv_targets": [os.path.abspath(d) for d in conv_dirs]})
@@ -308,7 +374,7 @@ def relabel_options(art_meta: dict, overrides: dict) -> dict:
     return opts
 
 
-def relabel(art_path: str, teacher_path: str | None, overrides: dict | None = None,
+def relabel(art_path: str, teacher_path: str | list[str] | None, overrides: dict | None = None,
             quiet: bool = False) -> dict:
     """Train `seeds` students on the artefact with soft labels; evaluate; record the result.
 
@@ -317,18 +383,25 @@ def relabel(art_path: str, teacher_path: str | None, overrides: dict | None = No
     """
     art_path = resolve_artefact_dir(art_path)
     art = artefact.load(art_path)
-    teacher_path = teacher_path or art.meta.get("teacher_dir")
-    if not teacher_path:
+    paths = ([teacher_path] if isinstance(teacher_path, str) else list(teacher_path or [])
+             or art.meta.get("teacher_dirs") or
+             ([art.meta["teacher_dir"]] if art.meta.get("teacher_dir") else []))
+    if not paths:
         raise ValueError("no teacher: pass --teacher DIR (the artefact does not name one)")
     o = relabel_options(art.meta, overrides or {})
-    num = None if o["ensemble"] else 1
-    model, vlist, tpre, tman = jteachers.load_teachers(teacher_path, num)
+    if not o["ensemble"]:
+        paths = paths[:1]  # one teacher: the first network of the first directory
+    teachers = [jteachers.load_teachers(p, None if o["ensemble"] else 1) for p in paths]
     k_classes, shape = art.num_classes, tuple(art.meta["image_shape"])
-    check_compatible(tman, art.meta["dataset"], k_classes, shape)
-    if preprocess_sha(tpre) != preprocess_sha(art.preprocess):
-        raise ValueError(f"the teacher at {teacher_path} uses other preprocessing than the "
-                         f"artefact ({tpre.kind} vs {art.preprocess.kind}); relabel needs both "
-                         f"in the same pixel space")
+    for p, (_, _, tpre, tman) in zip(paths, teachers):
+        check_compatible(tman, art.meta["dataset"], k_classes, shape)
+        if preprocess_sha(tpre) != preprocess_sha(art.preprocess):
+            raise ValueError(f"the teacher at {p} uses other preprocessing than the "
+                             f"artefact ({tpre.kind} vs {art.preprocess.kind}); relabel needs both "
+                             f"in the same pixel space")
+    teacher_path = paths[0]
+    model, vlist, _, tman = teachers[0]
+    n_teachers = sum(len(vl) for _, vl, _, _ in teachers)
     art_cfg = art.meta.get("config", {}) or {}
     streamed = art_cfg.get("image_size") is not None
     ds = load_data({"dataset": art.meta["dataset"], "seed": int(art.meta.get("seed", 0)),
@@ -354,11 +427,16 @@ def relabel(art_path: str, teacher_path: str | None, overrides: dict | None = No
     mesh = make_mesh()  # every device of every process: data-parallel students
     n_dev = mesh.devices.size
     on_mesh = lambda tree: put_replicated(tree, mesh)  # noqa: E731
-    tvars = on_mesh(stack_teachers(vlist) if o["ensemble"] else vlist[0])
+    # ensemble: per directory its teachers stacked (one vmapped architecture each)
+    tvars = on_mesh([stack_teachers(vl) for _, vl, _, _ in teachers] if o["ensemble"]
+                    else vlist[0])
+    tmodels = [m for m, _, _, _ in teachers]
 
     def teacher_fn(tv, x_NHWC):
         if o["ensemble"]:
-            return jrelabel.ensemble_logits(jax.vmap(lambda v: model.apply(v, x_NHWC))(tv))
+            logits_TxBxK = jnp.concatenate([jax.vmap(lambda v, m=m: m.apply(v, x_NHWC))(tv_d)
+                                            for m, tv_d in zip(tmodels, tv)])
+            return jrelabel.ensemble_logits(logits_TxBxK, rescale=bool(o["ensemble_rescale"]))
         return model.apply(tv, x_NHWC)
 
     n = art.x_syn_NHWC.shape[0]
@@ -463,13 +541,17 @@ def relabel(art_path: str, teacher_path: str | None, overrides: dict | None = No
         "lr_per_epoch": rcfg.lr_per_epoch, "cosine_span": rcfg.cosine_span,
         "temperature": rcfg.temperature, "t2_factor": rcfg.t2_factor, "top_k": rcfg.top_k,
         "label_dtype": rcfg.label_dtype, "ensemble": bool(o["ensemble"]),
-        "num_teachers": len(vlist), "loss": loss_txt, "ce_weight": rcfg.ce_weight,
+        "ensemble_mean": (("norm-rescaled" if o["ensemble_rescale"] else "plain")
+                          if o["ensemble"] else None),
+        "num_teachers": n_teachers, "loss": loss_txt, "ce_weight": rcfg.ce_weight,
         "augment": {"crop_min_scale": rcfg.crop_min_scale, "pad_crop": rcfg.pad_crop,
                     "flip": rcfg.flip, "cutmix_alpha": rcfg.cutmix_alpha,
                     "mixup_alpha": rcfg.mixup_alpha, "shuffle_patches": rcfg.shuffle_patches},
         "decay_norms_biases": rcfg.decay_norms_biases,
         "eval_seed": int(o["seed"]), "teacher_dir": os.path.abspath(teacher_path),
-        "teacher_test_accuracy": [r["test_accuracy"] for r in tman["teachers"] if r["complete"]][:len(vlist)],
+        "teacher_dirs": [os.path.abspath(p) for p in paths],
+        "teacher_test_accuracy": [a for _, vl, _, man in teachers for a in
+                                  [r["test_accuracy"] for r in man["teachers"] if r["complete"]][:len(vl)]],
         "image_bytes": image_bytes, "label_bytes": stored_bytes,
         "label_bytes_if_stored": jrelabel.estimate_label_bytes(
             n, tcfg.epochs, k_classes, rcfg.label_dtype, rcfg.top_k),

@@ -3,6 +3,10 @@
 `train_teachers` trains `num_teachers` networks (teacher i from fold_in(key, i); several
 for G-VBSM) on the training split and stores their final variables (params + BN
 `batch_stats`); `load_teacher` / `load_teachers` read them back for recover and relabel.
+Augmentation: a DSA family per batch (`dsa`, default), or per-image RandomCrop(padding
+`pad_crop`, black fill) + flip (`pad_crop_flip`, G-VBSM's squeeze/train.py). Models
+without BatchNorm train too (G-VBSM's instance-norm ConvNet teacher); recover matches them
+through conv statistics only.
 `save_teacher` stores given variables (e.g. converted torchvision weights,
 `jaxdd.models.convert.torchvision_to_teacher`) as a complete one-teacher directory.
 
@@ -43,6 +47,8 @@ from jaxdd import safeio
 from jaxdd.data import stream
 from jaxdd.data.stream import StreamedDataset
 from jaxdd.augment import dsa_augment
+from jaxdd.augment.crops import random_flip, random_pad_crop
+from jaxdd.methods.statistics.recover import pixel_bounds
 from jaxdd.models import Model, Variables, get_model
 from jaxdd.population.train import (close_population, compile_member, fit_or_stored_preprocess,
                                     key_and_seed, manager, member_dir, new_manifest, on_device,
@@ -77,10 +83,18 @@ class TeacherConfig:
     weight_decay: float = 5e-4   # coupled L2, as torch SGD
     schedule: str = "cosine"     # cosine (per step) | step | constant (G-VBSM's weak teachers)
     dsa: str = "crop_flip"       # per-batch DSA family: translate-crop or flip; "" = none
+    # Per-image RandomCrop(size, padding=pad_crop) with black padding + horizontal flip (the
+    # torchvision transform of G-VBSM's squeeze/train.py); 0 = off. Needs dsa="".
+    pad_crop: int = 0
 
     def __post_init__(self):
         if self.num_teachers < 1:
             raise TeacherError(f"num_teachers must be >= 1, got {self.num_teachers}")
+        if self.pad_crop < 0:
+            raise TeacherError(f"pad_crop must be >= 0, got {self.pad_crop}")
+        if self.pad_crop and self.dsa:
+            raise TeacherError(f"teacher.pad_crop={self.pad_crop} replaces the DSA augmentation; "
+                               f"set teacher.dsa='' (it is {self.dsa!r})")
         self.train_config()  # validates epochs, batch size, schedule
 
     def train_config(self) -> TrainConfig:
@@ -98,15 +112,36 @@ class StoredTeacherConfig:
     source: str = ""        # where the weights came from (e.g. a .pth path)
 
 
+def pad_crop_flip(pad: int, fill_C: tuple[float, ...] | None
+                  ) -> Callable[[jax.Array, jax.Array], jax.Array]:
+    """augment_fn(key, x_NHWC): per-image RandomCrop(padding=pad) filled with `fill_C` (a
+    black pixel in model space), then a per-image horizontal flip with p = 0.5."""
+    fill = None if fill_C is None else np.asarray(fill_C, np.float32)
+
+    def augment(key: jax.Array, x_NHWC: jax.Array) -> jax.Array:
+        k_crop, k_flip = jax.random.split(key)
+        x_NHWC = random_pad_crop(k_crop, x_NHWC, pad, fill, per_image=True)
+        return random_flip(k_flip, x_NHWC, per_image=True)
+    return augment
+
+
+def black_fill(pre: jdata.Preprocess) -> tuple[float, ...] | None:
+    """A black pixel in model space (torchvision pads the raw image with 0, then
+    normalises); None (pad with 0) for ZCA kinds, which have no per-channel box."""
+    bounds = pixel_bounds(pre)
+    return None if bounds is None else tuple(float(v) for v in bounds[0])
+
+
 @functools.lru_cache(maxsize=8)
 def _compiled(model_name: str, num_classes: int, input_shape: tuple[int, int, int],
-              cfg: TeacherConfig) -> tuple[Model, Callable, Callable]:
-    """(model, jitted one-epoch step, jitted accuracy), cached across calls."""
+              cfg: TeacherConfig, fill_C: tuple[float, ...] | None = None
+              ) -> tuple[Model, Callable, Callable]:
+    """(model, jitted one-epoch step, jitted accuracy), cached across calls. Models without
+    BatchNorm train too (G-VBSM's instance-norm ConvNet-W128 teacher: conv statistics
+    only); recover refuses them unless conv statistics are on."""
     model = get_model(model_name, num_classes, input_shape)
-    if not model.has_batch_stats:
-        raise TeacherError(f"model {model_name!r} has no BatchNorm; statistics matching needs "
-                           f"a BN teacher (e.g. convnet_d3_w32_bn, convnet_bn, resnet18)")
-    return model, *compile_member(model, cfg.train_config(), dsa_augment(cfg.dsa))
+    augment = pad_crop_flip(cfg.pad_crop, fill_C) if cfg.pad_crop else dsa_augment(cfg.dsa)
+    return model, *compile_member(model, cfg.train_config(), augment)
 
 
 def read_manifest(out_dir: str) -> dict[str, Any]:
@@ -163,7 +198,11 @@ def train_teachers(out_dir: str, dataset: jdata.Dataset | StreamedDataset, model
                                        TeacherError)
         held_out = len(dataset.y_val)
     shape = tuple(int(s) for s in dataset.image_shape)
-    model, epoch_fn, acc_fn = _compiled(model_name, dataset.num_classes, shape, cfg)
+    if streamed and cfg.pad_crop:
+        raise TeacherError("teacher.pad_crop is for in-memory data; a streamed dataset's loader "
+                           "does its own random-resized-crop + flip (set teacher.pad_crop=0)")
+    model, epoch_fn, acc_fn = _compiled(model_name, dataset.num_classes, shape, cfg,
+                                        black_fill(pre) if cfg.pad_crop else None)
     m = new_manifest(
         "jaxdd.teacher", FORMAT_VERSION, "teachers", model=model_name,
         num_classes=dataset.num_classes, input_shape=shape, dataset=dataset.name,
@@ -173,6 +212,8 @@ def train_teachers(out_dir: str, dataset: jdata.Dataset | StreamedDataset, model
     refuse = lambda diff: TeacherError(  # noqa: E731
         f"{out_dir} holds teachers built with a different setup (stored, requested): {diff}; "
         f"use another directory")
+    if old is not None:  # directories from before the field: trained without it
+        old["config"].setdefault("pad_crop", 0)
     records = open_population(out_dir, man_path, m, old, pre, members="teachers",
                               grow_key="num_teachers", requested=cfg.num_teachers, refuse=refuse)
     if streamed:

@@ -39,7 +39,9 @@ G-VBSM (spec section 4) adds, as options of `RecoverConfig` (all off = SRe2L):
     patch_size^2 spatial cell, four norms per layer (eq. 2), each layer's term dropped with
     probability p per iteration (explicit key);
   * moving-average statistics `ema + (stat - sg(stat))` for BN and conv terms (`stat_ema`);
-  * the within-class diversity term on Gram eigenvalues (`diversity_loss`, eq. 3).
+  * the within-class diversity term on Gram eigenvalues (`diversity_loss`, eq. 3);
+  * teachers of several architectures as a list, all each iteration or one per iteration
+    in rotation (`teacher_schedule`, `teacher_index`: t mod T).
 
 Facts carried from the references (VILA-Lab/SRe2L `recover_cifar.py`, `CDA/utils.py`,
 `CDA/recover_cda_*.py`): BN hook = input mean over (N, H, W) and `var(unbiased=False)`,
@@ -64,4 +66,9 @@ order with first_multiplier on the first entry (the stem conv); r_loss weights B
 terms alike. Diversity: AdaptiveAvgPool2d(32) of each augmented image, flattened, Gram per
 class, l = eigvals, loss = sum_classes KLDiv(log_softmax(l), softmax(l / tau).detach())
 = KL(softmax(l / tau) || softmax(l)), tau 4, weight nuc_norm (1 on CIFAR-100).
+Teachers (CIFAR-100 branch, data_synthesis...py:331, :112, :150-159): ResNet18, ConvNetW128
+(instance norm: conv hooks only), MobileNetV2 (mobile_half), WRN_16_2, ShuffleNetV2_0_5;
+at each iteration `id = counter % 5` (one counter over every batch), and only that
+model's CE and hook terms (its first hooked layer x first_multiplier) enter the loss; the
+hooks of the others do not run, so their moving averages wait.
 """

@@ -27,7 +27,7 @@ def bn_matching_loss(stats: Sequence[BNStat], first_bn_multiplier: float = 10.0,
     terms = [r_var * safe_norm(s.var_C - s.running_var_C) + safe_norm(s.mean_C - s.running_mean_C)
              for s in stats]
     weights = [first_bn_multiplier] + [1.0] * (len(terms) - 1)
-    return sum(w * t for w, t in zip(weights, terms))
+    return sum((w * t for w, t in zip(weights, terms)), jnp.zeros((), jnp.float32))
 
 
 def ema_stats(stats: Sequence[BNStat], ema: Sequence[tuple[jax.Array, jax.Array]], alpha: float
@@ -105,8 +105,9 @@ def sre2l_loss(x_aug_NHWC: jax.Array, y_B: jax.Array, model: Any, variables: Any
     """
     patch = None if conv_targets is None else (patch_size, patch_per_channel)
     cap = capture(model, variables, x_aug_NHWC, None, patch)
-    if not cap.bn:
-        raise ValueError("the model called no BatchNorm: statistics matching needs a BN teacher")
+    if not cap.bn and conv_targets is None:
+        raise ValueError("the model called no BatchNorm: statistics matching needs a BN teacher "
+                         "(or conv statistics, recover.conv_stats, as G-VBSM's ConvNet)")
     ce = optax.softmax_cross_entropy_with_integer_labels(cap.logits.astype(jnp.float32), y_B).mean()
     stats, new_ema, new_conv_ema = cap.bn, None, None
     if ema is not None:

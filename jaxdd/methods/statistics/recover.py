@@ -22,7 +22,8 @@ from jaxdd.methods.statistics.capture import ConvStat, capture
 from jaxdd.methods.statistics.losses import conv_drop_mask, diversity_loss, sre2l_loss
 from jaxdd.models import Model, Variables
 
-__all__ = ["RecoverConfig", "RecoverState", "pixel_bounds", "stack_teachers", "dwa_perturb",
+__all__ = ["RecoverConfig", "RecoverState", "pixel_bounds", "stack_teachers", "teacher_index",
+           "dwa_perturb",
            "recover_augment", "make_recover", "recover_batch", "recover_batch_jit",
            "batch_layout", "recover_all"]
 
@@ -51,6 +52,10 @@ class RecoverConfig:
     # per-teacher losses are computed with vmap and reduced by teacher_reduce.
     stacked_teachers: bool = False
     teacher_reduce: str = "mean"     # mean | sum over teachers
+    # Teachers given as a list (several architectures; `make_recover`): "mean" = every
+    # teacher's loss at every iteration, reduced by teacher_reduce; "rotate" = teacher
+    # t mod T alone at iteration t (G-VBSM: `teacher_index`).
+    teacher_schedule: str = "mean"
     stat_ema: float | None = None    # G-VBSM moving averages a, BN + conv (0.8 CIFAR, 0.4 IN-1K)
     # G-VBSM conv-input statistics (eq. 2) against dataset targets (make_recover's conv_targets).
     conv_stats: bool = False         # match every convolution's input (channel + cell statistics)
@@ -76,6 +81,9 @@ class RecoverConfig:
             raise ValueError(f"init={self.init!r}; use 'noise' or 'real'")
         if self.teacher_reduce not in ("mean", "sum"):
             raise ValueError(f"teacher_reduce={self.teacher_reduce!r}; use mean or sum")
+        if self.teacher_schedule not in ("mean", "rotate"):
+            raise ValueError(f"teacher_schedule={self.teacher_schedule!r}; use mean (every "
+                             f"teacher each iteration) or rotate (one teacher per iteration)")
         if self.iterations < 1:
             raise ValueError("iterations must be >= 1")
         if not 0.0 <= self.conv_drop < 1.0:
@@ -117,6 +125,17 @@ def pixel_bounds(preprocess: Any) -> tuple[np.ndarray, np.ndarray] | None:
 def stack_teachers(variables_list: Sequence[Variables]) -> Variables:
     """Teachers of one architecture stacked along a new leading axis (for vmap)."""
     return jax.tree.map(lambda *v: jnp.stack(v), *variables_list)
+
+
+def teacher_index(t: jax.Array | int, num_teachers: int) -> jax.Array:
+    """The teacher of iteration t under teacher_schedule="rotate": t mod T.
+
+    G-VBSM (data_synthesis_with_svd_with_db_with_all_statistic.py:150-151) takes
+    `counter % len(model_teacher)` with one counter over all batches (set to 0 at :112), so
+    its batch b starts at teacher (b * iterations) mod T; with iterations a multiple of T
+    (its 1000 and 4000 with T = 5) that is teacher 0, as here. A pure function of the step:
+    a resumed batch picks the teachers an uninterrupted one would."""
+    return jnp.mod(jnp.asarray(t, jnp.int32), num_teachers)
 
 
 def _ce_apply(model: Model | nn.Module, variables: Variables, x_NHWC: jax.Array,
@@ -175,30 +194,34 @@ def make_recover(config: RecoverConfig, model: Any, variables: Any,
     required by config.conv_stats. With config.diversity the batch must be class-major with
     config.ipc_per_batch images per class. `model` may be an nnx.Module (variables: its
     nnx.State, stacked for several teachers, or None).
+
+    Several teachers of different architectures: `model` a list of T models (a tuple for
+    `recover_batch_jit` / `recover_all`, where the model is a static argument), `variables`
+    the list of their (unstacked) variables, `conv_targets` the list of their targets;
+    config.teacher_schedule picks "mean" (all T each iteration; conv-drop key i of
+    split(k, T)) or "rotate" (teacher `teacher_index(t, T)` alone, one `lax.switch`: only
+    its forward pass runs; its step equals the one-teacher distiller's step on the same
+    state and key). Moving averages are kept per teacher, and a teacher's are updated only
+    at its iterations (the reference's hooks fire only in their model's forward pass).
+    `stacked_teachers` is ignored for a list.
     """
     if config.conv_stats and conv_targets is None:
         raise ValueError("config.conv_stats needs conv_targets (compute_conv_targets over the "
                          "real training set, or jaxdd.population.conv_targets.load_or_compute)")
+    if isinstance(model, (list, tuple)):
+        return _make_recover_list(config, tuple(model), list(variables), bounds,
+                                  list(conv_targets) if config.conv_stats else None)
+    if config.teacher_schedule == "rotate":
+        raise ValueError("teacher_schedule='rotate' needs the teachers as lists (model = [m_1, "
+                         "...], variables = [v_1, ...]), not one stacked model")
     if not config.conv_stats:
         conv_targets = None
-    tx = optax.adam(optax.cosine_decay_schedule(config.lr, config.iterations),
-                    b1=config.adam_b1, b2=config.adam_b2, eps=config.adam_eps)
-    lo_C, hi_C = (None, None) if bounds is None else (jnp.asarray(bounds[0], jnp.float32),
-                                                      jnp.asarray(bounds[1], jnp.float32))
+    tx, clip, patch = _recover_parts(config, bounds)
     over_teachers = (lambda f: jax.vmap(f)) if config.stacked_teachers else (lambda f: f)
-    patch = (config.patch_size, config.patch_per_channel)
-
-    def clip(x_NHWC):
-        if lo_C is None:
-            return x_NHWC
-        return jnp.clip(x_NHWC, lo_C.reshape(1, 1, 1, -1), hi_C.reshape(1, 1, 1, -1))
+    per = _teacher_loss(config, model)
 
     def init(key: PRNGKey, x_init_NHWC: jax.Array, y_B: jax.Array) -> RecoverState:
-        check_init(x_init_NHWC, y_B)
-        x_init_NHWC = jnp.asarray(x_init_NHWC, jnp.float32)
-        y_B = jnp.asarray(y_B, jnp.int32)
-        x = (jax.random.normal(key, x_init_NHWC.shape, jnp.float32) if config.init == "noise"
-             else x_init_NHWC)
+        x, y_B = _init_images(config, key, x_init_NHWC, y_B)
         teacher = None
         if config.dwa_steps > 0:
             teacher = over_teachers(lambda v: dwa_perturb(model, v, x, y_B, config.dwa_rho,
@@ -206,11 +229,8 @@ def make_recover(config: RecoverConfig, model: Any, variables: Any,
         ema = conv_ema = None
         if config.stat_ema is not None:  # start the averages at the initial batch's statistics
             tv = variables if teacher is None else teacher
-            def stats(v):
-                cap = capture(model, v, x, None, patch if conv_targets is not None else None)
-                return [(s.mean_C, s.var_C) for s in cap.bn], cap.conv
-
-            ema, conv_ema = over_teachers(stats)(tv)
+            ema, conv_ema = over_teachers(
+                lambda v: _initial_averages(model, v, x, patch if conv_targets is not None else None))(tv)
             conv_ema = list(conv_ema) if conv_targets is not None else None
         return RecoverState(SynState(x, y_B, None), tx.init(x), jnp.zeros((), jnp.int32),
                             teacher, ema, conv_ema)
@@ -219,41 +239,165 @@ def make_recover(config: RecoverConfig, model: Any, variables: Any,
         del batch
         teacher = variables if state.teacher is None else state.teacher
         t = state.iteration
-        # Conv-drop keys come from their own branch of the step key, so the augmentation
-        # (and every SRe2L result) is unchanged by the G-VBSM options.
-        k_drop = jax.random.fold_in(key, 0x47564253)
+        k_drop = _drop_key(key)
         if config.stacked_teachers:
             n_teachers = jax.tree.leaves(teacher)[0].shape[0]
             k_drop = jax.random.split(k_drop, n_teachers)
 
         def loss_fn(x_NHWC):
             x_aug = recover_augment(config, key, x_NHWC, t)
-
-            def per(v, em, cem, tgt, kd):
-                keep = (None if tgt is None else conv_drop_mask(kd, len(tgt), config.conv_drop))
-                return sre2l_loss(x_aug, state.syn.y_syn, model, v, r_bn=config.r_bn,
-                                  first_bn_multiplier=config.first_bn_multiplier,
-                                  r_var=config.r_var, ema=em, ema_alpha=config.stat_ema or 0.0,
-                                  conv_targets=tgt, conv_keep_L=keep, conv_ema=cem,
-                                  patch_size=config.patch_size,
-                                  patch_per_channel=config.patch_per_channel)
-
-            loss, aux = over_teachers(per)(teacher, state.ema, state.conv_ema, conv_targets, k_drop)
+            loss, aux = over_teachers(lambda v, em, cem, tgt, kd: per(x_aug, state.syn.y_syn, v, em,
+                                                                    cem, tgt, kd))(
+                teacher, state.ema, state.conv_ema, conv_targets, k_drop)
             red = jnp.mean if config.teacher_reduce == "mean" else jnp.sum
-            div = jnp.zeros((), jnp.float32)
-            if config.diversity > 0:  # teacher-independent: outside the teacher vmap
-                div = diversity_loss(x_aug, config.ipc_per_batch, config.diversity_tau)
+            div = _diversity(config, x_aug)
             total = red(loss) + config.diversity * div
             return total, (red(aux["ce"]), red(aux["bn"]), red(aux["conv"]), div, aux["ema"],
                            aux["conv_ema"])
 
-        x = state.syn.x_syn_NHWC
-        (loss, (ce, bn, conv, div, ema, conv_ema)), g = jax.value_and_grad(loss_fn, has_aux=True)(x)
-        updates, opt = tx.update(g, state.opt, x)
-        x = clip(optax.apply_updates(x, updates))
-        new = RecoverState(state.syn._replace(x_syn_NHWC=x), opt, t + 1, state.teacher, ema,
-                           conv_ema)
-        return new, {"loss": loss, "ce": ce, "bn": bn, "conv": conv, "div": div}
+        return _adam_step(tx, clip, state, loss_fn)
+
+    return Distiller(init, step)
+
+
+def _recover_parts(config: RecoverConfig, bounds: tuple[Any, Any] | None
+                   ) -> tuple[optax.GradientTransformation, Callable, tuple[int, bool]]:
+    """(Adam with the cosine lr, the pixel clip, the conv cell spec) of a recover distiller."""
+    tx = optax.adam(optax.cosine_decay_schedule(config.lr, config.iterations),
+                    b1=config.adam_b1, b2=config.adam_b2, eps=config.adam_eps)
+    lo_C, hi_C = (None, None) if bounds is None else (jnp.asarray(bounds[0], jnp.float32),
+                                                      jnp.asarray(bounds[1], jnp.float32))
+
+    def clip(x_NHWC):
+        if lo_C is None:
+            return x_NHWC
+        return jnp.clip(x_NHWC, lo_C.reshape(1, 1, 1, -1), hi_C.reshape(1, 1, 1, -1))
+
+    return tx, clip, (config.patch_size, config.patch_per_channel)
+
+
+def _init_images(config: RecoverConfig, key: PRNGKey, x_init_NHWC: jax.Array, y_B: jax.Array
+                 ) -> tuple[jax.Array, jax.Array]:
+    check_init(x_init_NHWC, y_B)
+    x_init_NHWC = jnp.asarray(x_init_NHWC, jnp.float32)
+    y_B = jnp.asarray(y_B, jnp.int32)
+    x = (jax.random.normal(key, x_init_NHWC.shape, jnp.float32) if config.init == "noise"
+         else x_init_NHWC)
+    return x, y_B
+
+
+def _initial_averages(model: Any, v: Any, x_NHWC: jax.Array, patch: tuple[int, bool] | None
+                      ) -> tuple[list, list]:
+    """G-VBSM moving averages at the initial batch: [(mean_C, var_C)] per BN layer and the
+    conv statistics (empty without `patch`)."""
+    cap = capture(model, v, x_NHWC, None, patch)
+    return [(st.mean_C, st.var_C) for st in cap.bn], cap.conv
+
+
+def _drop_key(key: PRNGKey) -> PRNGKey:
+    # Conv-drop keys come from their own branch of the step key, so the augmentation
+    # (and every SRe2L result) is unchanged by the G-VBSM options.
+    return jax.random.fold_in(key, 0x47564253)
+
+
+def _teacher_loss(config: RecoverConfig, model: Any) -> Callable:
+    """per(x_aug, y, variables, ema, conv_ema, targets, drop_key) -> (loss, aux) of one teacher."""
+    def per(x_aug, y_B, v, em, cem, tgt, kd):
+        keep = None if tgt is None else conv_drop_mask(kd, len(tgt), config.conv_drop)
+        return sre2l_loss(x_aug, y_B, model, v, r_bn=config.r_bn,
+                          first_bn_multiplier=config.first_bn_multiplier,
+                          r_var=config.r_var, ema=em, ema_alpha=config.stat_ema or 0.0,
+                          conv_targets=tgt, conv_keep_L=keep, conv_ema=cem,
+                          patch_size=config.patch_size,
+                          patch_per_channel=config.patch_per_channel)
+    return per
+
+
+def _diversity(config: RecoverConfig, x_aug: jax.Array) -> jax.Array:
+    if config.diversity > 0:  # teacher-independent: outside the teachers
+        return diversity_loss(x_aug, config.ipc_per_batch, config.diversity_tau)
+    return jnp.zeros((), jnp.float32)
+
+
+def _adam_step(tx: optax.GradientTransformation, clip: Callable, state: RecoverState,
+               loss_fn: Callable) -> tuple[RecoverState, Metrics]:
+    """One Adam step of the pixels on loss_fn -> (total, (ce, bn, conv, div, ema, conv_ema))."""
+    x = state.syn.x_syn_NHWC
+    (loss, (ce, bn, conv, div, ema, conv_ema)), g = jax.value_and_grad(loss_fn, has_aux=True)(x)
+    updates, opt = tx.update(g, state.opt, x)
+    x = clip(optax.apply_updates(x, updates))
+    new = RecoverState(state.syn._replace(x_syn_NHWC=x), opt, state.iteration + 1,
+                       state.teacher, ema, conv_ema)
+    return new, {"loss": loss, "ce": ce, "bn": bn, "conv": conv, "div": div}
+
+
+def _make_recover_list(config: RecoverConfig, models: tuple, variables: list,
+                       bounds: tuple[Any, Any] | None, conv_targets: list | None) -> Distiller:
+    """`make_recover` for a list of teachers (any architectures): see its docstring."""
+    n = len(models)
+    if n == 0 or len(variables) != n or (conv_targets is not None and len(conv_targets) != n):
+        raise ValueError(f"{n} teacher models need as many variables ({len(variables)})"
+                         + ("" if conv_targets is None else f" and conv targets ({len(conv_targets)})"))
+    tx, clip, patch = _recover_parts(config, bounds)
+    pers = [_teacher_loss(config, m) for m in models]
+    tgts = conv_targets or [None] * n
+
+    def init(key: PRNGKey, x_init_NHWC: jax.Array, y_B: jax.Array) -> RecoverState:
+        x, y_B = _init_images(config, key, x_init_NHWC, y_B)
+        teacher = None
+        if config.dwa_steps > 0:
+            teacher = tuple(dwa_perturb(m, v, x, y_B, config.dwa_rho, config.dwa_steps)
+                            for m, v in zip(models, variables))
+        ema = conv_ema = None
+        if config.stat_ema is not None:
+            tv = variables if teacher is None else teacher
+            avgs = [_initial_averages(m, v, x, patch if conv_targets is not None else None)
+                    for m, v in zip(models, tv)]
+            ema = tuple(a[0] for a in avgs)
+            conv_ema = tuple(list(a[1]) for a in avgs) if conv_targets is not None else None
+        return RecoverState(SynState(x, y_B, None), tx.init(x), jnp.zeros((), jnp.int32),
+                            teacher, ema, conv_ema)
+
+    def step(state: RecoverState, batch: Any, key: PRNGKey) -> tuple[RecoverState, Metrics]:
+        del batch
+        teachers = variables if state.teacher is None else list(state.teacher)
+        t = state.iteration
+        k_drop = _drop_key(key)
+        y_B = state.syn.y_syn
+        emas = state.ema if state.ema is not None else (None,) * n
+        cemas = state.conv_ema if state.conv_ema is not None else (None,) * n
+
+        def replaced(avgs, j, new):  # per-teacher averages with teacher j's replaced
+            return None if avgs is None else tuple(new if i == j else a for i, a in enumerate(avgs))
+
+        def loss_fn(x_NHWC):
+            x_aug = recover_augment(config, key, x_NHWC, t)
+            div = _diversity(config, x_aug)
+            if config.teacher_schedule == "rotate":
+                def branch(j):
+                    def run(x_aug, ema_all, cema_all):
+                        em = None if ema_all is None else ema_all[j]
+                        cem = None if cema_all is None else cema_all[j]
+                        loss, aux = pers[j](x_aug, y_B, teachers[j], em, cem, tgts[j], k_drop)
+                        return (loss, aux["ce"], aux["bn"], aux["conv"],
+                                replaced(ema_all, j, aux["ema"]),
+                                replaced(cema_all, j, aux["conv_ema"]))
+                    return run
+                loss, ce, bn, conv, ema, cema = jax.lax.switch(
+                    teacher_index(t, n), [branch(j) for j in range(n)], x_aug, state.ema,
+                    state.conv_ema)
+                return loss + config.diversity * div, (ce, bn, conv, div, ema, cema)
+            k_T = jax.random.split(k_drop, n)
+            outs = [pers[j](x_aug, y_B, teachers[j], emas[j], cemas[j], tgts[j], k_T[j])
+                    for j in range(n)]
+            red = jnp.mean if config.teacher_reduce == "mean" else jnp.sum
+            field = lambda f: red(jnp.stack([o[1][f] for o in outs]))  # noqa: E731
+            ema = None if state.ema is None else tuple(o[1]["ema"] for o in outs)
+            cema = None if state.conv_ema is None else tuple(o[1]["conv_ema"] for o in outs)
+            total = red(jnp.stack([o[0] for o in outs])) + config.diversity * div
+            return total, (field("ce"), field("bn"), field("conv"), div, ema, cema)
+
+        return _adam_step(tx, clip, state, loss_fn)
 
     return Distiller(init, step)
 
