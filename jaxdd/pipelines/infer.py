@@ -129,7 +129,8 @@ def run(ctx: Context, options: RunOptions) -> dict:
                                             f"{e}; lower infer.lr") from None
             last = hist[-1]
             return {"u": np.asarray(state.comp_HxWxC),
-                    **{k: np.float32(last[k]) for k in ("loss", "ce", "bn")}}
+                    **{k: np.float32(last[k]) for k in ("loss", "ce", "bn")},
+                    "nonfinite_steps": np.int32(sum(h.get("nonfinite", 0) for h in hist))}
 
         z = resumable_batch(os.path.join(cdir, f"b{b:05d}_m{m:03d}.npz"), compute)
         comp[b, m] = z["u"]
