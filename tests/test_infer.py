@@ -219,3 +219,48 @@ def test_cli_infer_artefact_relabel(tiny_npz, tmp_path, capsys):
     assert on["mode"] == "online" and on["label_bytes"] == 0 and on["epochs"] == 1
     evs = json.load(open(os.path.join(r["artefact"], "evaluations.json")))
     assert [e["mode"] for e in evs] == ["static", "online"]
+
+
+@pytest.mark.slow
+def test_mock_imagenet_streamed_reads_only_base_images(tmp_path, monkeypatch):
+    """The ImageNet-1K preset on a mocked imagenet2012 (streamed, 16 px, a ready untrained
+    teacher): only the B K base records are read, once each; 1000-class static relabel."""
+    import tensorflow_datasets as tfds
+
+    from jaxdd.configs import load_config
+    from jaxdd.data import stream
+    from jaxdd.data.preprocess import fit_preprocess
+    from jaxdd.models import get_model
+    from jaxdd.pipelines import common, infer as pinfer, sre2l
+    from jaxdd.pipelines.spec import RunOptions
+    from jaxdd.population import teachers
+
+    model = get_model("convnet_d2_w4_bn", 1000, (16, 16, 3))
+    pre = fit_preprocess("normalize", np.zeros((1, 16, 16, 3), np.uint8),
+                         dataset_name="imagenet2012")
+    teachers.save_teacher(str(tmp_path / "t"), "convnet_d2_w4_bn",
+                          model.init(jax.random.key(0)), dataset="imagenet2012",
+                          num_classes=1000, input_shape=(16, 16, 3), preprocess=pre,
+                          source="test")
+    # The mock's labels are random; give every class one record so each has a base image.
+    monkeypatch.setattr(stream.TfdsSource, "labels",
+                        lambda self: np.arange(len(self), dtype=np.int64) % 1000)
+    reads = []
+    real_read = stream.TfdsSource.read
+    monkeypatch.setattr(stream.TfdsSource, "read",
+                        lambda self, i: reads.append(int(i)) or real_read(self, i))
+    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "tfds"))
+    with tfds.testing.mock_data(num_examples=1000):
+        cfg = load_config("configs/sre2l/infer_imagenet1k.py", 2, [
+            "image_size=16", f"teacher.dir={str(tmp_path / 't')!r}", "teacher.num_teachers=1",
+            "infer.iterations=2", "relabel.model='convnet_d2_w4'", "relabel.epochs=1",
+            "relabel.batch_size=500", "relabel.seeds=1"])
+        ctx = common.Context(cfg, str(tmp_path / "run"), quiet=True)
+        res = pinfer.run(ctx, RunOptions())
+        assert sorted(reads) == list(range(1000))     # B = 1 base image of each class, once
+        art = artefact.load(res["artefact"])
+        assert res["base_sets"] == 1 and art.x_syn_NHWC.shape == (2000, 16, 16, 3)
+        assert art.parts["compensators_BxMxHxWxC"].shape == (1, 1, 16, 16, 3)
+        rl = sre2l.relabel(res["artefact"], None, {}, quiet=True)
+    assert rl["mode"] == "static" and rl["label_bytes"] == 2000 * 1000 * 2
+    assert rl["compensator_bytes"] == 16 * 16 * 3 * 4 and np.isfinite(rl["accuracy_mean"])
