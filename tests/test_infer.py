@@ -214,11 +214,21 @@ def test_cli_infer_artefact_relabel(tiny_npz, tmp_path, capsys):
     assert rl["augment"]["mixup_alpha"] == 0.8 and rl["temperature"] == 30.0
     st = np.load(rl["labels_file"])["values"]
     assert st.shape == (n, 3) and st.dtype == np.float16
+    evs = json.load(open(os.path.join(r["artefact"], "evaluations.json")))
+    assert [(e["mode"], e["accuracy_mean"]) for e in evs] == [("static", rl["accuracy_mean"])]
+
+
+@pytest.mark.slow
+def test_cli_infer_dyn_online_relabel(tiny_npz, tmp_path, capsys):
+    """INFER+Dyn: the teachers' mean logits on every augmented batch (mode online)."""
+    sets = sum((["--set", s] for s in _sets(tiny_npz, str(tmp_path / "teacher"))), [])
+    out = str(tmp_path / "run")
+    _run(capsys, ["recover", "--config", CONFIG, "--ipc", "2", "--out", out] + sets)
     on = _run(capsys, ["relabel", out, "--mode", "online", "--recipe", "infer_dyn",
                        "--epochs", "1"])
     assert on["mode"] == "online" and on["label_bytes"] == 0 and on["epochs"] == 1
-    evs = json.load(open(os.path.join(r["artefact"], "evaluations.json")))
-    assert [e["mode"] for e in evs] == ["static", "online"]
+    assert on["ensemble_reduce"] == "mean" and on["num_teachers"] == 2
+    assert on["compensator_bytes"] > 0 and np.isfinite(on["accuracy_mean"])
 
 
 @pytest.mark.slow
