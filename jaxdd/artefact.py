@@ -1,6 +1,8 @@
 """A distilled (or selected) set as a self-describing directory.
 
-    DIR/arrays.npz        x_syn_NHWC (float32, model space, lossless), y_syn, preprocessing
+    DIR/arrays.npz        x_syn_NHWC (float32, model space, lossless), y_syn, preprocessing,
+                          and a method's own arrays (`parts`, e.g. INFER's base images and
+                          compensators, stored as part_<name>)
     DIR/meta.json         format, method, dataset, shapes, label kind, lr, preprocess kind,
                           config, seed, versions, sha256 of arrays.npz
     DIR/evaluations.json  every evaluation run on it (appended)
@@ -38,6 +40,7 @@ class Artefact(NamedTuple):
     lr: float | None         # learned step size for evaluation, if any
     preprocess: jdata.Preprocess
     meta: dict[str, Any]
+    parts: dict[str, np.ndarray] | None = None  # a method's own arrays (see `save(parts=)`)
 
     @property
     def num_classes(self) -> int:
@@ -89,8 +92,13 @@ def _kept_evaluations(out_dir: str, digest: str) -> list:
 def save(out_dir: str, x_syn_NHWC: np.ndarray, y_syn: np.ndarray, *, preprocess: jdata.Preprocess,
          method: str, dataset: str, num_classes: int, ipc: int, seed: int,
          config: dict | None = None, lr: float | None = None, overwrite: bool = False,
-         extra: dict | None = None) -> str:
-    """Write an artefact; refuses to replace an existing one unless `overwrite`."""
+         extra: dict | None = None, parts: dict[str, np.ndarray] | None = None) -> str:
+    """Write an artefact; refuses to replace an existing one unless `overwrite`.
+
+    `parts`: named arrays the set is made of when that is not the images themselves
+    (INFER: base images and compensators); stored losslessly next to the images, their
+    bytes recorded in meta.json as `part_bytes` (`extra` may name the budget)."""
+    parts = {k: np.asarray(v) for k, v in (parts or {}).items()}
     x = np.asarray(x_syn_NHWC, np.float32)
     y = np.asarray(y_syn)
     if x.ndim != 4 or x.shape[1:] != tuple(preprocess.image_shape):
@@ -103,7 +111,8 @@ def save(out_dir: str, x_syn_NHWC: np.ndarray, y_syn: np.ndarray, *, preprocess:
 
     def fill(tmp: str) -> None:
         pre = {f"pre_{k}": v for k, v in jdata.to_dict(preprocess).items()}
-        arrays = {"x_syn_NHWC": x, "y_syn": y, **pre}
+        arrays = {"x_syn_NHWC": x, "y_syn": y, **pre,
+                  **{f"part_{k}": v for k, v in parts.items()}}
         if lr is not None:
             arrays["lr"] = np.float64(lr)
         np.savez(os.path.join(tmp, "arrays.npz"), **arrays)
@@ -117,7 +126,9 @@ def save(out_dir: str, x_syn_NHWC: np.ndarray, y_syn: np.ndarray, *, preprocess:
             "seed": int(seed), "config": config or {}, "versions": _versions(),
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(),
             "arrays_sha256": digest,
-            "image_bytes": int(x.nbytes), "label_bytes": int(y.nbytes), **(extra or {}),
+            "image_bytes": int(x.nbytes), "label_bytes": int(y.nbytes),
+            **({"part_bytes": {k: int(v.nbytes) for k, v in parts.items()}} if parts else {}),
+            **(extra or {}),
         }
         safeio.write_json(os.path.join(tmp, "meta.json"), meta)
         safeio.write_json(os.path.join(tmp, "evaluations.json"), _kept_evaluations(out_dir, digest))
@@ -147,7 +158,8 @@ def load(path: str) -> Artefact:
     lr = float(arrays["lr"]) if "lr" in arrays else None
     if not np.isfinite(arrays["x_syn_NHWC"]).all():
         raise ArtefactError(f"{path}: the images contain NaN/inf; re-create the artefact")
-    return Artefact(arrays["x_syn_NHWC"], arrays["y_syn"], lr, pre, meta)
+    parts = {k[5:]: v for k, v in arrays.items() if k.startswith("part_")}
+    return Artefact(arrays["x_syn_NHWC"], arrays["y_syn"], lr, pre, meta, parts or None)
 
 
 def add_evaluation(path: str, result: dict) -> None:

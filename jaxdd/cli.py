@@ -477,14 +477,17 @@ def cmd_relabel(args) -> int:
             "cosine_span": args.cosine_span, "pad_crop": args.pad_crop,
             "mixup_alpha": args.mixup_alpha, "shuffle_patches": args.shuffle_patches}
     res = sm.relabel(args.dir, args.teacher, over, args.quiet)
-    lab = (f"; labels {res['label_bytes']:,d} B in {res['labels_file']}" if res["mode"] == "stored"
+    lab = (f"; labels {res['label_bytes']:,d} B in {res['labels_file']}"
+           if res["mode"] in ("stored", "static")
            else f"; stored labels would take {res['label_bytes_if_stored']:,d} B")
     best = (f"\n  last epoch: {100 * res['accuracy_mean']:.2f} +- "
             f"{100 * res['accuracy_std']:.2f} %; {res['best_label']}: "
             f"{100 * res['best_accuracy_mean']:.2f} +- {100 * res['best_accuracy_std']:.2f} % "
             f"at epochs {res['best_epochs']}" if "best_label" in res else "")
     _emit(res, args.json,
-          f"{res['artefact']}: {_fmt_acc(res)}; images {res['image_bytes']:,d} B{lab}{best}")
+          f"{res['artefact']}: {_fmt_acc(res)}; images {res['image_bytes']:,d} B"
+          + (f", compensators {res['compensator_bytes']:,d} B" if "compensator_bytes" in res
+             else "") + f"{lab}{best}")
     return 0
 
 
@@ -816,8 +819,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("dir", help="artefact directory (or a recover run directory)")
     sp.add_argument("--teacher", default=None, help="teacher directory (default: the artefact's)")
     sp.add_argument("--recipe", default=None,
-                    help="sre2l | sre2l_cifar | cda | rded | gvbsm | gvbsm_kd")
-    sp.add_argument("--mode", default=None, choices=["online", "stored"])
+                    help="sre2l | sre2l_cifar | cda | rded | gvbsm | gvbsm_kd | infer | infer_dyn")
+    sp.add_argument("--mode", default=None, choices=["online", "stored", "static"],
+                    help="online: teacher per augmented batch; stored: FKD labels per epoch; "
+                         "static: one label per image (INFER)")
     sp.add_argument("--epochs", type=POS, default=None)
     sp.add_argument("--top-k", type=NONNEG, default=None, help="stored labels: k largest logits")
     sp.add_argument("--protocol", default=None, help="student = this protocol's model")

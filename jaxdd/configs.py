@@ -87,7 +87,8 @@ _POSITIVE = {"ipc", "iterations", "epochs", "seeds", "ckpt_every", "ckpt_keep", 
              "num_experts", "num_teachers", "mipc", "num_crop", "factor", "max_nonfinite",
              "lr", "lr_img", "lr_init", "lr_net", "temperature", "eval_every", "class_batch",
              "image_size", "every", "val_seeds", "windows_per_step", "pool_size",
-             "max_online_updates", "batch_online", "lr_syn", "lr_online", "shuffle_patches"}
+             "max_online_updates", "batch_online", "lr_syn", "lr_online", "shuffle_patches",
+             "base_sets"}
 _NON_NEGATIVE = {"seed", "lr_lr", "lr_y", "momentum", "weight_decay", "r_bn", "min_start",
                  "top_k", "ce_weight", "data_workers", "image_every", "reg", "cosine_alpha",
                  "pad_crop", "mixup_alpha", "cutmix_alpha"}

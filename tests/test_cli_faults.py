@@ -223,6 +223,9 @@ TINY["frepo"] = (os.path.join(ROOT, "configs", "frepo", "fashion_mnist_cpu.py"),
                   "frepo.pool_size=2", "frepo.reg=0.001"])
 for _m in ("cda", "gvbsm", "dwa"):
     TINY[_m] = (SRE2L, TINY["sre2l"][1] + [f"method={_m!r}"])
+TINY["infer"] = (os.path.join(ROOT, "configs", "sre2l", "infer_fashion_mnist_cpu.py"),
+                 ["teacher.model=convnet_d2_w4_bn", "teacher.epochs=1", "teacher.batch_size=64",
+                  "teacher.num_teachers=1", "infer.iterations=6"])
 
 
 def _poisoned_guard(calls: list, bad_call: int):
@@ -257,7 +260,8 @@ def test_nan_step_is_skipped_reported_and_resumable(method, tiny_npz, tmp_path, 
     base_sets = [s for s in base_sets if s.split("=")[0].split(".")[0] in
                  _sections(config, method)]
     out = tmp_path / "run"
-    argv = ["distill", "--config", config, "--ipc", "1", "--out", str(out), "--quiet", "--json",
+    ipc = "2" if method == "infer" else "1"  # INFER: IPC 1 of 3 classes fits no base set
+    argv = ["distill", "--config", config, "--ipc", ipc, "--out", str(out), "--quiet", "--json",
             "--no-eval", *_sets(*base_sets)]
     if method == "rded":  # a class batch cannot be skipped: the run stops, checkpoints intact
         assert main(argv) == 2
@@ -278,16 +282,17 @@ def test_nan_step_is_skipped_reported_and_resumable(method, tiny_npz, tmp_path, 
         r = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
         logged = [json.loads(line) for line in open(out / "run" / "metrics.jsonl")]
         assert [m["iteration"] for m in logged if m.get("nonfinite")] == [3]
-    else:  # recover: the batch is the unit of resumption; the skip is counted in it
-        assert main(argv) == 0
+    else:  # recover: the batch (INFER: compensator) is the unit of resumption; the skip is
+        assert main(argv) == 0  # counted in it
         r = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-        b = sorted(os.listdir(out / "batches"))
-        assert sum(int(np.load(out / "batches" / f)["nonfinite_steps"]) for f in b) == 1
+        units = out / ("compensators" if method == "infer" else "batches")
+        b = sorted(os.listdir(units))
+        assert sum(int(np.load(units / f)["nonfinite_steps"]) for f in b) == 1
     art = artefact.load(r["artefacts"]["artefact"])
     assert np.isfinite(art.x_syn_NHWC).all() and len(calls) >= 3
 
 
-_BATCHED = {"sre2l", "cda", "gvbsm", "dwa"}
+_BATCHED = {"sre2l", "cda", "gvbsm", "dwa", "infer"}
 
 
 def _sections(config, method):
@@ -295,5 +300,5 @@ def _sections(config, method):
     if "mtt" in config:
         keep |= {"experts", "buffer_dir"}
     if "sre2l" in config:
-        keep = {"dataset", "teacher", "recover", "rded", "method"}
+        keep = {"dataset", "teacher", "recover", "rded", "infer", "method"}
     return keep

@@ -408,4 +408,4 @@ def test_gvbsm_cifar100_preset_resolves():
         assert (t.num_teachers, t.pad_crop, t.dsa, t.epochs, t.lr) == (1, 4, "", 50, 0.05)
         o = P.relabel_options({"config": cfg}, {})
         assert (o["loss"], o["ce_weight"], o["optimizer"], o["epochs"]) == ("mse_ce", 0.15, "sgd", 1000)
-        assert o["ensemble"] and not o["ensemble_rescale"]  # plain mean on CIFAR-100
+        assert o["ensemble"] and o["ensemble_reduce"] == "mean"  # plain mean on CIFAR-100

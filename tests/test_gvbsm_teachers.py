@@ -233,7 +233,7 @@ def _mixed_pipeline(tiny_npz, tmp_path, capsys):
             "recover.iterations=3", "recover.batch_size=3", "recover.ipc_per_batch=2",
             "recover.conv_stats=True", "recover.patch_size=4", "recover.conv_target_batch=128",
             "recover.stat_ema=0.8", "recover.teacher_schedule='rotate'",
-            "relabel.recipe='gvbsm'", "relabel.ensemble_rescale=False"]
+            "relabel.recipe='gvbsm'", "relabel.ensemble_reduce='mean'"]
     setv = sum((["--set", s] for s in sets), [])
     t = _run(capsys, ["teacher", "--config", config] + setv)
     assert [r["model"] for r in t["teachers"]] == ["convnet_d2_w4_bn", "convnet_d2_w4"]
@@ -270,5 +270,5 @@ def test_gvbsm_mixed_teachers_relabel_plain_mean(tiny_npz, tmp_path, capsys):
     """Relabel of a mixed-architecture run: both directories' teachers, plain mean."""
     _, out, _ = _mixed_pipeline(tiny_npz, tmp_path, capsys)
     rl = _run(capsys, ["relabel", out, "--mode", "online", "--epochs", "1", "--seeds", "1"])
-    assert rl["num_teachers"] == 2 and rl["ensemble_mean"] == "plain"
+    assert rl["num_teachers"] == 2 and rl["ensemble_reduce"] == "mean"
     assert len(rl["teacher_dirs"]) == 2 and 0.0 <= rl["accuracy_mean"] <= 1.0

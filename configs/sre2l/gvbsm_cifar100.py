@@ -37,7 +37,7 @@ Settings carried over from shaoshitong/G_VBSM_Dataset_Condensation (Branch_CIFAR
     pooled over channels.
   relabel (relabel/relabel.sh: --candidate-number 5; generate_soft_label_with_db.py:144,
     :282-284): all five teachers, the *plain* mean of their logits (the norm rescaling is
-    commented out on CIFAR-100; ensemble_rescale=False).
+    commented out on CIFAR-100; ensemble_reduce="mean").
   student (train/train.sh, train/train_FKD.py): ConvNet-W128, SGD lr 0.1, momentum 0.9, wd
     5e-4, cosine per epoch, batch 64, 1000 epochs, CutMix, RandomResizedCrop 0.08-1, loss
     MSE(logits) + 0.15 CE.
@@ -88,7 +88,7 @@ def get_config():
         ),
         relabel=dict(
             recipe="gvbsm",           # teacher ensemble, MSE(logits) + ce_weight * CE
-            ensemble_rescale=False,   # CIFAR-100: the plain mean of the 5 teachers' logits
+            ensemble_reduce="mean",   # CIFAR-100: the plain mean of the 5 teachers' logits
             model="convnet",          # ConvNet-D3-W128
             ce_weight=0.15,
             optimizer="sgd",

@@ -722,7 +722,8 @@ def loader_accuracy(apply_fn, variables, loader: Loader) -> np.ndarray:
 
     @jax.jit
     def correct(v, x, y, mask):
-        hit = (apply_fn(v, x).argmax(-1) == y) & mask
+        pred = apply_fn(v, x).argmax(-1)  # (..., B): explicit broadcasts of y and mask
+        hit = (pred == jnp.broadcast_to(y, pred.shape)) & jnp.broadcast_to(mask, pred.shape)
         return hit.sum(-1, dtype=jnp.int32), mask.sum(dtype=jnp.int32)
 
     total, count = 0, 0

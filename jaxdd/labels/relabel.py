@@ -8,6 +8,11 @@ function of (key, e, s) — `aug_params`. Hence
 (e, s), fp16 or top-k, saved as .npz) are the same numbers, and a student trained from
 either is the same student. Both paths go through `_quantise`, so they agree bit for bit.
 
+"static" labels (INFER's val_static.py) are one teacher label per distilled image, taken
+once on the clean image (`static_labels`, N x K): a batch's labels are those of its images,
+mixed like the images (MixUp: lam t_b + (1 - lam) t_perm(b); CutMix: weighted by the
+pasted area), so the labels take N K values instead of E N K.
+
 Student loss (SRe2L `train_KD`/`relabel_cifar.py`: nn.KLDivLoss(reduction='batchmean') of
 log_softmax(s / T) against softmax(t / T)):
 
@@ -58,7 +63,8 @@ from jaxdd.models import Model, Variables
 from jaxdd.train.loop import TrainConfig, make_optimizer, make_update, steps_per_epoch
 
 __all__ = ["RelabelConfig", "AugParams", "StoredLabels", "aug_params", "apply_aug",
-           "teacher_labels", "online_labels", "generate_labels", "kd_loss", "logit_match_loss",
+           "teacher_labels", "online_labels", "generate_labels", "static_labels",
+           "mix_static", "kd_loss", "logit_match_loss",
            "student_loss", "ensemble_logits", "train_student", "train_student_evals",
            "eval_epochs", "label_bytes", "estimate_label_bytes", "save_labels",
            "load_labels"]
@@ -247,6 +253,35 @@ def generate_labels(teacher_fn: TeacherFn, x_syn_NHWC: jax.Array, key: jax.Array
     return StoredLabels(reshape(vals), reshape(idx))
 
 
+def static_labels(teacher_fn: TeacherFn, x_syn_NHWC: jax.Array, batch_size: int,
+                  cfg: RelabelConfig) -> jax.Array:
+    """INFER static labels: the teacher's logits of every clean distilled image, (N, K) in
+    label_dtype, computed `batch_size` images at a time (jittable)."""
+    if cfg.top_k:
+        raise ValueError("static labels are mixed linearly under MixUp/CutMix and need every "
+                         "logit: use top_k = 0")
+    n = x_syn_NHWC.shape[0]
+    bs = max(1, min(batch_size, n))
+    pad = (-n) % bs
+    x = jnp.concatenate([x_syn_NHWC, jnp.zeros((pad, *x_syn_NHWC.shape[1:]), x_syn_NHWC.dtype)])
+    out = jax.lax.map(lambda xb: teacher_labels(teacher_fn, xb, cfg)[0],
+                      x.reshape(-1, bs, *x.shape[1:]))
+    return out.reshape(-1, out.shape[-1])[:n]
+
+
+def mix_static(static_NxK: jax.Array, p: AugParams, image_hw: tuple[int, int],
+               cfg: RelabelConfig) -> jax.Array:
+    """The batch's static labels (float32), mixed as `apply_aug` mixes its images."""
+    t = static_NxK[p.idx_B].astype(jnp.float32)
+    if cfg.mixup_alpha > 0:
+        return p.mix_lam * t + (1.0 - p.mix_lam) * t[p.mix_perm_B]
+    if cfg.cutmix_alpha > 0:  # the partner's pixels fill the box: weight = its area share
+        y0, y1, x0, x1 = (p.mix_box_4[i] for i in range(4))
+        area = ((y1 - y0) * (x1 - x0)).astype(jnp.float32) / (image_hw[0] * image_hw[1])
+        return (1.0 - area) * t + area * t[p.mix_perm_B]
+    return t
+
+
 def ensemble_logits(logits_TxBxK: jax.Array, rescale: bool = True) -> jax.Array:
     """G-VBSM ensemble: rescale each teacher's logits to the mean Frobenius norm, average
     (the ImageNet-1K branch); rescale=False: the plain mean over teachers (its CIFAR-100 and
@@ -313,14 +348,15 @@ def _student_program(key: jax.Array, student: Model, cfg: TrainConfig, rcfg: Rel
                      x_syn_NHWC: jax.Array, y_syn: jax.Array | None,
                      teacher_fn: TeacherFn | None, stored: StoredLabels | None,
                      aug_key: jax.Array | None, init_variables: Variables | None,
-                     batch_sharding: Any = None):
+                     batch_sharding: Any = None, static: jax.Array | None = None):
     """(initial carry, batch_step(carry, (epoch, step)), steps per epoch) of a student run.
 
     `batch_sharding` (a `NamedSharding` of the batch axis) makes the student data-parallel:
     each augmented batch is split over the devices, the teacher labels each device's shard
     and BatchNorm statistics and gradients are reduced over all of them."""
-    if (stored is None) == (teacher_fn is None):
-        raise ValueError("pass exactly one of teacher_fn (online) or stored (precomputed)")
+    if sum(v is not None for v in (teacher_fn, stored, static)) != 1:
+        raise ValueError("pass exactly one of teacher_fn (online), stored (precomputed per "
+                         "epoch) or static (one label per image)")
     if rcfg.loss == "mse_ce" and y_syn is None:
         raise ValueError("loss mse_ce needs y_syn, the class label of every distilled image")
     n = x_syn_NHWC.shape[0]
@@ -347,12 +383,16 @@ def _student_program(key: jax.Array, student: Model, cfg: TrainConfig, rcfg: Rel
         if batch_sharding is not None:
             xb = jax.lax.with_sharding_constraint(xb, batch_sharding)
         yb = None if y_all is None else y_all[p.idx_B]  # the image's own class (pre-CutMix)
-        if stored is None:
-            vals, idx = teacher_labels(teacher_fn, xb, rcfg)
+        if static is not None:
+            tb = mix_static(static, p, hw, rcfg)
         else:
-            vals = stored.values_ExSxBxk[epoch, step]
-            idx = None if stored.indices_ExSxBxk is None else stored.indices_ExSxBxk[epoch, step]
-        tb = _expand(vals, idx, student.num_classes)
+            if stored is None:
+                vals, idx = teacher_labels(teacher_fn, xb, rcfg)
+            else:
+                vals = stored.values_ExSxBxk[epoch, step]
+                idx = (None if stored.indices_ExSxBxk is None
+                       else stored.indices_ExSxBxk[epoch, step])
+            tb = _expand(vals, idx, student.num_classes)
         progress = (epoch / cfg.epochs if rcfg.lr_per_epoch else (epoch * spe + step) / total)
         lr = cfg.lr * _lr_scale(cfg.schedule, progress, rcfg.cosine_span)
         lr = jnp.asarray(lr, opt_state.hyperparams["learning_rate"].dtype)  # float64 runs too
@@ -373,17 +413,19 @@ def train_student(key: jax.Array, student: Model, cfg: TrainConfig, rcfg: Relabe
                   x_syn_NHWC: jax.Array, teacher_fn: TeacherFn | None = None,
                   stored: StoredLabels | None = None, aug_key: jax.Array | None = None,
                   init_variables: Variables | None = None,
-                  y_syn: jax.Array | None = None, batch_sharding: Any = None) -> Variables:
+                  y_syn: jax.Array | None = None, batch_sharding: Any = None,
+                  static: jax.Array | None = None) -> Variables:
     """Train a fresh student (from `key`) for cfg.epochs on eq. (2) or (3); one compiled scan.
 
     Labels come from `stored` (generate_labels with the same aug_key, epochs, batch size)
-    or, if None, online from `teacher_fn`. aug_key defaults to fold_in(key, 1). y_syn (the
+    or `static` (`static_labels`, one per image) or, if both are None, online from
+    `teacher_fn`. aug_key defaults to fold_in(key, 1). y_syn (the
     hard class labels of x_syn) is needed by loss mse_ce only. `batch_sharding`: see
     `_student_program` (the same student, up to the order of cross-device sums).
     """
     carry, batch_step, spe = _student_program(key, student, cfg, rcfg, x_syn_NHWC, y_syn,
                                               teacher_fn, stored, aug_key, init_variables,
-                                              batch_sharding)
+                                              batch_sharding, static)
     (variables, _), _ = jax.lax.scan(batch_step, carry, _epoch_steps(0, cfg.epochs, spe))
     return variables
 
@@ -403,7 +445,8 @@ def train_student_evals(key: jax.Array, student: Model, cfg: TrainConfig, rcfg: 
                         stored: StoredLabels | None = None, aug_key: jax.Array | None = None,
                         init_variables: Variables | None = None,
                         y_syn: jax.Array | None = None,
-                        batch_sharding: Any = None) -> tuple[Variables, Any]:
+                        batch_sharding: Any = None,
+                        static: jax.Array | None = None) -> tuple[Variables, Any]:
     """train_student plus eval_fn(variables) at `eval_epochs(cfg.epochs, eval_every)`.
 
     Same steps in the same order as train_student; returns (final variables, eval_fn outputs
@@ -413,7 +456,7 @@ def train_student_evals(key: jax.Array, student: Model, cfg: TrainConfig, rcfg: 
     eval_epochs(cfg.epochs, eval_every)  # validates eval_every
     carry, batch_step, spe = _student_program(key, student, cfg, rcfg, x_syn_NHWC, y_syn,
                                               teacher_fn, stored, aug_key, init_variables,
-                                              batch_sharding)
+                                              batch_sharding, static)
 
     def one_round(carry, r):
         carry, _ = jax.lax.scan(batch_step, carry, _epoch_steps(r * eval_every, eval_every, spe))

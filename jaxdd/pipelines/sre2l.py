@@ -37,8 +37,8 @@ teachers then go to `make_recover` as a list: every one each iteration
 ("rotate"; one teacher of one architecture can rotate its `num_teachers` seeds too). Each
 teacher's conv targets are cached in its own directory. Relabel's ensemble
 (`relabel.ensemble`) takes every teacher of every directory the artefact names, averaged
-plainly (`ensemble_rescale=False`, G-VBSM CIFAR-100 / Tiny-ImageNet) or rescaled to the
-mean Frobenius norm first (True, G-VBSM ImageNet-1K).
+plainly (`ensemble_reduce="mean"`, G-VBSM CIFAR-100 / Tiny-ImageNet) or rescaled to the
+mean Frobenius norm first ("rescale", G-VBSM ImageNet-1K).
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
-from jaxdd import artefact
+from jaxdd import artefact, safeio
 from jaxdd.population import conv_targets as conv_targets_lib
 from jaxdd import data as jdata
 from jaxdd.population import teachers as jteachers
@@ -84,7 +84,8 @@ _SRE2L = dict(optimizer="adamw", lr=1e-3, weight_decay=0.01, momentum=0.9, sched
               cutmix_alpha=1.0, crop_min_scale=0.08, flip=True, ensemble=False, loss="kd",
               ce_weight=0.1, cosine_span=1.0, decay_norms_biases=False, pad_crop=0,
               mixup_alpha=0.0, shuffle_patches=1,
-              ensemble_rescale=True)  # ensemble: rescale to the mean norm (False: plain mean)
+              ensemble_reduce="rescale")  # ensemble: rescale to the mean norm (G-VBSM
+                                          # ImageNet-1K) | mean (plain mean of the logits)
 RECIPES: dict[str, dict[str, Any]] = {
     # AdamW 1e-3, wd 0.01 (not on biases/norms), cosine per epoch, T 20, no T^2
     "sre2l": dict(_SRE2L),
@@ -110,13 +111,28 @@ RECIPES: dict[str, dict[str, Any]] = {
     "rded": dict(_SRE2L, batch_size=100, crop_min_scale=1.0, cosine_span=0.5),
     # G-VBSM: the teachers' logits rescaled to the mean Frobenius norm and averaged (spec 4;
     # the ImageNet-1K branch; its CIFAR-100 relabel/generate_soft_label_with_db.py:282-284
-    # has the rescaling commented out and takes the plain mean: ensemble_rescale=False),
+    # has the rescaling commented out and takes the plain mean: ensemble_reduce="mean"),
     # student loss "logit matching" eq. (3): MSE(logits) + 0.1 CE(student, y). Optimiser
     # numbers: the spec gives none, so SRe2L's (G-VBSM's CIFAR-100 train.sh: SGD 0.1,
     # batch 64, ce_weight 0.15 — pass them as options).
     "gvbsm": dict(_SRE2L, ensemble=True, loss="mse_ce", ce_weight=0.1),
     # G-VBSM's ensemble with SRe2L's KD loss (eq. 2) instead of logit matching.
     "gvbsm_kd": dict(_SRE2L, ensemble=True),
+    # INFER (github zhangxin-xd/UFC ufc_validation/val_static.py, sh/ufc_cifar.sh): the
+    # plain mean of the M teachers' logits (:186-196), AdamW lr 1e-3 wd 0.01 on every
+    # parameter (:213), CosineAnnealingLR(T_max=epochs) stepped per epoch (:214), KLDiv
+    # batchmean of log_softmax(s / T) vs softmax(t / T), T 30, no T^2 (:246-249), MixUp
+    # Beta(0.8, 0.8) with the labels mixed alike (:218-228, :238-239), RandomCrop(32, pad
+    # 4) + flip (:66-71), batch 64, 400 epochs (sh/ufc_cifar.sh). Use with mode "static"
+    # (labels once per clean image, the INFER artefact's default).
+    "infer": dict(_SRE2L, epochs=400, batch_size=64, temperature=30.0, decay_norms_biases=True,
+                  crop_min_scale=1.0, pad_crop=4, cutmix_alpha=0.0, mixup_alpha=0.8,
+                  ensemble=True, ensemble_reduce="mean"),
+    # INFER+Dyn (val_dyn.py): the same student, labels from the teachers on every augmented
+    # batch (mode "online"), 80 epochs (sh/ufc_cifar.sh).
+    "infer_dyn": dict(_SRE2L, epochs=80, batch_size=64, temperature=30.0,
+                      decay_norms_biases=True, crop_min_scale=1.0, pad_crop=4,
+                      cutmix_alpha=0.0, mixup_alpha=0.8, ensemble=True, ensemble_reduce="mean"),
 }
 RELABEL_DEFAULTS = dict(recipe="sre2l", mode="online", top_k=0, seeds=3, seed=0,
                         protocol="cpu", model=None, report="last", label_dtype="float16",
@@ -363,8 +379,14 @@ def relabel_options(art_meta: dict, overrides: dict) -> dict:
     if opts["recipe"] == "rded" and factor > 1:  # RDED's student augmentation at factor f
         opts.update({k: v for k, v in (("shuffle_patches", factor),
                                        ("crop_min_scale", 1.0 / factor)) if k not in given})
-    if opts["mode"] not in ("online", "stored"):
-        raise ValueError(f"relabel mode {opts['mode']!r}; use online or stored")
+    if opts["mode"] not in ("online", "stored", "static"):
+        raise ValueError(f"relabel mode {opts['mode']!r}; use online, stored (per epoch) or "
+                         f"static (one label per image, INFER)")
+    if opts["ensemble_reduce"] not in ("rescale", "mean"):
+        raise ValueError(f"ensemble_reduce {opts['ensemble_reduce']!r}; use rescale (G-VBSM) "
+                         f"or mean")
+    if opts["mode"] == "static" and int(opts["top_k"]):
+        raise ValueError("static labels are mixed linearly and need every logit: top_k 0")
     if opts["report"] not in ("last", "best"):
         raise ValueError(f"report {opts['report']!r}; use last (final epoch) or best")
     if opts["select"] not in REPORT_LABELS:
@@ -436,7 +458,7 @@ def relabel(art_path: str, teacher_path: str | list[str] | None, overrides: dict
         if o["ensemble"]:
             logits_TxBxK = jnp.concatenate([jax.vmap(lambda v, m=m: m.apply(v, x_NHWC))(tv_d)
                                             for m, tv_d in zip(tmodels, tv)])
-            return jrelabel.ensemble_logits(logits_TxBxK, rescale=bool(o["ensemble_rescale"]))
+            return jrelabel.ensemble_logits(logits_TxBxK, rescale=o["ensemble_reduce"] == "rescale")
         return model.apply(tv, x_NHWC)
 
     n = art.x_syn_NHWC.shape[0]
@@ -449,7 +471,11 @@ def relabel(art_path: str, teacher_path: str | list[str] | None, overrides: dict
     key = jax.random.key(int(o["seed"]))
     aug_key = on_mesh(jax.random.fold_in(key, 1))
     keys = on_mesh(jax.random.split(jax.random.fold_in(key, 0), int(o["seeds"])))
+    # INFER records what its set stores (base images, compensators); others: the images
     image_bytes = int(art.x_syn_NHWC.astype(np.float32).nbytes)
+    if "compensator_bytes" in art.meta:
+        image_bytes = int(art.meta["image_bytes"])
+    compensator_bytes = int(art.meta.get("compensator_bytes", 0))
     labels_path, stored_bytes, file_bytes = None, 0, 0
     best, select, every = o["report"] == "best", o["select"], int(o["eval_every"])
     if streamed:
@@ -484,7 +510,25 @@ def relabel(art_path: str, teacher_path: str | list[str] | None, overrides: dict
               + (f", evaluated every {every} epochs" if best else "") + ", one compiled program"
               + (f", batches split over {n_dev} devices" if batch_sharding is not None else ""),
               file=sys.stderr, flush=True)
-    if o["mode"] == "stored":
+    if o["mode"] == "static":  # INFER: one label per clean image, stored once
+        gen = jax.jit(lambda tv, x: jrelabel.static_labels(lambda xb: teacher_fn(tv, xb), x,
+                                                           bs, rcfg))
+        static = np.asarray(to_host(gen(tvars, x)))
+        labels_path = os.path.join(art_path, "labels_static.npz")
+        if is_main:
+            safeio.savez(labels_path, values=static, meta_seed=np.asarray(int(o["seed"])),
+                         meta_temperature=np.asarray(rcfg.temperature),
+                         meta_teacher=np.asarray(os.path.abspath(teacher_path)))
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+            multihost_utils.sync_global_devices("jaxdd relabel: labels written")
+        with np.load(labels_path) as z:  # train from what is on disk
+            static = z["values"]
+        stored_bytes, file_bytes = int(static.nbytes), os.path.getsize(labels_path)
+        train = jax.jit(jax.vmap(lambda k, st, *a: fit(k, *a, static=st),
+                                 in_axes=(0,) + (None,) * 5))
+        variables, curve = train(keys, on_mesh(static), eval_sets, x, y, aug_key)
+    elif o["mode"] == "stored":
         gen = jax.jit(lambda tv, x, ak: jrelabel.generate_labels(
             lambda xb: teacher_fn(tv, xb), x, ak, tcfg.epochs, bs, rcfg))
         labels = jax.tree.map(to_host, gen(tvars, x, aug_key))
@@ -541,8 +585,6 @@ def relabel(art_path: str, teacher_path: str | list[str] | None, overrides: dict
         "lr_per_epoch": rcfg.lr_per_epoch, "cosine_span": rcfg.cosine_span,
         "temperature": rcfg.temperature, "t2_factor": rcfg.t2_factor, "top_k": rcfg.top_k,
         "label_dtype": rcfg.label_dtype, "ensemble": bool(o["ensemble"]),
-        "ensemble_mean": (("norm-rescaled" if o["ensemble_rescale"] else "plain")
-                          if o["ensemble"] else None),
         "num_teachers": n_teachers, "loss": loss_txt, "ce_weight": rcfg.ce_weight,
         "augment": {"crop_min_scale": rcfg.crop_min_scale, "pad_crop": rcfg.pad_crop,
                     "flip": rcfg.flip, "cutmix_alpha": rcfg.cutmix_alpha,
@@ -553,8 +595,10 @@ def relabel(art_path: str, teacher_path: str | list[str] | None, overrides: dict
         "teacher_test_accuracy": [a for _, vl, _, man in teachers for a in
                                   [r["test_accuracy"] for r in man["teachers"] if r["complete"]][:len(vl)]],
         "image_bytes": image_bytes, "label_bytes": stored_bytes,
+        **({"compensator_bytes": compensator_bytes} if "compensator_bytes" in art.meta else {}),
         "label_bytes_if_stored": jrelabel.estimate_label_bytes(
             n, tcfg.epochs, k_classes, rcfg.label_dtype, rcfg.top_k),
+        "ensemble_reduce": o["ensemble_reduce"] if o["ensemble"] else None,
         "labels_file": labels_path, "labels_file_bytes": file_bytes,
         "method": art.meta["method"], "dataset": art.meta["dataset"], "ipc": art.meta["ipc"],
         "train_seconds": round(t_train, 2), "seconds": round(time.time() - t0, 2),
