@@ -7,7 +7,9 @@
               index, first class), so a restart skips finished batches and gives the same
               images), then the artefact OUT/artefact/ (hard labels, no lr)
     relabel   `relabel`: students trained on the artefact with the teacher's soft labels,
-              online or stored (DIR/labels.npz), test accuracy appended to the artefact
+              online or stored (DIR/labels.npz) or made on the fly by a fitted low-rank
+              projector (`--labels projector`, DIR/projector.npz: HeLlO,
+              `jaxdd.labels.projector`), test accuracy appended to the artefact
 
 Run directory: OUT/run.json holds the fingerprint of the config parts that determine the
 images (everything but the `relabel` section); another config in the same OUT is refused.
