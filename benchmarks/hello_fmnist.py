@@ -15,18 +15,21 @@ The same synthetic set (a random real subset, IPC 10, seed 0), the same teacher 
     projector/random+lora  the same plus LoRA rank `--body-rank` on every extractor kernel
 
 Runs (or resumes) `jaxdd teacher`, `jaxdd baseline random` and the `jaxdd relabel` runs in
-benchmarks/runs/; prints one JSON line and writes benchmarks/results/hello_cpu.json.
+benchmarks/runs/; prints one JSON line per finished row and writes
+benchmarks/results/hello_cpu.json after each (`complete` once all four rows are in;
+`--resume --rows a,b` reruns rows a, b and keeps the others).
 Reduced budgets (say so in any table): students `--epochs` (SRe2L: 300), `--seeds`.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import environment, write  # noqa: E402
+from _common import RESULTS, environment, write  # noqa: E402
 from sm_fmnist import RUNS, ROOT, jaxdd  # noqa: E402
 
 
@@ -41,6 +44,8 @@ def main() -> None:
     ap.add_argument("--fit-epochs", type=int, default=300)
     ap.add_argument("--rows", default="stored,teacher,random,random_lora")
     ap.add_argument("--tag", default="hello_cpu")
+    ap.add_argument("--resume", action="store_true",
+                    help="keep the rows of an earlier result file that --rows does not name")
     args = ap.parse_args()
     config = os.path.join(ROOT, "configs/sre2l/fashion_mnist_cpu.py")
     sets = ["--set", f"teacher.epochs={args.teacher_epochs}"]
@@ -58,8 +63,13 @@ def main() -> None:
             "teacher": proj + ["--extractor", "teacher"],
             "random": proj + ["--extractor", "random"],
             "random_lora": proj + ["--extractor", "random", "--body-rank", str(args.body_rank)]}
+    todo = args.rows.split(",")
+    path = os.path.join(RESULTS, f"{args.tag}.json")
     rows = []
-    for name in args.rows.split(","):
+    if args.resume and os.path.exists(path):  # keep the finished rows of an earlier run
+        with open(path) as f:
+            rows = [r for r in json.load(f)["rows"] if r["row"] not in todo]
+    for name in todo:
         r, wall = jaxdd("relabel", rand, *kd, *runs[name])
         p = r.get("projector") or {}
         rows.append({
@@ -76,6 +86,11 @@ def main() -> None:
             "kl_first_epoch": p.get("kl"), "fit_loss_first": p.get("fit_loss_first"),
             "fit_loss_last": p.get("fit_loss_last"), "fit_seconds": p.get("fit_seconds"),
             "seconds": r["seconds"], "wall_seconds": wall})
+        report(args, teacher, teacher_wall, rows, done={r["row"] for r in rows} >= set(runs))
+
+
+def report(args, teacher: dict, teacher_wall: float, rows: list, done: bool) -> None:
+    """Write the result (after every row: a cut-short run keeps its finished rows)."""
     write(args.tag, {
         "benchmark": "hello_fmnist", "dataset": "fashion_mnist", "ipc": args.ipc,
         "synthetic_set": "random real subset (jaxdd baseline random, seed 0)",
@@ -88,7 +103,7 @@ def main() -> None:
                       "dtype": "float16"},
         "teacher": {"model": teacher["model"], "test_accuracy": teacher["test_accuracy"],
                     "epochs": args.teacher_epochs, "wall_seconds": teacher_wall},
-        "rows": rows, "environment": environment()})
+        "rows": rows, "complete": done, "environment": environment()})
 
 
 if __name__ == "__main__":
