@@ -44,6 +44,9 @@ def main() -> None:
     ap.add_argument("--fit-epochs", type=int, default=300)
     ap.add_argument("--rows", default="stored,teacher,random,random_lora")
     ap.add_argument("--tag", default="hello_cpu")
+    ap.add_argument("--collect", action="store_true",
+                    help="run no relabel: take each row's latest result recorded in the "
+                         "artefact's evaluations.json (a run cut short by a time limit)")
     ap.add_argument("--resume", action="store_true",
                     help="keep the rows of an earlier result file that --rows does not name")
     args = ap.parse_args()
@@ -53,8 +56,9 @@ def main() -> None:
     rand = os.path.join(RUNS, f"{args.tag}-random-ipc{args.ipc}")
 
     teacher, teacher_wall = jaxdd("teacher", "--config", config, "--out", tdir, *sets)
-    jaxdd("baseline", "random", "--dataset", "fashion_mnist", "--ipc", str(args.ipc),
-          "--out", rand, "--seed", "0", "--overwrite")
+    if not args.collect:
+        jaxdd("baseline", "random", "--dataset", "fashion_mnist", "--ipc", str(args.ipc),
+              "--out", rand, "--seed", "0", "--overwrite")
     kd = ["--teacher", tdir, "--recipe", "sre2l", "--epochs", str(args.epochs),
           "--seeds", str(args.seeds), "--seed", "0", "--protocol", "cpu"]
     proj = ["--labels", "projector", "--rank", str(args.rank),
@@ -70,7 +74,10 @@ def main() -> None:
         with open(path) as f:
             rows = [r for r in json.load(f)["rows"] if r["row"] not in todo]
     for name in todo:
-        r, wall = jaxdd("relabel", rand, *kd, *runs[name])
+        if args.collect:  # the relabel results the artefact recorded (evaluations.json)
+            r, wall = recorded(rand, name, args), None
+        else:
+            r, wall = jaxdd("relabel", rand, *kd, *runs[name])
         p = r.get("projector") or {}
         rows.append({
             "labels": "stored fp16 teacher logits" if name == "stored" else
@@ -89,6 +96,29 @@ def main() -> None:
         report(args, teacher, teacher_wall, rows, done={r["row"] for r in rows} >= set(runs))
 
 
+def recorded(art: str, name: str, args) -> dict:
+    """The latest `relabel` result of row `name` (same epochs, seeds, rank) in the artefact's
+    evaluations.json: what a run cut short by a time limit had finished."""
+    with open(os.path.join(art, "evaluations.json")) as f:
+        evs = json.load(f)
+
+    def match(e):
+        p = e.get("projector") or {}
+        if e.get("epochs") != args.epochs or e.get("seeds") != args.seeds:
+            return False
+        if name == "stored":
+            return e.get("labels", "teacher") == "teacher" and e.get("mode") == "stored"
+        want = ("teacher" if name == "teacher" else "random",
+                args.body_rank if name == "random_lora" else 0, args.rank, args.fit_epochs)
+        return (e.get("labels") == "projector"
+                and (p["extractor"], p["body_rank"], p["rank"], p["fit_epochs"]) == want)
+
+    found = [e for e in evs if match(e)]
+    if not found:
+        raise SystemExit(f"no recorded relabel result for row {name!r} in {art}")
+    return found[-1]
+
+
 def report(args, teacher: dict, teacher_wall: float, rows: list, done: bool) -> None:
     """Write the result (after every row: a cut-short run keeps its finished rows)."""
     write(args.tag, {
@@ -103,7 +133,8 @@ def report(args, teacher: dict, teacher_wall: float, rows: list, done: bool) -> 
                       "dtype": "float16"},
         "teacher": {"model": teacher["model"], "test_accuracy": teacher["test_accuracy"],
                     "epochs": args.teacher_epochs, "wall_seconds": teacher_wall},
-        "rows": rows, "complete": done, "environment": environment()})
+        "rows": rows, "complete": done, "collected_from_evaluations": args.collect,
+        "environment": environment()})
 
 
 if __name__ == "__main__":
