@@ -475,11 +475,19 @@ def cmd_relabel(args) -> int:
             "lr_per_epoch": args.lr_per_epoch, "report": args.report, "loss": args.loss,
             "ce_weight": args.ce_weight, "eval_every": args.eval_every, "select": args.select,
             "cosine_span": args.cosine_span, "pad_crop": args.pad_crop,
-            "mixup_alpha": args.mixup_alpha, "shuffle_patches": args.shuffle_patches}
+            "mixup_alpha": args.mixup_alpha, "shuffle_patches": args.shuffle_patches,
+            "labels": args.labels, "rank": args.rank, "extractor": args.extractor,
+            "body_rank": args.body_rank, "fit_epochs": args.fit_epochs, "fit_lr": args.fit_lr}
     res = sm.relabel(args.dir, args.teacher, over, args.quiet)
     lab = (f"; labels {res['label_bytes']:,d} B in {res['labels_file']}"
            if res["mode"] in ("stored", "static")
            else f"; stored labels would take {res['label_bytes_if_stored']:,d} B")
+    if res["labels"] == "projector":
+        p = res["projector"]
+        lab = (f"; projector {res['label_bytes']:,d} B in {res['labels_file']} (stored labels "
+               f"would take {res['label_bytes_if_stored']:,d} B; extractor: "
+               f"{p['extractor_needs']}); agrees with the teacher on "
+               f"{100 * p['top1_agreement']:.1f} % of the student's first-epoch batches")
     best = (f"\n  last epoch: {100 * res['accuracy_mean']:.2f} +- "
             f"{100 * res['accuracy_std']:.2f} %; {res['best_label']}: "
             f"{100 * res['best_accuracy_mean']:.2f} +- {100 * res['best_accuracy_std']:.2f} % "
@@ -861,6 +869,20 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--select", default=None, choices=["test", "val"],
                     help="report best: pick the epoch on test (optimistic, as the references) "
                          "or on the validation split (default test)")
+    sp.add_argument("--labels", default=None, choices=["teacher", "projector"],
+                    help="teacher: its logits (--mode online/stored); projector: fit a "
+                         "low-rank projector on a frozen extractor to the teacher, store it "
+                         "(DIR/projector.npz) and generate the labels on the fly (HeLlO)")
+    sp.add_argument("--rank", type=POS, default=None, help="projector: rank of its head (4)")
+    sp.add_argument("--extractor", default=None, choices=["teacher", "random"],
+                    help="projector: frozen features of the teacher's body, or of its "
+                         "architecture freshly initialised from --seed (0 bytes)")
+    sp.add_argument("--body-rank", type=NONNEG, default=None,
+                    help="projector: LoRA rank on every extractor kernel (0: off)")
+    sp.add_argument("--fit-epochs", type=POS, default=None,
+                    help="projector: epochs of augmented synthetic batches to fit it (300)")
+    sp.add_argument("--fit-lr", type=_positive_float, default=None,
+                    help="projector: Adam learning rate of the fit, cosine to 0 (0.03)")
     common(sp)
     sp.set_defaults(fn=cmd_relabel)
     return p

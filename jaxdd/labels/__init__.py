@@ -1,4 +1,5 @@
-"""Soft labels for the student (relabel stage of statistics matching)."""
+"""Soft labels for the student (relabel stage of statistics matching): the teacher's, online
+or stored (`relabel`), or a fitted low-rank projector's (`projector`, HeLlO)."""
 
 from jaxdd.labels.relabel import (AugParams, RelabelConfig, StoredLabels, apply_aug, aug_params,
                                   ensemble_logits, estimate_label_bytes, generate_labels,

@@ -7,7 +7,9 @@
               index, first class), so a restart skips finished batches and gives the same
               images), then the artefact OUT/artefact/ (hard labels, no lr)
     relabel   `relabel`: students trained on the artefact with the teacher's soft labels,
-              online or stored (DIR/labels.npz), test accuracy appended to the artefact
+              online or stored (DIR/labels.npz) or made on the fly by a fitted low-rank
+              projector (`--labels projector`, DIR/projector.npz: HeLlO,
+              `jaxdd.labels.projector`), test accuracy appended to the artefact
 
 Run directory: OUT/run.json holds the fingerprint of the config parts that determine the
 images (everything but the `relabel` section); another config in the same OUT is refused.
@@ -60,6 +62,7 @@ from jaxdd import data as jdata
 from jaxdd.population import teachers as jteachers
 from jaxdd.evaluate import get_protocol
 from jaxdd.population.train import preprocess_sha
+from jaxdd.labels import projector as jprojector
 from jaxdd.labels import relabel as jrelabel
 from jaxdd.methods.statistics.recover import (RecoverConfig, batch_layout, make_recover,
                                              pixel_bounds, stack_teachers)
@@ -137,7 +140,15 @@ RECIPES: dict[str, dict[str, Any]] = {
 RELABEL_DEFAULTS = dict(recipe="sre2l", mode="online", top_k=0, seeds=3, seed=0,
                         protocol="cpu", model=None, report="last", label_dtype="float16",
                         eval_every=10,    # report="best": evaluate every this many epochs
-                        select="test")    # report="best": pick the epoch on test | val
+                        select="test",    # report="best": pick the epoch on test | val
+                        labels="teacher",   # teacher: its logits (online / stored) | projector:
+                                            # a fitted low-rank projector (HeLlO), see
+                                            # jaxdd.labels.projector
+                        rank=4,             # projector: rank R of its low-rank head
+                        extractor="teacher",  # projector: frozen features: teacher | random
+                        body_rank=0,        # projector: LoRA rank on the extractor (0 = off)
+                        fit_epochs=300,     # projector: epochs of fitting to the teacher
+                        fit_lr=3e-2)        # projector: Adam lr (cosine to 0) of the fit
 REPORT_LABELS = {"test": "best (test-selected; optimistic)", "val": "best (val-selected)"}
 
 
@@ -387,6 +398,14 @@ def relabel_options(art_meta: dict, overrides: dict) -> dict:
                          f"or mean")
     if opts["mode"] == "static" and int(opts["top_k"]):
         raise ValueError("static labels are mixed linearly and need every logit: top_k 0")
+    if opts["labels"] not in ("teacher", "projector"):
+        raise ValueError(f"labels {opts['labels']!r}; use teacher (its logits) or projector")
+    if opts["labels"] == "projector":
+        if overrides.get("mode") in ("stored", "static"):
+            raise ValueError("labels projector generates the labels on the fly (nothing but "
+                             "the projector is stored); drop --mode " + overrides["mode"])
+        opts["mode"] = "online"
+        jprojector.ProjectorConfig(**projector_fields(opts))  # validates rank, extractor, ...
     if opts["report"] not in ("last", "best"):
         raise ValueError(f"report {opts['report']!r}; use last (final epoch) or best")
     if opts["select"] not in REPORT_LABELS:
@@ -394,6 +413,14 @@ def relabel_options(art_meta: dict, overrides: dict) -> dict:
     if int(opts["eval_every"]) < 1:
         raise ValueError(f"eval_every must be >= 1, got {opts['eval_every']}")
     return opts
+
+
+def projector_fields(opts: dict) -> dict:
+    """ProjectorConfig fields from the relabel options."""
+    return dict(rank=int(opts["rank"]), extractor=opts["extractor"],
+                body_rank=int(opts["body_rank"]), fit_epochs=int(opts["fit_epochs"]),
+                fit_lr=float(opts["fit_lr"]),
+                dtype=opts["label_dtype"], extractor_seed=int(opts["seed"]))
 
 
 def relabel(art_path: str, teacher_path: str | list[str] | None, overrides: dict | None = None,
@@ -506,11 +533,24 @@ def relabel(art_path: str, teacher_path: str | list[str] | None, overrides: dict
     t0 = time.time()
     if not quiet and is_main:
         print(f"[relabel] {o['seeds']} {student_name} students x {tcfg.epochs} epochs "
-              f"({steps_per_epoch(n, bs)} steps each), {o['mode']} labels, loss {rcfg.loss}"
+              f"({steps_per_epoch(n, bs)} steps each), "
+              + ("projector (HeLlO)" if o["labels"] == "projector" else o["mode"])
+              + f" labels, loss {rcfg.loss}"
               + (f", evaluated every {every} epochs" if best else "") + ", one compiled program"
               + (f", batches split over {n_dev} devices" if batch_sharding is not None else ""),
               file=sys.stderr, flush=True)
-    if o["mode"] == "static":  # INFER: one label per clean image, stored once
+    proj = None
+    if o["labels"] == "projector":  # HeLlO: fit, store, then generate labels on the fly
+        proj, pparams, xv, w0 = _fit_projector(o, art_path, teacher_path, model, vlist[0],
+                                               teacher_fn, tvars, x, y, aug_key, key, bs,
+                                               rcfg, on_mesh, is_main)
+        labels_path, stored_bytes = proj["file"], proj["bytes"]
+        file_bytes = os.path.getsize(labels_path)
+        ext = lambda xv, w0: jprojector.Extractor(model, xv, w0)  # noqa: E731
+        train = jax.jit(jax.vmap(lambda k, pp, xv, w0, *a: fit(
+            k, *a, teacher_fn=jprojector.label_fn(pp, ext(xv, w0))), in_axes=(0,) + (None,) * 7))
+        variables, curve = train(keys, pparams, xv, w0, eval_sets, x, y, aug_key)
+    elif o["mode"] == "static":  # INFER: one label per clean image, stored once
         gen = jax.jit(lambda tv, x: jrelabel.static_labels(lambda xb: teacher_fn(tv, xb), x,
                                                            bs, rcfg))
         static = np.asarray(to_host(gen(tvars, x)))
@@ -599,16 +639,71 @@ def relabel(art_path: str, teacher_path: str | list[str] | None, overrides: dict
         "label_bytes_if_stored": jrelabel.estimate_label_bytes(
             n, tcfg.epochs, k_classes, rcfg.label_dtype, rcfg.top_k),
         "ensemble_reduce": o["ensemble_reduce"] if o["ensemble"] else None,
-        "labels_file": labels_path, "labels_file_bytes": file_bytes,
+        "labels_file": labels_path, "labels_file_bytes": file_bytes, "labels": o["labels"],
         "method": art.meta["method"], "dataset": art.meta["dataset"], "ipc": art.meta["ipc"],
         "train_seconds": round(t_train, 2), "seconds": round(time.time() - t0, 2),
     }
+    if proj is not None:
+        res["projector"] = proj
     if best:
         res.update(best_report(curve, jrelabel.eval_epochs(tcfg.epochs, every), select),
                    eval_every=every)
     if is_main:
         artefact.add_evaluation(art_path, res)
     return {**res, "artefact": art_path}
+
+
+def _fit_projector(o: dict, art_path: str, teacher_path: str, model, teacher_vars,
+                   teacher_fn, tvars, x, y, aug_key, key, bs: int, rcfg, on_mesh,
+                   is_main: bool) -> tuple[dict, Any, Any, Any]:
+    """HeLlO's projector for `relabel --labels projector`: fit to the teacher (augmentations
+    of fold_in(fold_in(key, 2), 1)), write DIR/projector.npz (atomic), reload it (students
+    train from what is on disk), and measure it on the first epoch of the student's own
+    augmentations. Returns (summary, params, extractor variables, W0)."""
+    pcfg = jprojector.ProjectorConfig(**projector_fields(o))
+    xv = on_mesh(jprojector.extractor_variables(pcfg, model, teacher_vars))
+    w0 = jax.jit(lambda xv, x, y: jprojector.initial_map(pcfg, model, xv, x, y))(xv, x, y)
+    ext = lambda xv, w0: jprojector.Extractor(model, xv, w0)  # noqa: E731
+    pkey = jax.random.fold_in(key, 2)
+    t0 = time.time()
+    fitted, curve = jax.jit(lambda tv, xv, w0, x: jprojector.fitted_projector(
+        pkey, pcfg, ext(xv, w0), lambda xb: teacher_fn(tv, xb), x, bs, rcfg))(tvars, xv, w0, x)
+    fitted = jax.tree.map(to_host, fitted)
+    path = os.path.join(art_path, "projector.npz")
+    nbytes = jprojector.projector_bytes(fitted)
+    if is_main:
+        jprojector.save_projector(path, fitted, rank=pcfg.rank, extractor=pcfg.extractor,
+                                  extractor_seed=pcfg.extractor_seed, init=pcfg.init,
+                                  body_rank=pcfg.body_rank, fit_epochs=pcfg.fit_epochs,
+                                  fit_loss=pcfg.fit_loss, seed=int(o["seed"]),
+                                  temperature=rcfg.temperature, dtype=pcfg.dtype,
+                                  teacher=os.path.abspath(teacher_path), bytes=nbytes)
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices("jaxdd relabel: projector written")
+    pparams, _ = jprojector.load_projector(path)
+    agree = jax.jit(lambda pp, tv, xv, w0, x, ak: jprojector.agreement(
+        pp, ext(xv, w0), lambda xb: teacher_fn(tv, xb), x, ak, 1, bs, rcfg))(
+        on_mesh(pparams), tvars, xv, w0, x, aug_key)
+    body = jax.tree.leaves(pparams.get("body", {}))
+    head_bytes = nbytes - sum(a.size * a.dtype.itemsize for a in body)
+    ext_param_bytes = sum(np.asarray(a).nbytes for a in jax.tree.leaves(teacher_vars))
+    summary = {
+        "file": path, "bytes": jprojector.projector_bytes(pparams), "head_bytes": int(head_bytes),
+        "rank": pcfg.rank, "body_rank": pcfg.body_rank, "extractor": pcfg.extractor,
+        "extractor_seed": pcfg.extractor_seed, "init": pcfg.init, "dtype": pcfg.dtype,
+        # what a student needs besides the projector: the teacher's body (shipped with the
+        # teacher) or nothing (a fresh init regenerated from the seed)
+        "extractor_bytes_extra": 0,
+        "extractor_needs": (f"the teacher's body (in its {ext_param_bytes:,d} B of variables, "
+                            "shipped with the teacher)" if pcfg.extractor == "teacher" else
+                            f"nothing: {model.name} initialised from seed {pcfg.extractor_seed}"),
+        "fit_epochs": pcfg.fit_epochs, "fit_loss": pcfg.fit_loss, "fit_lr": pcfg.fit_lr,
+        "fit_loss_first": float(curve[0]), "fit_loss_last": float(curve[-1]),
+        "fit_seconds": round(time.time() - t0, 2),
+        # projector vs teacher on the student's first epoch of augmentations (not fitted on)
+        "top1_agreement": float(agree["top1_agreement"]), "kl": float(agree["kl"])}
+    return summary, on_mesh(pparams), xv, w0
 
 
 def black_pixel(pre: jdata.Preprocess) -> tuple[float, ...]:
