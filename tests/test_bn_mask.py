@@ -71,7 +71,7 @@ def test_padded_last_batch_equals_a_smaller_last_batch(name):
     x, y = _data()
     state = train_init(jax.random.key(0), model, cfg, N)
     got = jax.jit(lambda s: train_epochs(s, model, cfg, x, y, 1).variables)(state)
-    want = _unpadded_epoch(model, cfg, state, x, y)
+    want = jax.jit(lambda s: _unpadded_epoch(model, cfg, s, x, y))(state)
     assert model.has_batch_stats == ("batch_stats" in got)
     _assert_trees_close(got, want)
     moved = max(float(jnp.abs(u - v).max()) for u, v in
