@@ -155,6 +155,35 @@ def stages_check(meshes):
     return out
 
 
+def bnmask_check(meshes):
+    """One masked update of a BN ConvNet (16 rows, the last 5 padding: devices 6 and 7 hold
+    padding only) on 1 device vs split over 8; and on 8, junk in the padded rows."""
+    from jax.sharding import NamedSharding, PartitionSpec as P
+    from jaxdd.models import get_model
+    from jaxdd.train.loop import TrainConfig, make_optimizer, make_update, soft_cross_entropy
+    model = get_model("convnet_d2_w4_bn", 4, (8, 8, 1))
+    v = model.init(jax.random.key(0))
+    tx = make_optimizer(TrainConfig(epochs=1, batch_size=16, lr=0.05), 1)
+    opt = tx.init(v["params"])
+    update = jax.jit(make_update(model.apply_train, soft_cross_entropy, tx))
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(16, 8, 8, 1)), jnp.float32)
+    t = jax.nn.one_hot(jnp.arange(16) % 4, 4)
+    mask = (jnp.arange(16) < 11).astype(jnp.float32)
+    one = update(v, opt, x, t, mask)[0]
+    sh = NamedSharding(meshes["8"], P("data"))
+    rep = NamedSharding(meshes["8"], P())
+    put = lambda a, s: jax.device_put(a, s)  # noqa: E731
+    v8, opt8 = put(v, rep), put(opt, rep)
+    xs = put(x, sh)
+    eight = update(v8, opt8, xs, put(t, sh), put(mask, sh))[0]
+    junk = update(v8, opt8, put(x.at[11:].set(100.0), sh), put(t, sh), put(mask, sh))[0]
+    diff = lambda a, b: max(float(np.abs(np.asarray(u) - np.asarray(w)).max())  # noqa: E731
+                            for u, w in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True))
+    return {"maxdiff": diff(one, eight), "padding_matters": diff(eight, junk),
+            "spec": str(xs.sharding.spec)}
+
+
 def main(names):
     out = {}
     devs = jax.devices()
@@ -170,6 +199,9 @@ def main(names):
             continue
         if name == "stages":
             out[name] = stages_check(meshes)
+            continue
+        if name == "bnmask":
+            out[name] = bnmask_check(meshes)
             continue
         results = {}
         for mname, mesh in meshes.items():

@@ -50,9 +50,11 @@ Corrupt or undecodable images: skipped and counted, not fatal (on_corrupt="skip"
 default): the slot keeps its place in the batch (shapes stay static) with mask False and a
 zero image, the record is named in a warning on the `jaxdd.data.stream` logger
 ("skipped undecodable image (N so far): cannot read image PATH (reason) ..."), and
-`Loader.corrupt` lists the name each time the record comes up (once per epoch). Weight the loss by `mask`. on_corrupt="error" raises a ValueError naming the
-file instead. (The in-memory `load_dataset` path stays strict: it reads everything up
-front and an unreadable file is an error there.)
+`Loader.corrupt` lists the name each time the record comes up (once per epoch). Weight the
+loss by `mask` (and train with `Model.apply_train(v, x, mask)`, so BatchNorm skips the slot).
+on_corrupt="error" raises a ValueError naming the file instead. (The in-memory
+`load_dataset` path stays strict: it reads everything up front and an unreadable file is
+an error there.)
 """
 
 from __future__ import annotations

@@ -374,7 +374,11 @@ def _student_program(key: jax.Array, student: Model, cfg: TrainConfig, rcfg: Rel
     def loss_fn(logits_BxK, batch):  # batch: (teacher logits_BxK, class labels_B or None)
         return student_loss(logits_BxK, *batch, rcfg)
 
-    update = make_update(student.apply_train, loss_fn, tx)  # the shared loop's update
+    # The shared loop's update: a padded last batch counts its real images only (loss and
+    # BN statistics); when bs divides n no batch has padding and BN runs unmasked.
+    apply_train = (student.apply_train if n % bs
+                   else lambda v, xb, mask_B: student.apply_train(v, xb))
+    update = make_update(apply_train, loss_fn, tx)
 
     def batch_step(carry, es):
         epoch, step = es[0], es[1]

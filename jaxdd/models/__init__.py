@@ -106,12 +106,51 @@ class Model:
         """Inference logits (BN uses running statistics)."""
         return self.module.apply(variables, x_NHWC, train=False)
 
-    def apply_train(self, variables: Variables, x_NHWC: jax.Array) -> tuple[jax.Array, Variables]:
-        """Training-mode logits and the variables with updated BN statistics."""
+    def apply_train(self, variables: Variables, x_NHWC: jax.Array,
+                    mask_B: jax.Array | None = None) -> tuple[jax.Array, Variables]:
+        """Training-mode logits and the variables with updated BN statistics.
+
+        mask_B (B,), nonzero for real rows: every BatchNorm takes its batch mean and (biased)
+        variance over those rows only, for the normalisation and the running statistics, so
+        a padded batch trains as the smaller batch of its real rows (PyTorch's last batch
+        with drop_last=False). Without BN the mask changes nothing and is not used.
+        """
+        if mask_B is not None and tuple(mask_B.shape) != (x_NHWC.shape[0],):
+            raise ValueError(f"mask_B has shape {tuple(mask_B.shape)}; pass one entry per "
+                             f"image, shape ({x_NHWC.shape[0]},)")
         if not self.has_batch_stats:
             return self.module.apply(variables, x_NHWC, train=True), variables
-        logits, upd = self.module.apply(variables, x_NHWC, train=True, mutable=["batch_stats"])
+        if mask_B is None:
+            logits, upd = self.module.apply(variables, x_NHWC, train=True, mutable=["batch_stats"])
+        else:
+            seen = []
+            with nn.intercept_methods(_batch_norm_mask(mask_B, seen)):
+                logits, upd = self.module.apply(variables, x_NHWC, train=True,
+                                                mutable=["batch_stats"])
+            if not seen:
+                raise ValueError(f"model {self.name!r} has batch statistics but called no "
+                                 f"flax.linen.BatchNorm, so mask_B cannot reach them")
         return logits, {**variables, "batch_stats": upd["batch_stats"]}
+
+
+def _batch_norm_mask(mask_B: jax.Array, seen: list) -> Callable:
+    """Method interceptor handing mask_B to every `nn.BatchNorm` call (Flax then reduces
+    with `mean(where=mask)`; under a sharded jit XLA sums over all devices). An interceptor
+    rather than a `mask` argument on every model: it reaches each BN of any Linen model."""
+    mask = jnp.asarray(mask_B) != 0
+
+    def intercept(next_fun, args, kwargs, context):
+        if isinstance(context.module, nn.BatchNorm) and context.method_name == "__call__":
+            x = args[0]
+            if x.shape[0] != mask.shape[0]:
+                raise ValueError(f"BatchNorm {'/'.join(context.module.path)} sees a batch of "
+                                 f"{x.shape[0]}, mask_B has {mask.shape[0]} entries; the batch "
+                                 f"must be axis 0 of every BN input")
+            seen.append(context.module.path)
+            kwargs = {**kwargs, "mask": mask.reshape((-1,) + (1,) * (x.ndim - 1))}
+        return next_fun(*args, **kwargs)
+
+    return intercept
 
 
 def default_depth(height: int) -> int:

@@ -176,7 +176,9 @@ def train_teachers(out_dir: str, dataset: jdata.Dataset | StreamedDataset, model
     trains data-parallel on `mesh` (default: every device on one `data` axis), one jitted
     step per loader batch: each global batch (random-resized-crop + flip, a function of
     (seed, epoch, step)) is split over the devices and BatchNorm's batch statistics are
-    reduced over all of them, so the step is the one-device step of the same global batch;
+    reduced over all of them (over the batch's `mask`ed images only: a skipped corrupt
+    record counts neither in the loss nor in BN), so the step is the one-device step of the
+    same global batch;
     epochs are whole loader passes (the remainder is dropped), and a resumed teacher reads
     exactly the batches it would have read.
     """

@@ -28,8 +28,9 @@ DirectionFn = Callable[[Callable[[Any], Any], Any, Any], Any]
 # loss_fn(logits_BxK, batch) -> per-example loss_B; `batch` is whatever the loop's batch
 # source yields next to the images (targets, teacher logits, class labels, ...).
 LossFn = Callable[[jax.Array, Any], jax.Array]
-# apply_train(variables, x_NHWC) -> (logits_BxK, new variables: updated BN statistics).
-ApplyTrainFn = Callable[[Variables, jax.Array], tuple[jax.Array, Variables]]
+# apply_train(variables, x_NHWC, mask_B) -> (logits_BxK, new variables: updated BN
+# statistics, taken over the rows where mask_B != 0 only; `Model.apply_train`).
+ApplyTrainFn = Callable[[Variables, jax.Array, jax.Array], tuple[jax.Array, Variables]]
 # update(variables, opt_state, x_NHWC, batch, mask_B, lr=None) -> (variables, opt_state)
 UpdateFn = Callable[..., tuple[Variables, Any]]
 
@@ -39,7 +40,8 @@ class TrainConfig:
     """How a network is trained (evaluation protocol, experts, teachers)."""
 
     epochs: int                 # passes over the training set
-    batch_size: int = 256       # images per step (the last batch of an epoch is masked)
+    batch_size: int = 256       # images per step (the last batch of an epoch is padded and
+                                # masked: loss and BN statistics over its real images only)
     lr: float = 0.01            # default step size; a learned lr passed to train_init wins
     momentum: float = 0.9       # SGD momentum (PyTorch convention: buf = m * buf + g)
     weight_decay: float = 5e-4  # coupled L2 as PyTorch SGD, applied to every parameter
@@ -143,11 +145,12 @@ def make_update(apply_train: ApplyTrainFn, loss_fn: LossFn, tx: optax.GradientTr
     The returned `update(variables, opt_state, x_NHWC, batch, mask_B, lr=None)` takes the
     gradient w.r.t. variables["params"] (BN statistics of the forward pass carried as aux),
     lets `direction_fn` replace it (BN statistics still from the first, unperturbed pass),
-    sets the injected lr when `lr` is given, and applies `tx`. Padding has mask_B = 0.
+    sets the injected lr when `lr` is given, and applies `tx`. Padding has mask_B = 0: it
+    counts neither in the loss nor (through `apply_train`) in BN's batch statistics.
     """
 
     def batch_loss(params, rest, x_NHWC, batch, mask_B):
-        logits_BxK, new_vars = apply_train({**rest, "params": params}, x_NHWC)
+        logits_BxK, new_vars = apply_train({**rest, "params": params}, x_NHWC, mask_B)
         return (loss_fn(logits_BxK, batch) * mask_B).sum() / mask_B.sum(), new_vars
 
     grad = jax.grad(batch_loss, has_aux=True)
@@ -173,6 +176,9 @@ def train_epochs(state: TrainState, model: Model, cfg: TrainConfig, x_NHWC: jax.
     """Run `num_epochs` more epochs. y_target: (N,) int labels or (N, K) targets
     (probabilities for cfg.loss "ce", regression targets for "mse").
 
+    When batch_size does not divide N the last batch is padded and masked; it trains as
+    the smaller batch of its real images (loss and BN statistics), as PyTorch's last batch.
+
     `direction_fn` replaces the gradient by another update direction (e.g. GSAM); BN
     statistics always come from the first, unperturbed pass.
     """
@@ -187,10 +193,13 @@ def train_epochs(state: TrainState, model: Model, cfg: TrainConfig, x_NHWC: jax.
     if chunks > 1 and model.has_batch_stats:
         raise ValueError(f"image_chunks={chunks} would split BatchNorm's batch statistics; "
                          f"use image_chunks=1 (or 'auto') for {model.name}")
+    pad = spe * bs - n
     apply_train = model.apply_train
+    if pad == 0 and model.has_batch_stats:   # every row is real: BN needs no mask (as before)
+        apply_train = lambda v, xb, mask_B: model.apply_train(v, xb)  # noqa: E731
     if chunks > 1:   # no batch statistics (checked above): the variables come back unchanged
         forward = chunked(lambda v, xb: model.apply_train(v, xb)[0], chunks)
-        apply_train = lambda v, xb: (forward(v, xb), v)  # noqa: E731
+        apply_train = lambda v, xb, mask_B: (forward(v, xb), v)  # noqa: E731
 
     update = make_update(apply_train, LOSSES[cfg.loss], tx, direction_fn)
 
@@ -204,7 +213,6 @@ def train_epochs(state: TrainState, model: Model, cfg: TrainConfig, x_NHWC: jax.
     def epoch_step(carry, epoch):
         k_perm, k_aug = jax.random.split(jax.random.fold_in(state.key, epoch))
         perm = jax.random.permutation(k_perm, n)
-        pad = spe * bs - n
         idx = jnp.concatenate([perm, jnp.zeros((pad,), perm.dtype)]).reshape(spe, bs)
         mask = (jnp.arange(spe * bs) < n).astype(x_NHWC.dtype).reshape(spe, bs)
         carry, _ = jax.lax.scan(batch_step, carry, (idx, mask, jax.random.split(k_aug, spe)))
