@@ -109,6 +109,8 @@ RECIPES: dict[str, dict[str, Any]] = {
 }
 RELABEL_DEFAULTS = dict(recipe="sre2l", mode="online", top_k=0, seeds=3, seed=0,
                         protocol="cpu", model=None, report="last", label_dtype="float16",
+                        top_k_rest="uniform",  # top_k: the other classes' mass uniform | drop
+                        label_epochs=0,   # label pruning: M epochs of augmentations, replayed
                         eval_every=10,    # report="best": evaluate every this many epochs
                         select="test")    # report="best": pick the epoch on test | val
 REPORT_LABELS = {"test": "best (test-selected; optimistic)", "val": "best (val-selected)"}
@@ -347,7 +349,8 @@ def relabel(art_path: str, teacher_path: str | None, overrides: dict | None = No
         ce_weight=float(o["ce_weight"]), cosine_span=float(o["cosine_span"]),
         decay_norms_biases=bool(o["decay_norms_biases"]), pad_crop=int(o["pad_crop"]),
         pad_fill=black_pixel(art.preprocess), mixup_alpha=float(o["mixup_alpha"]),
-        shuffle_patches=int(o["shuffle_patches"]))
+        shuffle_patches=int(o["shuffle_patches"]), top_k_rest=o["top_k_rest"],
+        label_epochs=int(o["label_epochs"]))
     if rcfg.top_k and not 0 < rcfg.top_k <= k_classes:
         raise ValueError(f"top_k {rcfg.top_k} must be in 1..{k_classes}")
 
@@ -414,7 +417,8 @@ def relabel(art_path: str, teacher_path: str | None, overrides: dict | None = No
         if is_main:
             jrelabel.save_labels(labels_path, labels, seed=int(o["seed"]), epochs=tcfg.epochs,
                                  batch_size=bs, temperature=rcfg.temperature, top_k=rcfg.top_k,
-                                 label_dtype=rcfg.label_dtype,
+                                 label_dtype=rcfg.label_dtype, top_k_rest=rcfg.top_k_rest,
+                                 label_epochs=rcfg.label_epochs,
                                  teacher=os.path.abspath(teacher_path))
         if jax.process_count() > 1:
             from jax.experimental import multihost_utils
@@ -462,7 +466,10 @@ def relabel(art_path: str, teacher_path: str | None, overrides: dict | None = No
         "weight_decay": tcfg.weight_decay, "schedule": tcfg.schedule,
         "lr_per_epoch": rcfg.lr_per_epoch, "cosine_span": rcfg.cosine_span,
         "temperature": rcfg.temperature, "t2_factor": rcfg.t2_factor, "top_k": rcfg.top_k,
-        "label_dtype": rcfg.label_dtype, "ensemble": bool(o["ensemble"]),
+        "top_k_rest": rcfg.top_k_rest if rcfg.top_k else None,
+        "label_dtype": rcfg.label_dtype, "label_epochs": rcfg.label_epochs,
+        "stored_label_epochs": jrelabel.stored_epochs(tcfg.epochs, rcfg.label_epochs),
+        "ensemble": bool(o["ensemble"]),
         "num_teachers": len(vlist), "loss": loss_txt, "ce_weight": rcfg.ce_weight,
         "augment": {"crop_min_scale": rcfg.crop_min_scale, "pad_crop": rcfg.pad_crop,
                     "flip": rcfg.flip, "cutmix_alpha": rcfg.cutmix_alpha,
@@ -472,7 +479,8 @@ def relabel(art_path: str, teacher_path: str | None, overrides: dict | None = No
         "teacher_test_accuracy": [r["test_accuracy"] for r in tman["teachers"] if r["complete"]][:len(vlist)],
         "image_bytes": image_bytes, "label_bytes": stored_bytes,
         "label_bytes_if_stored": jrelabel.estimate_label_bytes(
-            n, tcfg.epochs, k_classes, rcfg.label_dtype, rcfg.top_k),
+            n, tcfg.epochs, k_classes, rcfg.label_dtype, rcfg.top_k,
+            label_epochs=rcfg.label_epochs, batch_size=bs),
         "labels_file": labels_path, "labels_file_bytes": file_bytes,
         "method": art.meta["method"], "dataset": art.meta["dataset"], "ipc": art.meta["ipc"],
         "train_seconds": round(t_train, 2), "seconds": round(time.time() - t0, 2),
