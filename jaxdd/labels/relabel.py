@@ -5,8 +5,19 @@ offsets, flips, patch shuffles, the CutMix / MixUp permutation, box and lambda) 
 function of (key, e, s) — `aug_params`. Hence
 "online" labels (the teacher labels each augmented batch on the fly, SRe2L's KD mode) and
 "stored" labels (FKD style: `generate_labels` precomputes the teacher's logits for every
-(e, s), fp16 or top-k, saved as .npz) are the same numbers, and a student trained from
-either is the same student. Both paths go through `_quantise`, so they agree bit for bit.
+(e, s), saved as .npz) are the same numbers, and a student trained from either is the same
+student. Both paths go through `_quantise`, so they agree bit for bit.
+
+Soft-label compression (what `label_bytes` counts, array by array):
+  top_k = k, top_k_rest "uniform" (FKD's "marginal smoothing"): store the k largest
+      probabilities p_t = softmax(t / T) and their class indices; the target gives every
+      other class (1 - sum of the k) / (K - k). "drop" (FKD's "marginal re-normalization"):
+      store the k largest logits; the target is their softmax, the rest 0.
+  label_dtype int8 / int4: each row's values as codes c in 0..L (L = 255 / 15; int4 two a
+      byte) with a float16 offset o and step d per row, value = o + c d, |error| <= d / 2.
+  label_epochs = M (label pruning): epoch e uses the augmentations of epoch e mod M (in
+      `aug_params`), so only M epochs of labels exist and are replayed cyclically; the lr
+      schedule still runs over every epoch.
 
 Student loss (SRe2L `train_KD`/`relabel_cifar.py`: nn.KLDivLoss(reduction='batchmean') of
 log_softmax(s / T) against softmax(t / T)):
