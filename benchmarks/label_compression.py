@@ -2,21 +2,25 @@
 random real subset relabelled by the SRe2L `cpu` teacher (the `random+kd` row of
 benchmarks/sm_fmnist.py, same teacher and KD recipe), one row per way of storing the labels.
 
-    python benchmarks/label_compression.py [--ipc 10] [--epochs 40] [--seeds 2] [--rows ...]
+    python benchmarks/label_compression.py [--ipc 10] [--epochs 40] [--batch-size 20]
+                                           [--seeds 2] [--rows ...]
 
 Runs (or reuses) `jaxdd teacher`, then `jaxdd baseline random --relabel TEACHER` (row
 fp16: every class, every epoch its own augmentations, float16) and `jaxdd relabel RAND
 --mode stored ...` for the other rows: top-k with the rest of the probability spread
 uniformly (k = 1, 2, 4; and k = 2 "drop" for contrast), int8 / int4 per-row codes, label
 pruning (M = epochs / 2, / 4, / 10 stored epochs replayed cyclically) and one combination.
-Prints one JSON line; writes benchmarks/results/<tag>.json and <tag>.md (bytes | accuracy).
-The default budget is reduced (40 student epochs, 2 seeds; the sm_fmnist rows use 300 and
-3): the rows compare storage formats with each other, not with published numbers.
+Prints one JSON line; writes benchmarks/results/<tag>.json and <tag>.md (bytes | accuracy)
+after every row ("partial": true until the grid is done).
+The default budget is reduced (40 student epochs of batch 20 = 200 steps, 2 seeds; the
+sm_fmnist rows use 300 epochs of batch 100 and 3 seeds): the rows compare storage formats
+with each other, not with published numbers.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 
@@ -25,18 +29,18 @@ from _common import RESULTS, environment, write  # noqa: E402
 from sm_fmnist import RUNS, ROOT, jaxdd  # noqa: E402
 
 # name -> relabel options (beyond the shared recipe); "M/x" = epochs // x stored epochs.
-GRID = {
+GRID = {   # in the order they run (the first ones matter most when a run is cut short)
     "fp16": {},
     "top2-uniform": {"top_k": 2},
+    "top2-drop": {"top_k": 2, "top_k_rest": "drop"},
     "int8": {"label_dtype": "int8"},
     "prune-x4": {"label_epochs": "M/4"},
-    "top1-uniform": {"top_k": 1},
     "prune-x10": {"label_epochs": "M/10"},
+    "top1-uniform": {"top_k": 1},
     "int4": {"label_dtype": "int4"},
-    "top4-uniform": {"top_k": 4},
-    "prune-x2": {"label_epochs": "M/2"},
-    "top2-drop": {"top_k": 2, "top_k_rest": "drop"},
     "top2-uniform+int8+prune-x4": {"top_k": 2, "label_dtype": "int8", "label_epochs": "M/4"},
+    "prune-x2": {"label_epochs": "M/2"},
+    "top4-uniform": {"top_k": 4},
 }
 FLAGS = {"top_k": "--top-k", "top_k_rest": "--top-k-rest", "label_dtype": "--label-dtype",
          "label_epochs": "--label-epochs"}
@@ -62,6 +66,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--ipc", type=int, default=10)
     ap.add_argument("--epochs", type=int, default=40)
+    ap.add_argument("--batch-size", type=int, default=20)
     ap.add_argument("--seeds", type=int, default=2)
     ap.add_argument("--config", default=os.path.join(ROOT, "configs/sre2l/fashion_mnist_cpu.py"))
     ap.add_argument("--rows", nargs="+", default=list(GRID), choices=list(GRID))
@@ -74,7 +79,7 @@ def main() -> None:
     teacher, _ = jaxdd("teacher", "--config", args.config, "--out", tdir)
     # The KD recipe spelled out (as sm_fmnist.py) and stored labels, so bytes are measured.
     shared = {"recipe": "sre2l", "epochs": args.epochs, "seeds": args.seeds, "seed": 0,
-              "protocol": "cpu", "mode": "stored"}
+              "protocol": "cpu", "mode": "stored", "batch_size": args.batch_size}
     rows = []
     for name in ["fp16"] + [r for r in args.rows if r != "fp16"]:
         opts = resolve(GRID[name], args.epochs)
@@ -87,6 +92,7 @@ def main() -> None:
             flags = sum(([FLAGS[k], str(v)] for k, v in opts.items()), [])
             r, wall = jaxdd("relabel", rand, "--teacher", tdir, "--mode", "stored",
                             "--epochs", str(args.epochs), "--seeds", str(args.seeds),
+                            "--batch-size", str(args.batch_size),
                             "--recipe", "sre2l", "--protocol", "cpu", "--seed", "0", *flags)
         rows.append({"name": name, "options": opts, "accuracy_mean": r["accuracy_mean"],
                      "accuracy_std": r["accuracy_std"], "accuracies": r["accuracies"],
@@ -101,27 +107,29 @@ def main() -> None:
         result = {
             "benchmark": "label_compression", "dataset": "fashion_mnist", "ipc": args.ipc,
             "set": "random real subset (seed 0) + the teacher's soft labels",
-            "budget": f"reduced: {args.epochs} student epochs, {args.seeds} seeds (sm_fmnist: "
-                      f"300 epochs, 3 seeds); timed under load on the 2-core machine",
+            "budget": f"reduced: {args.epochs} student epochs of batch {args.batch_size} "
+                      f"({r['epochs'] * -(-10 * args.ipc // args.batch_size)} steps), "
+                      f"{args.seeds} seeds (sm_fmnist: 300 epochs of batch 100, 3 seeds); "
+                      f"timed under load on the 2-core machine",
             "partial": len(rows) < len(args.rows),
             "student": r["model"], "recipe": "sre2l", "batch_size": r["batch_size"],
             "temperature": r["temperature"], "image_bytes": r["image_bytes"],
             "teacher": {"dir": os.path.relpath(tdir, ROOT), "model": teacher["model"],
                         "test_accuracy": teacher["test_accuracy"]},
             "rows": rows, "table": table(rows, full), "environment": environment()}
-        if len(rows) < len(args.rows):   # keep what is measured while the grid goes on
-            import json
-            with open(os.path.join(RESULTS, f"{args.tag}.partial.json"), "w") as f:
+        # keep what is measured while the grid goes on
+        with open(os.path.join(RESULTS, f"{args.tag}.md"), "w") as f:
+            f.write(f"# Soft-label compression, Fashion-MNIST IPC {args.ipc} (random subset + "
+                    f"soft labels)\n\n{result['budget']}. Student {result['student']}, recipe "
+                    f"sre2l (T {result['temperature']:g}), labels stored; images "
+                    f"{result['image_bytes']:,d} B. Generated by "
+                    f"benchmarks/label_compression.py"
+                    f"{' (partial: the grid was cut short)' if result['partial'] else ''}."
+                    f"\n\n{result['table']}\n")
+        if result["partial"]:
+            with open(os.path.join(RESULTS, f"{args.tag}.json"), "w") as f:
                 json.dump(result, f)
-    with open(os.path.join(RESULTS, f"{args.tag}.md"), "w") as f:
-        f.write(f"# Soft-label compression, Fashion-MNIST IPC {args.ipc} (random subset + "
-                f"soft labels)\n\n{result['budget']}. Student {result['student']}, recipe "
-                f"sre2l (T {result['temperature']:g}), labels stored; images "
-                f"{result['image_bytes']:,d} B. Generated by benchmarks/label_compression.py."
-                f"\n\n{result['table']}\n")
-    partial = os.path.join(RESULTS, f"{args.tag}.partial.json")
-    if os.path.exists(partial):
-        os.remove(partial)
+                f.write("\n")
     write(args.tag, result)
 
 
