@@ -3,8 +3,8 @@ subset relabelled with the SAME teacher and KD recipe (same students, seeds, epo
 
     python benchmarks/sm_fmnist.py [--ipc 10] [--mode stored] [--set recover.iterations=300]
 
-Runs (or resumes) `jaxdd teacher`, `jaxdd recover`, `jaxdd baseline random` and
-`jaxdd relabel` in benchmarks/runs/; prints one JSON line and writes
+Runs (or resumes) `jaxdd teacher`, `jaxdd recover`, `jaxdd relabel` and `jaxdd baseline
+random --relabel` (the random subset + soft labels baseline) in benchmarks/runs/; prints one JSON line and writes
 benchmarks/results/sm_fmnist.json (rows for benchmarks/table.py: "sre2l" and "random+kd").
 """
 
@@ -54,12 +54,14 @@ def main() -> None:
     rec, rec_wall = jaxdd("recover", "--config", args.config, "--ipc", str(args.ipc), "--out", out,
                           "--teacher", tdir, *sets)
     # The same KD recipe for both sets, spelled out so neither depends on stored defaults.
-    kd = ["--teacher", tdir, "--mode", args.mode, "--recipe", "sre2l", "--epochs", "300",
-          "--seeds", str(args.seeds), "--seed", "0", "--protocol", "cpu"]
-    sm, sm_wall = jaxdd("relabel", out, *kd)
-    base, base_wall = jaxdd("baseline", "random", "--dataset", "fashion_mnist", "--ipc",
-                            str(args.ipc), "--out", rand, "--seed", "0", "--overwrite")
-    rk, rk_wall = jaxdd("relabel", rand, *kd)
+    kd = dict(mode=args.mode, recipe="sre2l", epochs=300, seeds=args.seeds, seed=0,
+              protocol="cpu")
+    sm, sm_wall = jaxdd("relabel", out, "--teacher", tdir,
+                        *sum(([f"--{k}", str(v)] for k, v in kd.items()), []))
+    rk, rk_wall = jaxdd("baseline", "random", "--dataset", "fashion_mnist", "--ipc",
+                        str(args.ipc), "--out", rand, "--seed", "0", "--overwrite",
+                        "--relabel", tdir,
+                        *sum((["--relabel-set", f"{k}={v!r}"] for k, v in kd.items()), []))
 
     def row(method, r, distill_seconds):
         return {"method": method, "ipc": args.ipc, "accuracy_mean": r["accuracy_mean"],

@@ -179,25 +179,69 @@ def cmd_baseline(args) -> int:
     if args.bins is not None and args.method != "dq":
         raise ValueError(f"--bins applies to dq only, not {args.method}")
     args.bins = DQ_BINS if args.bins is None else args.bins
+    relabel_over = _relabel_sets(args.relabel_set)
+    if relabel_over and not args.relabel:
+        raise ValueError("--relabel-set needs --relabel TEACHER_DIR (the soft-label teacher)")
     artefact.check_target(args.out, args.overwrite)  # before any work: fail fast
     ds = _load(args.dataset, args.seed)
-    pre = jdata.fit_preprocess(args.preprocess, ds.x_train, dataset_name=ds.name)
+    extra = {}
+    if args.relabel:  # soft labels: the subset must live in the teacher's pixel space
+        from jaxdd.pipelines.teacher import check_compatible
+        from jaxdd.population.teachers import read_manifest, read_preprocess, TeacherError
+        man = read_manifest(args.relabel)
+        check_compatible(man, ds.name, ds.num_classes, ds.image_shape)
+        pre = read_preprocess(args.relabel, TeacherError)
+        if args.preprocess not in (None, pre.kind):
+            raise ValueError(f"--preprocess {args.preprocess}: the teacher at {args.relabel} "
+                             f"uses {pre.kind}; drop --preprocess (relabel needs the teacher's)")
+        extra = {"teacher_dir": os.path.abspath(args.relabel), "teacher_model": man["model"]}
+    else:
+        pre = jdata.fit_preprocess(args.preprocess or "normalize", ds.x_train,
+                                   dataset_name=ds.name)
     t0 = time.time()
     idx = select(args.method, jax.random.key(args.seed), ds, pre, args.ipc, args.features,
                  args.bins)
     x = jdata.apply(pre, ds.x_train[idx])
     artefact.save(args.out, x, ds.y_train[idx], preprocess=pre, method=args.method,
                   dataset=ds.name, num_classes=ds.num_classes, ipc=args.ipc, seed=args.seed,
-                  config={"features": args.features, "preprocess": args.preprocess,
-                          **({"bins": args.bins} if args.method == "dq" else {})},
-                  overwrite=args.overwrite, extra={"distill_seconds": round(time.time() - t0, 2)})
-    if not args.evaluate:
+                  config={"features": args.features, "preprocess": pre.kind,
+                          **({"bins": args.bins} if args.method == "dq" else {}),
+                          **({"relabel": relabel_over} if args.relabel else {})},
+                  overwrite=args.overwrite,
+                  extra={"distill_seconds": round(time.time() - t0, 2), **extra})
+    if not args.evaluate and not args.relabel:
         _emit({"out": args.out}, args.json, f"wrote {args.out}")
         return 0
-    res = _evaluate_artefact(args.out, args.evaluate, args.seeds, None, args.seed, {}, args.quiet)
-    _emit(res, args.json, f"{args.method} IPC {args.ipc} on {ds.name}: {_fmt_acc(res)}")
-    artefact.add_evaluation(args.out, res)
+    res = None
+    if args.evaluate:
+        res = _evaluate_artefact(args.out, args.evaluate, args.seeds or 5, None, args.seed, {},
+                                 args.quiet)
+        artefact.add_evaluation(args.out, res)
+        if not args.relabel:
+            _emit(res, args.json, f"{args.method} IPC {args.ipc} on {ds.name}: {_fmt_acc(res)}")
+            return 0
+    # "random subset + soft labels": `jaxdd relabel OUT` with the options stored above
+    from jaxdd.pipelines import sre2l as sm
+    kd = sm.relabel(args.out, args.relabel, {"seeds": args.seeds}, args.quiet)
+    kd = {**kd, "baseline": f"{args.method}+kd", "subset_seed": args.seed,
+          **({"hard_label_evaluation": res} if res else {})}
+    _emit(kd, args.json, f"{args.method} IPC {args.ipc} on {ds.name} + soft labels of "
+                         f"{args.relabel}: {_fmt_acc(kd)}; label bytes "
+                         f"{kd['label_bytes'] or kd['label_bytes_if_stored']:,d}"
+                         f"{'' if kd['label_bytes'] else ' if stored'}")
     return 0
+
+
+def _relabel_sets(pairs: list[str]) -> dict:
+    """`--relabel-set KEY=VALUE` pairs -> a checked `relabel` config section."""
+    from jaxdd.configs import _relabel_schema, check_section, parse_value
+    out = {}
+    for pair in pairs:
+        key, eq, value = pair.partition("=")
+        if not eq or not key:
+            raise ValueError(f"--relabel-set {pair}: use KEY=VALUE, e.g. epochs=300")
+        out[key.strip()] = parse_value(value)
+    return check_section(_relabel_schema()[0], out, "relabel") if out else {}
 
 
 def cmd_full(args) -> int:
@@ -477,7 +521,9 @@ def cmd_relabel(args) -> int:
             "cosine_span": args.cosine_span, "pad_crop": args.pad_crop,
             "mixup_alpha": args.mixup_alpha, "shuffle_patches": args.shuffle_patches,
             "labels": args.labels, "rank": args.rank, "extractor": args.extractor,
-            "body_rank": args.body_rank, "fit_epochs": args.fit_epochs, "fit_lr": args.fit_lr}
+            "body_rank": args.body_rank, "fit_epochs": args.fit_epochs, "fit_lr": args.fit_lr,
+            "label_dtype": args.label_dtype, "top_k_rest": args.top_k_rest,
+            "label_epochs": args.label_epochs}
     res = sm.relabel(args.dir, args.teacher, over, args.quiet)
     lab = (f"; labels {res['label_bytes']:,d} B in {res['labels_file']}"
            if res["mode"] in ("stored", "static")
@@ -649,14 +695,24 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--ipc", type=POS, required=True, help="images per class")
     sp.add_argument("--out", required=True)
     sp.add_argument("--seed", type=NONNEG, default=0)
-    sp.add_argument("--preprocess", default="normalize", help="normalize | zca | zca_kip | none")
+    sp.add_argument("--preprocess", default=None,
+                    help="normalize (default) | zca | zca_kip | none; with --relabel: the "
+                         "teacher's")
     sp.add_argument("--features", default="pixels",
                     help="herding/k-center/dq space: pixels | convnet")
     sp.add_argument("--bins", type=POS, default=None,
                     help="dq: bins per class (GraphCut; default 10); IPC is sampled evenly "
                          "from them")
     sp.add_argument("--evaluate", default=None, metavar="PROTOCOL", help="also evaluate it")
-    sp.add_argument("--seeds", type=POS, default=5)
+    sp.add_argument("--relabel", default=None, metavar="TEACHER_DIR",
+                    help="subset + soft labels: train KD students on it with this teacher "
+                         "(`jaxdd relabel`; the result is the artefact's evaluation)")
+    sp.add_argument("--relabel-set", action="append", default=[], metavar="KEY=VALUE",
+                    help="a relabel option for --relabel (epochs=300, mode='stored', "
+                         "top_k=2, label_dtype='int8', label_epochs=10, ...); stored in "
+                         "the artefact's config")
+    sp.add_argument("--seeds", type=POS, default=None,
+                    help="students (--evaluate: 5; --relabel: relabel.seeds, 3)")
     sp.add_argument("--overwrite", action="store_true")
     common(sp)
     sp.set_defaults(fn=cmd_baseline)
@@ -832,7 +888,17 @@ def build_parser() -> argparse.ArgumentParser:
                     help="online: teacher per augmented batch; stored: FKD labels per epoch; "
                          "static: one label per image (INFER)")
     sp.add_argument("--epochs", type=POS, default=None)
-    sp.add_argument("--top-k", type=NONNEG, default=None, help="stored labels: k largest logits")
+    sp.add_argument("--top-k", type=NONNEG, default=None,
+                    help="labels: keep the k most probable classes (0: all)")
+    sp.add_argument("--top-k-rest", default=None, choices=["uniform", "drop"],
+                    help="top-k: the other classes share 1 - the top-k mass evenly (uniform, "
+                         "default) or get none (drop)")
+    sp.add_argument("--label-dtype", default=None,
+                    choices=["float16", "bfloat16", "float32", "int8", "int4"],
+                    help="stored label values: a float type or per-row affine int8 / int4 codes")
+    sp.add_argument("--label-epochs", type=NONNEG, default=None,
+                    help="label pruning: keep M epochs of augmentations and labels and replay "
+                         "them cyclically (0: a fresh epoch each time)")
     sp.add_argument("--protocol", default=None, help="student = this protocol's model")
     sp.add_argument("--model", default=None, help="student registry name (overrides protocol)")
     sp.add_argument("--seeds", type=POS, default=None)

@@ -211,13 +211,13 @@ def test_stored_labels_equal_online(tmp_path):
     tv = TinyBN().init(jax.random.key(1), x_syn)  # a cheap BN teacher (compile time)
     teacher_fn = lambda x: TinyBN().apply(tv, x)
     key, epochs, bs = jax.random.key(3), 2, 4  # 2 steps per epoch, last batch padded
-    rcfg = R.RelabelConfig(top_k=2)  # fp16 values + int32 indices, crop, flip, CutMix
+    rcfg = R.RelabelConfig(top_k=2)  # fp16 values + uint8 indices, crop, flip, CutMix
     stored = jax.jit(R.generate_labels, static_argnums=(0, 3, 4, 5))(
         teacher_fn, x_syn, key, epochs, bs, rcfg)
     online = jax.jit(R.online_labels, static_argnums=(0, 5, 6))
     for e in range(epochs):
         for s in range(2):
-            v, i = online(teacher_fn, x_syn, key, e, s, bs, rcfg)
+            v, i, *_ = online(teacher_fn, x_syn, key, e, s, bs, rcfg)
             np.testing.assert_array_equal(stored.values_ExSxBxk[e, s], v)
             np.testing.assert_array_equal(stored.indices_ExSxBxk[e, s], i)
     assert stored.values_ExSxBxk.dtype == jnp.float16
@@ -226,7 +226,8 @@ def test_stored_labels_equal_online(tmp_path):
     np.testing.assert_array_equal(loaded.values_ExSxBxk, stored.values_ExSxBxk)
     np.testing.assert_array_equal(loaded.indices_ExSxBxk, stored.indices_ExSxBxk)
     assert float(meta["temperature"]) == rcfg.temperature
-    assert R.label_bytes(stored) == R.estimate_label_bytes(8, epochs, 4, top_k=2) == 8 * 2 * 2 * 6
+    assert R.label_bytes(stored) == R.estimate_label_bytes(8, epochs, 4, top_k=2) == 8 * 2 * 2 * 3
+    assert stored.indices_ExSxBxk.dtype == jnp.uint8
     # A student trained on stored labels is the student trained online.
     student = get_model("mlp_w16", 4, (8, 8, 3))
     cfg = TrainConfig(epochs=epochs, batch_size=bs, lr=1e-3, weight_decay=0.01,

@@ -5,8 +5,19 @@ offsets, flips, patch shuffles, the CutMix / MixUp permutation, box and lambda) 
 function of (key, e, s) — `aug_params`. Hence
 "online" labels (the teacher labels each augmented batch on the fly, SRe2L's KD mode) and
 "stored" labels (FKD style: `generate_labels` precomputes the teacher's logits for every
-(e, s), fp16 or top-k, saved as .npz) are the same numbers, and a student trained from
-either is the same student. Both paths go through `_quantise`, so they agree bit for bit.
+(e, s), saved as .npz) are the same numbers, and a student trained from either is the same
+student. Both paths go through `_quantise`, so they agree bit for bit.
+
+Soft-label compression (what `label_bytes` counts, array by array):
+  top_k = k, top_k_rest "uniform" (FKD's "marginal smoothing"): store the k largest
+      probabilities p_t = softmax(t / T) and their class indices; the target gives every
+      other class (1 - sum of the k) / (K - k). "drop" (FKD's "marginal re-normalization"):
+      store the k largest logits; the target is their softmax, the rest 0.
+  label_dtype int8 / int4: each row's values as codes c in 0..L (L = 255 / 15; int4 two a
+      byte) with a float16 offset o and step d per row, value = o + c d, |error| <= d / 2.
+  label_epochs = M (label pruning): epoch e uses the augmentations of epoch e mod M (in
+      `aug_params`), so only M epochs of labels exist and are replayed cyclically; the lr
+      schedule still runs over every epoch.
 
 "static" labels (INFER's val_static.py) are one teacher label per distilled image, taken
 once on the clean image (`static_labels`, N x K): a batch's labels are those of its images,
@@ -62,14 +73,17 @@ from jaxdd.augment.dsa import flip_horizontal
 from jaxdd.models import Model, Variables
 from jaxdd.train.loop import TrainConfig, make_optimizer, make_update, steps_per_epoch
 
-__all__ = ["RelabelConfig", "AugParams", "StoredLabels", "aug_params", "apply_aug",
-           "teacher_labels", "online_labels", "generate_labels", "static_labels",
-           "mix_static", "kd_loss", "logit_match_loss",
-           "student_loss", "ensemble_logits", "train_student", "train_student_evals",
-           "eval_epochs", "label_bytes", "estimate_label_bytes", "save_labels",
-           "load_labels"]
+__all__ = ["RelabelConfig", "AugParams", "StoredLabels", "LABEL_DTYPES", "aug_params",
+           "apply_aug", "replay_epoch", "stored_epochs", "index_dtype", "quantise_rows",
+           "dequantise_rows", "target_logits", "target_probs", "teacher_labels",
+           "online_labels", "generate_labels", "static_labels", "mix_static", "kd_loss",
+           "logit_match_loss", "student_loss",
+           "ensemble_logits", "train_student", "train_student_evals", "eval_epochs",
+           "label_bytes", "estimate_label_bytes", "save_labels", "load_labels"]
 
 TeacherFn = Callable[[jax.Array], jax.Array]  # x_NHWC -> logits_BxK (inference mode)
+LABEL_DTYPES = ("float16", "bfloat16", "float32", "int8", "int4")
+CODE_LEVELS = {"int8": 255, "int4": 15}   # largest code of the integer label dtypes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,8 +96,15 @@ class RelabelConfig:
     crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)  # aspect-ratio range of the crop
     flip: bool = True               # horizontal flip, p = 0.5 per image
     cutmix_alpha: float = 1.0       # CutMix lambda ~ Beta(a, a), one box per batch; 0 = off
-    label_dtype: str = "float16"    # precision of the teacher logits, stored and online alike
-    top_k: int = 0                  # keep only the k largest teacher logits (0 = all K)
+    label_dtype: str = "float16"    # precision of the stored values, stored and online alike:
+                                    # float16 | bfloat16 | float32, or int8 | int4 (per-row
+                                    # affine codes + a float16 offset and step per row)
+    top_k: int = 0                  # keep only the k largest teacher outputs (0 = all K)
+    top_k_rest: str = "uniform"     # the other K - k classes: uniform = 1 - (top-k mass) spread
+                                    # evenly (FKD's marginal smoothing; stores probabilities at
+                                    # T) | drop = zero (softmax over the k stored logits)
+    label_epochs: int = 0           # M > 0: only M epochs of augmentations (and labels) exist;
+                                    # epoch e replays epoch e mod M (label pruning); 0 = all
     lr_per_epoch: bool = True       # lr schedule stepped per epoch (torch scheduler) vs per step
     decay_norms_biases: bool = False  # weight decay on 1-D params too (references: no)
     loss: str = "kd"                # kd: eq. (2) | mse_ce: G-VBSM logit matching, eq. (3)
@@ -97,8 +118,16 @@ class RelabelConfig:
     shuffle_patches: int = 1        # f: shuffle the f x f patches of each image (RDED); 1 = off
 
     def __post_init__(self):
-        if self.label_dtype not in ("float16", "bfloat16", "float32"):
-            raise ValueError(f"label_dtype={self.label_dtype!r}; use float16, bfloat16 or float32")
+        if self.label_dtype not in LABEL_DTYPES:
+            raise ValueError(f"label_dtype={self.label_dtype!r}; use {', '.join(LABEL_DTYPES)}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0 (0 = all classes), got {self.top_k}")
+        if self.top_k_rest not in ("uniform", "drop"):
+            raise ValueError(f"top_k_rest={self.top_k_rest!r}; use uniform (the rest of the "
+                             f"probability spread evenly) or drop (zero)")
+        if self.label_epochs < 0:
+            raise ValueError(f"label_epochs must be >= 0 (0 = every epoch its own "
+                             f"augmentations), got {self.label_epochs}")
         if self.temperature <= 0:
             raise ValueError("temperature must be > 0")
         if self.loss not in ("kd", "mse_ce"):
@@ -136,11 +165,20 @@ class AugParams(NamedTuple):
 
 
 class StoredLabels(NamedTuple):
-    """Teacher logits for every (epoch, step): values (E, S, B, k) in label_dtype, and the
-    class indices (E, S, B, k) int32 when top-k (else None, k = K)."""
+    """The stored form of the teacher's labels of every stored (epoch, step), or without the
+    leading (E, S) axes of one batch (what `teacher_labels` returns). E = `stored_epochs`.
+
+    values: (E, S, B, k) teacher logits in label_dtype — with top_k and top_k_rest="uniform"
+    the top-k probabilities at temperature T instead; for int8 / int4 uint8 codes of the
+    per-row affine quantisation (int4: two codes a byte, (E, S, B, ceil(k / 2))).
+    indices: (E, S, B, k) class indices in the narrowest unsigned type that holds K (uint8
+    up to 256 classes) when top_k (else None, k = K). offset, step: (E, S, B) float16 of
+    int8 / int4 (else None): value = offset + code * step."""
 
     values_ExSxBxk: jax.Array
     indices_ExSxBxk: jax.Array | None
+    offset_ExSxB: jax.Array | None = None
+    step_ExSxB: jax.Array | None = None
 
 
 # ---------------------------------------------------------------------------------------
@@ -150,7 +188,9 @@ class StoredLabels(NamedTuple):
 def aug_params(key: jax.Array, epoch: jax.Array | int, step: jax.Array | int, n: int,
                batch_size: int, image_hw: tuple[int, int], cfg: RelabelConfig) -> AugParams:
     """Batch `step` of epoch `epoch` over n images: order from fold_in(key, epoch), the rest
-    from fold_in(fold_in(key, epoch), step + 1)."""
+    from fold_in(fold_in(key, epoch), step + 1). With cfg.label_epochs = M > 0, epoch e is
+    epoch e mod M (its augmentations, hence its labels, are replayed exactly)."""
+    epoch = replay_epoch(epoch, cfg)
     h, w = image_hw
     bs = min(batch_size, n)
     spe = steps_per_epoch(n, bs)
@@ -201,39 +241,126 @@ def apply_aug(x_syn_NHWC: jax.Array, p: AugParams, cfg: RelabelConfig) -> jax.Ar
     return paste_box(x, x[p.mix_perm_B], p.mix_box_4)
 
 
+def replay_epoch(epoch: jax.Array | int, cfg: RelabelConfig) -> jax.Array | int:
+    """The epoch whose augmentations and labels epoch `epoch` uses: epoch mod label_epochs."""
+    return epoch % cfg.label_epochs if cfg.label_epochs else epoch
+
+
+def stored_epochs(epochs: int, label_epochs: int = 0) -> int:
+    """Epochs of labels a run of `epochs` stores: min(epochs, label_epochs) (0: all)."""
+    return min(epochs, label_epochs) if label_epochs else epochs
+
+
 # ---------------------------------------------------------------------------------------
 # Labels: one quantisation path for stored and online
 
 
-def _quantise(logits_BxK: jax.Array, cfg: RelabelConfig) -> tuple[jax.Array, jax.Array | None]:
-    """Teacher logits -> (values_Bxk in label_dtype, indices_Bxk | None): the stored form."""
+def index_dtype(num_classes: int) -> Any:
+    """The narrowest integer type that holds a class index below num_classes."""
+    return jnp.uint8 if num_classes <= 256 else jnp.uint16 if num_classes <= 65536 else jnp.int32
+
+
+def _f16_toward(x: jax.Array, up: bool) -> jax.Array:
+    """float32 -> the float16 next to it on the side `up` (>= x) or below (<= x)."""
+    h = x.astype(jnp.float16)
+    wrong = h.astype(jnp.float32) < x if up else h.astype(jnp.float32) > x
+    return jnp.where(wrong, jnp.nextafter(h, jnp.asarray(jnp.inf if up else -jnp.inf,
+                                                          jnp.float16)), h)
+
+
+def quantise_rows(v_Bxk: jax.Array, levels: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Per-row affine quantisation: (codes_Bxk uint8 in 0..levels, offset_B, step_B float16)
+    with |v - (offset + code * step)| <= step / 2: offset is the row minimum rounded down
+    and step (max - offset) / levels rounded up to float16, so every code fits."""
+    v = v_Bxk.astype(jnp.float32)
+    lo_B = _f16_toward(v.min(-1), up=False)
+    step_B = _f16_toward(jnp.maximum((v.max(-1) - lo_B.astype(jnp.float32)) / levels, 2.0 ** -24),
+                         up=True)   # 2^-24: the smallest float16, for constant rows
+    codes = jnp.round((v - lo_B.astype(jnp.float32)[:, None]) / step_B.astype(jnp.float32)[:, None])
+    return jnp.clip(codes, 0, levels).astype(jnp.uint8), lo_B, step_B
+
+
+def dequantise_rows(codes_Bxk: jax.Array, offset_B: jax.Array, step_B: jax.Array) -> jax.Array:
+    """float32 offset + code * step, the inverse of `quantise_rows` up to step / 2."""
+    return (offset_B.astype(jnp.float32)[:, None]
+            + codes_Bxk.astype(jnp.float32) * step_B.astype(jnp.float32)[:, None])
+
+
+def _pack4(codes_Bxk: jax.Array) -> jax.Array:
+    """Two 4-bit codes a byte: (B, ceil(k / 2)) uint8, code 2j low nibble, 2j + 1 high."""
+    if codes_Bxk.shape[-1] % 2:
+        codes_Bxk = jnp.pad(codes_Bxk, ((0, 0), (0, 1)))
+    return codes_Bxk[:, 0::2] | (codes_Bxk[:, 1::2] << 4)
+
+
+def _unpack4(packed_Bxh: jax.Array, k: int) -> jax.Array:
+    b = packed_Bxh.shape[0]
+    both = jnp.stack([packed_Bxh & 15, packed_Bxh >> 4], axis=-1)
+    return both.reshape(b, -1)[:, :k]
+
+
+def _quantise(logits_BxK: jax.Array, cfg: RelabelConfig) -> StoredLabels:
+    """Teacher logits -> the stored form of one batch (StoredLabels without (E, S) axes)."""
     v = logits_BxK.astype(jnp.float32)
     idx = None
     if cfg.top_k:
+        if cfg.top_k_rest == "uniform":  # the mass outside the top-k needs the full softmax
+            v = jax.nn.softmax(v / cfg.temperature, axis=-1)
         v, idx = jax.lax.top_k(v, cfg.top_k)
-        idx = idx.astype(jnp.int32)
-    return v.astype(cfg.label_dtype), idx
+        idx = idx.astype(index_dtype(logits_BxK.shape[-1]))
+    if cfg.label_dtype in CODE_LEVELS:
+        codes, offset, step = quantise_rows(v, CODE_LEVELS[cfg.label_dtype])
+        return StoredLabels(_pack4(codes) if cfg.label_dtype == "int4" else codes, idx,
+                            offset, step)
+    return StoredLabels(v.astype(cfg.label_dtype), idx)
 
 
-def _expand(values_Bxk: jax.Array, indices_Bxk: jax.Array | None, num_classes: int) -> jax.Array:
-    """Stored form -> dense float32 logits (B, K); classes outside the top-k get -inf."""
-    v = values_Bxk.astype(jnp.float32)
-    if indices_Bxk is None:
+def _values(lab: StoredLabels, k: int, cfg: RelabelConfig) -> jax.Array:
+    """The stored values of one batch as float32 (B, k): cast or dequantised."""
+    v = lab.values_ExSxBxk
+    if cfg.label_dtype not in CODE_LEVELS:
+        return v.astype(jnp.float32)
+    codes = _unpack4(v, k) if cfg.label_dtype == "int4" else v
+    return dequantise_rows(codes, lab.offset_ExSxB, lab.step_ExSxB)
+
+
+def target_logits(lab: StoredLabels, num_classes: int, cfg: RelabelConfig) -> jax.Array:
+    """One batch's stored form -> dense float32 (B, K) teacher logits for the student loss;
+    softmax(./T) of them is the KD target:
+
+        all K (top_k 0):       the stored logits
+        top_k, rest "drop":    the k stored logits, the other classes -inf (probability 0)
+        top_k, rest "uniform": T log p, p = the k stored probabilities and
+                               max(0, 1 - their sum) / (K - k) for every other class
+    """
+    v = _values(lab, cfg.top_k or num_classes, cfg)
+    idx = lab.indices_ExSxBxk
+    if idx is None:
         return v
-    b = v.shape[0]
-    dense = jnp.full((b, num_classes), -jnp.inf, jnp.float32)
-    return dense.at[jnp.arange(b).reshape(b, 1), indices_Bxk].set(v)
+    b, k = v.shape
+    rows = jnp.arange(b).reshape(b, 1)
+    if cfg.top_k_rest == "drop":
+        return jnp.full((b, num_classes), -jnp.inf, jnp.float32).at[rows, idx].set(v)
+    v = jnp.maximum(v, 0.0)
+    rest_B = jnp.maximum(1.0 - v.sum(-1), 0.0) / max(num_classes - k, 1)
+    p = jnp.broadcast_to(rest_B[:, None], (b, num_classes)).at[rows, idx].set(v)
+    return cfg.temperature * jnp.log(p)   # log 0 = -inf: kd_loss gives it no weight
+
+
+def target_probs(lab: StoredLabels, num_classes: int, cfg: RelabelConfig) -> jax.Array:
+    """The student's KD target (B, K) from one batch's stored form: softmax(target / T)."""
+    return jax.nn.softmax(target_logits(lab, num_classes, cfg) / cfg.temperature, axis=-1)
 
 
 def teacher_labels(teacher_fn: TeacherFn, x_aug_NHWC: jax.Array, cfg: RelabelConfig
-                   ) -> tuple[jax.Array, jax.Array | None]:
+                   ) -> StoredLabels:
     """The stored form of the teacher's labels for an augmented batch."""
     return _quantise(jax.lax.stop_gradient(teacher_fn(x_aug_NHWC)), cfg)
 
 
 def online_labels(teacher_fn: TeacherFn, x_syn_NHWC: jax.Array, key: jax.Array,
                   epoch: jax.Array | int, step: jax.Array | int, batch_size: int,
-                  cfg: RelabelConfig) -> tuple[jax.Array, jax.Array | None]:
+                  cfg: RelabelConfig) -> StoredLabels:
     """Labels of batch (epoch, step), computed on the fly (what the online student sees)."""
     p = aug_params(key, epoch, step, x_syn_NHWC.shape[0], batch_size, x_syn_NHWC.shape[1:3], cfg)
     return teacher_labels(teacher_fn, apply_aug(x_syn_NHWC, p, cfg), cfg)
@@ -241,16 +368,17 @@ def online_labels(teacher_fn: TeacherFn, x_syn_NHWC: jax.Array, key: jax.Array,
 
 def generate_labels(teacher_fn: TeacherFn, x_syn_NHWC: jax.Array, key: jax.Array,
                     epochs: int, batch_size: int, cfg: RelabelConfig) -> StoredLabels:
-    """FKD-style precomputation of every (epoch, step)'s labels in one scan (jittable)."""
+    """FKD-style precomputation of the labels of every stored (epoch, step) of an
+    `epochs`-epoch student in one scan (jittable): stored_epochs(epochs, label_epochs)."""
     spe = steps_per_epoch(x_syn_NHWC.shape[0], batch_size)
+    n_ep = stored_epochs(epochs, cfg.label_epochs)
 
     def one(_, es):
         return None, online_labels(teacher_fn, x_syn_NHWC, key, es[0], es[1], batch_size, cfg)
 
-    e, s = jnp.meshgrid(jnp.arange(epochs), jnp.arange(spe), indexing="ij")
-    _, (vals, idx) = jax.lax.scan(one, None, (e.reshape(-1), s.reshape(-1)))
-    reshape = lambda a: None if a is None else a.reshape(epochs, spe, *a.shape[1:])
-    return StoredLabels(reshape(vals), reshape(idx))
+    e, s = jnp.meshgrid(jnp.arange(n_ep), jnp.arange(spe), indexing="ij")
+    _, labs = jax.lax.scan(one, None, (e.reshape(-1), s.reshape(-1)))
+    return jax.tree.map(lambda a: a.reshape(n_ep, spe, *a.shape[1:]), labs)
 
 
 def static_labels(teacher_fn: TeacherFn, x_syn_NHWC: jax.Array, batch_size: int,
@@ -363,6 +491,12 @@ def _student_program(key: jax.Array, student: Model, cfg: TrainConfig, rcfg: Rel
     bs = min(cfg.batch_size, n)
     spe = steps_per_epoch(n, bs)
     total = cfg.epochs * spe
+    if stored is not None:
+        want = (stored_epochs(cfg.epochs, rcfg.label_epochs), spe)
+        if tuple(stored.values_ExSxBxk.shape[:2]) != want:
+            raise ValueError(f"the stored labels hold {tuple(stored.values_ExSxBxk.shape[:2])} "
+                             f"(epochs, steps) and this student reads {want}: generate them "
+                             f"with the same epochs, batch size and label_epochs")
     aug_key = jax.random.fold_in(key, 1) if aug_key is None else aug_key
     variables = (student.init(jax.random.fold_in(key, 0)) if init_variables is None
                  else init_variables)
@@ -387,16 +521,11 @@ def _student_program(key: jax.Array, student: Model, cfg: TrainConfig, rcfg: Rel
         if batch_sharding is not None:
             xb = jax.lax.with_sharding_constraint(xb, batch_sharding)
         yb = None if y_all is None else y_all[p.idx_B]  # the image's own class (pre-CutMix)
-        if static is not None:
-            tb = mix_static(static, p, hw, rcfg)
-        else:
-            if stored is None:
-                vals, idx = teacher_labels(teacher_fn, xb, rcfg)
-            else:
-                vals = stored.values_ExSxBxk[epoch, step]
-                idx = (None if stored.indices_ExSxBxk is None
-                       else stored.indices_ExSxBxk[epoch, step])
-            tb = _expand(vals, idx, student.num_classes)
+        if stored is None:
+            lab = teacher_labels(teacher_fn, xb, rcfg)
+        else:  # the labels of the replayed epoch (the augmentations above are its own)
+            lab = jax.tree.map(lambda a: a[replay_epoch(epoch, rcfg), step], stored)
+        tb = target_logits(lab, student.num_classes, rcfg)
         progress = (epoch / cfg.epochs if rcfg.lr_per_epoch else (epoch * spe + step) / total)
         lr = cfg.lr * _lr_scale(cfg.schedule, progress, rcfg.cosine_span)
         lr = jnp.asarray(lr, opt_state.hyperparams["learning_rate"].dtype)  # float64 runs too
@@ -479,35 +608,46 @@ def train_student_evals(key: jax.Array, student: Model, cfg: TrainConfig, rcfg: 
 
 
 def label_bytes(stored: StoredLabels) -> int:
-    """Bytes the stored labels occupy (report next to the image bytes)."""
-    n = stored.values_ExSxBxk.size * stored.values_ExSxBxk.dtype.itemsize
-    if stored.indices_ExSxBxk is not None:
-        n += stored.indices_ExSxBxk.size * stored.indices_ExSxBxk.dtype.itemsize
-    return int(n)
+    """Bytes the stored labels occupy, every array counted (report next to the image bytes)."""
+    return int(sum(a.size * a.dtype.itemsize for a in jax.tree.leaves(stored)))
 
 
 def estimate_label_bytes(num_images: int, epochs: int, num_classes: int,
                          label_dtype: str = "float16", top_k: int = 0,
-                         index_bytes: int = 4) -> int:
-    """Bytes of FKD labels: epochs * images * k * (value + index bytes); crop parameters
-    are not stored (they are recomputed from (key, epoch, step))."""
+                         index_bytes: int | None = None, label_epochs: int = 0,
+                         batch_size: int = 0) -> int:
+    """Bytes of FKD labels without computing them: rows * (values + indices + offset/step),
+    rows = stored_epochs * images (with batch_size: stored_epochs * steps * batch, the padding
+    of the last batch included, exactly what `generate_labels` stores). Values: k x the
+    float's bytes, k bytes (int8) or ceil(k / 2) (int4); indices (top-k): k x index_bytes
+    (default: `index_dtype`'s); int8 / int4 add 2 x 2 bytes a row. Crop parameters are not
+    stored (they are recomputed from (key, epoch, step))."""
+    if label_dtype not in LABEL_DTYPES:
+        raise ValueError(f"label_dtype={label_dtype!r}; use {', '.join(LABEL_DTYPES)}")
     k = top_k or num_classes
-    per = np.dtype(jnp.dtype(label_dtype)).itemsize + (index_bytes if top_k else 0)
-    return int(epochs * num_images * k * per)
+    if index_bytes is None:
+        index_bytes = np.dtype(index_dtype(num_classes)).itemsize
+    per = ({"int8": k + 4, "int4": -(-k // 2) + 4}.get(label_dtype)
+           or k * np.dtype(jnp.dtype(label_dtype)).itemsize) + (k * index_bytes if top_k else 0)
+    rows = (steps_per_epoch(num_images, min(batch_size, num_images)) * min(batch_size, num_images)
+            if batch_size else num_images)
+    return int(stored_epochs(epochs, label_epochs) * rows * per)
+
+
+_NPZ_NAMES = ("values", "indices", "offset", "step")  # the StoredLabels fields in the file
 
 
 def save_labels(path: str, stored: StoredLabels, **meta: Any) -> None:
-    """npz with `values` (and `indices`) plus scalar metadata (seed, temperature, ...)."""
-    arrays = {"values": np.asarray(stored.values_ExSxBxk)}
-    if stored.indices_ExSxBxk is not None:
-        arrays["indices"] = np.asarray(stored.indices_ExSxBxk)
+    """npz with `values` (and `indices`, `offset`, `step` when present) plus scalar
+    metadata (seed, temperature, ...)."""
+    arrays = {name: np.asarray(a) for name, a in zip(_NPZ_NAMES, stored) if a is not None}
     arrays.update({f"meta_{k}": np.asarray(v) for k, v in meta.items()})
     safeio.savez(path, **arrays)
 
 
 def load_labels(path: str) -> tuple[StoredLabels, dict[str, Any]]:
+    """(StoredLabels, metadata) of a `save_labels` file."""
     with np.load(path) as f:
-        values = jnp.asarray(f["values"])
-        indices = jnp.asarray(f["indices"]) if "indices" in f.files else None
+        stored = StoredLabels(*(jnp.asarray(f[n]) if n in f.files else None for n in _NPZ_NAMES))
         meta = {k[5:]: f[k][()] for k in f.files if k.startswith("meta_")}
-    return StoredLabels(values, indices), meta
+    return stored, meta

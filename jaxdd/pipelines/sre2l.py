@@ -139,6 +139,8 @@ RECIPES: dict[str, dict[str, Any]] = {
 }
 RELABEL_DEFAULTS = dict(recipe="sre2l", mode="online", top_k=0, seeds=3, seed=0,
                         protocol="cpu", model=None, report="last", label_dtype="float16",
+                        top_k_rest="uniform",  # top_k: the other classes' mass uniform | drop
+                        label_epochs=0,   # label pruning: M epochs of augmentations, replayed
                         eval_every=10,    # report="best": evaluate every this many epochs
                         select="test",    # report="best": pick the epoch on test | val
                         labels="teacher",   # teacher: its logits (online / stored) | projector:
@@ -398,6 +400,11 @@ def relabel_options(art_meta: dict, overrides: dict) -> dict:
                          f"or mean")
     if opts["mode"] == "static" and int(opts["top_k"]):
         raise ValueError("static labels are mixed linearly and need every logit: top_k 0")
+    if (opts["mode"] == "static" or opts["labels"] == "projector") and \
+            opts["label_dtype"] not in ("float16", "bfloat16", "float32"):
+        what = "static labels" if opts["mode"] == "static" else "the projector"
+        raise ValueError(f"{what} are stored as floats: use --label-dtype float16, bfloat16 "
+                         f"or float32 (int8 / int4 codes are for --mode stored)")
     if opts["labels"] not in ("teacher", "projector"):
         raise ValueError(f"labels {opts['labels']!r}; use teacher (its logits) or projector")
     if opts["labels"] == "projector":
@@ -469,7 +476,8 @@ def relabel(art_path: str, teacher_path: str | list[str] | None, overrides: dict
         ce_weight=float(o["ce_weight"]), cosine_span=float(o["cosine_span"]),
         decay_norms_biases=bool(o["decay_norms_biases"]), pad_crop=int(o["pad_crop"]),
         pad_fill=black_pixel(art.preprocess), mixup_alpha=float(o["mixup_alpha"]),
-        shuffle_patches=int(o["shuffle_patches"]))
+        shuffle_patches=int(o["shuffle_patches"]), top_k_rest=o["top_k_rest"],
+        label_epochs=int(o["label_epochs"]))
     if rcfg.top_k and not 0 < rcfg.top_k <= k_classes:
         raise ValueError(f"top_k {rcfg.top_k} must be in 1..{k_classes}")
 
@@ -576,7 +584,8 @@ def relabel(art_path: str, teacher_path: str | list[str] | None, overrides: dict
         if is_main:
             jrelabel.save_labels(labels_path, labels, seed=int(o["seed"]), epochs=tcfg.epochs,
                                  batch_size=bs, temperature=rcfg.temperature, top_k=rcfg.top_k,
-                                 label_dtype=rcfg.label_dtype,
+                                 label_dtype=rcfg.label_dtype, top_k_rest=rcfg.top_k_rest,
+                                 label_epochs=rcfg.label_epochs,
                                  teacher=os.path.abspath(teacher_path))
         if jax.process_count() > 1:
             from jax.experimental import multihost_utils
@@ -624,7 +633,10 @@ def relabel(art_path: str, teacher_path: str | list[str] | None, overrides: dict
         "weight_decay": tcfg.weight_decay, "schedule": tcfg.schedule,
         "lr_per_epoch": rcfg.lr_per_epoch, "cosine_span": rcfg.cosine_span,
         "temperature": rcfg.temperature, "t2_factor": rcfg.t2_factor, "top_k": rcfg.top_k,
-        "label_dtype": rcfg.label_dtype, "ensemble": bool(o["ensemble"]),
+        "top_k_rest": rcfg.top_k_rest if rcfg.top_k else None,
+        "label_dtype": rcfg.label_dtype, "label_epochs": rcfg.label_epochs,
+        "stored_label_epochs": jrelabel.stored_epochs(tcfg.epochs, rcfg.label_epochs),
+        "ensemble": bool(o["ensemble"]),
         "num_teachers": n_teachers, "loss": loss_txt, "ce_weight": rcfg.ce_weight,
         "augment": {"crop_min_scale": rcfg.crop_min_scale, "pad_crop": rcfg.pad_crop,
                     "flip": rcfg.flip, "cutmix_alpha": rcfg.cutmix_alpha,
@@ -637,7 +649,8 @@ def relabel(art_path: str, teacher_path: str | list[str] | None, overrides: dict
         "image_bytes": image_bytes, "label_bytes": stored_bytes,
         **({"compensator_bytes": compensator_bytes} if "compensator_bytes" in art.meta else {}),
         "label_bytes_if_stored": jrelabel.estimate_label_bytes(
-            n, tcfg.epochs, k_classes, rcfg.label_dtype, rcfg.top_k),
+            n, tcfg.epochs, k_classes, rcfg.label_dtype, rcfg.top_k,
+            label_epochs=rcfg.label_epochs, batch_size=bs),
         "ensemble_reduce": o["ensemble_reduce"] if o["ensemble"] else None,
         "labels_file": labels_path, "labels_file_bytes": file_bytes, "labels": o["labels"],
         "method": art.meta["method"], "dataset": art.meta["dataset"], "ipc": art.meta["ipc"],
