@@ -86,7 +86,8 @@ _POSITIVE = {"ipc", "iterations", "epochs", "seeds", "ckpt_every", "ckpt_keep", 
              "max_online_updates", "batch_online", "lr_syn", "lr_online", "shuffle_patches"}
 _NON_NEGATIVE = {"seed", "lr_lr", "lr_y", "momentum", "weight_decay", "r_bn", "min_start",
                  "top_k", "ce_weight", "data_workers", "image_every", "reg", "cosine_alpha",
-                 "pad_crop", "mixup_alpha", "cutmix_alpha"}
+                 "pad_crop", "mixup_alpha", "cutmix_alpha", "dcc_warmup_iterations",
+                 "dcc_warmup_outer"}
 RANGES = {**{k: "> 0" for k in _POSITIVE}, **{k: ">= 0" for k in _NON_NEGATIVE}}
 
 
