@@ -269,6 +269,25 @@ def test_expert_config_checks():
         ExpertConfig(optimizer="gsam", grad_penalty=2.0)
 
 
+def test_default_expert_manifest_has_no_ast_fields(tmp_path):
+    """Buffers stored before the AST fields existed must still match a default config."""
+    import json
+
+    from jaxdd.population.experts import ExpertConfig, build_buffer
+
+    jax.config.update("jax_enable_x64", False)
+    rng = np.random.default_rng(4)
+    x, y = rng.random((12, HW, HW, 1)).astype(np.float32), np.arange(12) % K
+    cfg = ExpertConfig(num_experts=1, epochs=1, batch_size=12, dsa="")
+    build_buffer(str(tmp_path / "b"), (x, y), "mlp_w16", cfg, 0)
+    stored = json.load(open(tmp_path / "b" / "buffer.json"))["config"]
+    assert "loss_scales" not in stored and "grad_penalty" not in stored
+    ast = ExpertConfig(num_experts=1, epochs=1, batch_size=12, dsa="", loss_scales=(0.5,), grad_penalty=2.0)
+    build_buffer(str(tmp_path / "a"), (x, y), "mlp_w16", ast, 0)
+    stored = json.load(open(tmp_path / "a" / "buffer.json"))["config"]
+    assert stored["loss_scales"] == [0.5] and stored["grad_penalty"] == 2.0
+
+
 @pytest.mark.slow
 def test_ast_preset_end_to_end(tiny_npz, tmp_path, capsys):
     import json

@@ -126,6 +126,7 @@ def test_bad_matching_is_a_config_error():
         load_config(path, ipc=1, sets=["dsa.dcc_warmup_outer=-1"])
 
 
+@pytest.mark.slow
 def test_dcc_preset_distills_end_to_end(tiny_npz, tmp_path, capsys):
     from jaxdd.cli import main
 
