@@ -4,7 +4,8 @@ paper's "DSAC", on Fashion-MNIST, reduced for a 2-core CPU.
 Command:  jaxdd distill --config configs/classic/dcc_fashion_mnist_cpu.py --ipc 1
 Measured (benchmarks/results/classic_dcc_ipc1.json, `cpu` protocol, 3 seeds, under load):
 IPC 1: 68.2 +- 0.8 % (DSA preset, same protocol: 68.4 +- 0.9; random subset 58.3);
-distillation 43 min on the 2-core machine shared with ~7 jobs (DSA, less loaded: 3.2 min).
+distillation 43 min on the 2-core machine shared with ~7 jobs (the DSA row records 3.2 min,
+at another, unrecorded load: the times are not comparable).
 Budget: the same reduced budget as dsa_fashion_mnist_cpu.py (ConvNet-D3 width 32, batch_real
 64, iterations 300 / 200 / 100 distiller steps at IPC 1 / 10 / 50) plus `dsa.matching =
 "all_classes"`. Warm-up (per-class matching first): the reference (Saehyung-Lee/DCC main.py,
