@@ -91,7 +91,9 @@ _POSITIVE = {"ipc", "iterations", "epochs", "seeds", "ckpt_every", "ckpt_keep", 
              "base_sets"}
 _NON_NEGATIVE = {"seed", "lr_lr", "lr_y", "momentum", "weight_decay", "r_bn", "min_start",
                  "top_k", "ce_weight", "data_workers", "image_every", "reg", "cosine_alpha",
-                 "pad_crop", "mixup_alpha", "cutmix_alpha", "label_epochs"}
+                 "pad_crop", "mixup_alpha", "cutmix_alpha", "label_epochs",
+                 "dcc_warmup_iterations", "dcc_warmup_outer", "grad_penalty", "ast_perturb",
+                 "inner_momentum"}
 RANGES = {**{k: "> 0" for k in _POSITIVE}, **{k: ">= 0" for k in _NON_NEGATIVE}}
 
 

@@ -234,3 +234,15 @@ def test_random_subset_with_soft_labels_baseline(tiny_npz, tmp_path, capsys):
         err = capsys.readouterr().err.strip().splitlines()
         assert code == 2 and len(err) == 1 and msg in err[0], err
         assert not os.path.exists(target)
+
+
+def test_static_and_projector_labels_refuse_integer_codes():
+    """int8 / int4 codes exist for stored per-epoch labels only; static labels (INFER) and
+    the projector (HeLlO) are floats, and say so instead of storing codes as labels."""
+    from jaxdd.pipelines import sre2l
+
+    for over, what in (({"mode": "static", "label_dtype": "int8"}, "static labels are"),
+                       ({"labels": "projector", "label_dtype": "int4"}, "the projector is")):
+        with pytest.raises(ValueError, match=f"{what} stored as floats"):
+            sre2l.relabel_options({"method": "sre2l"}, over)
+    assert sre2l.relabel_options({"method": "sre2l"}, {"mode": "static"})["label_dtype"] == "float16"

@@ -15,13 +15,29 @@ like every other matcher, its memory does not grow with outer_loop, and the driv
 count is `iterations * outer_loop` (`DCConfig.num_steps`). Cost per step: one matching
 (K real + K synthetic gradient evaluations, and a backward through the synthetic ones) plus
 `inner_loop` epochs on the synthetic set, skipped (`lax.cond`) on the last outer step.
+
+DCC (Lee et al., ICML 2022, "Dataset Condensation with Contrastive Signals"; reference
+Saehyung-Lee/DCC `main.py`, flag `--contrast`): `DCConfig.matching = "all_classes"` matches
+ONE pair of gradients instead of K: the real side is the gradient of the class-averaged CE,
+(1/K) sum_c grad CE(real_c) (each real_c augmented with the same siamese DSA draw as syn_c),
+the synthetic side the gradient of the mean CE over the whole synthetic set (all classes
+together), and the loss is a single layer-wise distance (`gradient_match_loss`, DC eq. 10)
+between them (`dc_all_classes_loss`). Because every class enters both gradients, the
+synthetic images of one class also receive the signals that separate it from the other
+classes. Warm-up as the reference: per-class DC matching while the reference iteration is
+< `dcc_warmup_iterations` (its `outer_warmup`, 250) AND the outer step is <
+`dcc_warmup_outer` (its `inner_warmup`, 10); all-classes matching otherwise.
+Left out: the reference's ImageNet-subset class lists and its evaluation loop (jaxdd's own
+evaluation is used); nothing else was found in the reference (no extra augmentation, no
+kernel/feature sharing). With equal per-class batches the class-average of per-class mean
+CEs equals the mean CE over the concatenated real batch, which is what is computed.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -34,7 +50,10 @@ from jaxdd.methods.matching import (MATCH_METRICS, RealBatch, ensure_same_classe
 from jaxdd.models import Model, Variables
 from jaxdd.train.loop import TrainConfig, train_network
 
-__all__ = ["DCConfig", "DCState", "make_dc", "dsa_config", "dc_loops", "dc_class_losses"]
+__all__ = ["DCConfig", "DCState", "make_dc", "dsa_config", "dc_loops", "dc_class_losses",
+           "dc_all_classes_loss", "MATCHING_MODES"]
+
+MATCHING_MODES = ("per_class", "all_classes")
 
 # utils.py `get_loops`: (outer_loop, inner_loop) per images-per-class, "empirically good".
 _LOOPS = {1: (1, 1), 10: (10, 50), 20: (20, 25), 30: (30, 20), 40: (40, 15), 50: (50, 10)}
@@ -66,6 +85,11 @@ class DCConfig:
     iterations: int = 1000  # reference iterations (fresh networks); steps = iterations * outer_loop
     fyi: bool = False  # FYI: S_c U Flip(S_c) in matching and in the inner training
     init: str = "noise"  # how the driver initialises the images (DC: noise; DSA readme: real)
+    # per_class: DC/DSA (one gradient pair per class, summed); all_classes: DCC (one pair:
+    # gradients of the CE of all classes together; module docstring)
+    matching: Literal["per_class", "all_classes"] = "per_class"
+    dcc_warmup_iterations: int = 250  # all_classes: per-class matching before this iteration (DCC outer_warmup)
+    dcc_warmup_outer: int = 10  # ... unless the outer step is >= this (DCC inner_warmup)
 
     def __post_init__(self):
         if self.dsa:
@@ -74,6 +98,10 @@ class DCConfig:
             raise ValueError(f"dis_metric={self.dis_metric!r}; use one of {MATCH_METRICS}")
         if self.init not in ("real", "noise"):
             raise ValueError(f"init={self.init!r}; use 'real' or 'noise'")
+        if self.matching not in MATCHING_MODES:
+            raise ValueError(f"matching={self.matching!r}; use one of {MATCHING_MODES}")
+        if self.dcc_warmup_iterations < 0 or self.dcc_warmup_outer < 0:
+            raise ValueError("dcc_warmup_iterations and dcc_warmup_outer must be >= 0")
         if (self.outer_loop is None) != (self.inner_loop is None):
             raise ValueError("set both outer_loop and inner_loop, or neither")
 
@@ -101,15 +129,48 @@ class DCState(NamedTuple):
 
 
 def _ce_grads(model: Model, variables: Variables, x_NHWC: jax.Array, label: jax.Array):
-    """d/dparams of the mean CE of a one-class batch (BN: running statistics, frozen)."""
+    """d/dparams of the mean CE of a batch (BN: running statistics, frozen); `label` is one
+    class id for the whole batch or an (N,) array of ids."""
     rest = {k: v for k, v in variables.items() if k != "params"}
+    labels = jnp.broadcast_to(jnp.asarray(label, jnp.int32), (x_NHWC.shape[0],))
 
     def ce(params):
         logits = model.apply({**rest, "params": params}, x_NHWC)
-        labels = jnp.full((x_NHWC.shape[0],), label, jnp.int32)
         return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
     return jax.grad(ce)(variables["params"])
+
+
+def _prepare_pairs(x_real_KxBxHWC, x_syn_KxIxHWC, key, dsa_strategy, fyi):
+    """FYI mirror and siamese DSA (one key per class) of the matched batches."""
+    if fyi:
+        x_syn_KxIxHWC = jax.vmap(fyi_flip_concat)(x_syn_KxIxHWC)
+    if parse_strategy(dsa_strategy):
+        aug = functools.partial(siamese_dsa, strategy=dsa_strategy)
+        keys_K = jax.random.split(key, x_real_KxBxHWC.shape[0])
+        x_real_KxBxHWC, x_syn_KxIxHWC = jax.vmap(aug)(keys_K, x_real_KxBxHWC, x_syn_KxIxHWC)
+    return x_real_KxBxHWC, x_syn_KxIxHWC
+
+
+def _flat_with_labels(x_KxNxHWC: jax.Array) -> tuple[jax.Array, jax.Array]:
+    k, n = x_KxNxHWC.shape[:2]
+    return x_KxNxHWC.reshape(k * n, *x_KxNxHWC.shape[2:]), jnp.repeat(jnp.arange(k), n)
+
+
+def dc_all_classes_loss(model: Model, variables: Variables, x_real_KxBxHWC: jax.Array,
+                        x_syn_KxIxHWC: jax.Array, key: PRNGKey, dsa_strategy: str = "none",
+                        dis_metric: str = "ours", fyi: bool = False) -> jax.Array:
+    """DCC's matching term (scalar): D(grad CE(real, all classes), grad CE(syn, all classes)).
+
+    Same augmentations as `dc_class_losses` under the same key; CE is the mean over the
+    K*B real (K*I synthetic) images, i.e. the class average of the per-class means, and the
+    real gradient is a constant.
+    """
+    x_real_KxBxHWC, x_syn_KxIxHWC = _prepare_pairs(x_real_KxBxHWC, x_syn_KxIxHWC, key,
+                                                   dsa_strategy, fyi)
+    gw_real = jax.lax.stop_gradient(_ce_grads(model, variables, *_flat_with_labels(x_real_KxBxHWC)))
+    gw_syn = _ce_grads(model, variables, *_flat_with_labels(x_syn_KxIxHWC))
+    return gradient_match_loss(gw_real, gw_syn, dis_metric)
 
 
 def dc_class_losses(model: Model, variables: Variables, x_real_KxBxHWC: jax.Array,
@@ -122,12 +183,8 @@ def dc_class_losses(model: Model, variables: Variables, x_real_KxBxHWC: jax.Arra
     constant (detached in the reference).
     """
     num_classes = x_real_KxBxHWC.shape[0]
-    if fyi:
-        x_syn_KxIxHWC = jax.vmap(fyi_flip_concat)(x_syn_KxIxHWC)
-    if parse_strategy(dsa_strategy):
-        aug = functools.partial(siamese_dsa, strategy=dsa_strategy)
-        keys_K = jax.random.split(key, num_classes)
-        x_real_KxBxHWC, x_syn_KxIxHWC = jax.vmap(aug)(keys_K, x_real_KxBxHWC, x_syn_KxIxHWC)
+    x_real_KxBxHWC, x_syn_KxIxHWC = _prepare_pairs(x_real_KxBxHWC, x_syn_KxIxHWC, key,
+                                                   dsa_strategy, fyi)
 
     def one(x_real_BHWC, x_syn_IHWC, c):
         gw_real = jax.lax.stop_gradient(_ce_grads(model, variables, x_real_BHWC, c))
@@ -178,12 +235,22 @@ def make_dc(config: DCConfig, model: Model, num_classes: int) -> Distiller:
             x_bn = x_real[:, :n_bn].reshape(-1, *x_real.shape[2:])
             _, net = model.apply_train(net, x_bn)
 
-        def loss_fn(x_syn_NHWC):
-            per_K = dc_class_losses(model, net, x_real, syn_by_class(x_syn_NHWC, num_classes),
-                                    k_aug, strategy, config.dis_metric, config.fyi)
-            return per_K.sum(), per_K
+        def per_class(x_syn_NHWC):
+            return dc_class_losses(model, net, x_real, syn_by_class(x_syn_NHWC, num_classes),
+                                   k_aug, strategy, config.dis_metric, config.fyi).sum()
 
-        (loss, _), g = jax.value_and_grad(loss_fn, has_aux=True)(x)
+        def all_classes(x_syn_NHWC):
+            return dc_all_classes_loss(model, net, x_real, syn_by_class(x_syn_NHWC, num_classes),
+                                       k_aug, strategy, config.dis_metric, config.fyi)
+
+        if config.matching == "per_class":
+            loss_fn = per_class
+        else:  # DCC: per-class during the warm-up (reference iteration and outer step both early)
+            warm = ((state.iteration // outer_loop < config.dcc_warmup_iterations)
+                    & (state.outer_step < config.dcc_warmup_outer))
+            loss_fn = lambda x_syn: jax.lax.cond(warm, per_class, all_classes, x_syn)  # noqa: E731
+
+        loss, g = jax.value_and_grad(loss_fn)(x)
         updates, opt_img = tx.update(g, state.opt_img, x)
         x_new = optax.apply_updates(x, updates)
 

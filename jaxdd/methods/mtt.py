@@ -23,6 +23,25 @@ Learned step size. `SynState.log_lr` stores log(alpha). How it is optimised is s
   the reference step to first order (d log alpha = d alpha / alpha and dL/dlog_lr =
   alpha dL/dalpha), and it is scale-free and positive by construction afterwards (alpha is
   still floored at lr_min so that it cannot underflow to 0).
+
+AST options (Shen et al., "AST: Distilling Dataset through Alignment with Smooth and
+High-Quality Expert Trajectories"; reference shenjiyuan123/AST-Alignment-with-Smooth-Expert
+`distill.py`), all off by default (then the program is the MTT one, unchanged):
+- `inner_momentum` (reference `--mom 0.9`): heavy-ball inner SGD, b <- m b + g_i,
+  theta <- theta - alpha b (b_0 = g_0).
+- `ast_intermediate` (`--agg_middle_loss`): add, with weight 1, the normalised distance of
+  theta at inner step (N // M) i to the expert at epoch s + i, i = 1..M-1 (`tm_grad.
+  intermediate_loss`; each divided by ||theta_0 - traj[s+i]||^2).
+- `ast_perturb` (`--weight_perturb`, alpha 1): theta_0 <- w + alpha (d / ||d||_F) * w per
+  4-D (convolution) kernel, d ~ N(0, 1) elementwise from the window key; the perturbed
+  theta_0 is also the one in the denominators (as the reference).
+- `ast_balance` (`--balance_loss`): inner CE scaled by c(s) = log_5(s - h + 8) for s >= h
+  and 1 / log_5(h - s + 8) below, h = max_start // 2. A constant factor on the CE scales
+  every g_i, so it is applied as alpha c(s) (same loss, same gradients; alpha stays unscaled).
+- `init_kmeans` (`--pix_init avg`): representative initial images, chosen by the pipeline
+  with `kmeans_representatives` on an expert's final-epoch logits.
+Left out: the reference's GAN/texture initialisations, the halving of lr_img at mid-run
+and its commented-out feature-alignment loss.
 """
 
 from __future__ import annotations
@@ -44,6 +63,7 @@ from jaxdd.methods.tm_grad import (
     AugmentFn,
     MatchingGrads,
     identity_augment,
+    intermediate_steps,
     make_inner_schedule,
     matching_loss_and_grads,
     param_distance_loss,
@@ -65,6 +85,9 @@ __all__ = [
     "matching_loss_and_grads",
     "param_distance_loss",
     "make_inner_schedule",
+    "ast_perturb_weights",
+    "ast_balance_factor",
+    "kmeans_representatives",
 ]
 
 LABEL_MODES: tuple[str, ...] = ("hard", "tesla", "learned")
@@ -121,6 +144,16 @@ class MTTConfig:
     # update uses their mean loss and mean gradient. 1 = one window (the references). Costs W x
     # the compute and W x the memory of one window's gradient (README, trajectory matching).
     windows_per_step: int = 1
+    # AST (module docstring; all off = MTT). inner_momentum: heavy-ball momentum of the inner
+    # SGD (AST 0.9); ast_intermediate: match theta at inner steps (N//M) i to expert epochs
+    # s + i too; ast_perturb: alpha of the perturbation of theta_0's conv kernels (AST 1.0);
+    # ast_balance: inner CE scaled by the start-epoch factor c(s); init_kmeans: initial images
+    # = nearest real images to k-means centres of an expert's logits (init must be 'real').
+    inner_momentum: float = 0.0
+    ast_intermediate: bool = False
+    ast_perturb: float = 0.0
+    ast_balance: bool = False
+    init_kmeans: bool = False
 
     def __post_init__(self):
         if self.grad_mode not in GRAD_MODES:
@@ -135,6 +168,18 @@ class MTTConfig:
             raise ValueError(f"label_expert_epoch={self.label_expert_epoch!r}; expected 'final' or 'window'")
         if not (type(self.windows_per_step) is int and self.windows_per_step >= 1):
             raise ValueError(f"windows_per_step={self.windows_per_step!r}; expected an int >= 1")
+        if not 0.0 <= self.inner_momentum < 1.0:
+            raise ValueError(f"inner_momentum={self.inner_momentum!r}; expected a value in [0, 1)")
+        if self.ast_perturb < 0:
+            raise ValueError(f"ast_perturb={self.ast_perturb!r}; expected >= 0 (0 = off)")
+        if self.grad_mode == "tesla" and (self.inner_momentum or self.ast_intermediate):
+            raise ValueError("grad_mode='tesla' assumes plain SGD and one target; use grad_mode="
+                             "'remat' with inner_momentum or ast_intermediate")
+        if self.ast_intermediate and self.syn_steps < self.expert_epochs:
+            raise ValueError(f"ast_intermediate needs syn_steps >= expert_epochs, got "
+                             f"{self.syn_steps} < {self.expert_epochs}")
+        if self.init_kmeans and self.init_correct_only:
+            raise ValueError("choose one initialisation: init_kmeans or init_correct_only")
         if not 0 <= self.min_start < self.max_start:
             raise ValueError(f"need 0 <= min_start < max_start, got {self.min_start}, {self.max_start}")
 
@@ -156,12 +201,78 @@ class ExpertSegment(NamedTuple):
 
     theta_0: PyTree  # expert parameters at start epoch s
     theta_target: PyTree  # expert parameters at epoch s + expert_epochs
+    theta_mid: PyTree = None  # AST ast_intermediate: epochs s+1 .. s+M-1, leaves (M-1, ...)
+    start: jax.Array | None = None  # AST ast_balance: the start epoch s (int32)
 
 
 def _segment(batch: ExpertSegment | Mapping[str, PyTree]) -> tuple[PyTree, PyTree]:
     if isinstance(batch, Mapping):
         return batch["theta_0"], batch["theta_target"]
     return batch.theta_0, batch.theta_target
+
+
+def _segment_extras(batch: ExpertSegment | Mapping[str, PyTree]) -> tuple[PyTree, jax.Array | None]:
+    if isinstance(batch, Mapping):
+        return batch.get("theta_mid"), batch.get("start")
+    return batch.theta_mid, batch.start
+
+
+# ----------------------------------------------------------------------------------------------
+# AST pieces (pure)
+# ----------------------------------------------------------------------------------------------
+
+
+def ast_perturb_weights(key: PRNGKey, theta: PyTree, alpha: float | jax.Array) -> PyTree:
+    """AST weight perturbation: each 4-D leaf (conv kernel) w -> w + alpha (d/||d||_F) * w,
+    d ~ N(0, 1) elementwise (one key per leaf); other leaves unchanged. alpha = 0: theta."""
+    leaves, treedef = jax.tree.flatten(theta)
+    keys = jax.random.split(key, max(len(leaves), 1))
+    out = []
+    for k, w in zip(keys, leaves):
+        if w.ndim == 4:
+            d = jax.random.normal(k, w.shape, w.dtype)
+            w = w + alpha * (d / jnp.linalg.norm(d.reshape(-1))) * w
+        out.append(w)
+    return jax.tree.unflatten(treedef, out)
+
+
+def ast_balance_factor(start: int | jax.Array, max_start: int) -> jax.Array:
+    """AST balanced inner loss: c(s) = log_5(s - h + 8) if s >= h else 1 / log_5(h - s + 8),
+    h = max_start // 2 (late windows weigh more, early ones less)."""
+    h = max_start // 2
+    s = jnp.asarray(start).astype(jnp.result_type(float))  # float64 under x64
+    log5 = lambda v: jnp.log(v) / jnp.log(5.0)  # noqa: E731
+    return jnp.where(s >= h, log5(s - h + 8.0), 1.0 / log5(h - s + 8.0))
+
+
+def kmeans_representatives(key: PRNGKey, feats_NxD: jax.Array, k: int, iters: int = 30) -> jax.Array:
+    """AST representative initialisation: Lloyd's k-means (k centres initialised at k distinct
+    random points from `key`, `iters` iterations; an empty cluster keeps its centre), then
+    the nearest point to each centre, all k distinct. Returns (k,) indices into feats."""
+    n = feats_NxD.shape[0]
+    if not 1 <= k <= n:
+        raise ValueError(f"k-means needs 1 <= k <= number of points, got k={k}, {n} points")
+    f = jnp.asarray(feats_NxD, jnp.float32)
+
+    def sq_dist(c_KxD):
+        return (jnp.sum(f * f, 1)[:, None] - 2 * f @ c_KxD.T + jnp.sum(c_KxD * c_KxD, 1)[None, :])
+
+    def lloyd(_, c_KxD):
+        assign_N = jnp.argmin(sq_dist(c_KxD), axis=1)
+        one_hot_NxK = jax.nn.one_hot(assign_N, k, dtype=f.dtype)
+        count_K = one_hot_NxK.sum(0)
+        mean_KxD = (one_hot_NxK.T @ f) / jnp.maximum(count_K, 1.0)[:, None]
+        return jnp.where((count_K > 0)[:, None], mean_KxD, c_KxD)
+
+    centres = jax.lax.fori_loop(0, iters, lloyd, f[jax.random.permutation(key, n)[:k]])
+    d_NxK = sq_dist(centres)
+
+    def pick(taken_N, d_N):
+        i = jnp.argmin(jnp.where(taken_N, jnp.inf, d_N))
+        return taken_N.at[i].set(True), i
+
+    _, idx_K = jax.lax.scan(pick, jnp.zeros((n,), bool), d_NxK.T)
+    return idx_K
 
 
 # ----------------------------------------------------------------------------------------------
@@ -281,10 +392,24 @@ def _global_norm(x: jax.Array | None) -> jax.Array:
 
 
 def _one_window(cfg: MTTConfig, apply_fn: ApplyFn, augment_fn: AugmentFn, syn: SynState,
-                theta_0: PyTree, theta_target: PyTree, key: PRNGKey):
+                theta_0: PyTree, theta_target: PyTree, key: PRNGKey, theta_mid: PyTree = None,
+                start: jax.Array | None = None):
     """Loss, gradients and TESLA-assigned labels (else None) of one window under `key`."""
     x_SHWC = syn.x_syn_NHWC
     step_idx_NxB, step_keys_N = make_inner_schedule(key, x_SHWC.shape[0], cfg.syn_steps, cfg.batch_syn)
+    log_lr, ast = syn.log_lr, {}
+    if cfg.ast_perturb:   # its own stream: the schedule above is unchanged
+        theta_0 = ast_perturb_weights(jax.random.fold_in(key, 1), theta_0, cfg.ast_perturb)
+    if cfg.ast_balance:   # c(s) CE == c(s) alpha (module docstring)
+        if start is None:
+            raise ValueError("ast_balance needs the start epoch: pass ExpertSegment(..., start=s)")
+        log_lr = log_lr + jnp.log(ast_balance_factor(start, cfg.max_start))
+    if cfg.inner_momentum:
+        ast["momentum"] = cfg.inner_momentum
+    if cfg.ast_intermediate and cfg.expert_epochs > 1:
+        if theta_mid is None:
+            raise ValueError("ast_intermediate needs ExpertSegment.theta_mid (epochs s+1..s+M-1)")
+        ast.update(mid_steps=intermediate_steps(cfg.syn_steps, cfg.expert_epochs), mid_targets=theta_mid)
     assigned = None
     if cfg.label_mode == "tesla":
         assigned = tesla_assign_labels(apply_fn, theta_target, x_SHWC)
@@ -294,8 +419,9 @@ def _one_window(cfg: MTTConfig, apply_fn: ApplyFn, augment_fn: AugmentFn, syn: S
     else:
         labels, label_kind = syn.y_syn, "hard"
     loss, grads = matching_loss_and_grads(
-        cfg.grad_mode, apply_fn, x_SHWC, labels, syn.log_lr, theta_0, theta_target,
-        step_idx_NxB, step_keys_N, augment_fn=augment_fn, label_kind=label_kind, unroll=cfg.unroll)
+        cfg.grad_mode, apply_fn, x_SHWC, labels, log_lr, theta_0, theta_target,
+        step_idx_NxB, step_keys_N, augment_fn=augment_fn, label_kind=label_kind, unroll=cfg.unroll,
+        **ast)
     return loss, grads, assigned
 
 
@@ -317,12 +443,13 @@ def window_loss_and_grads(
     """
     cfg = config
     theta_0, theta_target = _segment(segment)
+    theta_mid, start = _segment_extras(segment)
     one = functools.partial(_one_window, cfg, apply_fn, augment_fn, syn)
     if cfg.windows_per_step == 1:
-        loss, grads, assigned = one(theta_0, theta_target, key)
+        loss, grads, assigned = one(theta_0, theta_target, key, theta_mid, start)
         return loss, grads, syn.y_syn if assigned is None else assigned
     keys_W = jax.random.split(key, cfg.windows_per_step)
-    loss_W, grads_W, assigned_W = jax.vmap(one)(theta_0, theta_target, keys_W)
+    loss_W, grads_W, assigned_W = jax.vmap(one)(theta_0, theta_target, keys_W, theta_mid, start)
     grads = jax.tree.map(lambda g: jnp.mean(g, axis=0), grads_W)
     return jnp.mean(loss_W), grads, syn.y_syn if assigned_W is None else assigned_W[0]
 

@@ -28,7 +28,7 @@ Every function here is pure and jittable; nothing depends on a model library.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Literal, NamedTuple
+from typing import Any, Callable, Literal, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -107,6 +107,23 @@ def inner_cross_entropy(logits_BxK: jax.Array, labels_B: jax.Array, label_kind: 
     return jnp.sum(-jax.nn.log_softmax(logits_BxK, axis=-1) * p_BxK) / logits_BxK.shape[0]
 
 
+def intermediate_steps(syn_steps: int, expert_epochs: int) -> tuple[int, ...]:
+    """AST's intermediate matching points: inner step (N // M) * i is matched to expert epoch
+    s + i, i = 1..M-1 (steps that would be 0 are dropped)."""
+    return tuple(n for n in ((syn_steps // expert_epochs) * i for i in range(1, expert_epochs))
+                 if 0 < n < syn_steps)
+
+
+def intermediate_loss(thetas: Sequence[PyTree], theta_0: PyTree, mid_targets_M: PyTree) -> jax.Array:
+    """AST's intermediate terms, weight 1 each: sum_i ||theta_{n_i} - traj[s+i]||^2 /
+    ||theta_0 - traj[s+i]||^2, with mid_targets_M leaves (M-1, ...) = traj[s+1 .. s+M-1]."""
+    total = jnp.zeros(())
+    for i, theta in enumerate(thetas):
+        target = jax.tree.map(lambda a, i=i: a[i], mid_targets_M)
+        total = total + param_distance_loss(theta, theta_0, target)
+    return total
+
+
 def make_inner_schedule(
     key: jax.Array, num_syn: int, syn_steps: int, batch_syn: int | None
 ) -> tuple[jax.Array, jax.Array]:
@@ -140,6 +157,28 @@ def _make_step_grad(apply_fn: ApplyFn, augment_fn: AugmentFn, label_kind: LabelK
     return step_grad
 
 
+def _scan_inner(step_grad, lr, momentum, x_syn_NHWC, labels, carry, step_idx_NxB, step_keys_N,
+                unroll, remat):
+    """Eq. (2) over the given schedule from `carry` = theta (momentum 0) or (theta, buffer)
+    (heavy ball: b <- m b + g_i, theta <- theta - alpha b; b = 0 before the first step)."""
+
+    def body(c, idx_and_key):
+        idx_B, key = idx_and_key
+        theta = c[0] if momentum else c
+        g = step_grad(theta, x_syn_NHWC, labels, idx_B, key)
+        if momentum:
+            buf = jax.tree.map(lambda b, gi: momentum * b + gi, c[1], g)
+            return (jax.tree.map(lambda p, bi: p - lr * bi, theta, buf), buf), None
+        return jax.tree.map(lambda p, gi: p - lr * gi, theta, g), None
+
+    full_unroll = unroll is True or (not isinstance(unroll, bool) and unroll >= step_idx_NxB.shape[0])
+    if remat and not full_unroll:  # see _REMAT_POLICY for why a full unroll skips it
+        # prevent_cse=False is safe (and cheaper) under scan, per the jax.checkpoint docs.
+        body = jax.checkpoint(body, prevent_cse=False, policy=_REMAT_POLICY)
+    carry, _ = lax.scan(body, carry, (step_idx_NxB, step_keys_N), unroll=unroll)
+    return carry
+
+
 def unroll_inner(
     apply_fn: ApplyFn,
     x_syn_NHWC: jax.Array,
@@ -153,28 +192,37 @@ def unroll_inner(
     label_kind: LabelKind | None = None,
     unroll: int | bool = 1,
     remat: bool = False,
-) -> PyTree:
-    """theta_N of eq. (2): N plain SGD steps (no momentum, no weight decay) as a `lax.scan`.
+    momentum: float = 0.0,
+    checkpoints: Sequence[int] = (),
+) -> PyTree | tuple[PyTree, list[PyTree]]:
+    """theta_N of eq. (2): N SGD steps (no weight decay; plain, or heavy-ball `momentum` as
+    AST's inner loop) as a `lax.scan`.
 
     Differentiable in (x_syn, labels, log_lr). `remat=True` wraps each step in
     `jax.checkpoint`, so reverse mode stores only the N carries (parameter vectors); under a
     full unroll the checkpoint buys no memory on XLA and is skipped (see _REMAT_POLICY).
+    `checkpoints` (increasing steps in (0, N)): also return [theta_n for n in checkpoints]
+    (the scan is split there; AST's intermediate matching).
     """
     label_kind = label_kind or infer_label_kind(labels)
     step_grad = _make_step_grad(apply_fn, augment_fn, label_kind)
     lr = jnp.exp(log_lr)
-
-    def body(theta, idx_and_key):
-        idx_B, key = idx_and_key
-        g = step_grad(theta, x_syn_NHWC, labels, idx_B, key)
-        return jax.tree.map(lambda p, gi: p - lr * gi, theta, g), None
-
-    full_unroll = unroll is True or (not isinstance(unroll, bool) and unroll >= step_idx_NxB.shape[0])
-    if remat and not full_unroll:  # see _REMAT_POLICY for why a full unroll skips it
-        # prevent_cse=False is safe (and cheaper) under scan, per the jax.checkpoint docs.
-        body = jax.checkpoint(body, prevent_cse=False, policy=_REMAT_POLICY)
-    theta_N, _ = lax.scan(body, theta_0, (step_idx_NxB, step_keys_N), unroll=unroll)
-    return theta_N
+    carry = (theta_0, jax.tree.map(jnp.zeros_like, theta_0)) if momentum else theta_0
+    if not checkpoints:
+        carry = _scan_inner(step_grad, lr, momentum, x_syn_NHWC, labels, carry, step_idx_NxB,
+                            step_keys_N, unroll, remat)
+        return carry[0] if momentum else carry
+    bounds = (0, *checkpoints, step_idx_NxB.shape[0])
+    if list(bounds) != sorted(set(bounds)):
+        raise ValueError(f"checkpoints {tuple(checkpoints)} must increase strictly inside "
+                         f"(0, {step_idx_NxB.shape[0]})")
+    mids = []
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        carry = _scan_inner(step_grad, lr, momentum, x_syn_NHWC, labels, carry,
+                            step_idx_NxB[a:b], step_keys_N[a:b], unroll, remat)
+        mids.append(carry[0] if momentum else carry)
+    theta_N = mids.pop()
+    return theta_N, mids
 
 
 # ----------------------------------------------------------------------------------------------
@@ -183,14 +231,23 @@ def unroll_inner(
 
 
 def _exact_loss_and_grads(remat, apply_fn, x_syn_NHWC, labels, log_lr, theta_0, theta_target,
-                          step_idx_NxB, step_keys_N, augment_fn, label_kind, unroll):
+                          step_idx_NxB, step_keys_N, augment_fn, label_kind, unroll,
+                          momentum=0.0, mid_steps=(), mid_targets=None):
     theta_0 = lax.stop_gradient(theta_0)
     theta_target = lax.stop_gradient(theta_target)
+    mid_targets = lax.stop_gradient(mid_targets)
 
     def loss_fn(x, y, log_lr):
-        theta_N = unroll_inner(apply_fn, x, y, log_lr, theta_0, step_idx_NxB, step_keys_N,
-                               augment_fn=augment_fn, label_kind=label_kind, unroll=unroll, remat=remat)
-        return param_distance_loss(theta_N, theta_0, theta_target)
+        kw = dict(augment_fn=augment_fn, label_kind=label_kind, unroll=unroll, remat=remat)
+        if momentum:
+            kw["momentum"] = momentum
+        if not mid_steps:
+            theta_N = unroll_inner(apply_fn, x, y, log_lr, theta_0, step_idx_NxB, step_keys_N, **kw)
+            return param_distance_loss(theta_N, theta_0, theta_target)
+        theta_N, mids = unroll_inner(apply_fn, x, y, log_lr, theta_0, step_idx_NxB, step_keys_N,
+                                     checkpoints=mid_steps, **kw)
+        return param_distance_loss(theta_N, theta_0, theta_target) + intermediate_loss(
+            mids, theta_0, mid_targets)
 
     if label_kind == "hard":  # integer labels carry no gradient
         loss, (g_x, g_lr) = jax.value_and_grad(loss_fn, argnums=(0, 2))(x_syn_NHWC, labels, log_lr)
@@ -257,6 +314,9 @@ def matching_loss_and_grads(
     augment_fn: AugmentFn = identity_augment,
     label_kind: LabelKind | None = None,
     unroll: int | bool = 1,
+    momentum: float = 0.0,
+    mid_steps: Sequence[int] = (),
+    mid_targets: PyTree | None = None,
 ) -> tuple[jax.Array, MatchingGrads]:
     """Matching loss (1) and its gradient w.r.t. (x_syn, labels, log_lr) by `mode`.
 
@@ -271,16 +331,24 @@ def matching_loss_and_grads(
       label_kind: "hard" | "probs" | "logits"; inferred from the dtype when None
         (int -> hard, float -> logits).
       unroll: `lax.scan` unroll factor (True = fully unrolled; ~4x faster on XLA:CPU).
+      momentum: heavy-ball momentum of the inner SGD (AST; 0 = plain SGD, the references').
+      mid_steps, mid_targets: AST's intermediate matching (`intermediate_steps`,
+        `intermediate_loss`): mid_targets leaves (len(mid_steps), ...). Exact modes only.
     Returns:
       (loss, MatchingGrads(x_syn_NHWC, labels or None for hard labels, log_lr)).
     """
     label_kind = label_kind or infer_label_kind(labels)
     args = (apply_fn, x_syn_NHWC, labels, log_lr, theta_0, theta_target, step_idx_NxB, step_keys_N,
             augment_fn, label_kind, unroll)
+    ast = {} if not (momentum or mid_steps) else dict(momentum=momentum, mid_steps=tuple(mid_steps),
+                                                       mid_targets=mid_targets)
     if mode == "bptt":
-        return _exact_loss_and_grads(False, *args)
+        return _exact_loss_and_grads(False, *args, **ast)
     if mode == "remat":
-        return _exact_loss_and_grads(True, *args)
+        return _exact_loss_and_grads(True, *args, **ast)
     if mode == "tesla":
+        if ast:
+            raise ValueError("grad_mode='tesla' assumes plain SGD and one target; use bptt or "
+                             "remat with inner momentum or intermediate matching")
         return _tesla_loss_and_grads(*args)
     raise ValueError(f"unknown grad mode {mode!r}; expected one of {GRAD_MODES}")

@@ -26,7 +26,8 @@ def buffer_dir(cfg: dict) -> str:
     if cfg.get("buffer_dir"):
         return cfg["buffer_dir"]
     tag = f"{cfg['dataset'].replace('/', '_').replace(':', '_')}-{cfg['model']}-{cfg.get('preprocess', 'normalize')}"
-    opt = cfg.get("experts", {}).get("optimizer", "sgd")
+    ecfg = cfg.get("experts", {})
+    opt = ecfg.get("optimizer", "sgd") + ("-ast" if ecfg.get("loss_scales") or ecfg.get("grad_penalty") else "")
     return os.path.join(os.environ.get("JAXDD_BUFFERS", "runs/buffers"), f"{tag}-{opt}-s{cfg.get('seed', 0)}")
 
 
@@ -60,6 +61,30 @@ def init_correct_images(ctx: Context, key: jax.Array, apply_fn, experts_E) -> tu
     return jdata.apply(ctx.pre, ctx.ds.x_train[idx]), y
 
 
+def init_kmeans_images(ctx: Context, key: jax.Array, apply_fn, expert) -> tuple[np.ndarray, np.ndarray]:
+    """AST's representative initial set (`pix_init avg`): per class, the real images nearest
+    to the `ipc` k-means centres of `expert`'s logits of all that class's training images
+    (`mtt.kmeans_representatives`, key fold_in(key, class))."""
+    if ctx.cfg.get("init", "real") != "real":
+        raise ValueError(f"mtt.init_kmeans picks real images; it needs init='real', not {ctx.cfg['init']!r}")
+    chunk = mtt.DATM_PICK_CHUNK
+    logits_fn = jax.jit(lambda x: apply_fn(expert, x))
+    picked = []
+    for c, ix in enumerate(ctx.ds.class_indices):
+        ix = np.asarray(ix)
+        feats = []
+        for i in range(0, len(ix), chunk):
+            x = jdata.apply(ctx.pre, ctx.ds.x_train[ix[i:i + chunk]])
+            n = len(x)
+            x = np.pad(x, ((0, chunk - n),) + ((0, 0),) * (x.ndim - 1))  # one compiled shape
+            feats.append(np.asarray(logits_fn(x))[:n])
+        sel = mtt.kmeans_representatives(jax.random.fold_in(key, c), np.concatenate(feats), ctx.cfg["ipc"])
+        picked.append(ix[np.asarray(sel)])
+    idx = np.concatenate(picked)
+    y = np.repeat(np.arange(ctx.ds.num_classes, dtype=np.int32), ctx.cfg["ipc"])
+    return jdata.apply(ctx.pre, ctx.ds.x_train[idx]), y
+
+
 def make_batch_fn(mcfg: mtt.MTTConfig, num_experts: int):
     """The driver's `batch_fn(stacked, key, t)`: the iteration's expert segment(s) from
     `stack_experts`' leaves (E, T, ...); W = mcfg.windows_per_step windows (leaves (W, ...))
@@ -70,7 +95,13 @@ def make_batch_fn(mcfg: mtt.MTTConfig, num_experts: int):
                                      mcfg.max_start, mcfg.expansion_end)
         e, s = mtt.sample_windows(key, mcfg.windows_per_step, num_experts, mcfg.min_start, upper)
         theta_0, theta_t = jexperts.take_segment(stacked, e, s, mcfg.expert_epochs)
-        return mtt.ExpertSegment(theta_0, theta_t)
+        if not (mcfg.ast_balance or (mcfg.ast_intermediate and mcfg.expert_epochs > 1)):
+            return mtt.ExpertSegment(theta_0, theta_t)
+        mid = None
+        if mcfg.ast_intermediate and mcfg.expert_epochs > 1:
+            take = functools.partial(jexperts.take_intermediate, stacked, expert_epochs=mcfg.expert_epochs)
+            mid = take(e, s) if mcfg.windows_per_step == 1 else jax.vmap(take)(e, s)
+        return mtt.ExpertSegment(theta_0, theta_t, mid, s if mcfg.ast_balance else None)
 
     return batch_fn
 
@@ -90,6 +121,9 @@ def prepare(ctx: Context) -> Prepared:
                          else jax.tree.map(lambda a: a[:, -1], stacked))
     if mcfg.init_correct_only:
         x0, y0 = init_correct_images(ctx, jax.random.fold_in(ctx.key, 0), apply_fn, label_experts)
+    elif mcfg.init_kmeans:   # AST: the first complete expert's last epoch (buffer[0][-1])
+        final = jax.tree.map(lambda a: a[0], jexperts.stack_final(path, experts=info.complete_experts[:1]))
+        x0, y0 = init_kmeans_images(ctx, jax.random.fold_in(ctx.key, 0), apply_fn, final)
     else:
         x0, y0 = init_images(ctx, jax.random.fold_in(ctx.key, 0))
     batch = mcfg.batch_syn or len(x0)

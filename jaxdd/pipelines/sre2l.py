@@ -402,8 +402,8 @@ def relabel_options(art_meta: dict, overrides: dict) -> dict:
         raise ValueError("static labels are mixed linearly and need every logit: top_k 0")
     if (opts["mode"] == "static" or opts["labels"] == "projector") and \
             opts["label_dtype"] not in ("float16", "bfloat16", "float32"):
-        what = "static labels" if opts["mode"] == "static" else "the projector"
-        raise ValueError(f"{what} are stored as floats: use --label-dtype float16, bfloat16 "
+        what = "static labels are" if opts["mode"] == "static" else "the projector is"
+        raise ValueError(f"{what} stored as floats: use --label-dtype float16, bfloat16 "
                          f"or float32 (int8 / int4 codes are for --mode stored)")
     if opts["labels"] not in ("teacher", "projector"):
         raise ValueError(f"labels {opts['labels']!r}; use teacher (its logits) or projector")

@@ -75,6 +75,9 @@ FORMAT_VERSION = 1
 _GSAM_EPS = 1e-12  # the GSAM reference's perturb_eps (norm denominators)
 
 
+_AST_FIELDS = ("loss_scales", "grad_penalty")
+
+
 class BufferError(RuntimeError):
     """A buffer on disk is missing, corrupt, incomplete or built with another config."""
 
@@ -93,7 +96,7 @@ class ExpertConfig:
     lr: float = 0.01            # SGD step size (MTT lr_teacher)
     momentum: float = 0.0       # SGD momentum (MTT: none; AST: 0.9)
     weight_decay: float = 0.0   # coupled L2 as torch SGD (MTT: none)
-    schedule: str = "constant"  # lr schedule: constant (MTT) | step | cosine
+    schedule: str = "constant"  # lr schedule: constant (MTT) | step | cosine | ast (x0.6 after epoch E//2+1)
     dsa: str = DSA_DEFAULT  # DSA on every batch; "" = none
     optimizer: str = "sgd"      # sgd (MTT/TESLA/DATM-plain) | gsam (FTD/DATM experts)
     gsam_rho: float = 0.01      # GSAM perturbation radius (constant, as FTD's buffers)
@@ -107,6 +110,12 @@ class ExpertConfig:
     # expert (bit-identical to one at a time), "vmap" = one batched program (vmapped over
     # the experts' states; batched kernels may differ in the last bit).
     group_mode: str = "unroll"
+    # AST experts (buffer.py --loss_decay --gp True; with momentum 0.9, weight_decay 1e-3,
+    # schedule "ast"): loss_scales[e] multiplies epoch e's loss (AST: 0.5, 0.55, ..., 0.95
+    # for epochs 0-9; () = off); grad_penalty = lambda of the input-gradient penalty
+    # (AST: 2; 0 = off), computed on the un-augmented batch (`train.loop.input_gradient_penalty`)
+    loss_scales: tuple[float, ...] = ()
+    grad_penalty: float = 0.0
 
     def __post_init__(self):
         if self.num_experts < 1:
@@ -119,6 +128,13 @@ class ExpertConfig:
             raise ValueError(f"unknown expert optimizer {self.optimizer!r}; use sgd or gsam")
         if self.gsam_rho < 0:
             raise ValueError(f"gsam_rho must be >= 0, got {self.gsam_rho}")
+        object.__setattr__(self, "loss_scales", tuple(float(v) for v in self.loss_scales))
+        if any(not v > 0 for v in self.loss_scales):
+            raise ValueError(f"loss_scales must all be > 0, got {self.loss_scales}")
+        if self.grad_penalty < 0:
+            raise ValueError(f"grad_penalty must be >= 0, got {self.grad_penalty}")
+        if self.optimizer == "gsam" and (self.loss_scales or self.grad_penalty):
+            raise ValueError("AST's loss_scales / grad_penalty run with optimizer='sgd', not gsam")
         self.train_config()  # validates epochs, batch_size, schedule
 
     def train_config(self) -> TrainConfig:
@@ -185,6 +201,9 @@ def _compiled(model_name: str, num_classes: int, input_shape: tuple[int, int, in
     if cfg.optimizer == "gsam":
         run = functools.partial(gsam_train_epochs, rho=cfg.gsam_rho, alpha=cfg.gsam_alpha,
                                 adaptive=cfg.gsam_adaptive)
+    elif cfg.loss_scales or cfg.grad_penalty:   # AST experts
+        run = functools.partial(train_epochs, epoch_loss_scale=tuple(cfg.loss_scales),
+                                grad_penalty=cfg.grad_penalty)
     else:
         run = train_epochs
     return model, *compile_member(model, cfg.train_config(), dsa_augment(cfg.dsa), run)
@@ -345,6 +364,9 @@ def build_buffer(out_dir: str, dataset: Any, model_name: str, cfg: ExpertConfig,
         layout="expert_{i:03d}/{epoch}/ = Orbax CheckpointManager steps of params",
         versions={"orbax_version": ocp.__version__}, model_info={"param_count": param_count},
         counts={"num_test": 0 if x_test is None else int(len(x_test))})
+    for k in _AST_FIELDS:   # at their defaults they are left out, so that buffers stored
+        if m["config"].get(k) in ((), [], 0.0):   # before these fields existed still match
+            m["config"].pop(k, None)
     if old is not None and old.get("imported"):
         return _use_imported(out_dir, old, m)
     records = open_population(
@@ -555,6 +577,15 @@ def take_segment(stacked_ExT: PyTree, expert: jax.Array | int, start: jax.Array 
     return theta_0, theta_t
 
 
+def take_intermediate(stacked_ExT: PyTree, expert: jax.Array | int, start: jax.Array | int,
+                      expert_epochs: int) -> PyTree:
+    """Epochs start+1 .. start+expert_epochs-1 of one expert, leaves (expert_epochs-1, ...)
+    (AST's intermediate targets); jittable (traced indices)."""
+    def one(a):
+        return jax.lax.dynamic_slice_in_dim(a[expert], start + 1, expert_epochs - 1, axis=0)
+    return jax.tree.map(one, stacked_ExT)
+
+
 __all__ = ["ExpertConfig", "BufferInfo", "ExpertRecord", "BufferError", "build_buffer",
            "load_buffer", "imported_from", "load_expert_epoch", "load_segment", "stack_experts", "stack_final",
-           "take_segment", "gsam_direction", "gsam_train_epochs"]
+           "take_segment", "take_intermediate", "gsam_direction", "gsam_train_epochs"]

@@ -45,7 +45,8 @@ class TrainConfig:
     lr: float = 0.01            # default step size; a learned lr passed to train_init wins
     momentum: float = 0.9       # SGD momentum (PyTorch convention: buf = m * buf + g)
     weight_decay: float = 5e-4  # coupled L2 as PyTorch SGD, applied to every parameter
-    schedule: str = "step"      # step: x0.1 at half the steps | cosine | constant
+    schedule: str = "step"      # step: x0.1 at half the steps | cosine | constant | ast:
+    #                             x0.6 after epoch epochs//2 + 1 (AST experts, buffer.py)
     optimizer: str = "sgd"      # sgd | adamw (decoupled wd, for statistics-matching students)
     dsa: str = DSA_DEFAULT  # DSA strategy; "" = no augmentation
     # ce: cross-entropy on probability targets | mse: 1/2 ||logits - y||^2 on regression
@@ -61,12 +62,15 @@ class TrainConfig:
             raise ValueError(f"epochs and batch_size must be >= 1, got {self.epochs}, {self.batch_size}")
         if self.image_chunks != "auto" and not (type(self.image_chunks) is int and self.image_chunks >= 1):
             raise ValueError(f"image_chunks={self.image_chunks!r}; expected 'auto' or an int >= 1 (1 = off)")
-        if self.schedule not in ("step", "cosine", "constant"):
-            raise ValueError(f"unknown lr schedule {self.schedule!r}; use step, cosine or constant")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"unknown lr schedule {self.schedule!r}; use one of {', '.join(SCHEDULES)}")
         if self.optimizer not in ("sgd", "adamw"):
             raise ValueError(f"unknown optimizer {self.optimizer!r}; use sgd or adamw")
         if self.loss not in LOSSES:
             raise ValueError(f"unknown loss {self.loss!r}; use {' or '.join(LOSSES)}")
+
+
+SCHEDULES = ("step", "cosine", "constant", "ast")
 
 
 class TrainState(NamedTuple):
@@ -109,6 +113,9 @@ def make_optimizer(cfg: TrainConfig, total_steps: int) -> optax.GradientTransfor
             return jnp.where(count >= total_steps // 2, 0.1, 1.0)
         if cfg.schedule == "cosine":
             return 0.5 * (1 + jnp.cos(jnp.pi * jnp.minimum(count, total_steps) / total_steps))
+        if cfg.schedule == "ast":   # AST buffer.py: lr *= 0.6 after epoch e = epochs // 2 + 1
+            spe = max(total_steps // cfg.epochs, 1)
+            return jnp.where(count >= (cfg.epochs // 2 + 2) * spe, 0.6, 1.0)
         return jnp.ones_like(count, jnp.float32)
 
     def build(learning_rate):
@@ -138,8 +145,19 @@ def with_lr(opt_state: Any, lr: jax.Array | float) -> Any:
     return opt_state._replace(hyperparams={**opt_state.hyperparams, "learning_rate": lr})
 
 
+def input_gradient_penalty(apply_train: ApplyTrainFn, variables: Variables, x_NHWC: jax.Array,
+                           mask_B: jax.Array) -> jax.Array:
+    """AST's expert gradient penalty (utils.py `epoch_gp`, before the lambda factor):
+    mean over valid images and pixels of (||d sum(logits) / dx[b, h, w, :]||_2 - 1)^2, the
+    norm over channels; train-mode forward (BN statistics of this pass are discarded)."""
+    g_NHWC = jax.grad(lambda x: apply_train(variables, x, mask_B)[0].sum())(x_NHWC)
+    norm_NHW = jnp.sqrt(jnp.sum(g_NHWC * g_NHWC, axis=-1) + 1e-12)  # safe at 0
+    per_image_B = jnp.mean((norm_NHW - 1.0) ** 2, axis=(1, 2))
+    return (per_image_B * mask_B).sum() / mask_B.sum()
+
+
 def make_update(apply_train: ApplyTrainFn, loss_fn: LossFn, tx: optax.GradientTransformation,
-                direction_fn: DirectionFn | None = None) -> UpdateFn:
+                direction_fn: DirectionFn | None = None, grad_penalty: float = 0.0) -> UpdateFn:
     """One minibatch step on the masked mean of `loss_fn`: the update of every training loop.
 
     The returned `update(variables, opt_state, x_NHWC, batch, mask_B, lr=None)` takes the
@@ -147,18 +165,30 @@ def make_update(apply_train: ApplyTrainFn, loss_fn: LossFn, tx: optax.GradientTr
     lets `direction_fn` replace it (BN statistics still from the first, unperturbed pass),
     sets the injected lr when `lr` is given, and applies `tx`. Padding has mask_B = 0: it
     counts neither in the loss nor (through `apply_train`) in BN's batch statistics.
+    AST experts: `loss_scale` multiplies the loss; `grad_penalty` > 0 adds that times
+    `input_gradient_penalty` on `x_raw_NHWC` (the un-augmented batch), not scaled.
     """
 
-    def batch_loss(params, rest, x_NHWC, batch, mask_B):
+    def batch_loss(params, rest, x_NHWC, batch, mask_B, loss_scale=None, x_raw_NHWC=None):
         logits_BxK, new_vars = apply_train({**rest, "params": params}, x_NHWC, mask_B)
-        return (loss_fn(logits_BxK, batch) * mask_B).sum() / mask_B.sum(), new_vars
+        loss = (loss_fn(logits_BxK, batch) * mask_B).sum() / mask_B.sum()
+        if loss_scale is not None:
+            loss = loss * loss_scale
+        if grad_penalty:
+            loss = loss + grad_penalty * input_gradient_penalty(
+                apply_train, {**rest, "params": params}, x_raw_NHWC, mask_B)
+        return loss, new_vars
 
     grad = jax.grad(batch_loss, has_aux=True)
 
-    def update(variables, opt_state, x_NHWC, batch, mask_B, lr=None):
+    def update(variables, opt_state, x_NHWC, batch, mask_B, lr=None, loss_scale=None,
+               x_raw_NHWC=None):
         params = variables["params"]
         rest = {k: v for k, v in variables.items() if k != "params"}
-        grads, new_vars = grad(params, rest, x_NHWC, batch, mask_B)
+        if loss_scale is not None or grad_penalty:
+            grads, new_vars = grad(params, rest, x_NHWC, batch, mask_B, loss_scale, x_raw_NHWC)
+        else:
+            grads, new_vars = grad(params, rest, x_NHWC, batch, mask_B)
         if direction_fn is not None:
             grads = direction_fn(lambda p: grad(p, rest, x_NHWC, batch, mask_B)[0], params, grads)
         if lr is not None:
@@ -172,7 +202,9 @@ def make_update(apply_train: ApplyTrainFn, loss_fn: LossFn, tx: optax.GradientTr
 def train_epochs(state: TrainState, model: Model, cfg: TrainConfig, x_NHWC: jax.Array,
                  y_target: jax.Array, num_epochs: int,
                  augment_fn: AugmentFn | None = None,
-                 direction_fn: DirectionFn | None = None) -> TrainState:
+                 direction_fn: DirectionFn | None = None,
+                 epoch_loss_scale: tuple[float, ...] = (),
+                 grad_penalty: float = 0.0) -> TrainState:
     """Run `num_epochs` more epochs. y_target: (N,) int labels or (N, K) targets
     (probabilities for cfg.loss "ce", regression targets for "mse").
 
@@ -180,7 +212,9 @@ def train_epochs(state: TrainState, model: Model, cfg: TrainConfig, x_NHWC: jax.
     the smaller batch of its real images (loss and BN statistics), as PyTorch's last batch.
 
     `direction_fn` replaces the gradient by another update direction (e.g. GSAM); BN
-    statistics always come from the first, unperturbed pass.
+    statistics always come from the first, unperturbed pass. AST experts:
+    `epoch_loss_scale[e]` multiplies the loss of epoch e (1 after the tuple ends);
+    `grad_penalty` adds that times `input_gradient_penalty` of the un-augmented batch.
     """
     n = x_NHWC.shape[0]
     if y_target.ndim == 1:
@@ -201,13 +235,17 @@ def train_epochs(state: TrainState, model: Model, cfg: TrainConfig, x_NHWC: jax.
         forward = chunked(lambda v, xb: model.apply_train(v, xb)[0], chunks)
         apply_train = lambda v, xb, mask_B: (forward(v, xb), v)  # noqa: E731
 
-    update = make_update(apply_train, LOSSES[cfg.loss], tx, direction_fn)
+    update = make_update(apply_train, LOSSES[cfg.loss], tx, direction_fn, grad_penalty)
+    ast = bool(epoch_loss_scale) or bool(grad_penalty)
+    scales = jnp.asarray(tuple(epoch_loss_scale) or (1.0,), x_NHWC.dtype)
 
     def batch_step(carry, inp):
-        idx, mask, k_aug = inp
-        xb = x_NHWC[idx]
+        idx, mask, k_aug = inp[:3]
+        x_raw = xb = x_NHWC[idx]
         if augment_fn is not None:
             xb = augment_fn(k_aug, xb)
+        if ast:
+            return update(*carry, xb, y_target[idx], mask, loss_scale=inp[3], x_raw_NHWC=x_raw), None
         return update(*carry, xb, y_target[idx], mask), None
 
     def epoch_step(carry, epoch):
@@ -215,7 +253,11 @@ def train_epochs(state: TrainState, model: Model, cfg: TrainConfig, x_NHWC: jax.
         perm = jax.random.permutation(k_perm, n)
         idx = jnp.concatenate([perm, jnp.zeros((pad,), perm.dtype)]).reshape(spe, bs)
         mask = (jnp.arange(spe * bs) < n).astype(x_NHWC.dtype).reshape(spe, bs)
-        carry, _ = jax.lax.scan(batch_step, carry, (idx, mask, jax.random.split(k_aug, spe)))
+        xs = (idx, mask, jax.random.split(k_aug, spe))
+        if ast:   # the epoch's loss factor, one per step
+            scale = jnp.where(epoch < len(epoch_loss_scale), scales[jnp.minimum(epoch, len(scales) - 1)], 1.0)
+            xs = xs + (jnp.broadcast_to(scale, (spe,)),)
+        carry, _ = jax.lax.scan(batch_step, carry, xs)
         return carry, None
 
     epochs = state.epoch + jnp.arange(num_epochs)
