@@ -206,7 +206,7 @@ class _Linear:
     has_batch_stats = False
     name = "linear"
 
-    def apply_train(self, v, x):
+    def apply_train(self, v, x, mask_B=None):  # the Model signature (no BN: mask unused)
         return x.reshape(x.shape[0], -1) @ v["params"]["w"], v
 
     def apply(self, v, x):

@@ -521,11 +521,14 @@ def _student_program(key: jax.Array, student: Model, cfg: TrainConfig, rcfg: Rel
         if batch_sharding is not None:
             xb = jax.lax.with_sharding_constraint(xb, batch_sharding)
         yb = None if y_all is None else y_all[p.idx_B]  # the image's own class (pre-CutMix)
-        if stored is None:
-            lab = teacher_labels(teacher_fn, xb, rcfg)
-        else:  # the labels of the replayed epoch (the augmentations above are its own)
-            lab = jax.tree.map(lambda a: a[replay_epoch(epoch, rcfg), step], stored)
-        tb = target_logits(lab, student.num_classes, rcfg)
+        if static is not None:  # INFER: each image's one label, mixed like the images
+            tb = mix_static(static, p, hw, rcfg)
+        else:
+            if stored is None:
+                lab = teacher_labels(teacher_fn, xb, rcfg)
+            else:  # the labels of the replayed epoch (the augmentations above are its own)
+                lab = jax.tree.map(lambda a: a[replay_epoch(epoch, rcfg), step], stored)
+            tb = target_logits(lab, student.num_classes, rcfg)
         progress = (epoch / cfg.epochs if rcfg.lr_per_epoch else (epoch * spe + step) / total)
         lr = cfg.lr * _lr_scale(cfg.schedule, progress, rcfg.cosine_span)
         lr = jnp.asarray(lr, opt_state.hyperparams["learning_rate"].dtype)  # float64 runs too
