@@ -6,8 +6,13 @@ import datetime
 import json
 import os
 import platform
+import subprocess
+import sys
+import time
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RUNS = os.path.join(ROOT, "benchmarks", "runs")
 
 
 def environment() -> dict:
@@ -29,3 +34,15 @@ def write(name: str, result: dict, path: str | None = None) -> str:
         f.write(line + "\n")
     print(line, flush=True)
     return path
+
+
+def run_cli(*argv: str) -> tuple[dict, float]:
+    """Run one `jaxdd` CLI command with --json; (its JSON result, wall seconds). A failing
+    command stops the benchmark with its exit code."""
+    cmd = [sys.executable, "-m", "jaxdd.cli", *argv, "--json"]
+    print("$ " + " ".join(cmd[2:]), file=sys.stderr, flush=True)
+    t0 = time.time()
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"failed (exit {proc.returncode}): {' '.join(argv)}")
+    return json.loads(proc.stdout.strip().splitlines()[-1]), round(time.time() - t0, 1)

@@ -15,29 +15,14 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import os
-import subprocess
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import environment, write  # noqa: E402
+from _common import RUNS, environment, run_cli as jaxdd, write  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RUNS = os.path.join(ROOT, "benchmarks", "runs")
 CONFIG = os.path.join(ROOT, "configs/sre2l/infer_fashion_mnist_cpu.py")
-
-
-def jaxdd(*argv: str) -> tuple[dict, float]:
-    """Run one CLI command; (its JSON result, wall seconds)."""
-    cmd = [sys.executable, "-m", "jaxdd.cli", *argv, "--json"]
-    print("$ " + " ".join(cmd[2:]), file=sys.stderr, flush=True)
-    t0 = time.time()
-    proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
-    if proc.returncode != 0:
-        raise SystemExit(f"failed (exit {proc.returncode}): {' '.join(argv)}")
-    return json.loads(proc.stdout.strip().splitlines()[-1]), round(time.time() - t0, 1)
 
 
 def main() -> None:
