@@ -375,8 +375,9 @@ def format_cell(c: dict | None) -> str:
     if c.get("timed_under_load"):
         flags.append("timed under load")
     return (f"**{_acc(c)}**<br>{c['seeds']} seeds, {c['protocol']}<br>"
-            f"{budget_text(c.get('budget', {}))}<br>distill {_secs(c.get('distill_seconds'))} s, "
-            f"eval {_secs(c.get('eval_seconds'))} s" + "".join(f"<br>({f})" for f in flags))
+            f"{budget_text(c.get('budget', {}))}<br>distill {_secs(c.get('distill_seconds'))} s "
+            f"(wall {_secs(c.get('distill_wall_seconds'))} s), eval {_secs(c.get('eval_seconds'))} s"
+            + "".join(f"<br>({f})" for f in flags))
 
 
 def goals(cells) -> list[str]:
@@ -410,7 +411,9 @@ def markdown(cells, old_cells: dict | None = None, old_md=None,
         "`fmnist_*.json` cells beside this file (one per method, IPC and protocol). Each cell: "
         "test accuracy (%, mean ± std over seeds, final epoch), the seeds and evaluation "
         "protocol, the distillation budget of its preset (`configs/*/…fashion_mnist.py`), and "
-        "distillation / evaluation seconds on the shared 2-core CPU (\"timed under load\": "
+        "distillation / evaluation seconds on the shared 2-core CPU (wall: the whole `jaxdd "
+        "distill` or `recover` command, with data loading, compilation and, for the first "
+        "cell of a buffer or teacher, training the experts or the teacher; \"timed under load\": "
         "other jobs shared the cores, so the seconds are upper bounds). Protocol `mtt`: "
         "ConvNet-D3 width 128, SGD 1000 epochs, DSA, 5 seeds (the trajectory-matching papers' "
         "evaluation); `cpu`: ConvNet-D3 width 32, 300 epochs, 3 seeds (reduced, for this "
