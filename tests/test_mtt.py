@@ -285,6 +285,7 @@ def test_ftd_init_state_can_be_donated():
     cfg = MTTConfig(syn_steps=3, expert_epochs=1, max_start=2, batch_syn=4, lr_img=1.0,
                     lr_lr=1e-3, lr_init=0.1, lr_y=1.0, **LEARNED_FTD)
     apply_fn, x, _, yl, _, _, _, _, _ = setup_problem("mlp")
+    x, yl = jnp.array(x, copy=True), jnp.array(yl, copy=True)   # donated below: not shared
     s = make_mtt(cfg, apply_fn, augment_fn=flip_scale_augment).init(jax.random.PRNGKey(0), x, yl)
     np.testing.assert_array_equal(s.x_ema_NHWC, s.syn.x_syn_NHWC)
     assert s.x_ema_NHWC.unsafe_buffer_pointer() != s.syn.x_syn_NHWC.unsafe_buffer_pointer()
