@@ -51,11 +51,13 @@ METHODS = {
     "datm": ("configs/mtt/datm_fashion_mnist.py", "artefact", "evaluate"),
     "ftd": ("configs/mtt/ftd_fashion_mnist.py", "artefact_ema", "evaluate"),  # FTD's EMA set
     "rded": ("configs/sre2l/rded_fashion_mnist.py", "artefact", "relabel"),
+    # the reference row: a class-balanced random real subset (`jaxdd baseline random`, seed 0)
+    "random": (None, "artefact", "baseline"),
 }
-ORDER = ("dc", "dsa", "dm", "datadam", "mtt", "datm", "ftd", "rded")   # the table's rows
+ORDER = ("random", "dc", "dsa", "dm", "datadam", "mtt", "datm", "ftd", "rded")   # table rows
 # The queue's order within an IPC and protocol: estimated cost at IPC 1 (the presets'
 # docstrings), cheapest first; MTT, FTD and DATM first build their experts (~2 h each buffer).
-QUEUE_ORDER = ("dsa", "dm", "datadam", "dc", "rded", "mtt", "ftd", "datm")
+QUEUE_ORDER = ("random", "dsa", "dm", "datadam", "dc", "rded", "mtt", "ftd", "datm")
 
 # ../shared/reference-numbers.md, Fashion-MNIST, ConvNet-D3 (published; each paper's protocol).
 PUBLISHED = {
@@ -161,6 +163,8 @@ def method_sets(sets: list[str], method: str) -> list[str]:
 
 def budget_of(cfg: dict, method: str) -> dict:
     """The distillation budget of a resolved config (what the table prints)."""
+    if "selection" in cfg:
+        return {"selection": cfg["selection"], "seed": cfg["seed"]}
     b = {"model": cfg.get("model"), "iterations": cfg.get("iterations")}
     if method in ("dc", "dsa"):
         s = cfg.get(method, {})
@@ -181,6 +185,8 @@ def budget_of(cfg: dict, method: str) -> dict:
 
 
 def budget_text(b: dict) -> str:
+    if "selection" in b:
+        return f"{b['selection']} real subset, seed {b['seed']}"
     if "teacher_epochs" in b:
         return (f"teacher {b['model']} {b['teacher_epochs']} ep, {b.get('mipc')}x"
                 f"{b.get('num_crop')} crops, KD {b.get('student_epochs')} ep")
@@ -200,13 +206,25 @@ def distill(method: str, ipc: int, results_dir: str, sets: list[str], log: str) 
     rec = load_json(rec_path)
     if rec is not None:
         return rec
-    from jaxdd.configs import load_config
-    cfg = load_config(os.path.join(ROOT, preset), ipc, sets)
-    cmd = [sys.executable, "-m", "jaxdd.cli", "recover" if how == "relabel" else "distill",
-           "--config", os.path.join(ROOT, preset), "--ipc", str(ipc), "--out", run_dir,
-           "--json", "--quiet"] + [a for s in sets for a in ("--set", s)]
-    if how != "relabel":
-        cmd.append("--no-eval")
+    if how == "baseline":   # no preset: the random subset the distilled rows start from
+        import ast
+        given = dict(x.split("=", 1) for x in sets)
+        if set(given) - {"dataset"}:
+            raise SystemExit(f"fmnist_table: error: {method} has no preset; only --set dataset=... "
+                             f"applies to it (use METHOD:KEY=VALUE for the others)")
+        dataset = ast.literal_eval(given["dataset"]) if "dataset" in given else "fashion_mnist"
+        cfg = {"selection": method, "seed": 0, "dataset": dataset}
+        cmd = [sys.executable, "-m", "jaxdd.cli", "baseline", method, "--dataset", dataset,
+               "--ipc", str(ipc), "--seed", "0", "--out", os.path.join(run_dir, "artefact"),
+               "--json", "--quiet"]
+    else:
+        from jaxdd.configs import load_config
+        cfg = load_config(os.path.join(ROOT, preset), ipc, sets)
+        cmd = [sys.executable, "-m", "jaxdd.cli", "recover" if how == "relabel" else "distill",
+               "--config", os.path.join(ROOT, preset), "--ipc", str(ipc), "--out", run_dir,
+               "--json", "--quiet"] + [a for s in sets for a in ("--set", s)]
+        if how != "relabel":
+            cmd.append("--no-eval")
     # Earlier attempts (a queue stopped mid-run): `jaxdd distill` resumes from the run's
     # checkpoints; their wall time is kept in DIR/runs/<run>.attempts.json and added.
     att_path = run_dir + ".attempts.json"
@@ -216,6 +234,9 @@ def distill(method: str, ipc: int, results_dir: str, sets: list[str], log: str) 
     os.makedirs(os.path.dirname(att_path), exist_ok=True)
     _write_json(att_path, {"attempts": attempts})
     res = _last_json(out) if rc == 0 else {}
+    if how == "baseline" and rc == 0:   # the selection's own seconds, kept in the artefact
+        meta = load_json(os.path.join(run_dir, "artefact", "meta.json")) or {}
+        res = {"distill_seconds": meta.get("distill_seconds")}
     if rc != 0 or res.get("stopped_early"):
         print(f"[fmnist] {method} IPC {ipc}: distill failed (exit {rc}); see {log}", file=sys.stderr)
         return None

@@ -104,3 +104,11 @@ def test_queue_lock_refuses_a_second_queue(tmp_path):
     with ft.QueueLock(str(tmp_path)):
         assert (tmp_path / ".queue.pid").read_text() == str(os.getpid())
     assert not (tmp_path / ".queue.pid").exists()
+
+
+def test_random_row_has_no_preset_and_refuses_preset_overrides(tmp_path):
+    with pytest.raises(SystemExit, match="no preset"):
+        ft.distill("random", 1, str(tmp_path), ["iterations=2"], str(tmp_path / "log"))
+    assert not (tmp_path / "runs" / "random-ipc1").exists()                 # nothing touched
+    assert ft.budget_text({"selection": "random", "seed": 0}) == "random real subset, seed 0"
+    assert ft.queue(ft.QUEUE_ORDER, [1], ["cpu"])[0] == ("random", 1, "cpu")  # the cheapest
