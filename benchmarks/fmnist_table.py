@@ -229,8 +229,10 @@ def distill(method: str, ipc: int, results_dir: str, sets: list[str], log: str) 
     # checkpoints; their wall time is kept in DIR/runs/<run>.attempts.json and added.
     att_path = run_dir + ".attempts.json"
     attempts = (load_json(att_path) or {}).get("attempts", [])
+    # checkpoints of an attempt this file did not record (its queue was killed mid-run)
+    resumed = bool(glob.glob(os.path.join(run_dir, "**", "checkpoints", "*"), recursive=True))
     rc, out, wall, load = _run(cmd, log, results_dir)
-    attempts.append({"rc": rc, "wall_seconds": wall, "load": load})
+    attempts.append({"rc": rc, "wall_seconds": wall, "load": load, "resumed": resumed})
     os.makedirs(os.path.dirname(att_path), exist_ok=True)
     _write_json(att_path, {"attempts": attempts})
     res = _last_json(out) if rc == 0 else {}
@@ -244,6 +246,8 @@ def distill(method: str, ipc: int, results_dir: str, sets: list[str], log: str) 
            "budget": budget_of(cfg, method), "distill_seconds": res.get("distill_seconds"),
            "distill_wall_seconds": round(sum(a["wall_seconds"] for a in attempts), 1),
            "distill_attempts": len(attempts), "compile_seconds": res.get("compile_seconds"),
+           # True: some earlier attempt's seconds may be missing from the sums
+           "distill_resumed_unrecorded": bool(resumed and len(attempts) == 1),
            "distill_load": {**load, "under_load": any(a["load"]["under_load"] for a in attempts),
                             "load_max": max(a["load"]["load_max"] for a in attempts)},
            "run_dir": run_dir,
@@ -286,6 +290,7 @@ def evaluate(method: str, ipc: int, protocol: str, rec: dict, results_dir: str, 
                             else rec["distill_wall_seconds"]),   # resumed: all attempts' wall
         "distill_wall_seconds": rec["distill_wall_seconds"],
         "distill_attempts": rec.get("distill_attempts", 1),
+        "distill_resumed_unrecorded": rec.get("distill_resumed_unrecorded", False),
         "distill_load": rec["distill_load"],
         "timed_under_load": bool(rec["distill_load"]["under_load"] or load["under_load"]),
         "reduced": bool(rec["overrides"]) or p.reduced,
@@ -395,6 +400,10 @@ def format_cell(c: dict | None) -> str:
         flags.append("reduced: " + " ".join(c["overrides"]))
     if c.get("timed_under_load"):
         flags.append("timed under load")
+    if c.get("distill_attempts", 1) > 1:
+        flags.append(f"distilled in {c['distill_attempts']} attempts: wall seconds summed")
+    if c.get("distill_resumed_unrecorded"):
+        flags.append("resumed from an unrecorded attempt: distill seconds incomplete")
     return (f"**{_acc(c)}**<br>{c['seeds']} seeds, {c['protocol']}<br>"
             f"{budget_text(c.get('budget', {}))}<br>distill {_secs(c.get('distill_seconds'))} s "
             f"(wall {_secs(c.get('distill_wall_seconds'))} s), eval {_secs(c.get('eval_seconds'))} s"

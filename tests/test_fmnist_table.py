@@ -40,7 +40,7 @@ def test_method_sets_apply_to_all_or_to_one_method():
 
 def test_collect_skips_incomplete_files_and_table_shows_every_field(tmp_path):
     _write(tmp_path, _cell("dm", 1, "mtt", 0.712, timed_under_load=True))
-    _write(tmp_path, _cell("dm", 10, "cpu", 0.801, overrides=["iterations=5"]))
+    _write(tmp_path, _cell("dm", 10, "cpu", 0.801, overrides=["iterations=5"], distill_attempts=3))
     _write(tmp_path, _cell("dsa", 1, "mtt", 0.731))
     (tmp_path / "fmnist_dc_ipc1_mtt.json").write_text('{"method": "dc"}')    # incomplete
     (tmp_path / "fmnist_dc_ipc10_mtt.json").write_text("{not json")
@@ -55,6 +55,8 @@ def test_collect_skips_incomplete_files_and_table_shows_every_field(tmp_path):
     assert "20000 it, convnet, real 256/class" in dm_mtt and "distill 1234 s (wall 1300 s), eval 56 s" in dm_mtt
     assert "timed under load" in dm_mtt and dm_mtt.count("| –") == 3   # IPC 10, 50, published
     assert "reduced: iterations=5" in rows[("| dm", "cpu")]
+    assert "distilled in 3 attempts: wall seconds summed" in rows[("| dm", "cpu")]
+    assert "attempts" not in dm_mtt
     assert "70.6 / 84.6 / 88.7" in rows[("| dsa", "mtt")]              # published, same row
     assert "≥ 80.0" in md and "≥ 88.0" in md and "≥ 90.5" in md
     assert "IPC 1: goal ≥ 80.0: best `mtt` row dsa 73.1 (missed by 6.9)" in md
@@ -112,3 +114,17 @@ def test_random_row_has_no_preset_and_refuses_preset_overrides(tmp_path):
     assert not (tmp_path / "runs" / "random-ipc1").exists()                 # nothing touched
     assert ft.budget_text({"selection": "random", "seed": 0}) == "random real subset, seed 0"
     assert ft.queue(ft.QUEUE_ORDER, [1], ["cpu"])[0] == ("random", 1, "cpu")  # the cheapest
+
+
+def test_distill_records_attempts_and_an_unrecorded_resume(tmp_path, monkeypatch):
+    load = {"load_max": 1.0, "load_mean": 1.0, "cores": 2, "under_load": False}
+    monkeypatch.setattr(ft, "_run", lambda *a: (0, '{"distill_seconds": 5.0}\n', 7.0, load))
+    (tmp_path / "runs" / "dm-ipc1" / "run" / "checkpoints" / "50").mkdir(parents=True)
+    rec = ft.distill("dm", 1, str(tmp_path), ["iterations=60"], str(tmp_path / "log"))
+    assert rec["distill_resumed_unrecorded"] and rec["distill_attempts"] == 1
+    assert rec["budget"]["iterations"] == 60 and rec["overrides"] == ["iterations=60"]
+    assert json.loads((tmp_path / "runs" / "dm-ipc1.attempts.json").read_text())["attempts"][0]["resumed"]
+    (tmp_path / "runs" / "dm-ipc1" / "fmnist_distill.json").unlink()   # a second attempt
+    rec = ft.distill("dm", 1, str(tmp_path), ["iterations=60"], str(tmp_path / "log"))
+    assert rec["distill_attempts"] == 2 and rec["distill_wall_seconds"] == 14.0
+    assert not rec["distill_resumed_unrecorded"]
