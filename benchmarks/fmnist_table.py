@@ -416,7 +416,7 @@ def goals(cells) -> list[str]:
     out = []
     for j, ipc in enumerate(IPCS):
         best = max((c for (m, i, p), c in cells.items()
-                    if i == ipc and p == "mtt" and not c.get("overrides")),
+                    if i == ipc and p == "mtt" and not c.get("overrides") and m != "random"),
                    key=lambda c: c["accuracy_mean"], default=None)
         if best is None:
             out.append(f"IPC {ipc}: goal ≥ {GOAL[j]:.1f}: no `mtt` cell yet")

@@ -42,10 +42,11 @@ def test_collect_skips_incomplete_files_and_table_shows_every_field(tmp_path):
     _write(tmp_path, _cell("dm", 1, "mtt", 0.712, timed_under_load=True))
     _write(tmp_path, _cell("dm", 10, "cpu", 0.801, overrides=["iterations=5"], distill_attempts=3))
     _write(tmp_path, _cell("dsa", 1, "mtt", 0.731))
+    _write(tmp_path, _cell("random", 1, "mtt", 0.9))                   # the reference: no goal row
     (tmp_path / "fmnist_dc_ipc1_mtt.json").write_text('{"method": "dc"}')    # incomplete
     (tmp_path / "fmnist_dc_ipc10_mtt.json").write_text("{not json")
     cells = ft.collect_cells(str(tmp_path))
-    assert set(cells) == {("dm", 1, "mtt"), ("dm", 10, "cpu"), ("dsa", 1, "mtt")}
+    assert set(cells) == {("dm", 1, "mtt"), ("dm", 10, "cpu"), ("dsa", 1, "mtt"), ("random", 1, "mtt")}
     md = ft.markdown(cells, {("dm", 1): {"accuracy_mean": 0.712, "accuracy_std": 0.003,
                                          "distill_seconds": 271, "eval_seconds": 29}},
                      old_published={"dm": ("70.0 ± 0.1", "", "")})
