@@ -279,6 +279,20 @@ def test_step_deterministic_and_updates_everything_learned_ftd():
     assert all(np.isfinite(float(m1[k])) for k in ("loss", "grad_norm_img", "grad_norm_y", "grad_norm_log_lr"))
 
 
+def test_ftd_init_state_can_be_donated():
+    """The EMA images start equal to the images but in their own buffer: the driver's
+    donated step would otherwise fail with 'donate the same buffer twice'."""
+    cfg = MTTConfig(syn_steps=3, expert_epochs=1, max_start=2, batch_syn=4, lr_img=1.0,
+                    lr_lr=1e-3, lr_init=0.1, lr_y=1.0, **LEARNED_FTD)
+    apply_fn, x, _, yl, _, _, _, _, _ = setup_problem("mlp")
+    x, yl = jnp.array(x, copy=True), jnp.array(yl, copy=True)   # donated below: not shared
+    s = make_mtt(cfg, apply_fn, augment_fn=flip_scale_augment).init(jax.random.PRNGKey(0), x, yl)
+    np.testing.assert_array_equal(s.x_ema_NHWC, s.syn.x_syn_NHWC)
+    assert s.x_ema_NHWC.unsafe_buffer_pointer() != s.syn.x_syn_NHWC.unsafe_buffer_pointer()
+    donated = jax.jit(lambda st: jax.tree.map(lambda a: a + 0, st), donate_argnums=0)
+    jax.block_until_ready(donated(s))
+
+
 def test_nan_guard_leaves_state_unchanged_and_flags():
     step, s0, seg = _distiller(guard=True, **LEARNED_FTD)  # as the driver runs it
     bad = ExpertSegment(seg.theta_0, jax.tree.map(lambda p: p.at[..., 0].set(jnp.nan), seg.theta_target))

@@ -27,6 +27,23 @@ def test_vmapped_seeds_equal_sequential_runs():
             np.testing.assert_allclose(a, b[i], rtol=2e-5, atol=2e-6)
 
 
+def test_seed_accuracies_in_small_chunks_equal_each_seed_alone(monkeypatch):
+    """`accuracies` splits ~EVAL_IMAGES_PER_CHUNK images over the vmapped seeds (memory of the
+    5-seed width-128 evaluation); the counts equal each network's own full pass."""
+    from jaxdd.evaluate import core
+    m = get_model("convnet_d2_w4", 3, (8, 8, 1))
+    x, _ = _toy(n=50)
+    keys = jax.random.split(jax.random.key(2), 3)
+    stacked = jax.vmap(m.init)(keys)
+    y = jnp.stack([m.apply(jax.tree.map(lambda a: a[1], stacked), x).argmax(-1)])[0]  # seed 1: 100 %
+    monkeypatch.setattr(core, "EVAL_IMAGES_PER_CHUNK", 21)     # 7 images per chunk, 8 chunks
+    got = core.accuracies(m, stacked, x, y)
+    want = [float(accuracy(m, jax.tree.map(lambda a: a[i], stacked), x, y, batch_size=50))
+            for i in range(3)]
+    np.testing.assert_array_equal(got, want)
+    assert got[1] == 1.0 and got.shape == (3,)
+
+
 def test_chunked_training_equals_one_shot_and_learns():
     m = get_model("mlp_w16", 3, (8, 8, 1))
     cfg = TrainConfig(epochs=30, batch_size=7, lr=0.1, dsa="")

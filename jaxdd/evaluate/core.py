@@ -103,8 +103,19 @@ def train_seeds(keys: jax.Array, model: Model, cfg: TrainConfig, x_NHWC, y_targe
     return state.variables
 
 
+# Images through the network at once, over all vmapped seeds together (was 1000 per seed):
+# a 5-seed `mtt` evaluation (ConvNet-D3-W128) was killed for memory at 13.7 GB on the 23 GB
+# CI machine; one layer's output for 5 x 1000 padded 32x32 images at width 128 is 2.6 GB.
+# The counts do not depend on the chunking.
+EVAL_IMAGES_PER_CHUNK = 1000
+
+
 def accuracies(model: Model, variables_S, x, y) -> np.ndarray:
-    f = jax.jit(jax.vmap(lambda v, x, y: accuracy(model, v, x, y), in_axes=(0, None, None)))
+    """Test accuracy of each of the S stacked networks, in chunks of ~1000 / S images each."""
+    seeds = jax.tree.leaves(variables_S)[0].shape[0]
+    bs = max(1, EVAL_IMAGES_PER_CHUNK // seeds)
+    f = jax.jit(jax.vmap(lambda v, x, y: accuracy(model, v, x, y, batch_size=bs),
+                         in_axes=(0, None, None)))
     return np.asarray(f(variables_S, jnp.asarray(x), jnp.asarray(y)), np.float64)
 
 

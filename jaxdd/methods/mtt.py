@@ -497,7 +497,9 @@ def make_mtt(
             opt_img=opt_img.init(x),
             opt_lr=opt_lr_state,
             opt_y=opt_y.init(y_init) if learned else None,
-            x_ema_NHWC=x if cfg.ema_decay is not None else None,
+            # a buffer of its own: the driver donates the state, and XLA refuses one buffer
+            # donated twice (x_syn and x_ema)
+            x_ema_NHWC=jnp.array(x, copy=True) if cfg.ema_decay is not None else None,
             iteration=jnp.zeros((), jnp.int32),
         )
 
