@@ -309,3 +309,27 @@ def test_ast_preset_end_to_end(tiny_npz, tmp_path, capsys):
     assert np.isfinite(log[-1]["loss"]) and 0.0 <= res["accuracy_mean"] <= 1.0
     man = json.load(open(tmp_path / "buf" / "buffer.json"))
     assert man["config"]["grad_penalty"] == 2.0 and man["config"]["schedule"] == "ast"
+
+
+def test_ast_expert_setup_compares_equal_after_a_json_round_trip():
+    """A partly built AST buffer must resume: the requested manifest's loss_scales (a
+    tuple) equals the stored one (read back from JSON as a list)."""
+    import json
+
+    from jaxdd.data import fit_preprocess
+    from jaxdd.population.experts import ExpertConfig
+    from jaxdd.population.train import new_manifest, setup_diff
+
+    x = np.zeros((4, 8, 8, 1), np.uint8)
+    y = np.arange(4) % 2
+    cfg = ExpertConfig(loss_scales=(0.5, 0.55), grad_penalty=2.0)
+    m = new_manifest("f", 1, "experts", model="m", num_classes=2, input_shape=(8, 8, 1),
+                     dataset="d", x_train=x, y_train=y, pre=fit_preprocess("none", x),
+                     config=cfg, seed=0, layout="")
+    stored = json.loads(json.dumps(m))
+    assert setup_diff(stored, m, "num_experts") == {}
+    other = new_manifest("f", 1, "experts", model="m", num_classes=2, input_shape=(8, 8, 1),
+                         dataset="d", x_train=x, y_train=y, pre=fit_preprocess("none", x),
+                         config=ExpertConfig(loss_scales=(0.5, 0.6), grad_penalty=2.0),
+                         seed=0, layout="")
+    assert set(setup_diff(stored, other, "num_experts")) == {"config.loss_scales"}

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import os
 import time
 from typing import Any, Callable, Mapping, Sequence
@@ -70,7 +71,9 @@ def new_manifest(fmt: str, version: int, members: str, *, model: str, num_classe
         "dataset": dataset, "dataset_fingerprint": dataset_fingerprint(x_train, y_train),
         "num_train": int(len(y_train)), **(counts or {}),
         "preprocess": pre.kind, "preprocess_sha256": preprocess_sha(pre),
-        "config": dataclasses.asdict(config), "seed": seed,
+        # as it reads back from buffer.json (tuples become lists), so that a resumed
+        # request compares equal to what was stored
+        "config": json.loads(json.dumps(dataclasses.asdict(config))), "seed": seed,
         "layout": layout,
         "status": "incomplete", members: [],
     }
