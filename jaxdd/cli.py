@@ -18,7 +18,16 @@ def _setup_jax() -> None:
 
     from jaxdd.run.mesh import maybe_initialize_distributed
     maybe_initialize_distributed()
-    cache = os.environ.get("JAXDD_CACHE_DIR", os.path.expanduser("~/.cache/jaxdd/xla"))
+    # A persistent XLA compilation cache: on by default on GPU/TPU; on CPU only when
+    # $JAXDD_CACHE_DIR names one (reading XLA:CPU executables back can abort the process in
+    # the installed jaxlib). JAXDD_CACHE_DIR=off turns it off everywhere.
+    cache = os.environ.get("JAXDD_CACHE_DIR", "")
+    if cache.lower() in ("off", "0", "none"):
+        return
+    if not cache:
+        if jax.default_backend() == "cpu":
+            return
+        cache = os.path.expanduser("~/.cache/jaxdd/xla")
     jax.config.update("jax_compilation_cache_dir", cache)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
 

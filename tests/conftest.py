@@ -1,5 +1,8 @@
-"""Shared test set-up: strict rank promotion, a persistent compile cache, tiny data."""
+"""Shared test set-up: strict rank promotion, tiny data (and a persistent compile cache only
+when $JAXDD_CACHE_DIR names one: reading XLA:CPU executables back from that cache can abort
+the process in the installed jaxlib, so the default suite never uses it)."""
 
+import gc
 import os
 
 import jax
@@ -7,9 +10,19 @@ import numpy as np
 import pytest
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
-jax.config.update("jax_compilation_cache_dir",
-                  os.environ.get("JAXDD_CACHE_DIR", os.path.expanduser("~/.cache/jaxdd/xla-tests")))
-jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+if os.environ.get("JAXDD_CACHE_DIR"):
+    jax.config.update("jax_compilation_cache_dir", os.environ["JAXDD_CACHE_DIR"])
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_programs():
+    """Drop every compiled program after each test module. Each XLA:CPU executable holds ~6
+    memory mappings and the suite compiles thousands: kept for the whole session they pass
+    Linux's vm.max_map_count (65530) and the next compile segfaults."""
+    yield
+    jax.clear_caches()
+    gc.collect()
 
 
 def write_tiny_npz(path) -> str:

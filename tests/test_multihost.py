@@ -28,11 +28,10 @@ def _free_port() -> int:
 
 def _start(n: int, i: int, port: int, run_dir, out_dir, devices: int) -> subprocess.Popen:
     env = dict(os.environ, JAX_PLATFORMS="cpu",
-               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-               # the second driver.run call (the resume) re-jits: reuse compiled programs
-               JAX_COMPILATION_CACHE_DIR=os.environ.get(
-                   "JAXDD_CACHE_DIR", os.path.expanduser("~/.cache/jaxdd/xla-tests")),
-               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.5")
+               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+    if os.environ.get("JAXDD_CACHE_DIR"):  # opt-in, as in conftest.py
+        env.update(JAX_COMPILATION_CACHE_DIR=os.environ["JAXDD_CACHE_DIR"],
+                   JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.5")
     for k in ("JAXDD_COORDINATOR", "JAXDD_DISTRIBUTED", "JAXDD_NUM_PROCESSES", "JAXDD_PROCESS_ID"):
         env.pop(k, None)
     return subprocess.Popen([sys.executable, WORKER, str(n), str(i), str(port), str(run_dir),
