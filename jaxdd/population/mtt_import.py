@@ -111,8 +111,9 @@ def torch_order(model_name: str, num_classes: int, input_shape: tuple[int, int, 
 
 
 def to_flax(tensors: Sequence[np.ndarray], order: Sequence[TorchParam], abstract: PyTree,
-            what: str) -> PyTree:
-    """One timestamp (torch tensors in MTT's order, or one flat vector) -> flax params."""
+            what: str, dtype: np.dtype = np.float32) -> PyTree:
+    """One timestamp (torch tensors in MTT's order, or one flat vector) -> flax params
+    (`dtype`: float32, as buffers are stored; float64 for the reference fixtures)."""
     sizes = [int(np.prod(p.torch_shape)) for p in order]
     if len(tensors) == 1 and np.asarray(tensors[0]).ndim == 1 and len(order) > 1:
         flat = np.asarray(tensors[0])
@@ -126,7 +127,7 @@ def to_flax(tensors: Sequence[np.ndarray], order: Sequence[TorchParam], abstract
                          f"--model (depth, norm)")
     out: dict = {}
     for t, p in zip(tensors, order):
-        a = np.asarray(t, np.float32)
+        a = np.asarray(t, dtype)
         if a.ndim == 1 and p.kind != "vector" and a.size == int(np.prod(p.torch_shape)):
             a = a.reshape(p.torch_shape)  # a piece of a flat timestamp
         if p.kind == "linear" and a.shape == _torch_shape(p):
