@@ -21,6 +21,10 @@ keys), so that all three modes see exactly the same inner loop:
 
   (4) is the derivative of the closed form ||theta_0 - alpha G - theta_T||^2 / D with G held
   fixed. Exact for N = 1; an approximation for N > 1 (measured in tests/test_mtt.py).
+  TESLA's own code (justincui03/tesla distill.py) moves the images by HALF of (3): its
+  `2 * torch.autograd.grad(...)` repeats a tuple instead of doubling the VJP. This module
+  returns (3) itself; a preset that copies TESLA's lr_img halves it
+  (configs/mtt/tesla_imagenet64.py; tests/test_reference_tm.py checks both).
 
 Every function here is pure and jittable; nothing depends on a model library.
 """
