@@ -175,3 +175,50 @@ def test_tesla_teacher_labels():
         loss, grads, log_probs = fn(syn, p.segment, jax.random.key(0))
         close(jnp.exp(log_probs), f["soft_labels"], "assigned soft labels")
         check_tesla(p, f, "soft", loss, grads)
+
+
+# ----------------------------------------------------------------------------------------------
+# DATM (NUS-HPC-AI-Lab/DATM distill/DATM.py): learned label logits (label_mode="learned")
+# ----------------------------------------------------------------------------------------------
+
+
+def test_datm_label_initialisation():
+    """datm_init_labels: mean logits of the experts (last timestamps) that get an image right."""
+    f = load("datm")
+    with jax.enable_x64(True):
+        p = Problem(f)
+        finals = [p.theta(t[-1]) for t in f["trajs"]]
+        stacked = jax.tree.map(lambda *a: jnp.stack(a), *finals)
+        logits, num_correct = jax.jit(functools.partial(mtt.datm_init_labels, p.apply_fn))(
+            stacked, p.x, jnp.asarray(f["y_syn"], jnp.int32))
+        np.testing.assert_array_equal(np.asarray(num_correct), f["num_correct"])
+        close(logits, f["init_labels"], "initial label logits")
+
+
+def check_datm(p: Problem, f: dict, case: str, loss, grads) -> None:
+    check_grads(p, f, case, loss, grads)
+    close(grads.labels, f[f"{case}_grad_y"], f"{case} d loss / d label logits")
+
+
+def test_datm_full_batch_loss_grads_and_gated_step():
+    f = load("datm")
+    with jax.enable_x64(True):
+        p = Problem(f)
+        cfg = p.cfg(f, grad_mode="remat", label_mode="learned", max_loss=float(f["threshold"]),
+                    lr_img=float(f["lr_img"]), lr_lr=float(f["lr_lr"]), lr_y=float(f["lr_y"]),
+                    momentum_img=float(f["momentum"]), momentum_lr=float(f["momentum"]),
+                    momentum_y=float(f["momentum_y"]))
+        loss, grads, (state, metrics) = p.full(cfg, jnp.asarray(f["init_labels"]))
+        check_datm(p, f, "full", loss, grads)
+        assert not bool(metrics["skipped"])
+        close(state.syn.x_syn_NHWC, nhwc(f["full_x_next"]), "images after the step")
+        close(jnp.exp(state.syn.log_lr), f["full_lr_next"], "syn_lr after the step")
+        close(state.syn.y_syn, f["full_y_next"], "label logits after the step")
+
+
+def test_datm_minibatch_schedule():
+    f = load("datm")
+    with jax.enable_x64(True):
+        p = Problem(f)
+        loss, grads = p.minibatch("remat", jnp.asarray(f["init_labels"]), f["mb_idx"], label_kind="logits")
+        check_datm(p, f, "mb", loss, grads)
