@@ -5,12 +5,12 @@ Runtime:  not measured by jaxdd. Data: TFDS `imagenet_resized/64x64` (label orde
           from imagenet2012). Expected: published TESLA 7.7 / 17.8 / 27.9 % (IPC 1/10/50);
           not yet reproduced. `grad_mode="tesla"` is the paper's procedure; "remat" gives
           the exact gradient at the same memory.
-lr_img:   5000 = TESLA's 10000 / 2. TESLA's distill.py computes its image gradient as
-          `2 * torch.autograd.grad(...)`, which repeats a tuple, so its images move by HALF the
-          derivative of its loss (its lr gradient is exact); jaxdd's `grad_mode="tesla"`
-          returns the derivative itself, and SGD with momentum is linear in the gradient's
-          scale, so lr_img / 2 takes TESLA's steps (tests/test_reference_tm.py, fixture
-          benchmarks/reference/tesla.py).
+lr_img:   5000 = TESLA's 10000 (its README.md, ImageNet-1K command) / 2. TESLA's
+          distill.py computes its image gradient as `2 * torch.autograd.grad(...)`, which
+          repeats a tuple, so its images move by HALF the derivative of its loss (its lr
+          gradient is exact); jaxdd's `grad_mode="tesla"` returns the derivative itself, and
+          SGD with momentum is linear in the gradient's scale, so lr_img / 2 takes TESLA's
+          steps (tests/test_reference_tm.py, fixture benchmarks/reference/tesla.py).
 """
 
 from jaxdd.configs import family_base
