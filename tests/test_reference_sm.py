@@ -100,7 +100,7 @@ def test_sre2l_loss_and_gradient_match_reference():
             return sre2l_loss(jnp.roll(x_NHWC, off, axis=(1, 2)), y, net, v, r_bn=float(r_bn),
                               first_bn_multiplier=float(first))
 
-        (l, aux), g = jax.value_and_grad(loss, has_aux=True)(x)
+        (l, aux), g = jax.jit(jax.value_and_grad(loss, has_aux=True))(x)
         assert l.dtype == jnp.float64
     _close(aux["ce"], f["ce"], what="CE")
     _close(aux["bn"], f["bn"], what="BN term")
@@ -118,9 +118,9 @@ def test_sre2l_recover_steps_match_reference():
         bounds = (-f["mean"] / f["std"], (1 - f["mean"]) / f["std"])
         d = make_recover(cfg, net, v, bounds)
         state = d.init(jax.random.key(0), _nhwc(f["x_NCHW"]), jnp.asarray(f["y"], jnp.int32))
-        outs = []
+        outs, step = [], jax.jit(d.step)
         for _ in range(2):
-            state, _ = d.step(state, None, jax.random.key(1))
+            state, _ = step(state, None, jax.random.key(1))
             outs.append(state.syn.x_syn_NHWC)
         assert outs[-1].dtype == jnp.float64
     # Adam's first steps are ~lr * sign(g): absolute tolerance for pixels whose gradient

@@ -61,12 +61,9 @@ def sample_crop_box(key: PRNGKey, h: int, w: int, min_scale: jax.Array | float,
 
 
 def crop_resize(x_HWC: jax.Array, box_4: jax.Array) -> jax.Array:
-    """Bilinear resize of the box back to (H, W): output = (input - y0) * H / ch."""
-    h, w = x_HWC.shape[0], x_HWC.shape[1]
-    scale = jnp.stack([h / box_4[2], w / box_4[3]])
-    trans = -box_4[:2] * scale
-    return jax.image.scale_and_translate(x_HWC, x_HWC.shape, (0, 1), scale, trans, "linear",
-                                         antialias=True)
+    """The box cropped and resized back to (H, W), antialiased bilinear (`resized_crop`:
+    torchvision RandomResizedCrop's resampling; only the box's pixels contribute)."""
+    return resized_crop(x_HWC, box_4, x_HWC.shape[:2]).astype(x_HWC.dtype)
 
 
 def window_weights(in_size: int, start: jax.Array, length: jax.Array, out_size: int,
