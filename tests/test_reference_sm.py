@@ -68,7 +68,7 @@ def _teacher(f: dict, hw: int):
     params["TorchDense_0"] = {"Dense_0": {"kernel": w.reshape(s * s * width, k_out),
                                           "bias": f["w/classifier.bias"]}}
     net = ConvNet(num_classes=k_out, width=width, depth=depth, norm="batch")
-    ref = net.init(jax.random.key(0), jnp.zeros((1, hw, hw, 3)))
+    ref = jax.eval_shape(net.init, jax.random.key(0), jnp.zeros((1, hw, hw, 3)))
     v = jax.tree.map(jnp.asarray, {"params": params, "batch_stats": stats})
     assert jax.tree.structure(ref) == jax.tree.structure(v)
     assert jax.tree.map(jnp.shape, ref) == jax.tree.map(jnp.shape, v)
@@ -146,7 +146,8 @@ def test_gvbsm_conv_targets_match_reference_pre_hook():
     f = _load("gvbsm")
     with enable_x64():
         net, v = _teacher(f, 10)
-        st = capture(net, v, _nhwc(f["x_real_NCHW"]), None, (4, False)).conv
+        conv_stats = jax.jit(lambda x: capture(net, v, x, None, (4, False)).conv)
+        st = conv_stats(_nhwc(f["x_real_NCHW"]))
     assert [s.patch_mean_P.shape for s in st] == [(9,), (4,), (1,)]
     for i, s in enumerate(st):
         for k, a in zip(_CONV_FIELDS, s):
@@ -168,7 +169,7 @@ def test_gvbsm_loss_gradient_and_averages_match_reference():
         # the start of the averages: what make_recover(stat_ema_init="zero").init builds
         cfg = RecoverConfig(iterations=2, stat_ema=alpha, stat_ema_init="zero", conv_stats=True,
                             patch_size=4, jitter=(0, 0), init="real")
-        st0 = make_recover(cfg, net, v, None, targets).init(
+        st0 = jax.jit(make_recover(cfg, net, v, None, targets).init)(
             jax.random.key(0), _nhwc(f["it1_x_NCHW"]), y)
         ema, cema = st0.ema, st0.conv_ema
         assert all(not np.any(np.asarray(a)) for a in jax.tree.leaves((ema, cema)))
@@ -201,7 +202,8 @@ def test_gvbsm_loss_gradient_and_averages_match_reference():
             # the reference takes the eigenvalues in float32 (`.real.float()`)
             _close(div, f[f"it{it}_div"], rtol=1e-5, what=f"it {it} diversity")
             _close(l, f[f"it{it}_loss"], what=f"it {it} loss")
-            g_ref, g_div_ref = (f[f"it{it}_grad{k}_NCHW"].transpose(0, 2, 3, 1) for k in ("", "_div"))
+            g_ref, g_div_ref = (f[f"it{it}_grad{k}_NCHW"].transpose(0, 2, 3, 1)
+                                for k in ("", "_div"))
             _close(g - g_div, g_ref - g_div_ref, atol=1e-12, what=f"it {it} d (CE + stats) / d x")
             scale = np.abs(g_div_ref).max()
             assert scale > 1e-4  # the diversity term is not saturated in this fixture
@@ -234,12 +236,16 @@ def test_rded_crop_scores_selection_and_tiles_match_reference():
         # normalised pool (the resampling weights sum to 1)
         pool = _nhwc((f["pool_NCHW"] - f["mean"][:, None, None]) / f["std"][:, None, None])
         boxes = jnp.asarray(f["boxes"], jnp.float64)
-        teacher_fn = jax.jit(lambda x: net.apply(v, x, train=False))
-        src = jnp.repeat(jnp.arange(mipc, dtype=jnp.int32), num_crop)
-        ce_PxM = crop_ce(teacher_fn, pool, src, boxes.reshape(-1, 4), label, cfg).reshape(
-            mipc, num_crop)
-        sel = select_from_boxes(teacher_fn, pool, label, ipc * factor ** 2, cfg, boxes)
-        out = tile(pool, sel, ipc, factor)
+        teacher_fn = lambda x: net.apply(v, x, train=False)  # noqa: E731
+
+        @jax.jit
+        def run(pool, boxes):  # one compiled program
+            src = jnp.repeat(jnp.arange(mipc, dtype=jnp.int32), num_crop)
+            ce = crop_ce(teacher_fn, pool, src, boxes.reshape(-1, 4), label, cfg)
+            sel = select_from_boxes(teacher_fn, pool, label, ipc * factor ** 2, cfg, boxes)
+            return ce.reshape(mipc, num_crop), sel, tile(pool, sel, ipc, factor)
+
+        ce_PxM, sel, out = run(pool, boxes)
         assert ce_PxM.dtype == jnp.float64
     _close(ce_PxM, f["ce_MxP"].T, rtol=1e-9, what="crop scores")
     np.testing.assert_array_equal(np.argmin(np.asarray(ce_PxM), 1), f["best_m"])
