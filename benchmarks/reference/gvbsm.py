@@ -69,13 +69,15 @@ def cell_stats(x):
     h, w = div_four_mul(x.shape[2]), div_four_mul(x.shape[3])
     x = F.interpolate(x, [h, w], mode="bilinear")
     b, c = x.shape[:2]
-    cells = x.reshape(b, c, h // 4, 4, w // 4, 4).permute(2, 4, 0, 1, 3, 5).reshape((h // 4) * (w // 4), -1)
+    cells = x.reshape(b, c, h // 4, 4, w // 4, 4).permute(2, 4, 0, 1, 3, 5)
+    cells = cells.reshape((h // 4) * (w // 4), -1)
     return cells.mean([1]), cells.var([1], unbiased=False)
 
 
 def channel_stats(x):
     c = x.shape[1]
-    return x.mean([0, 2, 3]), x.permute(1, 0, 2, 3).contiguous().reshape([c, -1]).var(1, unbiased=False)
+    var = x.permute(1, 0, 2, 3).contiguous().reshape([c, -1]).var(1, unbiased=False)
+    return x.mean([0, 2, 3]), var
 
 
 class BNHook:
@@ -91,8 +93,9 @@ class BNHook:
             else:
                 self.dd_var = MOMENTUM * self.dd_var + (1 - MOMENTUM) * var
                 self.dd_mean = MOMENTUM * self.dd_mean + (1 - MOMENTUM) * mean
-        self.r_feature = (torch.norm(module.running_var.data - (self.dd_var + var - var.detach()), 2)
-                          + torch.norm(module.running_mean.data - (self.dd_mean + mean - mean.detach()), 2))
+        self.r_feature = (
+            torch.norm(module.running_var.data - (self.dd_var + var - var.detach()), 2)
+            + torch.norm(module.running_mean.data - (self.dd_mean + mean - mean.detach()), 2))
 
 
 class ConvHook:
