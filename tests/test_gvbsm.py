@@ -80,10 +80,26 @@ def _np_moments(a, axis):
     return a.mean(axis), a.var(axis)
 
 
+def _np_up2(x):
+    """Bilinear 2x upsampling of (N, H, W, C) along H and W (half-pixel centres, edges
+    clamped: torch F.interpolate(scale 2, bilinear, align_corners=False))."""
+    for ax in (1, 2):
+        prev = np.concatenate([np.take(x, [0], ax), np.take(x, range(x.shape[ax] - 1), ax)], ax)
+        nxt = np.concatenate([np.take(x, range(1, x.shape[ax]), ax), np.take(x, [-1], ax)], ax)
+        even, odd = 0.75 * x + 0.25 * prev, 0.75 * x + 0.25 * nxt
+        x = np.stack([even, odd], ax + 1).reshape(
+            x.shape[:ax] + (2 * x.shape[ax],) + x.shape[ax + 1:])
+    return x
+
+
 def _np_patch(x, p, per_channel):
-    """Cells of side p (the whole axis when shorter), row-major; pooled or per channel."""
+    """Cells of side p, row-major; pooled or per channel. A map shorter than p is
+    upsampled to one cell first (the reference's F.interpolate; here only 2x)."""
+    if x.shape[1] < p:
+        assert 2 * x.shape[1] == p and 2 * x.shape[2] == p
+        x = _np_up2(x)
     _, h, w, c = x.shape
-    ph, pw = min(p, h), min(p, w)
+    ph, pw = p, p
     ms, vs = [], []
     for i in range(h // ph):
         for j in range(w // pw):
@@ -97,7 +113,7 @@ def _np_patch(x, p, per_channel):
 def test_conv_and_patch_stats_equal_hand_computation():
     x = np.asarray(jax.random.normal(jax.random.key(0), (3, 8, 8, 2))) * 1.5 + 0.2
     patch = jax.jit(patch_stats, static_argnums=(1, 2))
-    for p, per in ((4, False), (4, True), (16, False), (8, True)):  # 16 > 8 px: one cell
+    for p, per in ((4, False), (4, True), (16, False), (8, True)):  # 16 > 8 px: one 16-px cell
         m, v = patch(jnp.asarray(x), p, per)
         hm, hv = _np_patch(x, p, per)
         np.testing.assert_allclose(m, hm, rtol=1e-5, atol=1e-6)

@@ -29,8 +29,8 @@ Settings carried over from shaoshitong/G_VBSM_Dataset_Condensation (Branch_CIFAR
     iterations, N(0, 1) init, batch 100 = 10 classes x 10 images at IPC 10 (50 images of 2
     classes at IPC 50), r_loss 0.01 on BN and conv terms alike, first_multiplier 10 on the
     first hooked layer (:157; for each of the five models its stem conv), training_momentum
-    (EMA) 0.8, drop_rate 0.4, nuc_norm (diversity) 1 with tau 4, RandomCrop(32, padding 4)
-    + flip on the batch then torch.roll by randint(0, 32) (the --jitter default; recover.sh
+    (EMA) 0.8 started at 0., drop_rate 0.4, nuc_norm (diversity) 1 with tau 4,
+    RandomCrop(32, padding 4) + flip on the batch then torch.roll by randint(0, 32) (the --jitter default; recover.sh
     does not set it).
   conv targets (data_synthesis...py:71-93, recover/utils.py ConvFeatureHook): the training
     set in batches of 64, RandomCrop(pad 4) + flip, teachers in eval mode; 4-px cells
@@ -43,8 +43,10 @@ Settings carried over from shaoshitong/G_VBSM_Dataset_Condensation (Branch_CIFAR
     MSE(logits) + 0.15 CE.
 Differences: the reference splits each batch of 100 over 2 GPUs (BN / conv statistics over
 50 images each, the diversity term over all 100); here all 100 images are on one device.
-EMA averages restart with every batch (the reference carries its hooks' averages across
-batches) and start at the initial batch's statistics. The reference's soft labels are the
+EMA averages restart with every batch at zero (stat_ema_init="zero": the reference's
+hooks start at the float 0., utils.py BNFeatureHook / ConvFeatureHook, so its first
+batch matches; it then carries the averages across batches, and in a run that computes
+the conv targets its BN hooks have also averaged that pass). The reference's soft labels are the
 teachers' outputs on the un-mixed crops (generate_soft_label_with_db.py:266-274) while its
 student sees the CutMix of them; jaxdd labels the images the student sees.
 """
@@ -79,6 +81,7 @@ def get_config():
             pad_crop=4,               # RandomCrop(32, padding=4) + flip per batch
             teacher_schedule="rotate",  # teacher t mod 5 at iteration t
             stat_ema=0.8,
+            stat_ema_init="zero",     # averages start at 0. (utils.py hooks: dd_var = 0.)
             conv_stats=True,
             conv_drop=0.4,
             patch_size=4,

@@ -16,7 +16,8 @@ from jaxdd.augment.dsa import flip_horizontal
 
 PRNGKey = jax.Array
 
-__all__ = ["CDA_FLOOR", "cda_min_scale", "sample_crop_box", "crop_resize", "random_resized_crop",
+__all__ = ["CDA_FLOOR", "cda_min_scale", "sample_crop_box", "crop_resize", "window_weights",
+           "resized_crop", "random_resized_crop",
            "random_pad_crop", "pad_crop", "shuffle_patches", "random_flip", "random_jitter", "fyi_flip_concat"]
 
 CDA_FLOOR = 0.08  # torchvision's default RandomResizedCrop lower scale; CDA's end point
@@ -60,12 +61,40 @@ def sample_crop_box(key: PRNGKey, h: int, w: int, min_scale: jax.Array | float,
 
 
 def crop_resize(x_HWC: jax.Array, box_4: jax.Array) -> jax.Array:
-    """Bilinear resize of the box back to (H, W): output = (input - y0) * H / ch."""
-    h, w = x_HWC.shape[0], x_HWC.shape[1]
-    scale = jnp.stack([h / box_4[2], w / box_4[3]])
-    trans = -box_4[:2] * scale
-    return jax.image.scale_and_translate(x_HWC, x_HWC.shape, (0, 1), scale, trans, "linear",
-                                         antialias=True)
+    """The box cropped and resized back to (H, W), antialiased bilinear (`resized_crop`:
+    torchvision RandomResizedCrop's resampling; only the box's pixels contribute)."""
+    return resized_crop(x_HWC, box_4, x_HWC.shape[:2]).astype(x_HWC.dtype)
+
+
+def window_weights(in_size: int, start: jax.Array, length: jax.Array, out_size: int,
+                   dtype: jnp.dtype = jnp.float32) -> jax.Array:
+    """(out_size, in_size) weights of torch's antialiased bilinear resize
+    (`F.interpolate(mode="bilinear", antialias=True, align_corners=False)`) of the window
+    [start, start + length) of an axis to out_size pixels, after cropping it.
+
+    Output pixel o is centred at start + s (o + 0.5), s = length / out_size; source pixel q
+    (centre q + 0.5) weighs tri((q + 0.5 - centre) / max(s, 1)) if its centre lies in the
+    window, else 0; each row sums to 1. Only pixels of the window contribute, as after
+    torchvision's crop (for integer boxes this is `resized_crop(..., antialias=True)`);
+    traced, fractional boxes work too."""
+    s = length / out_size
+    support = jnp.maximum(s, 1.0)
+    centre_O = start + s * (jnp.arange(out_size, dtype=dtype) + 0.5)
+    q_I = jnp.arange(in_size, dtype=dtype) + 0.5
+    inside_I = (q_I >= start) & (q_I < start + length)
+    w = jnp.maximum(0.0, 1.0 - jnp.abs(q_I[None, :] - centre_O[:, None]) / support)
+    w = jnp.where(inside_I[None, :], w, 0.0)
+    return w / jnp.maximum(w.sum(axis=1, keepdims=True), jnp.finfo(dtype).tiny)
+
+
+def resized_crop(x_HWC: jax.Array, box_4: jax.Array, out_hw: tuple[int, int]) -> jax.Array:
+    """The box (y0, x0, h, w) cropped and resized to out_hw with antialiased bilinear
+    weights (torchvision `resized_crop(..., antialias=True)` for integer boxes)."""
+    dt = jnp.promote_types(x_HWC.dtype, jnp.float32)
+    box = jnp.asarray(box_4, dt)
+    wy = window_weights(x_HWC.shape[0], box[0], box[2], out_hw[0], dt)
+    wx = window_weights(x_HWC.shape[1], box[1], box[3], out_hw[1], dt)
+    return jnp.einsum("oh,hwc,pw->opc", wy, x_HWC.astype(dt), wx)
 
 
 def random_resized_crop(key: PRNGKey, x_NHWC: jax.Array, min_scale: jax.Array | float = 0.08,

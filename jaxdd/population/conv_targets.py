@@ -48,7 +48,7 @@ from jaxdd.population import train as population
 from jaxdd.run.mesh import make_mesh, put_replicated
 
 FORMAT = "jaxdd.conv_targets"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: maps shorter than a cell are upsampled to one cell (reference)
 NPZ, JSON = "targets.npz", "targets.json"
 _FIELDS = ("mean", "var", "patch_mean", "patch_var")
 

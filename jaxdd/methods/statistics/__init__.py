@@ -38,7 +38,10 @@ G-VBSM (spec section 4) adds, as options of `RecoverConfig` (all off = SRe2L):
     `jaxdd.population.conv_targets`): channel mean/var plus the mean/var of each
     patch_size^2 spatial cell, four norms per layer (eq. 2), each layer's term dropped with
     probability p per iteration (explicit key);
-  * moving-average statistics `ema + (stat - sg(stat))` for BN and conv terms (`stat_ema`);
+  * moving-average statistics `ema + (stat - sg(stat))` for BN and conv terms (`stat_ema`),
+    started at zero (`stat_ema_init="zero"`, the reference: its hooks' averages start at
+    the float 0., so the first update is a * 0 + (1 - a) stat) or at the initial batch's
+    statistics ("batch");
   * the within-class diversity term on Gram eigenvalues (`diversity_loss`, eq. 3);
   * teachers of several architectures as a list, all each iteration or one per iteration
     in rotation (`teacher_schedule`, `teacher_index`: t mod T).
@@ -57,11 +60,15 @@ milestone * T.
 G-VBSM facts (shaoshitong/G_VBSM_Dataset_Condensation, `recover/utils.py` ConvFeatureHook and
 `data_synthesis_with_svd_with_db_with_all_statistic.py`): conv hook on the conv *input*;
 channel stats over (N, H, W); patch stats: the map bilinearly resized up to a multiple of
-the cell side (16 px ImageNet, 4 px in the 32/64-px branches), one mean/var per cell pooled
+the cell side, a map smaller than a cell too (16 px ImageNet, 4 px in the 32/64-px
+branches; 2x2 -> one 4x4 cell), one mean/var per cell pooled
 over (N, C, h, w); targets = sum over an epoch of the real training set of (n_b / N) * the
 batch statistic (batch 64, RandomCrop(pad 4) + flip, teacher in eval mode); term =
 ||t_var - v|| + ||t_mean - m|| + ||t_pmean - pm|| + ||t_pvar - pv||, zeroed with prob.
-drop_rate (0.4) before the EMA update; one loss list over BN and conv modules in module
+drop_rate (0.4) before the EMA update; the hooks' moving averages start at the float 0.
+(`isinstance(dd, int)` is false, so the first update is a * 0 + (1 - a) stat:
+stat_ema_init="zero"; a run that computes its targets also passes them through the BN
+hooks, registered before that pass); one loss list over BN and conv modules in module
 order with first_multiplier on the first entry (the stem conv); r_loss weights BN and conv
 terms alike. Diversity: AdaptiveAvgPool2d(32) of each augmented image, flattened, Gram per
 class, l = eigvals, loss = sum_classes KLDiv(log_softmax(l), softmax(l / tau).detach())

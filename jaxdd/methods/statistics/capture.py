@@ -64,9 +64,10 @@ class Captured(NamedTuple):
 
 def _moments(x: jax.Array, red: tuple[int, ...], w: jax.Array | None = None
              ) -> tuple[jax.Array, jax.Array]:
-    """Mean and biased variance over `red`, two-pass in float32 (no E[x^2] - E[x]^2 loss);
-    with 0/1 weights `w` (x's shape) only the elements of weight 1 count (none: 0, 0)."""
-    x32 = x.astype(jnp.float32)
+    """Mean and biased variance over `red`, two-pass in float32 or wider (float64 inputs stay
+    float64; no E[x^2] - E[x]^2 loss); with 0/1 weights `w` (x's shape) only the elements of
+    weight 1 count (none: 0, 0)."""
+    x32 = x.astype(_at_least_f32(x))
     if w is None:
         mean = x32.mean(axis=red, keepdims=True)
         var = jnp.square(x32 - mean).mean(axis=red)
@@ -75,6 +76,11 @@ def _moments(x: jax.Array, red: tuple[int, ...], w: jax.Array | None = None
     mean = (w * x32).sum(axis=red, keepdims=True) / count
     var = (w * jnp.square(x32 - mean)).sum(axis=red, keepdims=True) / count
     return mean.squeeze(red), var.squeeze(red)
+
+
+def _at_least_f32(x: jax.Array) -> jnp.dtype:
+    """float32 for half/bfloat16/float32 inputs, float64 for float64 ones (x64 fixtures)."""
+    return jnp.promote_types(x.dtype, jnp.float32)
 
 
 def _image_weights(mask_N: jax.Array | None, shape: tuple[int, ...]) -> jax.Array | None:
@@ -89,20 +95,20 @@ def patch_stats(x_NHWC: jax.Array, patch_size: int = 16, per_channel: bool = Fal
                 mask_N: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
     """Mean / biased var of each patch_size x patch_size spatial cell (cells row-major).
 
-    An axis shorter than `patch_size` is one cell (the whole map); a longer axis that is
-    not a multiple of it is first bilinearly resized up to the next multiple (the
-    reference's F.interpolate). Pooled over (N, h, w, C) -> (P,), or per channel (P, C);
-    with `mask_N` only the images where it is True count.
+    Each axis is first bilinearly resized (half-pixel centres, no antialiasing) up to the
+    next multiple of `patch_size` when it is not one, as the reference's `F.interpolate`
+    to `div_four_mul` sizes (G-VBSM recover/utils.py ConvFeatureHook, 4-px cells): an
+    axis shorter than a cell becomes one
+    upsampled cell (a 2x2 map with 4-px cells: one 4x4 cell). Pooled over (N, h, w, C) ->
+    (P,), or per channel (P, C); with `mask_N` only the images where it is True count.
     """
     n, h, w, c = x_NHWC.shape
 
     def grid(size: int) -> tuple[int, int]:  # (resized length, cell length)
-        if size < patch_size:
-            return size, size
         return -(-size // patch_size) * patch_size, patch_size
 
     (h2, ph), (w2, pw) = grid(h), grid(w)
-    x = x_NHWC.astype(jnp.float32)
+    x = x_NHWC.astype(_at_least_f32(x_NHWC))
     if (h2, w2) != (h, w):
         x = jax.image.resize(x, (n, h2, w2, c), "linear", antialias=False)
     u, v = h2 // ph, w2 // pw

@@ -108,7 +108,8 @@ def sre2l_loss(x_aug_NHWC: jax.Array, y_B: jax.Array, model: Any, variables: Any
     if not cap.bn and conv_targets is None:
         raise ValueError("the model called no BatchNorm: statistics matching needs a BN teacher "
                          "(or conv statistics, recover.conv_stats, as G-VBSM's ConvNet)")
-    ce = optax.softmax_cross_entropy_with_integer_labels(cap.logits.astype(jnp.float32), y_B).mean()
+    logits = cap.logits.astype(jnp.promote_types(cap.logits.dtype, jnp.float32))
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits, y_B).mean()
     stats, new_ema, new_conv_ema = cap.bn, None, None
     if ema is not None:
         stats, new_ema = ema_stats(stats, ema, ema_alpha)
@@ -132,7 +133,7 @@ def sre2l_loss(x_aug_NHWC: jax.Array, y_B: jax.Array, model: Any, variables: Any
 def _pool_matrix(n_in: int, n_out: int) -> np.ndarray:
     """(n_out, n_in) weights of torch's AdaptiveAvgPool1d: bin i averages
     [floor(i n_in / n_out), ceil((i + 1) n_in / n_out))."""
-    m = np.zeros((n_out, n_in), np.float32)
+    m = np.zeros((n_out, n_in), np.float64)
     for i in range(n_out):
         lo, hi = (i * n_in) // n_out, -(-((i + 1) * n_in) // n_out)
         m[i, lo:hi] = 1.0 / (hi - lo)
@@ -141,9 +142,10 @@ def _pool_matrix(n_in: int, n_out: int) -> np.ndarray:
 
 def adaptive_avg_pool(x_NHWC: jax.Array, out_hw: tuple[int, int]) -> jax.Array:
     """AdaptiveAvgPool2d(out_hw) (exact torch bins; upsamples by repetition when smaller)."""
-    ph = jnp.asarray(_pool_matrix(x_NHWC.shape[1], out_hw[0]))
-    pw = jnp.asarray(_pool_matrix(x_NHWC.shape[2], out_hw[1]))
-    return jnp.einsum("ih,nhwc,jw->nijc", ph, x_NHWC.astype(jnp.float32), pw)
+    dt = jnp.promote_types(x_NHWC.dtype, jnp.float32)
+    ph = jnp.asarray(_pool_matrix(x_NHWC.shape[1], out_hw[0]), dt)
+    pw = jnp.asarray(_pool_matrix(x_NHWC.shape[2], out_hw[1]), dt)
+    return jnp.einsum("ih,nhwc,jw->nijc", ph, x_NHWC.astype(dt), pw)
 
 
 @jax.custom_jvp

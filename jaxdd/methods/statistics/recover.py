@@ -57,6 +57,10 @@ class RecoverConfig:
     # t mod T alone at iteration t (G-VBSM: `teacher_index`).
     teacher_schedule: str = "mean"
     stat_ema: float | None = None    # G-VBSM moving averages a, BN + conv (0.8 CIFAR, 0.4 IN-1K)
+    # Start of the averages in each batch: "batch" = the initial images' statistics; "zero"
+    # = zeros, the reference (its hooks start at the float 0., so `isinstance(dd, int)` is
+    # false and the first update is a * 0 + (1 - a) stat).
+    stat_ema_init: str = "batch"
     # G-VBSM conv-input statistics (eq. 2) against dataset targets (make_recover's conv_targets).
     conv_stats: bool = False         # match every convolution's input (channel + cell statistics)
     conv_drop: float = 0.4           # P(drop) of each conv term per iteration (CIFAR 0.4)
@@ -81,6 +85,9 @@ class RecoverConfig:
             raise ValueError(f"init={self.init!r}; use 'noise' or 'real'")
         if self.teacher_reduce not in ("mean", "sum"):
             raise ValueError(f"teacher_reduce={self.teacher_reduce!r}; use mean or sum")
+        if self.stat_ema_init not in ("batch", "zero"):
+            raise ValueError(f"stat_ema_init={self.stat_ema_init!r}; use batch (the initial "
+                             f"images' statistics) or zero (the reference's start)")
         if self.teacher_schedule not in ("mean", "rotate"):
             raise ValueError(f"teacher_schedule={self.teacher_schedule!r}; use mean (every "
                              f"teacher each iteration) or rotate (one teacher per iteration)")
@@ -230,7 +237,9 @@ def make_recover(config: RecoverConfig, model: Any, variables: Any,
         if config.stat_ema is not None:  # start the averages at the initial batch's statistics
             tv = variables if teacher is None else teacher
             ema, conv_ema = over_teachers(
-                lambda v: _initial_averages(model, v, x, patch if conv_targets is not None else None))(tv)
+                lambda v: _initial_averages(model, v, x,
+                                            patch if conv_targets is not None else None,
+                                            config.stat_ema_init))(tv)
             conv_ema = list(conv_ema) if conv_targets is not None else None
         return RecoverState(SynState(x, y_B, None), tx.init(x), jnp.zeros((), jnp.int32),
                             teacher, ema, conv_ema)
@@ -265,13 +274,15 @@ def _recover_parts(config: RecoverConfig, bounds: tuple[Any, Any] | None
     """(Adam with the cosine lr, the pixel clip, the conv cell spec) of a recover distiller."""
     tx = optax.adam(optax.cosine_decay_schedule(config.lr, config.iterations),
                     b1=config.adam_b1, b2=config.adam_b2, eps=config.adam_eps)
-    lo_C, hi_C = (None, None) if bounds is None else (jnp.asarray(bounds[0], jnp.float32),
-                                                      jnp.asarray(bounds[1], jnp.float32))
+    # float32 bounds unless given in float64 under x64 (clip casts them to the pixels' dtype)
+    lo_C, hi_C = (None, None) if bounds is None else (jnp.asarray(bounds[0]),
+                                                      jnp.asarray(bounds[1]))
 
     def clip(x_NHWC):
         if lo_C is None:
             return x_NHWC
-        return jnp.clip(x_NHWC, lo_C.reshape(1, 1, 1, -1), hi_C.reshape(1, 1, 1, -1))
+        return jnp.clip(x_NHWC, lo_C.reshape(1, 1, 1, -1).astype(x_NHWC.dtype),
+                        hi_C.reshape(1, 1, 1, -1).astype(x_NHWC.dtype))
 
     return tx, clip, (config.patch_size, config.patch_per_channel)
 
@@ -279,19 +290,21 @@ def _recover_parts(config: RecoverConfig, bounds: tuple[Any, Any] | None
 def _init_images(config: RecoverConfig, key: PRNGKey, x_init_NHWC: jax.Array, y_B: jax.Array
                  ) -> tuple[jax.Array, jax.Array]:
     check_init(x_init_NHWC, y_B)
-    x_init_NHWC = jnp.asarray(x_init_NHWC, jnp.float32)
+    x_init_NHWC = jnp.asarray(x_init_NHWC)  # float32; float64 stays (x64 reference fixtures)
+    x_init_NHWC = x_init_NHWC.astype(jnp.promote_types(x_init_NHWC.dtype, jnp.float32))
     y_B = jnp.asarray(y_B, jnp.int32)
-    x = (jax.random.normal(key, x_init_NHWC.shape, jnp.float32) if config.init == "noise"
+    x = (jax.random.normal(key, x_init_NHWC.shape, x_init_NHWC.dtype) if config.init == "noise"
          else x_init_NHWC)
     return x, y_B
 
 
-def _initial_averages(model: Any, v: Any, x_NHWC: jax.Array, patch: tuple[int, bool] | None
-                      ) -> tuple[list, list]:
-    """G-VBSM moving averages at the initial batch: [(mean_C, var_C)] per BN layer and the
-    conv statistics (empty without `patch`)."""
+def _initial_averages(model: Any, v: Any, x_NHWC: jax.Array, patch: tuple[int, bool] | None,
+                      start: str = "batch") -> tuple[list, list]:
+    """G-VBSM moving averages at the start of a batch: [(mean_C, var_C)] per BN layer and
+    the conv statistics (empty without `patch`), of the initial images or zeros."""
     cap = capture(model, v, x_NHWC, None, patch)
-    return [(st.mean_C, st.var_C) for st in cap.bn], cap.conv
+    avgs = [(st.mean_C, st.var_C) for st in cap.bn], cap.conv
+    return jax.tree.map(jnp.zeros_like, avgs) if start == "zero" else avgs
 
 
 def _drop_key(key: PRNGKey) -> PRNGKey:
@@ -351,8 +364,8 @@ def _make_recover_list(config: RecoverConfig, models: tuple, variables: list,
         ema = conv_ema = None
         if config.stat_ema is not None:
             tv = variables if teacher is None else teacher
-            avgs = [_initial_averages(m, v, x, patch if conv_targets is not None else None)
-                    for m, v in zip(models, tv)]
+            avgs = [_initial_averages(m, v, x, patch if conv_targets is not None else None,
+                                      config.stat_ema_init) for m, v in zip(models, tv)]
             ema = tuple(a[0] for a in avgs)
             conv_ema = tuple(list(a[1]) for a in avgs) if conv_targets is not None else None
         return RecoverState(SynState(x, y_B, None), tx.init(x), jnp.zeros((), jnp.int32),
