@@ -128,7 +128,7 @@ def run_step(make, config, model: Model, fx: dict, x_real_KxBxHWC: jax.Array):
                            opt_img=jax.tree.map(lambda a: a.astype(jnp.float64), state.opt_img))
     new, metrics = jax.jit(distiller.step)(state, x_real_KxBxHWC, KEY)
     x_new = new.syn.x_syn_NHWC
-    return metrics, (x0 - x_new) / config.lr_img, x_new
+    return metrics, (x0 - x_new) / config.lr_img, x_new, new
 
 
 # ---------------------------------------------------------------------------- DSA params
@@ -208,7 +208,7 @@ def test_dc_step_matches_reference(dc_fx):
     model = fixture_model(fx, "convnet_d2_w4", DC_K, 2, "instance")
     cfg = dc_lib.DCConfig(lr_img=float(fx["lr_img"]), momentum_img=float(fx["momentum"]),
                           outer_loop=1, inner_loop=1)  # one outer step, no inner training
-    metrics, grad, x_new = run_step(dc_lib.make_dc, cfg, model, fx, nhwc(fx["x_real"]))
+    metrics, grad, x_new, _ = run_step(dc_lib.make_dc, cfg, model, fx, nhwc(fx["x_real"]))
     close(metrics["loss"], fx["ours/loss"], what="DC loss")
     close(grad, nhwc(fx["ours/grad"]), atol=1e-12, what="DC grad w.r.t. x_syn")
     close(x_new, nhwc(fx["ours/x_new"]), what="DC updated images")
@@ -274,10 +274,16 @@ def test_dsa_transforms_on_reference_parameters(dsa_fx, family):
     fx = dsa_fx
     x, cot = nhwc(fx["transform/x"]), nhwc(fx["transform/cot"])
     q = {n: jnp.asarray(fx[f"transform/{family}/{n}"]) for n in PARAM_NAMES[family]}
-    fn = functools.partial(family_transform, family, q=q, hw=tuple(x.shape[1:3]))
-    y, vjp = jax.vjp(fn, x)
+    fn = functools.partial(family_transform, family, hw=tuple(x.shape[1:3]))
+
+    @jax.jit
+    def output_and_vjp(x_NHWC, q, cot_NHWC):
+        y, vjp = jax.vjp(lambda x_: fn(x_, q), x_NHWC)
+        return y, vjp(cot_NHWC)[0]
+
+    y, grad = output_and_vjp(x, q, cot)
     close(y, nhwc(fx[f"transform/{family}/y"]), atol=1e-12, what=f"{family} output")
-    close(vjp(cot)[0], nhwc(fx[f"transform/{family}/grad"]), atol=1e-12,
+    close(grad, nhwc(fx[f"transform/{family}/grad"]), atol=1e-12,
           what=f"{family} input gradient")
 
 
@@ -302,7 +308,7 @@ def test_dm_step_matches_reference(dm_fx, case):
     model = fixture_model(fx, name, DM_K, 2, norm, f"{case}/")
     cfg = dm_lib.DMConfig(lr_img=float(fx["lr_img"]), momentum_img=float(fx["momentum"]),
                           dsa_strategy="none")
-    metrics, grad, x_new = run_step(dm_lib.make_dm, cfg, model, fx, nhwc(fx["x_real"]))
+    metrics, grad, x_new, _ = run_step(dm_lib.make_dm, cfg, model, fx, nhwc(fx["x_real"]))
     close(metrics["loss"], fx[f"{case}/loss"], what=f"DM ({case}) loss")
     close(grad, nhwc(fx[f"{case}/grad"]), atol=1e-12, what=f"DM ({case}) grad")
     close(x_new, nhwc(fx[f"{case}/x_new"]), what=f"DM ({case}) updated images")
@@ -345,7 +351,7 @@ def test_datadam_step_matches_reference(dam_fx, case):
     model = fixture_model(fx, name, DAM_K, 3, norm, f"{case}/")
     cfg = dam_lib.DataDAMConfig(lr_img=float(fx["lr_img"]), momentum_img=float(fx["momentum"]),
                                 dsa_strategy="none")
-    metrics, grad, x_new = run_step(dam_lib.make_datadam, cfg, model, fx, nhwc(fx["x_real"]))
+    metrics, grad, x_new, _ = run_step(dam_lib.make_datadam, cfg, model, fx, nhwc(fx["x_real"]))
     close(metrics["loss"], fx[f"{case}/loss"], what=f"DataDAM ({case}) loss")
     close(metrics["attention_loss"], fx[f"{case}/attention_loss"], what="attention term")
     close(metrics["output_loss"], fx[f"{case}/output_loss"], what="output term")
@@ -369,3 +375,19 @@ def test_datadam_dsa_with_reference_draws(dam_fx):
     value, g_aug = jax.jit(jax.value_and_grad(loss))(syn_aug(x_syn))
     close(value, fx["bn_dsa/loss"], what="DataDAM (DSA) loss")
     close(syn_vjp(x_syn, g_aug), nhwc(fx["bn_dsa/grad"]), atol=1e-12, what="DataDAM (DSA) grad")
+
+
+def test_dc_batchnorm_step_matches_reference(dc_fx):
+    """ConvNetBN: a train-mode forward of the real images refreshes the running statistics
+    (momentum 0.1), then the matching uses them frozen (main.py's BN branch)."""
+    fx = dc_fx
+    model = fixture_model(fx, "convnet_d2_w4_bn", DC_K, 2, "batch", "bn_init/")
+    cfg = dc_lib.DCConfig(lr_img=float(fx["lr_img"]), momentum_img=float(fx["momentum"]),
+                          outer_loop=1, inner_loop=1)
+    refreshed = variables_from_torch(fx, 2, "batch", model, "bn/")
+    metrics, grad, x_new, state = run_step(dc_lib.make_dc, cfg, model, fx, nhwc(fx["x_real"]))
+    # PyTorch's running variance is the unbiased one (jaxdd.models.layers.BatchNorm)
+    chex.assert_trees_all_close(state.net["batch_stats"], refreshed["batch_stats"], rtol=1e-12)
+    close(metrics["loss"], fx["bn/loss"], what="DC (BN) loss")
+    close(grad, nhwc(fx["bn/grad"]), atol=1e-12, what="DC (BN) grad")
+    close(x_new, nhwc(fx["bn/x_new"]), what="DC (BN) updated images")

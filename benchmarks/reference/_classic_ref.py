@@ -9,7 +9,7 @@ Follows VICO-UoE/DatasetCondensation (commit 53f63a6):
   `forward` returns (emb, logits) (`forward_dam`).
 - `distance_wb`, `match_loss`: utils.py (lines 218-272).
 - `ParamDiffAug`, `set_seed_DiffAug`, `DiffAugment` (aug_mode 'S'), `rand_*`: utils.py
-  (lines 474-640); DataDAM's utils.py copies them (only `.clone()` added).
+  (lines 474-650); DataDAM's utils.py copies them (only `.clone()` added).
   Two changes, both needed for a float64 fixture and neither changes a value:
   * theta of rand_scale / rand_rotate is built in the default dtype (float64); the
     reference writes `torch.tensor(theta, dtype=torch.float)`, and grid_sample refuses a

@@ -3,9 +3,9 @@ gradient w.r.t. the synthetic images and one image update, in float64, from a Py
 transcription of the reference.
 
 Reference: DataDistillation/DataDAM (commit 0f6ea09)
-- main_DataDAM.py lines 150-176: forward hooks on every nn.ReLU of `net.features` keep the
+- main_DataDAM.py lines 151-177: forward hooks on every nn.ReLU of `net.features` keep the
   post-ReLU (pre-pool) activation of each block (`op.clone()`).
-- main_DataDAM.py lines 231-320: fresh net, train mode, parameters frozen; per class
+- main_DataDAM.py lines 231-321: fresh net, train mode, parameters frozen; per class
   optional siamese DiffAugment (one seed for real and syn); all real images concatenated ->
   ONE forward (`net(images_real_all)[0].detach()`, networks.py forward returns (emb,
   logits)), all synthetic images -> one forward; for every hooked layer but the last,

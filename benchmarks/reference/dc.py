@@ -2,7 +2,7 @@
 and one image update, in float64, from a PyTorch transcription of the reference.
 
 Reference: VICO-UoE/DatasetCondensation (commit 53f63a6)
-- main.py lines 188-226 ('update synthetic data'): for every class c, CE (mean) of the
+- main.py lines 177-204 ('update synthetic data'): for every class c, CE (mean) of the
   real batch of c with label c -> `torch.autograd.grad` over all net parameters, detached;
   CE of the synthetic images of c -> grad with create_graph=True;
   `loss += match_loss(gw_syn, gw_real, args)`; then `optimizer_img` = SGD(lr_img=0.1,
@@ -10,6 +10,10 @@ Reference: VICO-UoE/DatasetCondensation (commit 53f63a6)
 - utils.py `match_loss` / `distance_wb` (lines 218-272): 'ours' sums over parameter
   tensors, per output unit, 1 - cos (biases and norm affines contribute 0); 'mse' and 'cos'
   on the concatenated flattened gradients.
+- main.py lines 157-175 (BN nets): `BNSizePC = 16` real images per class, one train-mode
+  forward (running statistics: momentum 0.1, UNBIASED running variance), then every
+  BatchNorm in eval mode for the matching: case `bn` (ConvNetBN; `bn_init/` is the fresh
+  net, `bn/` the refreshed one).
 - networks.py `ConvNet` with net_norm 'instancenorm' (the default ConvNet), here width 4,
   depth 2, on 8x8 RGB images (3 channels: the 1-channel first layer pads 3, which jaxdd
   ties to 28 px inputs instead; both agree on the 28 px grey datasets).
@@ -76,6 +80,30 @@ def main():
         if metric == "ours":  # the default distance: also the updated images
             out[f"{metric}/x_new"] = image_syn.detach().numpy().copy()
         print(metric, loss.item())
+    # ConvNetBN (main.py lines 157-175): a train-mode forward of BNSizePC = 16 real images
+    # per class (here the B = 4 of the matching batch, as jaxdd takes the first
+    # min(16, B)) refreshes the running statistics (momentum 0.1, unbiased running
+    # variance), then every BatchNorm is put in eval mode for the matching.
+    net = make_net(0, C, K, WIDTH, DEPTH, "batchnorm", (H, H))
+    net.train()
+    img_real = torch.cat([x_real[c] for c in range(K)], dim=0)
+    net(img_real)
+    for module in net.modules():
+        if "BatchNorm" in module._get_name():
+            module.eval()
+    out.update({f"bn/{k}": v for k, v in weights(net).items()})  # stats after the refresh
+    init = make_net(0, C, K, WIDTH, DEPTH, "batchnorm", (H, H))  # the same fresh net
+    out.update({f"bn_init/{k}": v for k, v in weights(init).items()})
+    image_syn = x_syn.clone().requires_grad_(True)
+    optimizer_img = torch.optim.SGD([image_syn], lr=LR_IMG, momentum=MOMENTUM)
+    optimizer_img.zero_grad()
+    loss = dc_matching_loss(net, x_real, image_syn, "ours")
+    loss.backward()
+    out["bn/loss"] = loss.item()
+    out["bn/grad"] = image_syn.grad.numpy().copy()
+    optimizer_img.step()
+    out["bn/x_new"] = image_syn.detach().numpy().copy()
+    print("bn", loss.item())
     save("dc", out)
 
 

@@ -1,7 +1,7 @@
 """Reference fixture for DM (distribution matching): loss, gradient w.r.t. the synthetic
 images and one image update, in float64, from a PyTorch transcription of the reference.
 
-Reference: VICO-UoE/DatasetCondensation (commit 53f63a6) main_DM.py lines 140-205
+Reference: VICO-UoE/DatasetCondensation (commit 53f63a6) main_DM.py lines 138-194
 ('Train synthetic data'): a fresh net in train mode, parameters frozen, `embed` = the
 flattened features (networks.py `ConvNet.embed`);
 - ConvNet (instancenorm, `'BN' not in args.model`): per class c, optional siamese

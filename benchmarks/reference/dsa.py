@@ -2,7 +2,7 @@
 and every DSA family on given parameters, in float64.
 
 Reference: VICO-UoE/DatasetCondensation (commit 53f63a6)
-- main.py lines 193-201 (args.dsa): per class, `seed = int(time.time() * 1000) % 100000`,
+- main.py lines 185-188 (args.dsa): per class, `seed = int(time.time() * 1000) % 100000`,
   then `DiffAugment(img_real, strategy, seed=seed, param)` and the same for img_syn, before
   the gradients of `dc.py`'s matching loss (same net, same loop).
 - utils.py `DiffAugment` (aug_mode 'S'): `set_seed_DiffAug` reseeds torch before the
