@@ -228,7 +228,8 @@ def dc_value_and_grad(name: str, num_classes: int, shape_HWC: tuple, metric: str
     return jax.jit(jax.value_and_grad(loss, argnums=2))
 
 
-@pytest.mark.parametrize("metric", ["ours", "mse", "cos"])
+@pytest.mark.parametrize("metric", ["ours", pytest.param("mse", marks=pytest.mark.slow),
+                                    pytest.param("cos", marks=pytest.mark.slow)])
 def test_dc_loss_every_distance(dc_fx, metric):
     fx = dc_fx
     model = fixture_model(fx, "convnet_d2_w4", DC_K, 2, "instance")
@@ -341,7 +342,7 @@ def dam_fx():
     return load("datadam")
 
 
-@pytest.mark.parametrize("case", ["bn", "in"])
+@pytest.mark.parametrize("case", ["bn", pytest.param("in", marks=pytest.mark.slow)])
 def test_datadam_step_matches_reference(dam_fx, case):
     """Attention term (every block but the last, weight 100) + embedding term (100 * 0.01):
     both metrics, the gradient and the updated images. bn = the reference's ConvNet
