@@ -137,8 +137,8 @@ def test_sharded_masked_batch_norm_equals_one_device():
 
 def test_same_step_as_pytorch_with_a_smaller_last_batch():
     """One epoch (4, 4, 2) of a BN ConvNet against PyTorch (drop_last=False): parameters and
-    running means; running variances by jaxdd's (Flax's) convention, which averages the
-    biased batch variance (PyTorch's unbiased one scales it by n / (n - 1))."""
+    running statistics (the running variance averages the unbiased batch variance,
+    n / (n - 1) x the biased one, in both: jaxdd.models.layers.BatchNorm)."""
     torch = pytest.importorskip("torch")
     tnn = torch.nn
     model = get_model("convnet_d2_w4_bn", K, SHAPE)
@@ -195,12 +195,11 @@ def test_same_step_as_pytorch_with_a_smaller_last_batch():
         close(gp[f"BatchNorm_{i}"]["scale"], t(bns[i].weight))
         close(gp[f"BatchNorm_{i}"]["bias"], t(bns[i].bias))
         close(gs[f"BatchNorm_{i}"]["mean"], t(bns[i].running_mean))
-        flax_var, torch_var = torch.ones(4), torch.ones(4)
+        torch_var = torch.ones(4)
         for (xb, v) in zip((4, 4, 2), batch_vars[i]):
-            n_b = xb * (8 // 2 ** i) ** 2
-            flax_var = 0.9 * flax_var + 0.1 * v
+            n_b = xb * (8 // 2 ** i) ** 2   # the real rows only (mask)
             torch_var = 0.9 * torch_var + 0.1 * v * n_b / (n_b - 1)
         close(t(torch_var), t(bns[i].running_var))   # the hook saw the batches torch used
-        close(gs[f"BatchNorm_{i}"]["var"], t(flax_var))
+        close(gs[f"BatchNorm_{i}"]["var"], t(bns[i].running_var))
     close(gp["TorchDense_0"]["Dense_0"]["kernel"], t(fc.weight.T))
     close(gp["TorchDense_0"]["Dense_0"]["bias"], t(fc.bias))

@@ -10,8 +10,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxdd.models.layers import (CHANNEL_MAJOR_IMPLS, Conv3x3, InstanceNorm, TorchDense, avg_pool_2x2,
-                                 avg_pool_2x2_cm)
+from jaxdd.models.layers import (CHANNEL_MAJOR_IMPLS, BatchNorm, Conv3x3, InstanceNorm, TorchDense,
+                                 avg_pool_2x2, avg_pool_2x2_cm)
 
 NORMS = ("instance", "batch", "none")
 
@@ -38,8 +38,9 @@ class ConvNet(nn.Module):
             if self.norm == "instance":
                 x = InstanceNorm(channel_major=cm)(x)
             elif self.norm == "batch":
-                # PyTorch momentum 0.1 == Flax momentum 0.9.
-                x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5)(x)
+                # PyTorch momentum 0.1 == Flax momentum 0.9; running variance unbiased as
+                # PyTorch's (layers.BatchNorm).
+                x = BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5)(x)
             x = nn.relu(x)
             x = avg_pool_2x2_cm(x) if cm else avg_pool_2x2(x)
         if cm:  # back to NHWC so the flatten order (and the classifier's weights) is layout-free
