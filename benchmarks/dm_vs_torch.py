@@ -71,6 +71,8 @@ def parse_args(argv=None):
     p.add_argument("--work", default=os.path.join(HERE, "runs", "dm_vs_torch"),
                    help="run directories (outside git; reused: finished sides are not rerun)")
     p.add_argument("--out", default=os.path.join(HERE, "results", "dm_vs_torch_cpu.json"))
+    p.add_argument("--collect-only", action="store_true",
+                   help="write the JSON from the sides already finished in --work; run nothing")
     p.add_argument("--jaxdd-python", default=os.environ.get("JAXDD_PYTHON", sys.executable),
                    help="interpreter of the `jaxdd` commands (default $JAXDD_PYTHON, else this one): "
                         "the torch venv may lack jaxdd's own dependencies (tensorboardX)")
@@ -355,6 +357,8 @@ def cached_side(args, side, seed):
             if side == "jaxdd" and "final_loss_per_class" not in r:
                 r["final_loss_per_class"] = jaxdd_final_loss(os.path.dirname(r["artefact"]))
             return r
+    if args.collect_only:
+        return None
     r = (run_jaxdd if side == "jaxdd" else run_torch)(args, seed)
     if side == "jaxdd":
         r["final_loss_per_class"] = jaxdd_final_loss(os.path.dirname(r["artefact"]))
@@ -438,13 +442,16 @@ def main(args):
     for seed in seeds:
         for side in sides:
             r = cached_side(args, side, seed)
+            if r is None:  # --collect-only and not finished
+                result.setdefault("missing", []).append(f"{side} seed {seed}")
+                continue
             result["runs"].setdefault(str(seed), {})[side] = r
             print(f"# seed {seed} {side}: {100 * r['accuracy_mean']:.2f} +- {100 * r['accuracy_std']:.2f} %",
                   file=sys.stderr, flush=True)
             result["summary"] = summarise(result["runs"])
             with open(args.out, "w") as f:  # partial result after every side
                 f.write(json.dumps(result, default=float) + "\n")
-    result["complete"] = True
+    result["complete"] = "missing" not in result
     result["loadavg_end"] = [round(v, 2) for v in os.getloadavg()]
     write("dm_vs_torch_cpu", result, args.out)
 
