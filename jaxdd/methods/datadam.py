@@ -46,7 +46,8 @@ class DataDAMConfig:
     lr_img: float = 1.0  # SGD step on the pixels (reference help: 1 for low ipc, 10 for ipc>=100)
     momentum_img: float = 0.5  # momentum of the image optimiser (PyTorch convention)
     batch_real: int = 64  # real images per class per step; used by the driver's sampler
-    iterations: int = 20000  # steps (reference `Iteration`); used by the driver
+    iterations: int = 20000  # reference `Iteration`, for the record only: a run's length is
+    # the config's top-level `iterations` (the pipeline refuses another value here)
     dsa_strategy: str = DSA_DEFAULT  # siamese DSA families; "none" = off
     power: float = 1.0  # p in sum_ch |f|^p: main_DataDAM.py calls get_attention(exp=1)
     # (the function's own default is exp=4, unused by the main script)

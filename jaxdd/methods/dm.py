@@ -34,7 +34,8 @@ class DMConfig:
     lr_img: float = 1.0  # SGD step on the pixels (readme: 1 for ipc<=50, 10 for ipc>=100 on CIFAR-10)
     momentum_img: float = 0.5  # momentum of the image optimiser (PyTorch convention)
     batch_real: int = 256  # real images per class per step; used by the driver's sampler
-    iterations: int = 20000  # steps (reference `Iteration`); used by the driver
+    iterations: int = 20000  # reference `Iteration` (main_DM.py:22), for the record only: a
+    # run's length is the config's top-level `iterations` (the pipeline refuses another value here)
     dsa_strategy: str = DSA_DEFAULT  # siamese DSA families; "none" = off (readme: drop
     # "flip" for digit datasets)
     fyi: bool = False  # FYI: match S_c U Flip(S_c) instead of S_c (cvlab-yonsei/FYI main_DM.py)

@@ -21,6 +21,13 @@ def prepare(ctx: Context) -> Prepared:
     cfg = ctx.cfg
     spec = next(m for m in METHODS if m.name == cfg["method"])
     mcfg = spec.section_config(cfg)
+    # DM/DataDAM keep the reference's `Iteration` in their section for the record; a value
+    # set there would be silently ignored, so refuse it (the run's length: `iterations`)
+    if spec.name in ("dm", "datadam") and \
+            mcfg.iterations not in (type(mcfg).iterations, cfg["iterations"]):
+        raise ValueError(f"{spec.section}.iterations={mcfg.iterations} is not read (the run "
+                         f"takes the top-level iterations={cfg['iterations']}); set "
+                         f"iterations={mcfg.iterations} instead")
     model = get_model(cfg["model"], ctx.ds.num_classes, ctx.ds.image_shape)
     distiller = FACTORIES[spec.name](mcfg, model, ctx.ds.num_classes)
     x_train = jdata.apply(ctx.pre, ctx.ds.x_train)  # host numpy; the driver places it
