@@ -119,6 +119,18 @@ def real_data(gen: torch.Generator, per_class: int = 10) -> tuple[torch.Tensor, 
     return x, y
 
 
+
+def expert_and_real_init(gen: torch.Generator, ipc: int, start: int, expert_epochs: int,
+                         lr_teacher: float):
+    """The tiny real data, one expert trajectory, pix_init='real' (ipc random real images per
+    class, in class order) and the window's start/target parameters, drawn from `gen`."""
+    x_real, y_real = real_data(gen)
+    traj = train_expert(gen, x_real, y_real, epochs=start + expert_epochs, lr=lr_teacher, batch=10)
+    pick = torch.cat([torch.nonzero(y_real == c).view(-1)[torch.randperm(10, generator=gen)[:ipc]]
+                      for c in range(NUM_CLASSES)])
+    label_syn = torch.arange(NUM_CLASSES).repeat_interleave(ipc)
+    return x_real, y_real, traj, x_real[pick].clone(), label_syn, traj[start], traj[start + expert_epochs]
+
 def save(name: str, arrays: dict) -> str:
     os.makedirs(OUT_DIR, exist_ok=True)
     path = os.path.normpath(os.path.join(OUT_DIR, f"{name}.npz"))

@@ -45,14 +45,8 @@ LR_TEACHER, LR_IMG, LR_LR = 0.05, 1000.0, 1e-5   # lr_img, lr_lr: distill.py's d
 
 def main() -> None:
     gen = torch.Generator().manual_seed(SEED)
-    x_real, y_real = tm.real_data(gen)
-    traj = tm.train_expert(gen, x_real, y_real, epochs=START + EXPERT_EPOCHS, lr=LR_TEACHER, batch=10)
-    # pix_init='real': ipc random real images per class
-    pick = torch.cat([torch.nonzero(y_real == c).view(-1)[torch.randperm(10, generator=gen)[:IPC]]
-                      for c in range(tm.NUM_CLASSES)])
-    image_syn0 = x_real[pick].clone()
-    label_syn = torch.arange(tm.NUM_CLASSES).repeat_interleave(IPC)
-    starting, target = traj[START], traj[START + EXPERT_EPOCHS]
+    x_real, y_real, traj, image_syn0, label_syn, starting, target = tm.expert_and_real_init(
+        gen, IPC, START, EXPERT_EPOCHS, LR_TEACHER)   # pix_init='real'
     out = dict(x_real=x_real, y_real=y_real, traj=torch.stack(traj), start=START,
                expert_epochs=EXPERT_EPOCHS, syn_steps=SYN_STEPS, x_syn=image_syn0, y_syn=label_syn,
                syn_lr=LR_TEACHER, lr_img=LR_IMG, lr_lr=LR_LR, momentum=0.5)
