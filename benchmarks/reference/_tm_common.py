@@ -131,6 +131,14 @@ def expert_and_real_init(gen: torch.Generator, ipc: int, start: int, expert_epoc
     label_syn = torch.arange(NUM_CLASSES).repeat_interleave(ipc)
     return x_real, y_real, traj, x_real[pick].clone(), label_syn, traj[start], traj[start + expert_epochs]
 
+
+def window_arrays(x_real, y_real, traj, image_syn0, label_syn, start: int, expert_epochs: int,
+                  syn_steps: int, lr_teacher: float, lr_img: float, lr_lr: float) -> dict:
+    """The inputs every trajectory-matching fixture stores (momentum 0.5: distill.py's)."""
+    return dict(x_real=x_real, y_real=y_real, traj=torch.stack(traj), start=start,
+                expert_epochs=expert_epochs, syn_steps=syn_steps, x_syn=image_syn0, y_syn=label_syn,
+                syn_lr=lr_teacher, lr_img=lr_img, lr_lr=lr_lr, momentum=0.5)
+
 def save(name: str, arrays: dict) -> str:
     os.makedirs(OUT_DIR, exist_ok=True)
     path = os.path.normpath(os.path.join(OUT_DIR, f"{name}.npz"))

@@ -47,9 +47,8 @@ def main() -> None:
     gen = torch.Generator().manual_seed(SEED)
     x_real, y_real, traj, image_syn0, label_syn, starting, target = tm.expert_and_real_init(
         gen, IPC, START, EXPERT_EPOCHS, LR_TEACHER)   # pix_init='real'
-    out = dict(x_real=x_real, y_real=y_real, traj=torch.stack(traj), start=START,
-               expert_epochs=EXPERT_EPOCHS, syn_steps=SYN_STEPS, x_syn=image_syn0, y_syn=label_syn,
-               syn_lr=LR_TEACHER, lr_img=LR_IMG, lr_lr=LR_LR, momentum=0.5)
+    out = tm.window_arrays(x_real, y_real, traj, image_syn0, label_syn, START, EXPERT_EPOCHS,
+                           SYN_STEPS, LR_TEACHER, LR_IMG, LR_LR)
 
     # case full: batch_syn = all, one outer iteration with the optimiser step
     image_syn = image_syn0.clone().requires_grad_(True)
