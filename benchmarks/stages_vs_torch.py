@@ -68,6 +68,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import statistics
 import sys
@@ -713,23 +714,34 @@ def main(args):
     checks, rows = {}, []
     load0 = [round(v, 2) for v in os.getloadavg()]
     t_all = time.perf_counter()
-    for name in args.stage_list:
+    import torchvision
+
+    def result(complete):
+        return dict(
+            benchmark="stages_vs_torch", tiny=args.tiny, device=args.device,
+            device_name=device_name(args.device), environment=environment(),
+            torch=torch.__version__, torchvision=torchvision.__version__,
+            torch_threads=torch.get_num_threads(), peak=peak, sizes=dataclasses.asdict(sz),
+            repeats=args.repeats, warmup=args.warmup, statistic="median",
+            loadavg_1_5_15_start=load0,
+            loadavg_1_5_15_end=[round(v, 2) for v in os.getloadavg()],
+            total_s=round(time.perf_counter() - t_all, 1), complete=complete, results=rows)
+
+    for i, name in enumerate(args.stage_list):
         if args.check64:
             checks[name] = check_float64(name, dev)
             print(f"# {name:14s} float64 check {checks[name]}", file=sys.stderr, flush=True)
         row = run_stage(name, sz, dev, args, peak["peak_fp32_flops"])
         row["check_float64"] = checks.get(name)
         rows.append(row)
-    import torchvision
-    result = dict(
-        benchmark="stages_vs_torch", tiny=args.tiny, device=args.device,
-        device_name=device_name(args.device), environment=environment(),
-        torch=torch.__version__, torchvision=torchvision.__version__,
-        torch_threads=torch.get_num_threads(), peak=peak, sizes=dataclasses.asdict(sz),
-        repeats=args.repeats, warmup=args.warmup, statistic="median",
-        loadavg_1_5_15_start=load0, loadavg_1_5_15_end=[round(v, 2) for v in os.getloadavg()],
-        total_s=round(time.perf_counter() - t_all, 1), results=rows)
-    write("stages_vs_torch", result, args.out)
+        if i + 1 < len(args.stage_list):   # finished stages survive an interrupted run
+            _write_quiet(result(False), args.out)
+    write("stages_vs_torch", result(True), args.out)
+
+
+def _write_quiet(result, path):
+    with open(path, "w") as f:
+        f.write(json.dumps(result, default=float) + "\n")
 
 
 if __name__ == "__main__":

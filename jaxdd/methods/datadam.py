@@ -21,15 +21,14 @@ the same for BN models and vmaps otherwise.
 from __future__ import annotations
 
 import dataclasses
-import functools
 
 import jax
 import jax.numpy as jnp
 
-from jaxdd.augment import DSA_DEFAULT, fyi_flip_concat, parse_strategy, siamese_dsa
+from jaxdd.augment import DSA_DEFAULT, parse_strategy
 from jaxdd.methods.base import Distiller, PRNGKey
 from jaxdd.methods.matching import (ImageSGDState, forward_features, make_random_net_matcher,
-                                    mean_sq_distance, per_class)
+                                    mean_sq_distance, per_class, prepare_pairs)
 from jaxdd.models import Model, Variables
 from jaxdd.tree import safe_norm
 
@@ -84,25 +83,25 @@ def datadam_class_losses(model: Model, variables: Variables, x_real_KxBxHWC: jax
                          ) -> tuple[jax.Array, jax.Array]:
     """(attention_K, output_K): the per-class attention term (summed over layers, unweighted)
     and the per-class embedding term (unweighted). L = w_att * (att + task_balance * out)."""
-    num_classes = x_real_KxBxHWC.shape[0]
-    if config.fyi:
-        x_syn_KxIxHWC = jax.vmap(fyi_flip_concat)(x_syn_KxIxHWC)
-    if parse_strategy(config.dsa_strategy):
-        aug = functools.partial(siamese_dsa, strategy=config.dsa_strategy)
-        keys_K = jax.random.split(key, num_classes)
-        x_real_KxBxHWC, x_syn_KxIxHWC = jax.vmap(aug)(keys_K, x_real_KxBxHWC, x_syn_KxIxHWC)
+    x_real_KxBxHWC, x_syn_KxIxHWC = prepare_pairs(x_real_KxBxHWC, x_syn_KxIxHWC, key,
+                                                  config.dsa_strategy, config.fyi)
 
-    def feats(x_NHWC: jax.Array):
-        f = forward_features(model, variables, x_NHWC, train=True)
-        if not f.blocks:
-            raise ValueError(f"DataDAM needs spatial feature maps; model {model.name!r} has none")
-        return tuple(attention_map(b, config.power) for b in f.blocks[:-1]), f.emb_BxD
+    def feats(net: Model):
+        def f(x_NHWC: jax.Array):
+            feat = forward_features(net, variables, x_NHWC, train=True)
+            if not feat.blocks:
+                raise ValueError(f"DataDAM needs spatial feature maps; model {model.name!r} "
+                                 f"has none")
+            return tuple(attention_map(b, config.power) for b in feat.blocks[:-1]), feat.emb_BxD
+        return f
 
     coupled = model.has_batch_stats
-    att_real, emb_real = jax.lax.stop_gradient(per_class(feats, x_real_KxBxHWC, coupled))
-    att_syn, emb_syn = per_class(feats, x_syn_KxIxHWC, coupled)
+    # the real branch is never differentiated: the forward-only layout of the same network
+    att_real, emb_real = jax.lax.stop_gradient(
+        per_class(feats(model.forward_only()), x_real_KxBxHWC, coupled))
+    att_syn, emb_syn = per_class(feats(model), x_syn_KxIxHWC, coupled)
     att_K = sum((mean_sq_distance(r, s) for r, s in zip(att_real, att_syn)),
-                jnp.zeros((num_classes,)))
+                jnp.zeros((x_real_KxBxHWC.shape[0],)))
     return att_K, mean_sq_distance(emb_real, emb_syn)
 
 

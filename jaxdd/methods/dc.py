@@ -36,17 +36,17 @@ CEs equals the mean CE over the concatenated real batch, which is what is comput
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from jaxdd.augment import DSA_DEFAULT, dsa, fyi_flip_concat, parse_strategy, siamese_dsa
+from jaxdd.augment import DSA_DEFAULT, dsa, fyi_flip_concat, parse_strategy
 from jaxdd.methods.base import Distiller, Metrics, PRNGKey, SynState, check_init
 from jaxdd.methods.matching import (MATCH_METRICS, RealBatch, ensure_same_classes,
-                                    gradient_match_loss, real_images, syn_by_class)
+                                    gradient_match_loss, over_classes, prepare_pairs,
+                                    real_images, syn_by_class)
 from jaxdd.models import Model, Variables
 from jaxdd.train.loop import TrainConfig, train_network
 
@@ -141,17 +141,6 @@ def _ce_grads(model: Model, variables: Variables, x_NHWC: jax.Array, label: jax.
     return jax.grad(ce)(variables["params"])
 
 
-def _prepare_pairs(x_real_KxBxHWC, x_syn_KxIxHWC, key, dsa_strategy, fyi):
-    """FYI mirror and siamese DSA (one key per class) of the matched batches."""
-    if fyi:
-        x_syn_KxIxHWC = jax.vmap(fyi_flip_concat)(x_syn_KxIxHWC)
-    if parse_strategy(dsa_strategy):
-        aug = functools.partial(siamese_dsa, strategy=dsa_strategy)
-        keys_K = jax.random.split(key, x_real_KxBxHWC.shape[0])
-        x_real_KxBxHWC, x_syn_KxIxHWC = jax.vmap(aug)(keys_K, x_real_KxBxHWC, x_syn_KxIxHWC)
-    return x_real_KxBxHWC, x_syn_KxIxHWC
-
-
 def _flat_with_labels(x_KxNxHWC: jax.Array) -> tuple[jax.Array, jax.Array]:
     k, n = x_KxNxHWC.shape[:2]
     return x_KxNxHWC.reshape(k * n, *x_KxNxHWC.shape[2:]), jnp.repeat(jnp.arange(k), n)
@@ -166,7 +155,7 @@ def dc_all_classes_loss(model: Model, variables: Variables, x_real_KxBxHWC: jax.
     K*B real (K*I synthetic) images, i.e. the class average of the per-class means, and the
     real gradient is a constant.
     """
-    x_real_KxBxHWC, x_syn_KxIxHWC = _prepare_pairs(x_real_KxBxHWC, x_syn_KxIxHWC, key,
+    x_real_KxBxHWC, x_syn_KxIxHWC = prepare_pairs(x_real_KxBxHWC, x_syn_KxIxHWC, key,
                                                    dsa_strategy, fyi)
     gw_real = jax.lax.stop_gradient(_ce_grads(model, variables, *_flat_with_labels(x_real_KxBxHWC)))
     gw_syn = _ce_grads(model, variables, *_flat_with_labels(x_syn_KxIxHWC))
@@ -178,12 +167,12 @@ def dc_class_losses(model: Model, variables: Variables, x_real_KxBxHWC: jax.Arra
                     dis_metric: str = "ours", fyi: bool = False) -> jax.Array:
     """Per-class gradient-matching terms (K,): D(grad CE(real_c), grad CE(syn_c)).
 
-    vmapped over classes (the reference loops); the network is evaluated in inference mode
+    mapped over classes (the reference loops); the network is evaluated in inference mode
     (BN: the frozen running statistics), so classes do not interact. The real gradient is a
     constant (detached in the reference).
     """
     num_classes = x_real_KxBxHWC.shape[0]
-    x_real_KxBxHWC, x_syn_KxIxHWC = _prepare_pairs(x_real_KxBxHWC, x_syn_KxIxHWC, key,
+    x_real_KxBxHWC, x_syn_KxIxHWC = prepare_pairs(x_real_KxBxHWC, x_syn_KxIxHWC, key,
                                                    dsa_strategy, fyi)
 
     def one(x_real_BHWC, x_syn_IHWC, c):
@@ -191,7 +180,7 @@ def dc_class_losses(model: Model, variables: Variables, x_real_KxBxHWC: jax.Arra
         gw_syn = _ce_grads(model, variables, x_syn_IHWC, c)
         return gradient_match_loss(gw_real, gw_syn, dis_metric)
 
-    return jax.vmap(one)(x_real_KxBxHWC, x_syn_KxIxHWC, jnp.arange(num_classes))
+    return over_classes(one, (x_real_KxBxHWC, x_syn_KxIxHWC, jnp.arange(num_classes)))
 
 
 def make_dc(config: DCConfig, model: Model, num_classes: int) -> Distiller:

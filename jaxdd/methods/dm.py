@@ -14,14 +14,13 @@ DatasetCondensation `main_DM.py` (defaults below). Cost per step is constant: tw
 from __future__ import annotations
 
 import dataclasses
-import functools
 
 import jax
 
-from jaxdd.augment import DSA_DEFAULT, fyi_flip_concat, parse_strategy, siamese_dsa
+from jaxdd.augment import DSA_DEFAULT, parse_strategy
 from jaxdd.methods.base import Distiller, PRNGKey
 from jaxdd.methods.matching import (ImageSGDState, forward_features, make_random_net_matcher,
-                                    mean_sq_distance, per_class)
+                                    mean_sq_distance, per_class, prepare_pairs)
 from jaxdd.models import Model, Variables
 
 __all__ = ["DMConfig", "DMState", "make_dm", "dm_class_losses"]
@@ -59,20 +58,17 @@ def dm_class_losses(model: Model, variables: Variables, x_real_KxBxHWC: jax.Arra
     Networks in train mode (BN: batch statistics over all classes, as the reference's
     ConvNetBN branch); the real branch is detached.
     """
-    num_classes = x_real_KxBxHWC.shape[0]
-    keys_K = jax.random.split(key, num_classes)
-    if fyi:
-        x_syn_KxIxHWC = jax.vmap(fyi_flip_concat)(x_syn_KxIxHWC)
-    if parse_strategy(dsa_strategy):
-        aug = functools.partial(siamese_dsa, strategy=dsa_strategy)
-        x_real_KxBxHWC, x_syn_KxIxHWC = jax.vmap(aug)(keys_K, x_real_KxBxHWC, x_syn_KxIxHWC)
+    x_real_KxBxHWC, x_syn_KxIxHWC = prepare_pairs(x_real_KxBxHWC, x_syn_KxIxHWC, key,
+                                                  dsa_strategy, fyi)
 
-    def embed(x_NHWC: jax.Array) -> jax.Array:
-        return forward_features(model, variables, x_NHWC, train=True).emb_BxD
+    def embed(net: Model):
+        return lambda x_NHWC: forward_features(net, variables, x_NHWC, train=True).emb_BxD
 
     coupled = model.has_batch_stats
-    emb_real_KxBxD = jax.lax.stop_gradient(per_class(embed, x_real_KxBxHWC, coupled))
-    emb_syn_KxIxD = per_class(embed, x_syn_KxIxHWC, coupled)
+    # the real branch is never differentiated: the forward-only layout of the same network
+    emb_real_KxBxD = jax.lax.stop_gradient(
+        per_class(embed(model.forward_only()), x_real_KxBxHWC, coupled))
+    emb_syn_KxIxD = per_class(embed(model), x_syn_KxIxHWC, coupled)
     return mean_sq_distance(emb_real_KxBxD, emb_syn_KxIxD)
 
 

@@ -102,6 +102,21 @@ class Model:
         x = jnp.zeros((1, *self.input_shape), jnp.float32)
         return dict(self.module.init(key, x, train=False))
 
+    def forward_only(self) -> "Model":
+        """The same network (same variables, same function) in the layout that is fastest
+        for a forward pass that is never differentiated.
+
+        On XLA:CPU a ConvNet's `lax.conv` forward is ~2x faster than the channel-major im2col
+        one (measured: DM's real embeddings, w128 on 10 x 256 CIFAR-size images 5.0 -> 2.2 s
+        per class-mapped pass, w32 on 10 x 64 Fashion-MNIST images 0.12 -> 0.06 s), while
+        im2col wins wherever a gradient flows back through the convs. Other models and
+        backends: the model itself.
+        """
+        if (jax.default_backend() != "cpu" or not isinstance(self.module, ConvNet)
+                or self.module.conv_impl == "lax"):
+            return self
+        return dataclasses.replace(self, module=self.module.clone(conv_impl="lax"))
+
     def apply(self, variables: Variables, x_NHWC: jax.Array) -> jax.Array:
         """Inference logits (BN uses running statistics)."""
         return self.module.apply(variables, x_NHWC, train=False)

@@ -1,0 +1,141 @@
+"""Cross-architecture Fashion-MNIST table (issue #14): distilled IPC-10 sets trained on the
+references' architectures, next to a random real subset of the same size.
+
+    python benchmarks/cross_arch_fmnist.py [--sets random,dm,mtt] [--ipc 10] [--seeds 3]
+        [--models convnet,lenet,alexnet,vgg11,resnet18_ap] [--protocol cpu] [--redo]
+
+Each set is made once with the CLI, as a user would (`jaxdd baseline random`, or
+`jaxdd distill --config <the method's cpu preset> --no-eval`), into
+benchmarks/runs/cross_arch/<set>/, and then evaluated with one command:
+
+    jaxdd evaluate <artefact> --protocol cpu --seeds S --models convnet,lenet,alexnet,...
+
+(every network from the same seed keys, on the same set, at the set's learned lr if it has
+one, as MTT's `--eval_mode M` does). Finished sets and evaluations are kept in that folder,
+so an interrupted run resumes; --redo starts a set again. All kept results are collected
+into benchmarks/results/cross_arch_fmnist.json (one JSON line) and a markdown table
+(cross_arch_fmnist.md). Seconds are wall seconds of the CLI commands on this shared 2-core
+machine (flagged when other jobs ran): upper bounds, not timings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import RESULTS, ROOT, RUNS, environment, run_cli, write  # noqa: E402
+
+HERE = os.path.join(RUNS, "cross_arch")
+MODELS = "convnet,lenet,alexnet,vgg11,resnet18_ap"
+# set -> the command that makes it (the method's reduced `cpu` preset; `random`: the baseline)
+SETS = {
+    "random": None,
+    "dm": "configs/classic/dm_fashion_mnist_cpu.py",
+    "mtt": "configs/mtt/fashion_mnist_cpu.py",
+}
+
+
+def _load_avg() -> float:
+    return round(os.getloadavg()[0], 2)
+
+
+def make_set(name: str, ipc: int, redo: bool) -> dict:
+    """The set's artefact (made once); returns how it was made."""
+    run = os.path.join(HERE, name)
+    info_path = os.path.join(HERE, f"{name}.made.json")
+    if os.path.exists(info_path) and not redo:
+        with open(info_path) as f:
+            return json.load(f)
+    if os.path.exists(run):
+        shutil.rmtree(run)
+    if SETS[name] is None:
+        argv = ["baseline", "random", "--dataset", "fashion_mnist", "--ipc", str(ipc),
+                "--seed", "0", "--out", os.path.join(run, "artefact"), "--quiet"]
+    else:
+        argv = ["distill", "--config", SETS[name], "--ipc", str(ipc), "--out", run,
+                "--no-eval", "--quiet"]
+    load0 = _load_avg()
+    res, sec = run_cli(*argv)
+    info = {"set": name, "command": "jaxdd " + " ".join(argv).replace(ROOT + "/", ""),
+            "artefact": os.path.relpath(os.path.join(run, "artefact"), ROOT),
+            "distill_seconds": res.get("distill_seconds"), "wall_seconds": sec,
+            "load_before": load0, "load_after": _load_avg()}
+    os.makedirs(HERE, exist_ok=True)
+    with open(info_path, "w") as f:
+        json.dump(info, f)
+    return info
+
+
+def evaluate_set(name: str, made: dict, models: str, protocol: str, seeds: int,
+                 redo: bool) -> dict:
+    out = os.path.join(HERE, f"{name}.{protocol}.s{seeds}.json")
+    if os.path.exists(out) and not redo:
+        with open(out) as f:
+            kept = json.load(f)
+        if kept["models"] == models:
+            return kept
+    argv = ["evaluate", os.path.join(ROOT, made["artefact"]), "--protocol", protocol,
+            "--seeds", str(seeds), "--models", models, "--quiet"]
+    load0 = _load_avg()
+    res, sec = run_cli(*argv)
+    result = {"set": name, "models": models, "made": made,
+              "command": "jaxdd " + " ".join(argv).replace(ROOT + "/", ""),
+              "table": res, "wall_seconds": sec, "load_before": load0,
+              "load_after": _load_avg()}
+    with open(out, "w") as f:
+        json.dump(result, f)
+    return result
+
+
+def markdown(results: list[dict]) -> str:
+    models = results[0]["models"].split(",")
+    head = results[0]["table"]
+    lines = [f"# Cross-architecture Fashion-MNIST, IPC {head.get('ipc')}, protocol "
+             f"{head.get('protocol')}, {head.get('seeds')} seeds (final-epoch test accuracy, %)",
+             "", "| set | " + " | ".join(models) + " |", "|---|" + "---|" * len(models)]
+    for r in results:
+        by = {row["model"]: row for row in r["table"]["rows"]}
+        cells = [f"{100 * by[m]['accuracy_mean']:.1f} ± {100 * by[m]['accuracy_std']:.1f}"
+                 if m in by else "-" for m in models]
+        lines.append(f"| {r['set']} | " + " | ".join(cells) + " |")
+    params = {row["model"]: row["params"] for row in results[0]["table"]["rows"]}
+    lines += ["", "Parameters: " + ", ".join(f"{m} {params[m]:,}" for m in models if m in params),
+              "", "Sets: " + "; ".join(f"{r['set']}: `{r['made']['command']}`" for r in results)]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--sets", default=",".join(SETS))
+    p.add_argument("--ipc", type=int, default=10)
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--models", default=MODELS)
+    p.add_argument("--protocol", default="cpu")
+    p.add_argument("--redo", action="store_true")
+    a = p.parse_args(argv)
+    names = [s for s in a.sets.split(",") if s]
+    unknown = sorted(set(names) - set(SETS))
+    if unknown:
+        raise SystemExit(f"cross_arch_fmnist: error: unknown set(s) {unknown}; use {sorted(SETS)}")
+    results = []
+    for name in names:
+        made = make_set(name, a.ipc, a.redo)
+        results.append(evaluate_set(name, made, a.models, a.protocol, a.seeds, a.redo))
+        with open(os.path.join(RESULTS, "cross_arch_fmnist.md"), "w") as f:
+            f.write(markdown(results))
+        write("cross_arch_fmnist", {"benchmark": "cross_arch_fmnist", "ipc": a.ipc,
+                                     "protocol": a.protocol, "seeds": a.seeds,
+                                     "models": a.models.split(","), "sets": results,
+                                     "complete": len(results) == len(names),
+                                     "timing": "wall seconds on a shared 2-core CPU "
+                                               "(load before/after recorded)",
+                                     "env": environment()})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
