@@ -97,6 +97,8 @@ def parse_args(argv=None):
     p.add_argument("--no-check64", dest="check64", action="store_false", help="skip the float64 checks")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: usable cores)")
     p.add_argument("--out", default=None)
+    p.add_argument("--resume", action="store_true",
+                   help="keep the stages already in --out (an interrupted run's) and run the rest")
     args = p.parse_args(argv)
     args.stage_list = [s for s in args.stages.split(",") if s]
     for s in args.stage_list:
@@ -127,9 +129,10 @@ from jaxdd.labels import relabel as jrelabel  # noqa: E402
 from jaxdd.methods.datadam import DataDAMConfig, make_datadam  # noqa: E402
 from jaxdd.methods.dc import DCConfig, make_dc  # noqa: E402
 from jaxdd.methods.dm import DMConfig, make_dm  # noqa: E402
+from jaxdd.methods import matching  # noqa: E402
 from jaxdd.methods.matching import hard_labels  # noqa: E402
 from jaxdd.methods.statistics.recover import RecoverConfig, make_recover  # noqa: E402
-from jaxdd.models import get_model  # noqa: E402
+from jaxdd.models import Model, get_model  # noqa: E402
 from jaxdd.models.convert import flax_to_torchvision  # noqa: E402
 from jaxdd.train.loop import (TrainConfig, accuracy, steps_per_epoch, train_epochs,  # noqa: E402
                               train_init)
@@ -655,7 +658,15 @@ def run_stage(name, sz, dev, args, peak):
     t0 = time.perf_counter()
     compiled = jax.jit(st.jstep).lower(*st.jargs).compile()
     compile_s = time.perf_counter() - t0
-    flops_xla = flops_of(compiled)
+    # FLOPs of the same math as a loop-free im2col program: XLA counts a loop body once (the
+    # matchers map over the classes on one CPU device) and does not count lax.conv on XLA:CPU
+    # (their real branches' forward-only layout), so both are switched off for the count.
+    matching.CLASS_LOOP, forward_only = "vmap", Model.forward_only
+    Model.forward_only = lambda self: self
+    try:
+        flops_xla = flops_of(jax.jit(lambda *a: st.jstep(*a)).lower(*st.jargs).compile())  # a fresh trace
+    finally:
+        matching.CLASS_LOOP, Model.forward_only = None, forward_only
     # XLA's cost analysis counts a while loop's body once, whatever its trip count. Loop-free
     # stages (up to the RNG's small loops) are counted as they are; a training loop's count is
     # scaled by its trips (an estimate: the body dominates); DC's is a lower bound only.
@@ -725,9 +736,23 @@ def main(args):
             repeats=args.repeats, warmup=args.warmup, statistic="median",
             loadavg_1_5_15_start=load0,
             loadavg_1_5_15_end=[round(v, 2) for v in os.getloadavg()],
-            total_s=round(time.perf_counter() - t_all, 1), complete=complete, results=rows)
+            total_s=round(time.perf_counter() - t_all, 1),
+            complete=complete and not missing(), missing=missing(), results=rows)
 
+    def missing():
+        return [n for n in STAGES if n not in {r["stage"] for r in rows}]
+
+    if args.resume and os.path.exists(args.out):
+        with open(args.out) as f:
+            kept = json.load(f)
+        if kept.get("sizes") != json.loads(json.dumps(dataclasses.asdict(sz))):
+            raise SystemExit(f"--resume: {args.out} was run with other sizes; drop --resume")
+        rows = [r for r in kept["results"] if r["stage"] in args.stage_list]
+        load0 = kept.get("loadavg_1_5_15_start", load0)
+    done = {r["stage"] for r in rows}
     for i, name in enumerate(args.stage_list):
+        if name in done:
+            continue
         if args.check64:
             checks[name] = check_float64(name, dev)
             print(f"# {name:14s} float64 check {checks[name]}", file=sys.stderr, flush=True)

@@ -51,6 +51,26 @@ def test_channel_major_convnet_is_the_same_function_to_second_order(name, shape)
     np.testing.assert_allclose(gb, ga, rtol=1e-4, atol=1e-5 * float(jnp.abs(ga).max()))
 
 
+@pytest.mark.parametrize("name", ["convnet_d3_w8", "convnet_d3_w8_bn", "resnet18"])
+def test_forward_only_is_the_same_network(name):
+    """`Model.forward_only()` (lax.conv ConvNets on XLA:CPU, for branches never differentiated):
+    same variables, same logits and train-mode outputs; models without a faster layout are
+    returned as they are."""
+    m = get_model(name, 10, (28, 28, 1))
+    f = m.forward_only()
+    if name.startswith("resnet"):
+        assert f is m
+        return
+    assert f.module.conv_impl == "lax" and m.module.conv_impl != "lax"
+    assert f.forward_only() is f
+    v = m.init(jax.random.key(1))
+    assert jax.tree.structure(v) == jax.tree.structure(f.init(jax.random.key(1)))
+    x = jax.random.normal(jax.random.key(0), (4, 28, 28, 1))
+    np.testing.assert_allclose(f.apply(v, x), m.apply(v, x), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(f.apply_train(v, x)[0], m.apply_train(v, x)[0], rtol=1e-5,
+                               atol=1e-5)
+
+
 def test_grey_28px_padded_to_32_and_torch_init():
     m = get_model("convnet", 10, (28, 28, 1))
     v = m.init(jax.random.key(0))

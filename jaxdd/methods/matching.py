@@ -174,6 +174,11 @@ def forward_features(model: Model, variables: Variables, x_NHWC: jax.Array,
     return Features(logits, emb, blocks, new_vars)
 
 
+# None: `over_classes` picks map or vmap as below; "map" / "vmap" force one (tests, and the
+# FLOP count of benchmarks/stages_vs_torch.py: XLA's cost analysis counts a loop body once).
+CLASS_LOOP: str | None = None
+
+
 def over_classes(fn: Callable, xs: Any) -> Any:
     """fn over the leading (class) axis of the pytree xs: `lax.map` on one CPU device, `vmap`
     otherwise.
@@ -184,7 +189,9 @@ def over_classes(fn: Callable, xs: Any) -> Any:
     GSPMD can split the classes over the mesh, and on GPU/TPU one batched program is the
     faster one. Both give the same values (tested).
     """
-    if jax.default_backend() == "cpu" and jax.device_count() == 1:
+    mode = CLASS_LOOP or ("map" if jax.default_backend() == "cpu" and jax.device_count() == 1
+                          else "vmap")
+    if mode == "map":
         return jax.lax.map(lambda a: fn(*a) if isinstance(a, tuple) else fn(a), xs)
     return jax.vmap(fn)(*xs) if isinstance(xs, tuple) else jax.vmap(fn)(xs)
 

@@ -40,8 +40,9 @@ def conv3x3_im2col(x_NHWC: jax.Array, kernel_33IO: jax.Array, padding: int) -> j
 
 def conv3x3_lax(x_NHWC: jax.Array, kernel_33IO: jax.Array, padding: int) -> jax.Array:
     """The same convolution through `lax.conv_general_dilated` (the reference path)."""
+    dtype = jnp.promote_types(x_NHWC.dtype, kernel_33IO.dtype)   # as the im2col matmul
     return jax.lax.conv_general_dilated(
-        x_NHWC, kernel_33IO, (1, 1), [(padding, padding)] * 2,
+        x_NHWC.astype(dtype), kernel_33IO.astype(dtype), (1, 1), [(padding, padding)] * 2,
         dimension_numbers=("NHWC", "HWIO", "NHWC"),
     )
 
