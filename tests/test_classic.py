@@ -181,27 +181,26 @@ def test_dm_vmap_equals_python_loop_over_classes(model, data):
     np.testing.assert_allclose(vec, loop, rtol=1e-5)
 
 
-def test_prepare_pairs_map_equals_vmap_over_classes(data):
-    """`prepare_pairs` runs the classes' DSA draws in a lax.map (one family per class) instead
-    of a vmap (every family computed, then selected): the same images and the same gradient."""
-    from jaxdd.augment import siamese_dsa
-    from jaxdd.methods.matching import prepare_pairs
+def test_prepare_pairs_map_equals_vmap_over_classes(data, monkeypatch):
+    """`over_classes` runs the classes' DSA draws in a lax.map (one family per class) or a
+    vmap (every family computed, then selected): the same images and the same gradient."""
+    from jaxdd.methods import matching
 
     x_real, x_syn = data
     key = jax.random.key(13)
     strategy = "color_crop_cutout_flip_scale_rotate"
-
-    def vmapped(x_syn):
-        keys = jax.random.split(key, K)
-        return jax.vmap(lambda k, r, s: siamese_dsa(k, r, s, strategy))(keys, x_real, x_syn)
-
-    mapped = lambda x_syn: prepare_pairs(x_real, x_syn, key, strategy, False)
-    loss = lambda f: lambda x_syn: sum(jnp.sum(jnp.sin(a)) for a in f(x_syn))
-    for a, b in zip(jax.jit(mapped)(x_syn), jax.jit(vmapped)(x_syn)):
+    pairs = lambda x_syn: matching.prepare_pairs(x_real, x_syn, key, strategy, False)
+    loss = lambda x_syn: sum(jnp.sum(jnp.sin(a)) for a in pairs(x_syn))
+    out = {}
+    for mode in ("map", "vmap"):
+        monkeypatch.setattr(matching, "CLASS_LOOP", mode)
+        # new function objects per mode: jit would otherwise reuse the first mode's trace
+        out[mode] = (jax.jit(lambda x: pairs(x))(x_syn),
+                     jax.jit(lambda x: jax.grad(loss)(x))(x_syn))
+    for a, b in zip(out["map"][0], out["vmap"][0]):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
-    np.testing.assert_allclose(jax.jit(jax.grad(loss(mapped)))(x_syn),
-                               jax.jit(jax.grad(loss(vmapped)))(x_syn), rtol=1e-5, atol=1e-6)
-    assert not np.allclose(mapped(x_syn)[1], x_syn)   # the draw changed the images
+    np.testing.assert_allclose(out["map"][1], out["vmap"][1], rtol=1e-5, atol=1e-6)
+    assert not np.allclose(out["map"][0][1], x_syn)   # the draw changed the images
 
 
 def test_dm_fyi_is_matching_the_mirrored_union(model, data):

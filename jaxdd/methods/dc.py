@@ -156,7 +156,7 @@ def dc_all_classes_loss(model: Model, variables: Variables, x_real_KxBxHWC: jax.
     real gradient is a constant.
     """
     x_real_KxBxHWC, x_syn_KxIxHWC = prepare_pairs(x_real_KxBxHWC, x_syn_KxIxHWC, key,
-                                                   dsa_strategy, fyi)
+                                                  dsa_strategy, fyi)
     gw_real = jax.lax.stop_gradient(_ce_grads(model, variables, *_flat_with_labels(x_real_KxBxHWC)))
     gw_syn = _ce_grads(model, variables, *_flat_with_labels(x_syn_KxIxHWC))
     return gradient_match_loss(gw_real, gw_syn, dis_metric)
@@ -173,14 +173,14 @@ def dc_class_losses(model: Model, variables: Variables, x_real_KxBxHWC: jax.Arra
     """
     num_classes = x_real_KxBxHWC.shape[0]
     x_real_KxBxHWC, x_syn_KxIxHWC = prepare_pairs(x_real_KxBxHWC, x_syn_KxIxHWC, key,
-                                                   dsa_strategy, fyi)
+                                                  dsa_strategy, fyi)
 
     def one(x_real_BHWC, x_syn_IHWC, c):
         gw_real = jax.lax.stop_gradient(_ce_grads(model, variables, x_real_BHWC, c))
         gw_syn = _ce_grads(model, variables, x_syn_IHWC, c)
         return gradient_match_loss(gw_real, gw_syn, dis_metric)
 
-    return over_classes(one, (x_real_KxBxHWC, x_syn_KxIxHWC, jnp.arange(num_classes)))
+    return over_classes(one, x_real_KxBxHWC, x_syn_KxIxHWC, jnp.arange(num_classes))
 
 
 def make_dc(config: DCConfig, model: Model, num_classes: int) -> Distiller:
