@@ -326,3 +326,44 @@ def save(name, arrays):
     path = os.path.abspath(os.path.join(FIXTURES, f"{name}.npz"))
     np.savez_compressed(path, **{k: np.asarray(v) for k, v in arrays.items()})
     print(f"wrote {path} ({os.path.getsize(path)} bytes, {len(arrays)} arrays)")
+
+
+def image_step_fixture(name, sizes, cases, dsa_case, dsa_families, lr_img, momentum, loss_fn):
+    """The DM/DataDAM fixture run: random real (K, B) and synthetic (K*IPC) images (seed 1),
+    then per (case, norm) a frozen ConvNet in train mode (seed 0; its weights stored, except for
+    `dsa_case`, which reuses the previous case's network and draws `dsa_families[c]` for class
+    c), one SGD(lr_img, momentum) step on the images of
+    `loss_fn(net, norm, x_real, image_syn, strategy, seeds, out, prefix) -> (loss, extras)`;
+    stores loss, extras, the image gradient and, where the case says so, the new images, and
+    saves `name`.npz."""
+    k, b, ipc, c, h, width, depth = sizes
+    torch.manual_seed(1)
+    x_real = torch.randn(k, b, c, h, h)
+    x_syn = torch.randn(k * ipc, c, h, h)
+    out = {"x_real": x_real.numpy(), "x_syn": x_syn.numpy(), "lr_img": lr_img,
+           "momentum": momentum}
+    for case, norm, keep_x_new in cases:
+        net = make_net(0, c, k, width, depth, norm, (h, h))
+        net.train()
+        for p in net.parameters():
+            p.requires_grad = False
+        seeds = None
+        if case == dsa_case:
+            seeds = [seed_for_family(DSA_DEFAULT, f, 100 * (i + 1))
+                     for i, f in enumerate(dsa_families)]
+        else:
+            out.update({f"{case}/{key}": v for key, v in weights(net).items()})
+        image_syn = x_syn.clone().requires_grad_(True)
+        optimizer_img = torch.optim.SGD([image_syn], lr=lr_img, momentum=momentum)
+        optimizer_img.zero_grad()
+        loss, extras = loss_fn(net, norm, x_real, image_syn, DSA_DEFAULT if seeds else "none",
+                               seeds, out, f"{case}/")
+        loss.backward()
+        out[f"{case}/loss"] = loss.item()
+        out.update({f"{case}/{key}": v for key, v in extras.items()})
+        out[f"{case}/grad"] = image_syn.grad.numpy().copy()
+        optimizer_img.step()
+        if keep_x_new:
+            out[f"{case}/x_new"] = image_syn.detach().numpy().copy()
+        print(case, seeds, loss.item(), extras)
+    save(name, out)

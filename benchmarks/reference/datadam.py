@@ -107,37 +107,14 @@ def datadam_loss(net, x_real, image_syn, strategy="none", seeds=None, out=None, 
 
 
 def main():
-    torch.manual_seed(1)
-    x_real = torch.randn(K, B, C, H, H)
-    x_syn = torch.randn(K * IPC, C, H, H)
-    out = {"x_real": x_real.numpy(), "x_syn": x_syn.numpy(), "lr_img": LR_IMG,
-           "momentum": MOMENTUM}
-    for case, norm in (("bn", "batchnorm"), ("bn_dsa", "batchnorm"), ("in", "instancenorm")):
-        net = R.make_net(0, C, K, WIDTH, DEPTH, norm, (H, H))
-        net.train()
-        for p in net.parameters():
-            p.requires_grad = False
-        if case != "bn_dsa":  # bn_dsa uses the bn network
-            out.update({f"{case}/{k}": v for k, v in R.weights(net).items()})
-        seeds = None
-        if case == "bn_dsa":
-            seeds = [R.seed_for_family(R.DSA_DEFAULT, f, 100 * (c + 1))
-                     for c, f in enumerate(DSA_FAMILIES)]
-        image_syn = x_syn.clone().requires_grad_(True)
-        optimizer_img = torch.optim.SGD([image_syn], lr=LR_IMG, momentum=MOMENTUM)
-        optimizer_img.zero_grad()
-        loss, mid, outl = datadam_loss(net, x_real, image_syn,
-                                       R.DSA_DEFAULT if seeds else "none", seeds, out, f"{case}/")
-        loss.backward()
-        out[f"{case}/loss"] = loss.item()
-        out[f"{case}/attention_loss"] = float(mid)
-        out[f"{case}/output_loss"] = float(outl)
-        out[f"{case}/grad"] = image_syn.grad.numpy().copy()
-        optimizer_img.step()
-        if case != "bn_dsa":
-            out[f"{case}/x_new"] = image_syn.detach().numpy().copy()
-        print(case, seeds, loss.item(), float(mid), float(outl))
-    R.save("datadam", out)
+    def loss_fn(net, norm, x_real, image_syn, strategy, seeds, out, prefix):
+        loss, mid, outl = datadam_loss(net, x_real, image_syn, strategy, seeds, out, prefix)
+        return loss, {"attention_loss": float(mid), "output_loss": float(outl)}
+
+    R.image_step_fixture("datadam", (K, B, IPC, C, H, WIDTH, DEPTH),
+                         (("bn", "batchnorm", True), ("bn_dsa", "batchnorm", False),
+                          ("in", "instancenorm", True)),
+                         "bn_dsa", DSA_FAMILIES, LR_IMG, MOMENTUM, loss_fn)
 
 
 if __name__ == "__main__":

@@ -60,34 +60,14 @@ def dm_loss(net, x_real, image_syn, bn, strategy="none", seeds=None, out=None, p
 
 
 def main():
-    torch.manual_seed(1)
-    x_real = torch.randn(K, B, C, H, H)
-    x_syn = torch.randn(K * IPC, C, H, H)
-    out = {"x_real": x_real.numpy(), "x_syn": x_syn.numpy(), "lr_img": LR_IMG,
-           "momentum": MOMENTUM}
-    for case, norm in (("in", "instancenorm"), ("in_dsa", "instancenorm"), ("bn", "batchnorm")):
-        net = R.make_net(0, C, K, WIDTH, DEPTH, norm, (H, H))
-        net.train()
-        for p in net.parameters():
-            p.requires_grad = False
-        if case != "in_dsa":
-            out.update({f"{case}/{k}": v for k, v in R.weights(net).items()})
-        seeds = None
-        if case == "in_dsa":
-            seeds = [R.seed_for_family(R.DSA_DEFAULT, f, 100 * (c + 1))
-                     for c, f in enumerate(DSA_FAMILIES)]
-        image_syn = x_syn.clone().requires_grad_(True)
-        optimizer_img = torch.optim.SGD([image_syn], lr=LR_IMG, momentum=MOMENTUM)
-        optimizer_img.zero_grad()
-        loss = dm_loss(net, x_real, image_syn, norm == "batchnorm",
-                       R.DSA_DEFAULT if seeds else "none", seeds, out, f"{case}/")
-        loss.backward()
-        out[f"{case}/loss"] = loss.item()
-        out[f"{case}/grad"] = image_syn.grad.numpy().copy()
-        optimizer_img.step()
-        out[f"{case}/x_new"] = image_syn.detach().numpy().copy()
-        print(case, seeds, loss.item())
-    R.save("dm", out)
+    def loss_fn(net, norm, x_real, image_syn, strategy, seeds, out, prefix):
+        return dm_loss(net, x_real, image_syn, norm == "batchnorm", strategy, seeds, out,
+                       prefix), {}
+
+    R.image_step_fixture("dm", (K, B, IPC, C, H, WIDTH, DEPTH),
+                         (("in", "instancenorm", True), ("in_dsa", "instancenorm", True),
+                          ("bn", "batchnorm", True)),
+                         "in_dsa", DSA_FAMILIES, LR_IMG, MOMENTUM, loss_fn)
 
 
 if __name__ == "__main__":
