@@ -39,6 +39,9 @@ Evaluation during training: `train_student_evals` runs the same steps in rounds 
 `eval_every` epochs and calls an evaluation function after each round and after the last
 epoch; the relabel pipeline uses it for best-vs-last reporting (RDED and G-VBSM report the
 best test accuracy seen every 10 epochs — test-selected, hence optimistic).
+`train_student_epochs` runs a segment of epochs resumed from a run's carry (variables,
+optimiser state), for evaluations that cannot run inside the compiled loop (streamed test
+data): segments give the same student as one run.
 
 Facts carried from the references: SRe2L ImageNet KD: AdamW lr 1e-3, wd 0.01, cosine per
 epoch, T = 20, no T^2, CutMix, RandomResizedCrop(0.08, 1) + flip; the CIFAR script
@@ -78,7 +81,8 @@ __all__ = ["RelabelConfig", "AugParams", "StoredLabels", "LABEL_DTYPES", "aug_pa
            "dequantise_rows", "target_logits", "target_probs", "teacher_labels",
            "online_labels", "generate_labels", "static_labels", "mix_static", "kd_loss",
            "logit_match_loss", "student_loss",
-           "ensemble_logits", "train_student", "train_student_evals", "eval_epochs",
+           "ensemble_logits", "init_student", "train_student", "train_student_epochs",
+           "train_student_evals", "eval_epochs",
            "label_bytes", "estimate_label_bytes", "save_labels", "load_labels"]
 
 TeacherFn = Callable[[jax.Array], jax.Array]  # x_NHWC -> logits_BxK (inference mode)
@@ -476,8 +480,10 @@ def _student_program(key: jax.Array, student: Model, cfg: TrainConfig, rcfg: Rel
                      x_syn_NHWC: jax.Array, y_syn: jax.Array | None,
                      teacher_fn: TeacherFn | None, stored: StoredLabels | None,
                      aug_key: jax.Array | None, init_variables: Variables | None,
-                     batch_sharding: Any = None, static: jax.Array | None = None):
-    """(initial carry, batch_step(carry, (epoch, step)), steps per epoch) of a student run.
+                     batch_sharding: Any = None, static: jax.Array | None = None,
+                     carry: tuple[Variables, Any] | None = None):
+    """(initial carry, batch_step(carry, (epoch, step)), steps per epoch) of a student run;
+    the carry is `init_student`'s unless `carry` (a run's (variables, optimiser state)) is given.
 
     `batch_sharding` (a `NamedSharding` of the batch axis) makes the student data-parallel:
     each augmented batch is split over the devices, the teacher labels each device's shard
@@ -498,10 +504,8 @@ def _student_program(key: jax.Array, student: Model, cfg: TrainConfig, rcfg: Rel
                              f"(epochs, steps) and this student reads {want}: generate them "
                              f"with the same epochs, batch size and label_epochs")
     aug_key = jax.random.fold_in(key, 1) if aug_key is None else aug_key
-    variables = (student.init(jax.random.fold_in(key, 0)) if init_variables is None
-                 else init_variables)
+    carry = init_student(key, student, cfg, rcfg, init_variables) if carry is None else carry
     tx = _student_tx(cfg, rcfg)
-    opt_state = tx.init(variables["params"])
     hw = x_syn_NHWC.shape[1:3]
     y_all = None if y_syn is None else jnp.asarray(y_syn).astype(jnp.int32)
 
@@ -531,10 +535,19 @@ def _student_program(key: jax.Array, student: Model, cfg: TrainConfig, rcfg: Rel
             tb = target_logits(lab, student.num_classes, rcfg)
         progress = (epoch / cfg.epochs if rcfg.lr_per_epoch else (epoch * spe + step) / total)
         lr = cfg.lr * _lr_scale(cfg.schedule, progress, rcfg.cosine_span)
-        lr = jnp.asarray(lr, opt_state.hyperparams["learning_rate"].dtype)  # float64 runs too
+        lr = jnp.asarray(lr, carry[1].hyperparams["learning_rate"].dtype)  # float64 runs too
         return update(*carry, xb, (tb, yb), p.mask_B, lr), None
 
-    return (variables, opt_state), batch_step, spe
+    return carry, batch_step, spe
+
+
+def init_student(key: jax.Array, student: Model, cfg: TrainConfig, rcfg: RelabelConfig,
+                 init_variables: Variables | None = None) -> tuple[Variables, Any]:
+    """(variables, optimiser state) a student run starts from: variables initialised from
+    fold_in(key, 0) unless `init_variables` are given."""
+    variables = (student.init(jax.random.fold_in(key, 0)) if init_variables is None
+                 else init_variables)
+    return variables, _student_tx(cfg, rcfg).init(variables["params"])
 
 
 def _epoch_steps(first_epoch: jax.Array | int, num_epochs: int, spe: int) -> jax.Array:
@@ -564,6 +577,25 @@ def train_student(key: jax.Array, student: Model, cfg: TrainConfig, rcfg: Relabe
                                               batch_sharding, static)
     (variables, _), _ = jax.lax.scan(batch_step, carry, _epoch_steps(0, cfg.epochs, spe))
     return variables
+
+
+def train_student_epochs(carry: tuple[Variables, Any], aug_key: jax.Array, student: Model,
+                         cfg: TrainConfig, rcfg: RelabelConfig, x_syn_NHWC: jax.Array,
+                         first_epoch: jax.Array | int, num_epochs: int,
+                         teacher_fn: TeacherFn | None = None, stored: StoredLabels | None = None,
+                         y_syn: jax.Array | None = None, batch_sharding: Any = None,
+                         static: jax.Array | None = None) -> tuple[Variables, Any]:
+    """Epochs first_epoch .. first_epoch + num_epochs - 1 of train_student's run, resumed
+    from `carry` ((variables, optimiser state): `init_student`'s, or what the previous
+    segment returned); returns the carry after them. Segments [0, a), [a, b) run the steps
+    of [0, b) in the same order (the lr schedule and the augmentations depend only on
+    (aug_key, epoch, step)), so they give train_student's student with that aug_key.
+    num_epochs is static (one compiled program per segment length)."""
+    carry, batch_step, spe = _student_program(aug_key, student, cfg, rcfg, x_syn_NHWC, y_syn,
+                                              teacher_fn, stored, aug_key, None,
+                                              batch_sharding, static, carry)
+    carry, _ = jax.lax.scan(batch_step, carry, _epoch_steps(first_epoch, num_epochs, spe))
+    return carry
 
 
 def eval_epochs(epochs: int, every: int) -> list[int]:

@@ -431,11 +431,13 @@ def projector_fields(opts: dict) -> dict:
 
 
 def relabel(art_path: str, teacher_path: str | list[str] | None, overrides: dict | None = None,
-            quiet: bool = False) -> dict:
+            quiet: bool = False, ds: Any = None) -> dict:
     """Train `seeds` students on the artefact with soft labels; evaluate; record the result.
 
     All seeds share the augmentation key (hence the same stored labels, as FKD) and differ
-    in their initialisation; stored and online labels give the same students.
+    in their initialisation; stored and online labels give the same students. `ds`: the
+    evaluation data (default: the artefact's dataset, streamed when its config sets
+    image_size); a `StreamedDataset` is evaluated through the loader.
     """
     art_path = resolve_artefact_dir(art_path)
     art = artefact.load(art_path)
@@ -459,10 +461,11 @@ def relabel(art_path: str, teacher_path: str | list[str] | None, overrides: dict
     model, vlist, _, tman = teachers[0]
     n_teachers = sum(len(vl) for _, vl, _, _ in teachers)
     art_cfg = art.meta.get("config", {}) or {}
-    streamed = art_cfg.get("image_size") is not None
-    ds = load_data({"dataset": art.meta["dataset"], "seed": int(art.meta.get("seed", 0)),
-                    "image_size": art_cfg.get("image_size"),
-                    "data_workers": art_cfg.get("data_workers", 0)})
+    if ds is None:
+        ds = load_data({"dataset": art.meta["dataset"], "seed": int(art.meta.get("seed", 0)),
+                        "image_size": art_cfg.get("image_size"),
+                        "data_workers": art_cfg.get("data_workers", 0)})
+    streamed = isinstance(ds, stream.StreamedDataset)
     student_name = o["model"] or get_protocol(o["protocol"]).model
     student = get_model(student_name, k_classes, shape)
     tcfg = TrainConfig(epochs=int(o["epochs"]), batch_size=int(o["batch_size"]), lr=float(o["lr"]),
@@ -514,9 +517,11 @@ def relabel(art_path: str, teacher_path: str | list[str] | None, overrides: dict
     labels_path, stored_bytes, file_bytes = None, 0, 0
     best, select, every = o["report"] == "best", o["select"], int(o["eval_every"])
     if streamed:
-        if best:
-            raise ValueError("report='best' evaluates inside the compiled training loop and "
-                             "needs the test set in memory; with streamed data use report='last'")
+        # report="best": the students train in segments of `every` epochs, each followed by
+        # one pass of the eval loader over the test (and val) split (`_streamed_curve`)
+        if best and select == "val" and ds.val is None:
+            raise ValueError(f"select='val' needs a validation split, and {ds.name} was opened "
+                             f"without one; use select='test' (optimistic) or report='last'")
         xy_test = xy_val = None
         eval_sets = ()
     else:
@@ -544,7 +549,9 @@ def relabel(art_path: str, teacher_path: str | list[str] | None, overrides: dict
               f"({steps_per_epoch(n, bs)} steps each), "
               + ("projector (HeLlO)" if o["labels"] == "projector" else o["mode"])
               + f" labels, loss {rcfg.loss}"
-              + (f", evaluated every {every} epochs" if best else "") + ", one compiled program"
+              + (f", evaluated every {every} epochs" if best else "")
+              + (", compiled in segments of the evaluations" if best and streamed
+                 else ", one compiled program")
               + (f", batches split over {n_dev} devices" if batch_sharding is not None else ""),
               file=sys.stderr, flush=True)
     proj = None
@@ -555,9 +562,9 @@ def relabel(art_path: str, teacher_path: str | list[str] | None, overrides: dict
         labels_path, stored_bytes = proj["file"], proj["bytes"]
         file_bytes = os.path.getsize(labels_path)
         ext = lambda xv, w0: jprojector.Extractor(model, xv, w0)  # noqa: E731
-        train = jax.jit(jax.vmap(lambda k, pp, xv, w0, *a: fit(
-            k, *a, teacher_fn=jprojector.label_fn(pp, ext(xv, w0))), in_axes=(0,) + (None,) * 7))
-        variables, curve = train(keys, pparams, xv, w0, eval_sets, x, y, aug_key)
+        label_args = (pparams, xv, w0)
+        label_kw = lambda la: dict(  # noqa: E731
+            teacher_fn=jprojector.label_fn(la[0], ext(la[1], la[2])))
     elif o["mode"] == "static":  # INFER: one label per clean image, stored once
         gen = jax.jit(lambda tv, x: jrelabel.static_labels(lambda xb: teacher_fn(tv, xb), x,
                                                            bs, rcfg))
@@ -573,9 +580,7 @@ def relabel(art_path: str, teacher_path: str | list[str] | None, overrides: dict
         with np.load(labels_path) as z:  # train from what is on disk
             static = z["values"]
         stored_bytes, file_bytes = int(static.nbytes), os.path.getsize(labels_path)
-        train = jax.jit(jax.vmap(lambda k, st, *a: fit(k, *a, static=st),
-                                 in_axes=(0,) + (None,) * 5))
-        variables, curve = train(keys, on_mesh(static), eval_sets, x, y, aug_key)
+        label_args, label_kw = on_mesh(static), lambda st: dict(static=st)
     elif o["mode"] == "stored":
         gen = jax.jit(lambda tv, x, ak: jrelabel.generate_labels(
             lambda xb: teacher_fn(tv, xb), x, ak, tcfg.epochs, bs, rcfg))
@@ -593,23 +598,37 @@ def relabel(art_path: str, teacher_path: str | list[str] | None, overrides: dict
         stored, _ = jrelabel.load_labels(labels_path)  # train from what is on disk
         stored_bytes = jrelabel.label_bytes(stored)
         file_bytes = os.path.getsize(labels_path)
-        train = jax.jit(jax.vmap(lambda k, st, *a: fit(k, *a, stored=st),
-                                 in_axes=(0,) + (None,) * 5))
-        variables, curve = train(keys, on_mesh(stored), eval_sets, x, y, aug_key)
+        label_args, label_kw = on_mesh(stored), lambda st: dict(stored=st)
     else:
-        train = jax.jit(jax.vmap(lambda k, tv, *a: fit(
-            k, *a, teacher_fn=lambda xb: teacher_fn(tv, xb)), in_axes=(0,) + (None,) * 5))
-        variables, curve = train(keys, tvars, eval_sets, x, y, aug_key)
-    jax.block_until_ready(variables)
-    t_train = time.time() - t0
+        label_args = tvars
+        label_kw = lambda tv: dict(teacher_fn=lambda xb: teacher_fn(tv, xb))  # noqa: E731
     if streamed:  # one pass over the test (and val) split per evaluation, all seeds at once
         eval_bs = -(-256 // n_dev) * n_dev
         seeds_apply = jax.vmap(student.apply, in_axes=(0, None))
         ev_sharding = NamedSharding(mesh, PartitionSpec(mesh.axis_names[0]))
-        split_acc = lambda split: stream.loader_accuracy(  # noqa: E731
-            seeds_apply, variables, ds.loader(split, batch_size=eval_bs, sharding=ev_sharding,
-                                              preprocess=art.preprocess))
-        test = split_acc("test")
+        split_acc = lambda split, v: stream.loader_accuracy(  # noqa: E731
+            seeds_apply, v, ds.loader(split, batch_size=eval_bs, sharding=ev_sharding,
+                                      preprocess=art.preprocess))
+    if streamed and best:
+        variables, curve = _streamed_curve(
+            lambda c, e0, num, la, x, y, ak: jrelabel.train_student_epochs(
+                c, ak, student, tcfg, rcfg, x, e0, num, y_syn=y, batch_sharding=batch_sharding,
+                **label_kw(la)),
+            jax.jit(jax.vmap(lambda k: jrelabel.init_student(k, student, tcfg, rcfg)))(keys),
+            (label_args, x, y, aug_key), jrelabel.eval_epochs(tcfg.epochs, every),
+            lambda v: [split_acc("test", v)] + ([split_acc("val", v)] if select == "val" else []),
+            Progress("relabel", enabled=not quiet and is_main))
+    else:
+        train = jax.jit(jax.vmap(lambda k, la, *a: fit(k, *a, **label_kw(la)),
+                                 in_axes=(0,) + (None,) * 5))
+        variables, curve = train(keys, label_args, eval_sets, x, y, aug_key)
+    jax.block_until_ready(variables)
+    t_train = time.time() - t0
+    if streamed and best:  # the curve's last row is the final student
+        test = curve[:, -1, 0]
+        val = curve[:, -1, 1] if select == "val" else np.array([np.nan])
+    elif streamed:
+        test = split_acc("test", variables)
         val = np.array([np.nan])  # the val split is cut from train by labels: a full pass
     else:
         acc = jax.jit(jax.vmap(lambda v, xe, ye: accuracy(student, v, xe, ye),
@@ -664,6 +683,30 @@ def relabel(art_path: str, teacher_path: str | list[str] | None, overrides: dict
     if is_main:
         artefact.add_evaluation(art_path, res)
     return {**res, "artefact": art_path}
+
+
+def _streamed_curve(segment_fn, carry, args: tuple, epochs_R: list[int], evaluate,
+                    progress: Progress) -> tuple[Any, np.ndarray]:
+    """report="best" on streamed data: the seeds' students trained in segments ending at
+    epochs_R, `evaluate(variables)` (a list of (seeds,) accuracies, test first) after each.
+
+    segment_fn(carry, first_epoch, num_epochs, *args) -> carry is one student's
+    `train_student_epochs`; it is vmapped over the seeds' carries and compiled once per
+    segment length (the carry is donated). Returns (final variables, curve (seeds, R, cols)),
+    the curve in `train_student_evals`' layout."""
+    segments = {}
+    rows, done = [], 0
+    for r, e in enumerate(epochs_R):
+        num = e - done
+        if num not in segments:
+            segments[num] = jax.jit(jax.vmap(
+                lambda c, e0, *a, num=num: segment_fn(c, e0, num, *a),
+                in_axes=(0, None) + (None,) * len(args)), donate_argnums=0)
+        carry = segments[num](carry, jnp.asarray(done, jnp.int32), *args)
+        done = e
+        rows.append(np.stack([np.asarray(a, np.float64) for a in evaluate(carry[0])], axis=-1))
+        progress(r + 1, len(epochs_R), f"epoch {e}: test {100 * rows[-1][:, 0].mean():.2f} %")
+    return carry[0], np.stack(rows, axis=1)
 
 
 def _fit_projector(o: dict, art_path: str, teacher_path: str, model, teacher_vars,

@@ -1,0 +1,105 @@
+"""Relabel on streamed data (issue #13 leftovers): `report="best"` trains the students in
+segments resumed from their carry (the same students as one compiled run) and evaluates
+them between segments with the eval loader; on a small dataset streamed at its stored size
+the curve, the chosen epochs and the final accuracies equal the in-memory path's."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxdd import artefact
+from jaxdd.data import load_dataset, stream
+from jaxdd.data.preprocess import fit_preprocess
+from jaxdd.labels import relabel as jr
+from jaxdd.models import get_model
+from jaxdd.pipelines import sre2l as sm
+from jaxdd.population import teachers
+from jaxdd.train.loop import TrainConfig
+
+
+@pytest.mark.parametrize("loss", ["kd", "mse_ce"])
+def test_segments_give_the_one_run_student(loss):
+    """[0, 2) + [2, 4) + [4, 5) epochs from the carry == train_student over 5 epochs, bit for
+    bit (the lr schedule, CutMix boxes and crops depend only on (aug_key, epoch, step))."""
+    k_cls, shape = 3, (8, 8, 1)
+    student = get_model("convnet_d2_w4_bn", k_cls, shape)
+    x = jax.random.normal(jax.random.key(0), (7, *shape))   # batches of 3: the last padded
+    y = jnp.array([0, 0, 1, 1, 2, 2, 0])
+    w = jax.random.normal(jax.random.key(1), (64, k_cls))
+    teacher = lambda xb: 3.0 * xb.reshape(xb.shape[0], -1) @ w  # noqa: E731
+    cfg = TrainConfig(epochs=5, batch_size=3, lr=3e-2, optimizer="adamw", weight_decay=0.01,
+                      schedule="cosine", dsa="")
+    rcfg = jr.RelabelConfig(loss=loss, crop_min_scale=0.5)
+    key = jax.random.key(3)
+    aug_key = jax.random.fold_in(key, 1)
+    one = jax.jit(lambda k: jr.train_student(k, student, cfg, rcfg, x, teacher_fn=teacher,
+                                             y_syn=y))(key)
+    seg = jax.jit(lambda c, e0, num: jr.train_student_epochs(
+        c, aug_key, student, cfg, rcfg, x, e0, num, teacher_fn=teacher, y_syn=y),
+        static_argnums=2)
+    carry = jr.init_student(key, student, cfg, rcfg)
+    for e0, num in ((0, 2), (2, 2), (4, 1)):
+        carry = seg(carry, jnp.int32(e0), num)
+    leaves_one, leaves_seg = jax.tree.leaves(one), jax.tree.leaves(carry[0])
+    assert len(leaves_one) == len(leaves_seg) > 0
+    for a, b in zip(leaves_one, leaves_seg):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    # and the students did move away from their initialisation
+    init = jax.tree.leaves(jr.init_student(key, student, cfg, rcfg)[0])
+    assert any(not np.array_equal(a, b) for a, b in zip(init, leaves_one))
+
+
+def _toy_artefact(tmp_path, tiny_npz):
+    """A random 4-per-class subset of the tiny npz dataset as an artefact, and an untrained
+    (seeded) BN teacher of that dataset in the same pixel space."""
+    name = f"npz:{tiny_npz}"
+    ds = load_dataset(name, seed=0)
+    pre = fit_preprocess("normalize", ds.x_train, dataset_name=name)
+    tdir = str(tmp_path / "teacher")
+    tmodel = get_model("convnet_d2_w4_bn", ds.num_classes, ds.image_shape)
+    teachers.save_teacher(tdir, "convnet_d2_w4_bn", tmodel.init(jax.random.key(0)),
+                          dataset=name, num_classes=ds.num_classes,
+                          input_shape=ds.image_shape, preprocess=pre, source="test")
+    idx = np.concatenate([ix[:4] for ix in ds.class_indices])
+    from jaxdd import data as jdata
+    art = str(tmp_path / "art")
+    artefact.save(art, jdata.apply(pre, ds.x_train[idx]), ds.y_train[idx], preprocess=pre,
+                  method="random", dataset=name, num_classes=ds.num_classes, ipc=4, seed=0,
+                  config={}, extra={"teacher_dir": tdir})
+    return name, art, tdir
+
+
+def test_streamed_report_best_equals_in_memory(tiny_npz, tmp_path):
+    """The same artefact and teacher, evaluated in memory (inside the compiled loop) and
+    streamed (segments + eval-loader passes over test and val): the same curves, the same
+    val-selected epochs, the same final accuracies. Both validation splits come from the
+    same seeded split of the labels."""
+    name, art, tdir = _toy_artefact(tmp_path, tiny_npz)
+    over = {"report": "best", "select": "val", "eval_every": 2, "epochs": 5, "seeds": 2,
+            "model": "convnet_d2_w4", "batch_size": 5, "recipe": "sre2l"}
+    mem = sm.relabel(art, tdir, over, quiet=True)
+    st = stream.open_streamed(name, None, seed=0)      # stored size: the same pixels
+    streamed = sm.relabel(art, tdir, over, quiet=True, ds=st)
+    assert mem["eval_epochs"] == streamed["eval_epochs"] == [2, 4, 5]
+    for k in ("test_curve", "val_curve"):
+        c = np.asarray(mem[k])
+        assert c.shape == (2, 3) and np.ptp(c) > 0          # a curve that moves
+        np.testing.assert_allclose(streamed[k], c, atol=1e-6)
+    assert streamed["best_epochs"] == mem["best_epochs"]
+    for k in ("best_accuracies", "accuracies"):
+        np.testing.assert_allclose(streamed[k], mem[k], atol=1e-6)
+    np.testing.assert_allclose(streamed["val_accuracy_mean"], mem["val_accuracy_mean"],
+                               atol=1e-6)
+    assert streamed["best_label"] == "best (val-selected)"
+    np.testing.assert_allclose(streamed["accuracies"], np.asarray(streamed["test_curve"])[:, -1])
+
+
+def test_streamed_select_val_without_a_validation_split_is_refused(tiny_npz, tmp_path):
+    name, art, tdir = _toy_artefact(tmp_path, tiny_npz)
+    st = stream.open_streamed(name, None, seed=0, val_per_class=0)
+    with pytest.raises(ValueError, match="select='val' needs a validation split"):
+        sm.relabel(art, tdir, {"report": "best", "select": "val", "epochs": 1}, quiet=True,
+                   ds=st)
