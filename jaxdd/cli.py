@@ -184,15 +184,30 @@ def cmd_baseline(args) -> int:
     from jaxdd import artefact
     from jaxdd import data as jdata
     from jaxdd.evaluate import select
-    from jaxdd.evaluate.baselines import DQ_BINS
+    from jaxdd.evaluate.baselines import DQ_BINS, select_streamed
     if args.bins is not None and args.method != "dq":
         raise ValueError(f"--bins applies to dq only, not {args.method}")
     args.bins = DQ_BINS if args.bins is None else args.bins
     relabel_over = _relabel_sets(args.relabel_set)
     if relabel_over and not args.relabel:
         raise ValueError("--relabel-set needs --relabel TEACHER_DIR (the soft-label teacher)")
+    streamed = args.image_size is not None
+    if streamed and args.method != "random":
+        raise ValueError(f"baseline {args.method} computes features of every training image; "
+                         f"with --image-size (streamed data) use random")
+    if streamed and (not args.relabel or args.evaluate):
+        raise ValueError("--image-size (streamed data) needs --relabel TEACHER_DIR and no "
+                         "--evaluate: the subset is stored in the teacher's pixel space and "
+                         "its KD students are tested on the streamed test split")
+    if args.data_workers is not None and not streamed:
+        raise ValueError("--data-workers applies to streamed data: add --image-size")
     artefact.check_target(args.out, args.overwrite)  # before any work: fail fast
-    ds = _load(args.dataset, args.seed)
+    if streamed:  # nothing read yet: the labels on selection, then the chosen images only
+        from jaxdd.data.stream import open_streamed
+        ds = open_streamed(args.dataset, args.image_size, seed=args.seed,
+                           workers=args.data_workers or 0)
+    else:
+        ds = _load(args.dataset, args.seed)
     extra = {}
     if args.relabel:  # soft labels: the subset must live in the teacher's pixel space
         from jaxdd.pipelines.teacher import check_compatible
@@ -208,13 +223,21 @@ def cmd_baseline(args) -> int:
         pre = jdata.fit_preprocess(args.preprocess or "normalize", ds.x_train,
                                    dataset_name=ds.name)
     t0 = time.time()
-    idx = select(args.method, jax.random.key(args.seed), ds, pre, args.ipc, args.features,
-                 args.bins)
-    x = jdata.apply(pre, ds.x_train[idx])
-    artefact.save(args.out, x, ds.y_train[idx], preprocess=pre, method=args.method,
+    if streamed:  # the draw of `select("random")`, from the labels; then those images only
+        from jaxdd.data.stream import read_images
+        idx = select_streamed(args.method, jax.random.key(args.seed), ds, args.ipc)
+        x = jdata.apply(pre, read_images(ds.train, idx, ds.image_shape, threads=ds.workers))
+        y = ds.train.labels()[idx]
+    else:
+        idx = select(args.method, jax.random.key(args.seed), ds, pre, args.ipc, args.features,
+                     args.bins)
+        x, y = jdata.apply(pre, ds.x_train[idx]), ds.y_train[idx]
+    artefact.save(args.out, x, y, preprocess=pre, method=args.method,
                   dataset=ds.name, num_classes=ds.num_classes, ipc=args.ipc, seed=args.seed,
                   config={"features": args.features, "preprocess": pre.kind,
                           **({"bins": args.bins} if args.method == "dq" else {}),
+                          **({"image_size": args.image_size,
+                              "data_workers": args.data_workers or 0} if streamed else {}),
                           **({"relabel": relabel_over} if args.relabel else {})},
                   overwrite=args.overwrite,
                   extra={"distill_seconds": round(time.time() - t0, 2), **extra})
@@ -722,6 +745,11 @@ def build_parser() -> argparse.ArgumentParser:
                          "the artefact's config")
     sp.add_argument("--seeds", type=POS, default=None,
                     help="students (--evaluate: 5; --relabel: relabel.seeds, 3)")
+    sp.add_argument("--image-size", type=POS, default=None,
+                    help="stream the data, decoded to this side (ImageNet): random with "
+                         "--relabel only; reads the labels and the chosen images")
+    sp.add_argument("--data-workers", type=NONNEG, default=None,
+                    help="grain decoding processes for streamed data (default 0: threads)")
     sp.add_argument("--overwrite", action="store_true")
     common(sp)
     sp.set_defaults(fn=cmd_baseline)

@@ -5,6 +5,8 @@ the curve, the chosen epochs and the final accuracies equal the in-memory path's
 
 from __future__ import annotations
 
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -103,3 +105,110 @@ def test_streamed_select_val_without_a_validation_split_is_refused(tiny_npz, tmp
     with pytest.raises(ValueError, match="select='val' needs a validation split"):
         sm.relabel(art, tdir, {"report": "best", "select": "val", "epochs": 1}, quiet=True,
                    ds=st)
+
+
+# ---------------------------------------------------------------------------------------
+# `jaxdd baseline random --relabel TEACHER_DIR --image-size S`: the subset from labels only
+
+
+def test_streamed_random_subset_is_the_in_memory_one(tiny_npz):
+    """The draw from the streamed labels is `select("random")`'s: the same records, the same
+    pixels at the stored size."""
+    from jaxdd.evaluate.baselines import select, select_streamed
+    name = f"npz:{tiny_npz}"
+    ds = load_dataset(name, seed=1)
+    st = stream.open_streamed(name, None, seed=1)
+    key = jax.random.key(5)
+    want = select("random", key, ds, None, 3)
+    got = select_streamed("random", key, st, 3)
+    assert got.shape == (9,)
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(stream.read_images(st.train, got, st.image_shape),
+                                  ds.x_train[want])
+    np.testing.assert_array_equal(st.train.labels()[got], ds.y_train[want])
+    with pytest.raises(ValueError, match="needs the dataset in memory"):
+        select_streamed("herding", key, st, 3)
+    with pytest.raises(ValueError, match="lower --ipc"):
+        select_streamed("random", key, st, 10_000)
+
+
+@pytest.fixture
+def folder(tmp_path) -> str:
+    """3 classes of variable-size RGB images: 6 train and 2 test images each."""
+    from PIL import Image
+    root = tmp_path / "imgs"
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 6), ("test", 2)):
+        for c in ("a", "b", "c"):
+            os.makedirs(root / split / c)
+            for i in range(n):
+                h, w = (int(v) for v in rng.integers(10, 30, 2))
+                Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(
+                    root / split / c / f"{i}.png")
+    return str(root)
+
+
+def _folder_teacher(path, name: str) -> None:
+    pre = fit_preprocess("normalize", np.random.default_rng(0).integers(
+        0, 255, (4, 8, 8, 3)).astype(np.uint8), dataset_name=name)
+    model = get_model("convnet_d2_w4_bn", 3, (8, 8, 3))
+    teachers.save_teacher(str(path), "convnet_d2_w4_bn", model.init(jax.random.key(0)),
+                          dataset=name, num_classes=3, input_shape=(8, 8, 3), preprocess=pre,
+                          source="test")
+
+
+def test_cli_baseline_random_relabel_streamed_reads_only_the_subset(folder, tmp_path,
+                                                                     monkeypatch, capsys):
+    """Streamed at 8 px: the labels come from the folder names, the only training images
+    read are the chosen ones (once each), and each test image is read once per evaluation
+    of `report="best"` (2 epochs, evaluated after each)."""
+    import collections
+    import json
+
+    from jaxdd.cli import main
+    from jaxdd.evaluate.baselines import select_streamed
+    name = f"folder:{folder}"
+    _folder_teacher(tmp_path / "t", name)
+    reads = collections.Counter()
+    real_read = stream.FolderSource.read
+    monkeypatch.setattr(stream.FolderSource, "read",
+                        lambda self, i: reads.update([self.paths[int(i)]]) or real_read(self, i))
+    out = str(tmp_path / "rand")
+    argv = ["baseline", "random", "--dataset", name, "--image-size", "8", "--ipc", "2",
+            "--seed", "4", "--out", out, "--relabel", str(tmp_path / "t"), "--seeds", "2",
+            "--quiet", "--json"]
+    for s in ("epochs=2", "eval_every=1", "report='best'", "model='convnet_d2_w4'",
+              "batch_size=3"):
+        argv += ["--relabel-set", s]
+    code = main(argv)
+    o, e = capsys.readouterr()
+    assert code == 0, e
+    res = json.loads(o.strip().splitlines()[-1])
+    assert res["baseline"] == "random+kd" and res["eval_epochs"] == [1, 2]
+    assert np.asarray(res["test_curve"]).shape == (2, 2)
+    np.testing.assert_allclose(res["accuracies"], np.asarray(res["test_curve"])[:, -1])
+    st = stream.open_streamed(name, 8, seed=4)
+    chosen = [st.train.describe(i) for i in select_streamed("random", jax.random.key(4), st, 2)]
+    train_reads = {p: n for p, n in reads.items() if f"{os.sep}train{os.sep}" in p}
+    test_reads = {p: n for p, n in reads.items() if f"{os.sep}test{os.sep}" in p}
+    assert train_reads == {p: 1 for p in chosen} and len(chosen) == 6
+    assert len(test_reads) == 6 and set(test_reads.values()) == {2}
+    art = artefact.load(out)
+    assert art.x_syn_NHWC.shape == (6, 8, 8, 3) and art.meta["config"]["image_size"] == 8
+    assert art.y_syn.tolist() == [0, 0, 1, 1, 2, 2]
+
+
+@pytest.mark.parametrize("extra, needle", [
+    (["herding"], "use random"),
+    (["random"], "needs --relabel TEACHER_DIR"),
+    (["random", "--relabel", "T", "--evaluate", "cpu"], "needs --relabel TEACHER_DIR"),
+])
+def test_cli_baseline_streamed_refusals(folder, tmp_path, capsys, extra, needle):
+    from jaxdd.cli import main
+    out = tmp_path / "out"
+    extra = [str(tmp_path / "t") if a == "T" else a for a in extra]
+    code = main(["baseline", *extra[:1], "--dataset", f"folder:{folder}", "--image-size", "8",
+                 "--ipc", "1", "--out", str(out), *extra[1:]])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code != 0 and len(err) == 1 and needle in err[0], err
+    assert not out.exists()

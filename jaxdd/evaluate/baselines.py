@@ -12,6 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxdd import data as jdata
+from jaxdd.data import stream
+from jaxdd.data.sources import sample_from_classes
 from jaxdd.models import embed, get_model
 from jaxdd.train import TrainConfig, train_network
 
@@ -136,3 +138,23 @@ def select(method: str, key: jax.Array, ds: jdata.Dataset, pre: jdata.Preprocess
     pick = herding if method == "herding" else kcenter
     return np.concatenate([np.asarray(ix)[pick(feats(ds.x_train[ix]), ipc)]
                            for ix in ds.class_indices])
+
+
+def select_streamed(method: str, key: jax.Array, ds, ipc: int) -> np.ndarray:
+    """Indices (num_classes * ipc,) into ds.train of a `StreamedDataset`, ordered by class,
+    from the labels only (no image is read). Random only: the draw of `select("random")`
+    over the same records, so a dataset streamed at its stored size gives the in-memory
+    subset. Herding, k-center and DQ compute features of every training image."""
+    if method != "random":
+        raise ValueError(f"baseline {method} computes features of every training image and "
+                         f"needs the dataset in memory; with streamed data (--image-size) use "
+                         f"random")
+    if ipc < 1:
+        raise ValueError(f"IPC must be >= 1, got {ipc}")
+    class_indices = stream.class_index(ds.train)
+    counts = np.array([len(ix) for ix in class_indices])
+    if counts.min() < ipc:
+        k = int(counts.argmin())
+        raise ValueError(f"class {k} of {ds.name} has {counts[k]} training images, fewer than "
+                         f"the {ipc} asked for; lower --ipc")
+    return sample_from_classes(key, class_indices, ipc)

@@ -23,7 +23,10 @@ Reporting: `report="last"` (default) is the final-epoch student. `report="best"`
 evaluates every `eval_every` epochs and reports, next to the last, the best of that curve:
 selected on the test split ("best (test-selected; optimistic)", what the RDED and G-VBSM
 scripts print) or, with `select="val"`, the test accuracy at the epoch of the best
-validation accuracy ("best (val-selected)").
+validation accuracy ("best (val-selected)"). With streamed data the students train in
+segments of `eval_every` epochs resumed from their state (`relabel.train_student_epochs`:
+the same students as one run), and the eval loader makes one pass over the test (and val)
+split between segments.
 
 G-VBSM's conv statistics (`recover.conv_stats`) need dataset targets: computed once per
 teacher over the training split (streamed data: one pass of the eval loader, batches
