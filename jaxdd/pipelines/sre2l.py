@@ -468,6 +468,9 @@ def relabel(art_path: str, teacher_path: str | list[str] | None, overrides: dict
         ds = load_data({"dataset": art.meta["dataset"], "seed": int(art.meta.get("seed", 0)),
                         "image_size": art_cfg.get("image_size"),
                         "data_workers": art_cfg.get("data_workers", 0)})
+    elif ds.name != art.meta["dataset"]:
+        raise ValueError(f"the artefact was made from {art.meta['dataset']}, the evaluation "
+                         f"data is {ds.name}; pass that dataset's data")
     streamed = isinstance(ds, stream.StreamedDataset)
     student_name = o["model"] or get_protocol(o["protocol"]).model
     student = get_model(student_name, k_classes, shape)
