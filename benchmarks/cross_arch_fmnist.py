@@ -6,13 +6,15 @@ references' architectures, next to a random real subset of the same size.
 
 Each set is made once with the CLI, as a user would (`jaxdd baseline random`, or
 `jaxdd distill --config <the method's cpu preset> --no-eval`), into
-benchmarks/runs/cross_arch/<set>/, and then evaluated with one command:
+benchmarks/runs/cross_arch/<set>/, and then evaluated as
 
     jaxdd evaluate <artefact> --protocol cpu --seeds S --models convnet,lenet,alexnet,...
 
+run here one model per command, so that a long run resumes model by model
+
 (every network from the same seed keys, on the same set, at the set's learned lr if it has
-one, as MTT's `--eval_mode M` does). Finished sets and evaluations are kept in that folder,
-so an interrupted run resumes; --redo starts a set again. All kept results are collected
+one, as MTT's `--eval_mode M` does). Finished sets and each model's evaluation are kept in that
+folder, so an interrupted run resumes; --redo starts a set again. All kept results are collected
 into benchmarks/results/cross_arch_fmnist.json (one JSON line) and a markdown table
 (cross_arch_fmnist.md). Seconds are wall seconds of the CLI commands on this shared 2-core
 machine (flagged when other jobs ran): upper bounds, not timings.
@@ -72,20 +74,28 @@ def make_set(name: str, ipc: int, redo: bool) -> dict:
 
 def evaluate_set(name: str, made: dict, models: str, protocol: str, seeds: int,
                  redo: bool) -> dict:
-    out = os.path.join(HERE, f"{name}.{protocol}.s{seeds}.json")
+    """One `jaxdd evaluate --models M` per model (each kept in its own file, so a long run
+    resumes model by model), merged into one table."""
+    per_model = [evaluate_model(name, made, m, protocol, seeds, redo) for m in models.split(",")]
+    table = dict(per_model[0]["table"], rows=[r for pm in per_model for r in pm["table"]["rows"]])
+    return {"set": name, "models": models, "made": made,
+            "commands": [pm["command"] for pm in per_model], "table": table,
+            "wall_seconds": round(sum(pm["wall_seconds"] for pm in per_model), 1),
+            "load": [[pm["load_before"], pm["load_after"]] for pm in per_model]}
+
+
+def evaluate_model(name: str, made: dict, model: str, protocol: str, seeds: int,
+                   redo: bool) -> dict:
+    out = os.path.join(HERE, f"{name}.{protocol}.s{seeds}.{model}.json")
     if os.path.exists(out) and not redo:
         with open(out) as f:
-            kept = json.load(f)
-        if kept["models"] == models:
-            return kept
+            return json.load(f)
     argv = ["evaluate", os.path.join(ROOT, made["artefact"]), "--protocol", protocol,
-            "--seeds", str(seeds), "--models", models, "--quiet"]
+            "--seeds", str(seeds), "--models", model, "--quiet"]
     load0 = _load_avg()
     res, sec = run_cli(*argv)
-    result = {"set": name, "models": models, "made": made,
-              "command": "jaxdd " + " ".join(argv).replace(ROOT + "/", ""),
-              "table": res, "wall_seconds": sec, "load_before": load0,
-              "load_after": _load_avg()}
+    result = {"command": "jaxdd " + " ".join(argv).replace(ROOT + "/", ""), "table": res,
+              "wall_seconds": sec, "load_before": load0, "load_after": _load_avg()}
     with open(out, "w") as f:
         json.dump(result, f)
     return result

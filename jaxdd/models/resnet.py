@@ -30,7 +30,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxdd.models.layers import InstanceNorm, avg_pool_2x2, torch_default_init
+from jaxdd.models.layers import InstanceNorm, avg_pool_2x2, loop_safe_conv, torch_default_init
 
 _conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")  # torchvision's
 STEMS = ("cifar", "imagenet")
@@ -48,7 +48,8 @@ def _bn(train: bool, dtype: Any, norm: str = "batch") -> nn.Module:
 def _conv(features: int, k: int, stride: int, dtype: Any) -> nn.Conv:
     """k x k conv, symmetric padding k // 2 (as torchvision's 1x1 / 3x3 / 7x7), no bias."""
     return nn.Conv(features, (k, k), (stride, stride), padding=k // 2, use_bias=False,
-                   kernel_init=_conv_init, dtype=dtype, param_dtype=jnp.float32)
+                   kernel_init=_conv_init, dtype=dtype, param_dtype=jnp.float32,
+                   conv_general_dilated=loop_safe_conv)
 
 
 class BasicBlock(nn.Module):

@@ -29,7 +29,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxdd.models.layers import InstanceNorm, TorchDense, torch_default_init
+from jaxdd.models.layers import InstanceNorm, TorchDense, loop_safe_conv, torch_default_init
 
 _fan_out_normal = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 NORMS = ("instance", "batch", "none")
@@ -62,13 +62,15 @@ def torch_conv(features: int, k: int, in_features: int, stride: int = 1, padding
     """A conv with PyTorch's default init (fan_in = k^2 * in / groups)."""
     init = torch_default_init(k * k * in_features // groups)
     return nn.Conv(features, (k, k), (stride, stride), padding=padding, feature_group_count=groups,
-                   use_bias=bias, kernel_init=init, bias_init=init)
+                   use_bias=bias, kernel_init=init, bias_init=init,
+                   conv_general_dilated=loop_safe_conv)
 
 
 def he_conv(features: int, k: int, stride: int = 1, padding: int = 0, groups: int = 1) -> nn.Conv:
     """A bias-free conv with the N(0, 2 / (k^2 * out)) init of MobileNetV2 / WRN."""
     return nn.Conv(features, (k, k), (stride, stride), padding=padding, feature_group_count=groups,
-                   use_bias=False, kernel_init=_fan_out_normal)
+                   use_bias=False, kernel_init=_fan_out_normal,
+                   conv_general_dilated=loop_safe_conv)
 
 
 def _bn(train: bool) -> nn.Module:
