@@ -181,6 +181,11 @@ class Stage:
     # Trip count of the program's training loop (lax.scan over minibatches/epochs) whose body
     # dominates its FLOPs; None: the loop does not dominate (DC) or there is none to scale.
     trips: int | None = 1
+    # eval_seeds: FLOPs = count(loop_part) x trips + count(once), both functions of jargs
+    # written loop-free apart from the training loop (the timed step's test accuracy runs in
+    # chunk and seed loops, which XLA would count once each). None: count jstep.
+    loop_part: object = None
+    once: object = None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -582,9 +587,16 @@ def eval_stage(sz, jdt, tdt, dev, seed=0):
     tprobe = nchw(probe, tdt, dev)
     jview = lambda out: [jax.vmap(lambda v: model.apply(v, probe))(out[0]), out[1]]
     tview = lambda out: [np.stack([n_(tprobe).detach().cpu().numpy() for n_ in out[0]]), np.asarray(out[1])]
+    def loop_part(keys, x, y, x_test, y_test):   # jstep without its test accuracy
+        return jax.vmap(lambda k: train_epochs(cast(train_init(k, model, cfg, n), x.dtype), model,
+                                               cfg, x, y, cfg.epochs).variables)(keys)
+
+    def once(keys, x, y, x_test, y_test):        # the test forward passes, loop-free
+        return jax.vmap(lambda k: model.apply(train_init(k, model, cfg, n).variables, x_test))(keys)
+
     return Stage(jstep, (keys, x, y, x_test, y_test), jview, tstep, tview,
                  note="one full batch per epoch (100 images < 256): the order does not matter",
-                 trips=cfg.epochs * spe)
+                 trips=cfg.epochs * spe, loop_part=loop_part, once=once)
 
 
 def build(name, sz, jdt, tdt, dev, check=False):
@@ -664,15 +676,20 @@ def run_stage(name, sz, dev, args, peak):
     matching.CLASS_LOOP, forward_only = "vmap", Model.forward_only
     Model.forward_only = lambda self: self
     try:
-        flops_xla = flops_of(jax.jit(lambda *a: st.jstep(*a)).lower(*st.jargs).compile())  # a fresh trace
+        flops_xla = flops_of(jax.jit(lambda *a: (st.loop_part or st.jstep)(*a)).lower(*st.jargs)
+                             .compile())  # a fresh trace
+        flops_once = (flops_of(jax.jit(st.once).lower(*st.jargs).compile()) or 0.0
+                      if st.once is not None and flops_xla is not None else None)
     finally:
         matching.CLASS_LOOP, Model.forward_only = None, forward_only
     # XLA's cost analysis counts a while loop's body once, whatever its trip count. Loop-free
     # stages (up to the RNG's small loops) are counted as they are; a training loop's count is
     # scaled by its trips (an estimate: the body dominates); DC's is a lower bound only.
-    flops = None if flops_xla is None or st.trips is None else flops_xla * st.trips
+    flops = (None if flops_xla is None or st.trips is None
+             else flops_xla * st.trips + (flops_once or 0.0))
     flops_note = ("XLA cost analysis" if st.trips == 1 else
                   f"estimate: XLA's count (training-loop body once) x {st.trips} trips"
+                  + (" + the test accuracy's forward passes, counted loop-free" if st.once else "")
                   if st.trips else "not reported: XLA counts the inner training loop once "
                   "(flops_xla is a lower bound)")
     times = {"jaxdd": [], "torch": []}

@@ -44,6 +44,25 @@ def test_seed_accuracies_in_small_chunks_equal_each_seed_alone(monkeypatch):
     assert got[1] == 1.0 and got.shape == (3,)
 
 
+def test_map_when_vmapped_on_cpu_is_the_vmap():
+    """Under vmap on one CPU device the wrapped function runs as a lax.map over the batched
+    leaves (unbatched arguments closed over); values equal a plain vmap, for any in_axes."""
+    from jaxdd.tree import map_when_vmapped_on_cpu
+    fn = lambda p, x, y: (jnp.tanh(x @ p["w"] + p["b"][None]) * y).sum(-1)  # noqa: E731
+    wrapped = map_when_vmapped_on_cpu(fn)
+    k = jax.random.split(jax.random.key(0), 4)
+    p = {"w": jax.random.normal(k[0], (3, 5, 2)), "b": jax.random.normal(k[1], (3, 2))}
+    x, y = jax.random.normal(k[2], (7, 5)), jax.random.normal(k[3], (3, 7, 2))
+    for axes in [({"w": 0, "b": 0}, None, 0), ({"w": 0, "b": None}, None, None)]:
+        pp = p if axes[0]["b"] == 0 else {"w": p["w"], "b": p["b"][0]}
+        yy = y if axes[2] == 0 else y[0]
+        want = jax.vmap(fn, in_axes=axes)(pp, x, yy)
+        got = jax.jit(jax.vmap(wrapped, in_axes=axes))(pp, x, yy)
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+        jaxpr = str(jax.make_jaxpr(jax.vmap(wrapped, in_axes=axes))(pp, x, yy))
+        assert ("while" in jaxpr or "scan" in jaxpr) == (jax.device_count() == 1)
+
+
 def test_chunked_training_equals_one_shot_and_learns():
     m = get_model("mlp_w16", 3, (8, 8, 1))
     cfg = TrainConfig(epochs=30, batch_size=7, lr=0.1, dsa="")

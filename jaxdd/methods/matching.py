@@ -29,7 +29,7 @@ from jaxdd.augment import fyi_flip_concat, parse_strategy, siamese_dsa
 from jaxdd.methods.base import Distiller, Metrics, PRNGKey, SynState, check_init
 from jaxdd.models import Model, Variables
 from jaxdd.models.layers import to_nhwc
-from jaxdd.tree import safe_norm
+from jaxdd.tree import one_cpu_device, safe_norm
 
 PyTree = Any
 
@@ -189,8 +189,7 @@ def over_classes(fn: Callable, *xs: Any) -> Any:
     GSPMD can split the classes over the mesh, and on GPU/TPU one batched program is the
     faster one. Both give the same values (tested).
     """
-    mode = CLASS_LOOP or ("map" if jax.default_backend() == "cpu" and jax.device_count() == 1
-                          else "vmap")
+    mode = CLASS_LOOP or ("map" if one_cpu_device() else "vmap")
     if mode == "map":
         return jax.lax.map(lambda a: fn(*a), xs)
     return jax.vmap(fn)(*xs)

@@ -20,6 +20,7 @@ import optax
 
 from jaxdd.augment import DSA_DEFAULT
 from jaxdd.models import Model, Variables, auto_chunks, chunked
+from jaxdd.tree import map_when_vmapped_on_cpu
 
 AugmentFn = Callable[[jax.Array, jax.Array], jax.Array]
 # direction_fn(grad_fn, params, grads) -> update direction; grad_fn(p) recomputes the
@@ -283,10 +284,23 @@ def accuracy(model: Model, variables: Variables, x_NHWC: jax.Array, y: jax.Array
     pad = nb * batch_size - n
     xp = jnp.pad(x_NHWC, ((0, pad),) + ((0, 0),) * 3).reshape(nb, batch_size, *x_NHWC.shape[1:])
     yp = jnp.pad(y, (0, pad), constant_values=-1).reshape(nb, batch_size)
-
-    def chunk(c, xy):
-        xb, yb = xy
-        return c + (model.apply(variables, xb).argmax(-1) == yb).sum(dtype=jnp.int32), None
-
-    correct, _ = jax.lax.scan(chunk, jnp.zeros((), jnp.int32), (xp, yp))
+    correct = _count_correct(model, variables, xp, yp)
     return correct / n
+
+
+def _count_correct(model: Model, variables: Variables, xp: jax.Array, yp: jax.Array) -> jax.Array:
+    """Correct predictions over the chunks (nb, batch, ...) of the padded test set (labels -1
+    on padding). Never differentiated, so in the fastest forward layout; vmapped over seeds
+    on one CPU device it runs them one after another (measured, 3 seeds of a ConvNet-W128 on
+    2,000 CIFAR-size images: 10.9 s vmapped in the im2col layout, 5.1 s mapped in lax.conv's)."""
+    fwd = model.forward_only()
+
+    @map_when_vmapped_on_cpu
+    def count(variables, xp, yp):
+        def chunk(c, xy):
+            xb, yb = xy
+            return c + (fwd.apply(variables, xb).argmax(-1) == yb).sum(dtype=jnp.int32), None
+
+        return jax.lax.scan(chunk, jnp.zeros((), jnp.int32), (xp, yp))[0]
+
+    return count(variables, xp, yp)
