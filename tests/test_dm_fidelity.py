@@ -77,6 +77,17 @@ def test_dm_cpu_preset_keeps_the_reference_values():
     assert (cfg["iterations"], dm["batch_real"], cfg["model"]) == (500, 64, "convnet_d3_w32")
 
 
+@pytest.mark.parametrize("preset,section", [
+    ("classic/dsa_fashion_mnist", "dsa"), ("classic/dsa_fashion_mnist_cpu", "dsa"),
+    ("classic/dcc_fashion_mnist_cpu", "dsa"), ("classic/datadam_fashion_mnist", "datadam"),
+    ("classic/datadam_fashion_mnist_cpu", "datadam"), ("classic/dm_fashion_mnist", "dm")])
+def test_fashion_mnist_presets_keep_dsa_flip(preset, section):
+    """The DatasetCondensation readme (DSA section) uses flip for FashionMNIST and CIFAR and
+    drops it only for the digit sets; DM, DataDAM and DCC build on that code."""
+    for ipc in (1, 10, 50):
+        assert load_config(preset, ipc)[section]["dsa_strategy"] == "color_crop_cutout_flip_scale_rotate"
+
+
 def test_benchmark_torch_dsa_equals_jaxdd_transforms():
     torch = pytest.importorskip("torch")
     sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
