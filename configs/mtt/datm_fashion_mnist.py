@@ -44,7 +44,7 @@ def get_config():
                  lr_img=100.0, lr_init=0.01, lr_y=2.0, label_mode="learned",
                  label_expert_epoch="final", init_correct_only=True,
                  max_loss=1.0, current_max_start=1, expansion_end=40,
-                 unroll=True, image_chunks="auto",
+                 unroll=1, image_chunks="auto",   # rolled: constant memory (README)
                  dsa_strategy="color_crop_cutout_scale_rotate"),
         eval=dict(protocol="mtt", seeds=5),
         by_ipc={

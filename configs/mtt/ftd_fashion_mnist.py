@@ -42,7 +42,7 @@ def get_config():
                      dsa="color_crop_cutout_scale_rotate"),
         mtt=dict(syn_steps=20, expert_epochs=2, max_start=3, batch_syn=None,
                  lr_img=100.0, lr_init=0.01, lr_lr=1e-5, ema_decay=0.99375,
-                 unroll=True, image_chunks="auto",
+                 unroll=1, image_chunks="auto",   # rolled: constant memory (README)
                  dsa_strategy="color_crop_cutout_scale_rotate"),
         eval=dict(protocol="mtt", seeds=5),
         by_ipc={
