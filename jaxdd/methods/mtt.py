@@ -120,7 +120,8 @@ class MTTConfig:
     # temporaries in every mode (measured, conv width 32, 64 imgs, N=20: rolled remat 12 MB vs
     # bptt 88 MB; unroll=4 remat 26 MB; unroll=True all modes 110-140 MB). With the im2col
     # convolutions the rolled scan is as fast on XLA:CPU (Fashion-MNIST cpu preset: 1.14 s per
-    # outer step either way, compile 7 vs 21 s), so every preset keeps the rolled default.
+    # outer step either way, compile 7 vs 21 s), so the presets keep the rolled default (AST's
+    # cpu preset still unrolls: not timed rolled).
     unroll: int | bool = 1
     # Chunks the student's forward pass splits each inner batch into (`models.chunked`: the
     # same function, chunk by chunk; faster on CPU), applied by `make_mtt`. "auto": the CLI
