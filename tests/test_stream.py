@@ -255,3 +255,21 @@ def test_read_images_same_with_any_thread_count(folder):
     assert not np.array_equal(one[0], one[1])
     first = _batches(src, train=False, num_epochs=1, image_size=16)[0]  # eval: in order
     np.testing.assert_array_equal(one[1], first["image"][0])
+
+
+def test_tfds_dir_source_opens_a_prepared_directory(tmp_path):
+    """`tfds_dir:PATH`: a TFDS dataset prepared elsewhere (a custom builder here) is read from
+    its version folder without its builder class; the in-memory loader refuses its variable
+    sizes in one line; a folder that is not a prepared dataset is a one-line error."""
+    builder = _JpegBuilder(data_dir=str(tmp_path), file_format="array_record")
+    builder.download_and_prepare()
+    src = stream.open_source(f"tfds_dir:{builder.data_dir}")
+    assert len(src) == 12 and src.class_names == ["a", "b", "c"]
+    np.testing.assert_array_equal(src.labels(), np.arange(12) % 3)
+    image, label = src.read(7)
+    assert isinstance(image, bytes) and image[:2] == b"\xff\xd8" and label == 1
+    with pytest.raises(ValueError, match="one fixed"):
+        data.load_dataset(f"tfds_dir:{builder.data_dir}")
+    with pytest.raises(ValueError) as e:
+        stream.open_source(f"tfds_dir:{tmp_path}/nowhere")
+    assert "\n" not in str(e.value) and "dataset_info.json" in str(e.value)

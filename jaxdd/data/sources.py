@@ -54,7 +54,7 @@ _TEST_SPLIT = {"imagenet_resized": "validation", "imagenet2012": "validation",
 _MANUAL_FILES = {"imagenet2012": "ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar "
                                  "(from https://image-net.org/download)"}
 _EXAMPLES = ("cifar10, cifar100, mnist, fashion_mnist, svhn_cropped, imagenet_resized/64x64"
-             " (any TFDS image-classification name), folder:PATH or npz:PATH")
+             " (any TFDS image-classification name), folder:PATH, npz:PATH or tfds_dir:PATH")
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -263,7 +263,12 @@ def _load_raw(name: str, data_dir: str, max_train: int | None, max_test: int | N
 
 
 def tfds_builder(name: str, data_dir: str, download: bool):
-    """The prepared ArrayRecord TFDS builder of a TFDS name (`tfds:NAME`, fashion_mnist...)."""
+    """The prepared ArrayRecord TFDS builder of a TFDS name (`tfds:NAME`, fashion_mnist...),
+    or of `tfds_dir:PATH`: a TFDS dataset already prepared in PATH (the version folder that
+    holds `dataset_info.json`, e.g. built on another host or by a custom builder; read with
+    `tfds.builder_from_directory`, nothing downloaded)."""
+    if name.startswith("tfds_dir:"):
+        return _directory_builder(name[len("tfds_dir:"):])
     if _fashion_route(name) == "local":
         from jaxdd.data import fashion_mnist_local
         return fashion_mnist_local.prepare(data_dir)
@@ -299,6 +304,15 @@ def _catalogue_builder(tfds_name: str, data_dir: str, download: bool):
                 raise
             raise ValueError(manual_files_message(tfds_name, data_dir)) from None
     return builder
+
+
+def _directory_builder(path: str):
+    """The builder of a TFDS dataset prepared in `path` (its version folder)."""
+    import tensorflow_datasets as tfds
+    if not os.path.isfile(os.path.join(path, "dataset_info.json")):
+        raise ValueError(f"tfds_dir:{path} is not a prepared TFDS dataset (no dataset_info.json "
+                         f"there); give the version folder, e.g. <data_dir>/NAME/CONFIG/1.0.0")
+    return tfds.builder_from_directory(path)
 
 
 def manual_files_message(tfds_name: str, data_dir: str) -> str:
