@@ -15,13 +15,26 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUNS = os.path.join(ROOT, "benchmarks", "runs")
 
 
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo; the machines of this project change between
+    sessions, e.g. AMD EPYC or Intel Xeon, so every timing names its CPU)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
 def environment() -> dict:
     import jax
     import jaxdd
     dev = jax.devices()[0]
     return {"jaxdd": jaxdd.__version__, "jax": jax.__version__, "backend": jax.default_backend(),
             "device": getattr(dev, "device_kind", str(dev)), "device_count": jax.device_count(),
-            "cpu_count": os.cpu_count(), "machine": platform.machine(),
+            "cpu_count": os.cpu_count(), "machine": platform.machine(), "cpu": cpu_model(),
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
 
 

@@ -71,6 +71,9 @@ def parse_args(argv=None):
     p.add_argument("--work", default=os.path.join(HERE, "runs", "dm_vs_torch"),
                    help="run directories (outside git; reused: finished sides are not rerun)")
     p.add_argument("--out", default=os.path.join(HERE, "results", "dm_vs_torch_cpu.json"))
+    p.add_argument("--idle", action="store_true",
+                   help="the machine ran nothing else (e.g. background jobs paused): the seconds are "
+                        "timings; without it they are recorded as timed under load")
     p.add_argument("--collect-only", action="store_true",
                    help="write the JSON from the sides already finished in --work; run nothing")
     p.add_argument("--jaxdd-python", default=os.environ.get("JAXDD_PYTHON", sys.executable),
@@ -225,6 +228,7 @@ def torch_dm(torch, np, x_train_NHWC, y_train, x_init_NHWC, num_classes, ipc, dm
     opt = torch.optim.SGD([image_syn], lr=dm_cfg["lr_img"], momentum=dm_cfg["momentum_img"])
     dsa = TorchDSA(torch, dm_cfg["dsa_strategy"]) if dm_cfg["dsa_strategy"] not in ("none", "None", "") else None
     losses = []
+    t_loop = time.perf_counter()
     for it in range(iterations):
         net = torch_convnet(torch, channel, width, 3, num_classes, h)
         net.train()
@@ -246,7 +250,8 @@ def torch_dm(torch, np, x_train_NHWC, y_train, x_init_NHWC, num_classes, ipc, dm
         losses.append(float(loss.detach()) / num_classes)
         if it % 50 == 0 or it == iterations - 1:
             print(f"# torch DM seed {seed} it {it}: loss/class {losses[-1]:.4f}", file=sys.stderr, flush=True)
-    return image_syn.detach().numpy().transpose(0, 2, 3, 1), losses
+    steps_s = time.perf_counter() - t_loop
+    return image_syn.detach().numpy().transpose(0, 2, 3, 1), losses, steps_s
 
 
 # ----------------------------------------------------------------------------------------------
@@ -287,12 +292,16 @@ def run_jaxdd(args, seed):
     if not reused:
         if os.path.exists(out):
             shutil.rmtree(out)
-        run_cli("distill", "--config", PRESET, "--ipc", str(args.ipc), *set_args(args, seed), "--out", out,
-                "--no-eval", "--quiet")
+        res = run_cli("distill", "--config", PRESET, "--ipc", str(args.ipc), *set_args(args, seed), "--out",
+                      out, "--no-eval", "--quiet")
+        with open(os.path.join(out, "side_timing.json"), "w") as f:  # the driver's own split
+            json.dump({k: res.get(k) for k in ("steps_seconds", "compile_seconds")}, f)
     distill_s = None if reused else round(time.time() - t0, 1)
+    timing = os.path.join(out, "side_timing.json")
+    split = json.load(open(timing)) if os.path.exists(timing) else {}
     t0 = time.time()
     ev = evaluate(os.path.join(out, "artefact"), args)
-    return {"artefact": os.path.join(out, "artefact"), "distill_seconds": distill_s,
+    return {"artefact": os.path.join(out, "artefact"), "distill_seconds": distill_s, **split,
             "reused_artefact": reused, "eval_seconds": round(time.time() - t0, 1), **ev}
 
 
@@ -319,7 +328,7 @@ def run_torch(args, seed):
         if not model.startswith("convnet_d3_w"):
             raise SystemExit(f"the PyTorch side builds ConvNet-D3; the preset's model is {model}")
         width = int(model.rsplit("_w", 1)[1])
-        x_syn, losses = torch_dm(torch, np, x_train, np.asarray(ctx.ds.y_train), np.asarray(x0),
+        x_syn, losses, info["steps_seconds"] = torch_dm(torch, np, x_train, np.asarray(ctx.ds.y_train), np.asarray(x0),
                                  ctx.ds.num_classes, cfg["ipc"], dm_section(cfg), width, cfg["iterations"], seed)
         os.makedirs(out, exist_ok=True)
         npz = os.path.join(out, NPZ_NAME)
@@ -330,6 +339,7 @@ def run_torch(args, seed):
         with open(os.path.join(out, "losses.json"), "w") as f:
             json.dump(losses, f)
         info["final_loss_per_class"] = round(float(np.mean(losses[-50:])), 5)  # last 50 iterations
+        info["steps_seconds"] = round(info["steps_seconds"], 1)  # the iteration loop alone
         if os.path.exists(art):
             shutil.rmtree(art)
         run_cli("import", npz, "--format", "npz", "--dataset", cfg["dataset"], "--seed", str(seed),
@@ -397,6 +407,11 @@ def summarise(runs):
         se = [math.sqrt((r["jaxdd"]["accuracy_std"] ** 2 + r["torch"]["accuracy_std"] ** 2)
                         / max(r["jaxdd"]["seeds"], 1)) for r in runs.values() if "jaxdd" in r and "torch" in r]
         out["eval_noise_se_of_difference"] = float(np.mean(se))
+    for key in ("distill_seconds", "steps_seconds"):  # jaxdd / torch time, seed by seed
+        ratios = [r["jaxdd"][key] / r["torch"][key] for r in runs.values()
+                  if "jaxdd" in r and "torch" in r and r["jaxdd"].get(key) and r["torch"].get(key)]
+        if ratios:
+            out[f"{key}_ratio_jaxdd_over_torch"] = [round(v, 3) for v in ratios]
     return out
 
 
@@ -436,7 +451,7 @@ def main(args):
         "torch": torch.__version__, "torch_threads": threads,
         "note": "same initial real images (jaxdd's init_images for the seed) and training data on both "
                 "sides; random streams (networks, real batches, DSA draws) differ by library",
-        "timed_under_load": True, "loadavg_start": [round(v, 2) for v in os.getloadavg()],
+        "timed_under_load": not args.idle, "loadavg_start": [round(v, 2) for v in os.getloadavg()],
         "environment": environment(), "runs": {}, "complete": False,
     }
     for seed in seeds:

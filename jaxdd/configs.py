@@ -59,7 +59,7 @@ class RunConfig:
     """The top level of every config (sections are checked by their own classes)."""
 
     method: str                    # a registered method (jaxdd.registry.names())
-    dataset: str                   # TFDS name, folder:PATH or npz:PATH
+    dataset: str                   # TFDS name, folder:PATH, npz:PATH or tfds_dir:PATH
     ipc: int                       # images per class
     seed: int = 0                  # every random choice derives from jax.random.key(seed)
     preprocess: str = "normalize"  # normalize | zca | zca_kip | none

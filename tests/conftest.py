@@ -2,14 +2,23 @@
 when $JAXDD_CACHE_DIR names one: reading XLA:CPU executables back from that cache can abort
 the process in the installed jaxlib, so the default suite never uses it)."""
 
+import atexit
 import gc
 import os
+import shutil
+import tempfile
 
 import jax
 import numpy as np
 import pytest
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
+# The decoded-array cache of TFDS datasets (jaxdd.data.sources) goes to a folder of this
+# test process (inherited by the CLI subprocesses), never to ~/.cache, unless a developer
+# names one to keep between runs.
+if "JAXDD_DATA_CACHE" not in os.environ:
+    os.environ["JAXDD_DATA_CACHE"] = tempfile.mkdtemp(prefix="jaxdd-test-arrays-")
+    atexit.register(shutil.rmtree, os.environ["JAXDD_DATA_CACHE"], True)
 if os.environ.get("JAXDD_CACHE_DIR"):
     jax.config.update("jax_compilation_cache_dir", os.environ["JAXDD_CACHE_DIR"])
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)

@@ -127,7 +127,7 @@ def test_mocked_tfds_cifar10_and_imagenet64(tmp_path):
 
 def test_unknown_dataset_error():
     with pytest.raises(ValueError, match=r"unknown dataset 'not_a_dataset'; use one of .*"
-                       r"cifar10.*folder:PATH or npz:PATH") as e:
+                       r"cifar10.*folder:PATH, npz:PATH or tfds_dir:PATH") as e:
         data.load_dataset("not_a_dataset")
     assert "\n" not in str(e.value)
 

@@ -23,6 +23,15 @@ Every source ends in the same `Dataset`:
 
 Every dataset needs at least 2 classes.
 
+Decoded-array cache: TFDS records are parsed one by one in Python (Fashion-MNIST: ~8 s,
+CIFAR: PNG decoding on top), so the first full read of a prepared ArrayRecord dataset is
+saved as one uncompressed `.npz` under `$JAXDD_DATA_CACHE` (default
+`~/.cache/jaxdd/arrays`; `off` disables it) and later reads load that file. The cache file
+is keyed by the builder's folder and the names, sizes and modification times of its files
+(a re-prepared dataset is read afresh), written atomically, and never required: an
+unwritable or unreadable cache only means reading the records again. Datasets over
+`$JAXDD_DATA_CACHE_MAX_GB` (default 2) decoded are not cached.
+
 The validation split is carved from the training split: `val_per_class` images of each
 class, drawn with `np.random.default_rng(seed)`; the default is ~1,000 images in total
 (`round(1000 / K)` per class, capped at 10 % of the smallest class), e.g. 100 per class on
@@ -46,6 +55,9 @@ DEFAULT_VAL_MAX_FRACTION = 0.1  # ... at most this fraction of the smallest clas
 FOLDER_TEST_FRACTION = 0.2    # folder: datasets without a test/ folder hold this out
 FASHION_SOURCE_ENV = "JAXDD_FASHION_MNIST_SOURCE"  # auto | local | tfds
 _READ_CHUNK = 4096            # records per data-source read
+DATA_CACHE_ENV = "JAXDD_DATA_CACHE"  # folder of the decoded-array cache, or "off"
+DATA_CACHE_MAX_ENV = "JAXDD_DATA_CACHE_MAX_GB"
+_ARRAY_CACHE_FORMAT = 1
 _IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 # Catalogue datasets whose held-out split is not called "test".
 _TEST_SPLIT = {"imagenet_resized": "validation", "imagenet2012": "validation",
@@ -335,12 +347,71 @@ def _read_builder(builder, name: str, max_train: int | None, max_test: int | Non
             f"(use a resized variant, e.g. imagenet_resized/64x64)")
     if not hasattr(label_feature, "names"):
         raise ValueError(f"{name}: label {label_key!r} is not a ClassLabel")
-    out = []
-    for split, limit in (("train", max_train), (test_split_of(builder), max_test)):
-        out += _read_source(open_data_source(builder, name, split), image_key, label_key,
-                            shape, limit)
+    splits = ("train", test_split_of(builder))
+    data = [open_data_source(builder, name, split) for split in splits]
+    cache = _array_cache_path(builder, data)
+    out = _read_array_cache(cache, shape)
+    if out is None:
+        full = max_train is None and max_test is None
+        out = []
+        for source, limit in zip(data, (max_train, max_test)):
+            out += _read_source(source, image_key, label_key, shape, limit)
+        if full and cache:
+            _write_array_cache(cache, out)
+    x_tr, y_tr, x_te, y_te = out
+    out = [x_tr[:max_train], y_tr[:max_train], x_te[:max_test], y_te[:max_test]]
     version = f"{builder.name}/{builder.info.version}"
     return (*out, list(label_feature.names), f"tfds:{version}@{builder.data_dir}")
+
+
+def _array_cache_path(builder, data_sources: list) -> str | None:
+    """The cache file of a prepared ArrayRecord builder's decoded arrays (module docstring),
+    or None: cache off, not a local folder of ArrayRecord files, or not real ArrayRecord
+    data sources (e.g. under `tfds.testing.mock_data`)."""
+    root = os.environ.get(DATA_CACHE_ENV, "")
+    if root.lower() in ("off", "0", "none", "false"):
+        return None
+    if not all(type(d).__name__ == "ArrayRecordDataSource" for d in data_sources):
+        return None
+    folder = os.fspath(builder.data_dir)
+    try:
+        files = sorted((f, st.st_size, st.st_mtime_ns) for f in os.listdir(folder)
+                       for st in [os.stat(os.path.join(folder, f))])
+    except (OSError, TypeError):  # remote (gs://) or vanished folder: no cache
+        return None
+    if not any(".array_record" in f for f, _, _ in files):
+        return None
+    from jaxdd import safeio
+    key = safeio.fingerprint([_ARRAY_CACHE_FORMAT, os.path.abspath(folder), files])
+    root = os.path.expanduser(root or os.path.join("~", ".cache", "jaxdd", "arrays"))
+    return os.path.join(root, f"{builder.name}-{key}.npz")
+
+
+def _read_array_cache(path: str | None, shape: tuple[int, ...]) -> list[np.ndarray] | None:
+    """[x_train, y_train, x_test, y_test] from a cache file; None if absent or unusable."""
+    if not path or not os.path.isfile(path):
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            out = [f[k] for k in ("x_train", "y_train", "x_test", "y_test")]
+    except Exception:  # truncated or foreign file: read the records again (and rewrite it)
+        return None
+    ok = all(x.dtype == np.uint8 and x.shape[1:] == tuple(shape) and y.shape == x.shape[:1]
+             for x, y in (out[:2], out[2:]))
+    return out if ok else None
+
+
+def _write_array_cache(path: str, arrays: list[np.ndarray]) -> None:
+    """Save the decoded arrays atomically; any failure only skips the cache."""
+    from jaxdd import safeio
+    limit = float(os.environ.get(DATA_CACHE_MAX_ENV, "2")) * 2**30
+    if sum(a.nbytes for a in arrays) > limit:
+        return
+    try:
+        safeio.makedirs(os.path.dirname(path))
+        safeio.savez(path, **dict(zip(("x_train", "y_train", "x_test", "y_test"), arrays)))
+    except (OSError, ValueError):
+        pass
 
 
 def open_data_source(builder, name: str, split: str, decoders=None):
