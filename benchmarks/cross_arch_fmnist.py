@@ -5,16 +5,19 @@ references' architectures, next to a random real subset of the same size.
         [--models convnet,lenet,alexnet,vgg11,resnet18_ap] [--protocol cpu] [--redo]
 
 Each set is made once with the CLI, as a user would (`jaxdd baseline random`, or
-`jaxdd distill --config <the method's cpu preset> --no-eval`), into
-benchmarks/runs/cross_arch/<set>/, and then evaluated as
+`jaxdd distill --config <the method's cpu preset> --no-eval`), in
+benchmarks/runs/cross_arch/<set>/; its artefact (the images, ~0.4 MB) is then kept in
+git under benchmarks/results/cross_arch/<set>/, and evaluated as
 
     jaxdd evaluate <artefact> --protocol cpu --seeds S --models convnet,lenet,alexnet,...
 
 run here one model per command, so that a long run resumes model by model
 
 (every network from the same seed keys, on the same set, at the set's learned lr if it has
-one, as MTT's `--eval_mode M` does). Finished sets and each model's evaluation are kept in that
-folder, so an interrupted run resumes; --redo starts a set again. All kept results are collected
+one, as MTT's `--eval_mode M` does). The kept sets and each model's evaluation
+(benchmarks/results/cross_arch/<set>.<protocol>.s<seeds>.<model>.json) are committed, so a
+run resumes model by model in a later session on another machine, on the very same images;
+--redo starts a set again. All kept results are collected
 into benchmarks/results/cross_arch_fmnist.json (one JSON line) and a markdown table
 (cross_arch_fmnist.md). Seconds are wall seconds of the CLI commands on this shared 2-core
 machine (flagged when other jobs ran): upper bounds, not timings.
@@ -31,7 +34,8 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import RESULTS, ROOT, RUNS, environment, run_cli, write  # noqa: E402
 
-HERE = os.path.join(RUNS, "cross_arch")
+HERE = os.path.join(RUNS, "cross_arch")        # distillation runs (outside git)
+KEPT = os.path.join(RESULTS, "cross_arch")     # the sets and per-model results (in git)
 MODELS = "convnet,lenet,alexnet,vgg11,resnet18_ap"
 # set -> the command that makes it (the method's reduced `cpu` preset; `random`: the baseline)
 SETS = {
@@ -48,7 +52,7 @@ def _load_avg() -> float:
 def make_set(name: str, ipc: int, redo: bool) -> dict:
     """The set's artefact (made once); returns how it was made."""
     run = os.path.join(HERE, name)
-    info_path = os.path.join(HERE, f"{name}.made.json")
+    info_path = os.path.join(KEPT, f"{name}.made.json")
     if os.path.exists(info_path) and not redo:
         with open(info_path) as f:
             return json.load(f)
@@ -62,11 +66,15 @@ def make_set(name: str, ipc: int, redo: bool) -> dict:
                 "--no-eval", "--quiet"]
     load0 = _load_avg()
     res, sec = run_cli(*argv)
+    kept = os.path.join(KEPT, name)
+    if os.path.exists(kept):
+        shutil.rmtree(kept)
+    shutil.copytree(os.path.join(run, "artefact"), kept)
     info = {"set": name, "command": "jaxdd " + " ".join(argv).replace(ROOT + "/", ""),
-            "artefact": os.path.relpath(os.path.join(run, "artefact"), ROOT),
+            "artefact": os.path.relpath(kept, ROOT),
             "distill_seconds": res.get("distill_seconds"), "wall_seconds": sec,
             "load_before": load0, "load_after": _load_avg()}
-    os.makedirs(HERE, exist_ok=True)
+    os.makedirs(KEPT, exist_ok=True)
     with open(info_path, "w") as f:
         json.dump(info, f)
     return info
@@ -86,7 +94,7 @@ def evaluate_set(name: str, made: dict, models: str, protocol: str, seeds: int,
 
 def evaluate_model(name: str, made: dict, model: str, protocol: str, seeds: int,
                    redo: bool) -> dict:
-    out = os.path.join(HERE, f"{name}.{protocol}.s{seeds}.{model}.json")
+    out = os.path.join(KEPT, f"{name}.{protocol}.s{seeds}.{model}.json")
     if os.path.exists(out) and not redo:
         with open(out) as f:
             return json.load(f)
