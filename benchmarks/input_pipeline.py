@@ -21,6 +21,9 @@ Measured, each in a fresh child process (so that its peak RSS is its own):
   step is never input-bound (ratio <= 1.1). Peak RSS of that run too.
 - `cnn`: the same comparison for a deliberately tiny CNN step (2 convs, --cnn-size px): a
   stress case whose step costs about as much as decoding its batch.
+- `teacher_rss`: the teacher step at batch --rss-batch (5 steps) on every dataset size: its
+  peak RSS, flat in the dataset size (the network's activations scale with the batch).
+--parts runs some of these and merges them into the existing --out JSON.
 On this 2-core CPU the pipeline's decoding and the step share the same two cores, so every
 ratio above 1 is decode time taken from the step; on a GPU/TPU host the step runs on the
 accelerator and the host cores only decode.
@@ -28,6 +31,7 @@ accelerator and the host cores only decode.
 Usage:
   python benchmarks/input_pipeline.py                        # 20k and 200k images (~25 min)
   python benchmarks/input_pipeline.py --images 2000 --steps 5 --out /tmp/ip.json   # smoke
+  python benchmarks/input_pipeline.py --parts teacher_rss                # add one part
 Prints one JSON line and writes it to --out (default benchmarks/results/input_pipeline_cpu.json).
 """
 
@@ -249,6 +253,7 @@ def child_cnn(name: str, size: int, batch: int, steps: int, workers: int) -> dic
             **_compare(step, params, loader, steps)}
 
 
+PARTS = ("epoch", "throughput", "teacher", "cnn", "teacher_rss")
 CHILDREN = {"epoch": child_epoch, "throughput": child_throughput, "teacher": child_teacher,
             "cnn": child_cnn}
 
@@ -275,6 +280,8 @@ def main() -> None:
     ap.add_argument("--teacher-size", type=int, default=224)
     ap.add_argument("--teacher-batch", type=int, default=64)
     ap.add_argument("--cnn-size", type=int, default=112)
+    ap.add_argument("--rss-batch", type=int, default=16)
+    ap.add_argument("--parts", default=",".join(PARTS), help="comma list of " + ",".join(PARTS))
     ap.add_argument("--out", default=os.path.join(RESULTS, "input_pipeline_cpu.json"))
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("child_args", nargs="?", help=argparse.SUPPRESS)
@@ -283,34 +290,62 @@ def main() -> None:
         print(json.dumps(CHILDREN[a.child](*json.loads(a.child_args))))
         return
     sizes = [int(s) for s in a.images.split(",")]
+    parts = [p for p in a.parts.split(",") if p]
+    unknown = sorted(set(parts) - set(PARTS))
+    if unknown:
+        raise SystemExit(f"input_pipeline: error: unknown part(s) {unknown}; use {PARTS}")
+    old = {}
+    if set(parts) != set(PARTS) and os.path.exists(a.out):
+        with open(a.out) as f:
+            old = json.load(f)
     datasets = {}
     for n in sizes:
         t = time.perf_counter()
         name = dataset_name(a.format, a.data, n)
         datasets[n] = {"name": name, "generate_s": round(time.perf_counter() - t, 1),
                        "mib_on_disk": round(disk_mib(name.split(":", 1)[1]), 1)}
-    for n in sizes:
-        datasets[n]["epoch"] = in_child("epoch", datasets[n]["name"], a.batch, a.epoch_workers)
     big = datasets[max(sizes)]["name"]
-    by_workers = {w: in_child("throughput", big, a.batch, a.steps, int(w))["images_per_s"]
-                  for w in a.workers.split(",")}
-    teacher = in_child("teacher", big, a.teacher_size, a.teacher_batch, a.steps, a.step_workers)
-    cnn = in_child("cnn", big, a.cnn_size, a.batch // 2, a.steps, a.step_workers)
-    rss = [datasets[n]["epoch"]["rss_mib"] for n in sizes]
-    write(os.path.splitext(os.path.basename(a.out))[0], {
-        "benchmark": "input_pipeline", "format": a.format, "image_px": "128-256 jpeg",
-        "batch": a.batch, "crop": 224, "timed_steps": a.steps,
-        "datasets": {str(n): {k: v for k, v in d.items() if k != "name"} | {
-            "source": d["name"].split(":", 1)[0] + ":" + d["name"].split(":", 1)[1].replace(
-                a.data, "<data>")} for n, d in datasets.items()},
-        "epoch_peak_rss_mib_by_images": {str(n): r for n, r in zip(sizes, rss)},
-        "epoch_rss_growth_mib": round(rss[-1] - rss[0], 1),
-        "images_per_s_by_workers": by_workers,
-        "teacher_step": teacher, "tiny_cnn_step": cnn,
-        "goals": {"epoch_rss_le_2gb": max(rss) <= 2048,
-                  "teacher_step_ratio_le_1.1": teacher["ratio"] <= 1.1},
-        "note": "one 2-core CPU: the pipeline and the step share the cores",
-        "env": environment()}, a.out)
+    out = {"benchmark": "input_pipeline", "format": a.format, "image_px": "128-256 jpeg",
+           "batch": a.batch, "crop": 224, "timed_steps": a.steps,
+           "datasets": {str(n): {"source": d["name"].split(":", 1)[0] + ":" + d["name"].split(
+               ":", 1)[1].replace(a.data, "<data>"), "mib_on_disk": d["mib_on_disk"]}
+               for n, d in datasets.items()}}
+    if "epoch" in parts:
+        rss = []
+        for n in sizes:
+            out["datasets"][str(n)]["epoch"] = in_child("epoch", datasets[n]["name"], a.batch,
+                                                        a.epoch_workers)
+            rss.append(out["datasets"][str(n)]["epoch"]["rss_mib"])
+        out["epoch_peak_rss_mib_by_images"] = {str(n): r for n, r in zip(sizes, rss)}
+        out["epoch_rss_growth_mib"] = round(rss[-1] - rss[0], 1)
+    if "throughput" in parts:
+        out["images_per_s_by_workers"] = {
+            w: in_child("throughput", big, a.batch, a.steps, int(w))["images_per_s"]
+            for w in a.workers.split(",")}
+    if "teacher" in parts:
+        out["teacher_step"] = in_child("teacher", big, a.teacher_size, a.teacher_batch,
+                                       a.steps, a.step_workers)
+    if "cnn" in parts:
+        out["tiny_cnn_step"] = in_child("cnn", big, a.cnn_size, a.batch // 2, a.steps,
+                                        a.step_workers)
+    if "teacher_rss" in parts:
+        out["teacher_rss_by_images"] = {
+            str(n): in_child("teacher", datasets[n]["name"], a.teacher_size, a.rss_batch, 5,
+                             a.step_workers) for n in sizes}
+    merged = {**old, **{k: v for k, v in out.items() if k != "datasets"}}
+    merged["datasets"] = {n: {**old.get("datasets", {}).get(n, {}), **d}
+                          for n, d in out["datasets"].items()}
+    epoch_rss = merged.get("epoch_peak_rss_mib_by_images", {})
+    teacher_rss = [r["rss_mib"] for r in merged.get("teacher_rss_by_images", {}).values()]
+    merged["goals"] = {
+        "epoch_rss_le_2gb": max(epoch_rss.values()) <= 2048 if epoch_rss else None,
+        "teacher_rss_flat_within_5pct": (max(teacher_rss) <= 1.05 * min(teacher_rss)
+                                         if teacher_rss else None),
+        "teacher_step_ratio_le_1.1": (merged["teacher_step"]["ratio"] <= 1.1
+                                      if "teacher_step" in merged else None)}
+    merged["note"] = "one 2-core CPU: the pipeline and the step share the cores"
+    merged["env"] = environment()
+    write(os.path.splitext(os.path.basename(a.out))[0], merged, a.out)
 
 
 if __name__ == "__main__":

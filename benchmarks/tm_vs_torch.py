@@ -365,14 +365,8 @@ def run_config(width, syn_steps, ipc, args, tdev):
 def device_name(device):
     if device == "cuda":
         return torch.cuda.get_device_name(0)
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    from _common import cpu_model
+    return cpu_model()
 
 
 def main(args):
