@@ -284,6 +284,11 @@ def set_args(args, seed):
     return sets
 
 
+def cpu_model():
+    from _common import cpu_model as model
+    return model()
+
+
 def run_jaxdd(args, seed):
     out = os.path.join(args.work, f"jaxdd_seed{seed}")
     done = os.path.join(out, "artefact", "meta.json")
@@ -302,6 +307,7 @@ def run_jaxdd(args, seed):
     t0 = time.time()
     ev = evaluate(os.path.join(out, "artefact"), args)
     return {"artefact": os.path.join(out, "artefact"), "distill_seconds": distill_s, **split,
+            "cpu": cpu_model(),
             "reused_artefact": reused, "eval_seconds": round(time.time() - t0, 1), **ev}
 
 
@@ -348,6 +354,7 @@ def run_torch(args, seed):
     t0 = time.time()
     ev = evaluate(art, args)
     return {"artefact": art, "distill_seconds": distill_s, "eval_seconds": round(time.time() - t0, 1),
+            "cpu": cpu_model(),
             **info, **ev}
 
 
@@ -407,9 +414,11 @@ def summarise(runs):
         se = [math.sqrt((r["jaxdd"]["accuracy_std"] ** 2 + r["torch"]["accuracy_std"] ** 2)
                         / max(r["jaxdd"]["seeds"], 1)) for r in runs.values() if "jaxdd" in r and "torch" in r]
         out["eval_noise_se_of_difference"] = float(np.mean(se))
-    for key in ("distill_seconds", "steps_seconds"):  # jaxdd / torch time, seed by seed
+    for key in ("distill_seconds", "steps_seconds"):  # jaxdd / torch time, seed by seed,
+        # only where both sides ran on the same CPU (sides can be run in different sessions)
         ratios = [r["jaxdd"][key] / r["torch"][key] for r in runs.values()
-                  if "jaxdd" in r and "torch" in r and r["jaxdd"].get(key) and r["torch"].get(key)]
+                  if "jaxdd" in r and "torch" in r and r["jaxdd"].get(key) and r["torch"].get(key)
+                  and r["jaxdd"].get("cpu") and r["jaxdd"].get("cpu") == r["torch"].get("cpu")]
         if ratios:
             out[f"{key}_ratio_jaxdd_over_torch"] = [round(v, 3) for v in ratios]
     return out
