@@ -337,9 +337,6 @@ def main() -> None:
     merged["datasets"] = {n: {**old.get("datasets", {}).get(n, {}), **d}
                           for n, d in out["datasets"].items()}
     epoch_rss = merged.get("epoch_peak_rss_mib_by_images", {})
-    old_key = merged.pop("teacher_rss_by_images", None)  # written before the batch was in the key
-    if old_key:
-        merged.setdefault(f"teacher_rss_by_images_batch{old_key['20000']['batch']}", old_key)
     by_batch = [[r["rss_mib"] for r in v.values()] for k, v in merged.items()
                 if k.startswith("teacher_rss_by_images_batch")]
     merged["goals"] = {

@@ -114,3 +114,6 @@ def test_cache_off_limited_reads_and_unwritable_cache_write_nothing(prepared, mo
     monkeypatch.setenv(sources.DATA_CACHE_MAX_ENV, "0")
     _load(name)
     assert not cache.exists()  # over the size limit
+    monkeypatch.setenv(sources.DATA_CACHE_MAX_ENV, "two")
+    with pytest.raises(ValueError, match="JAXDD_DATA_CACHE_MAX_GB must be a number"):
+        _load(name)

@@ -58,6 +58,7 @@ _READ_CHUNK = 4096            # records per data-source read
 DATA_CACHE_ENV = "JAXDD_DATA_CACHE"  # folder of the decoded-array cache, or "off"
 DATA_CACHE_MAX_ENV = "JAXDD_DATA_CACHE_MAX_GB"
 _ARRAY_CACHE_FORMAT = 1
+_ARRAY_CACHE_KEYS = ("x_train", "y_train", "x_test", "y_test")
 _IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 # Catalogue datasets whose held-out split is not called "test".
 _TEST_SPLIT = {"imagenet_resized": "validation", "imagenet2012": "validation",
@@ -393,7 +394,7 @@ def _read_array_cache(path: str | None, shape: tuple[int, ...]) -> list[np.ndarr
         return None
     try:
         with np.load(path, allow_pickle=False) as f:
-            out = [f[k] for k in ("x_train", "y_train", "x_test", "y_test")]
+            out = [f[k] for k in _ARRAY_CACHE_KEYS]
     except Exception:  # truncated or foreign file: read the records again (and rewrite it)
         return None
     ok = all(x.dtype == np.uint8 and x.shape[1:] == tuple(shape) and y.shape == x.shape[:1]
@@ -404,12 +405,16 @@ def _read_array_cache(path: str | None, shape: tuple[int, ...]) -> list[np.ndarr
 def _write_array_cache(path: str, arrays: list[np.ndarray]) -> None:
     """Save the decoded arrays atomically; any failure only skips the cache."""
     from jaxdd import safeio
-    limit = float(os.environ.get(DATA_CACHE_MAX_ENV, "2")) * 2**30
+    raw = os.environ.get(DATA_CACHE_MAX_ENV, "2")
+    try:
+        limit = float(raw) * 2**30
+    except ValueError:
+        raise ValueError(f"${DATA_CACHE_MAX_ENV} must be a number of GB, got {raw!r}") from None
     if sum(a.nbytes for a in arrays) > limit:
         return
     try:
         safeio.makedirs(os.path.dirname(path))
-        safeio.savez(path, **dict(zip(("x_train", "y_train", "x_test", "y_test"), arrays)))
+        safeio.savez(path, **dict(zip(_ARRAY_CACHE_KEYS, arrays)))
     except (OSError, ValueError):
         pass
 
