@@ -36,19 +36,27 @@ LOOP_SAFE_CASES = [(3, 1, [(1, 1), (1, 1)], 1), (3, 2, [(1, 1), (1, 1)], 1), (1,
                    (2, 2, [(0, 1), (1, 0)], 1)]
 
 
+@pytest.mark.parametrize("block_bytes", [None, 1, 100_000])
 @pytest.mark.parametrize("k,stride,pad,groups", LOOP_SAFE_CASES)
-def test_loop_safe_conv_is_lax_conv_to_second_order(k, stride, pad, groups):
-    """The hand-written backward pass (dx as a forward conv of the dilated output gradient,
-    dw as patches @ dy per group) == lax.conv's, in float64: values, both first derivatives,
-    and a second derivative (the gradient of an input-gradient norm w.r.t. the kernel), also
-    when the conv is the body of a scan (where XLA:CPU's own kernel gradient is slow)."""
+def test_loop_safe_conv_is_lax_conv_to_second_order(k, stride, pad, groups, block_bytes,
+                                                     monkeypatch):
+    """The hand-written convolution (forward as patches @ kernel, dx as that forward conv of
+    the dilated output gradient, dw as patches @ dy per group, each over blocks of images)
+    == lax.conv's, in float64: values, both first derivatives, and a second derivative (the
+    gradient of an input-gradient norm w.r.t. the kernel), also when the conv is the body
+    of a scan (where XLA:CPU's own kernel gradient is slow). block_bytes: the whole batch
+    of 4 images in one block (None), one image per block (1), blocks of 2 images for most
+    cases (100,000 bytes: 38,880 bytes of float64 patches per image for a 3x3 kernel)."""
     from jax import lax
 
+    from jaxdd.models import layers
     from jaxdd.models.layers import loop_safe_conv
+    if block_bytes is not None:
+        monkeypatch.setattr(layers, "_BLOCK_BYTES", block_bytes)
     dn = lax.conv_dimension_numbers((1, 1, 1, 1), (1, 1, 1, 1), ("NHWC", "HWIO", "NHWC"))
     kx, kw, kd = jax.random.split(jax.random.key(k * 10 + stride), 3)
     with jax.enable_x64(True):
-        x = jax.random.normal(kx, (2, 9, 10, 6), jnp.float64)
+        x = jax.random.normal(kx, (4, 9, 10, 6), jnp.float64)
         w = jax.random.normal(kw, (k, k, 6 // groups, 12), jnp.float64)
         ref = lambda x, w: lax.conv_general_dilated(x, w, (stride, stride), pad, dimension_numbers=dn,
                                                     feature_group_count=groups)
