@@ -32,14 +32,8 @@ def torch_default_init(fan_in: int):
 
 def conv3x3_im2col(x_NHWC: jax.Array, kernel_33IO: jax.Array, padding: int) -> jax.Array:
     """A stride-1 3x3 convolution as 9 shifted slices concatenated + one matmul."""
-    p = padding
-    xp = jnp.pad(x_NHWC, ((0, 0), (p, p), (p, p), (0, 0)))
-    h, w = xp.shape[1] - 2, xp.shape[2] - 2
-    patches_NHWk = jnp.concatenate(
-        [xp[:, i : i + h, j : j + w, :] for i in range(3) for j in range(3)], axis=-1
-    )
-    cin, cout = kernel_33IO.shape[2], kernel_33IO.shape[3]
-    return patches_NHWk @ kernel_33IO.reshape(9 * cin, cout)
+    xp = _pad_hw(x_NHWC, [(padding, padding)] * 2)
+    return _patches_matmul(xp, kernel_33IO, (1, 1), (xp.shape[1] - 2, xp.shape[2] - 2))
 
 
 def conv3x3_lax(x_NHWC: jax.Array, kernel_33IO: jax.Array, padding: int) -> jax.Array:
@@ -130,11 +124,9 @@ def _conv_forward(x, w, strides, pads, groups, precision):
     n, hp, wp = xp.shape[:3]
     (sh, sw) = strides
     ho, wo = (hp - kh) // sh + 1, (wp - kw) // sw + 1
-    w2 = w.reshape(kh * kw * cin, cout)
 
     def block(xb):
-        return jnp.dot(jnp.concatenate(_taps(xb, (kh, kw), strides, (ho, wo)), -1), w2,
-                       precision=precision)
+        return _patches_matmul(xb, w, strides, (ho, wo), precision)
 
     size = _image_blocks(n, ho * wo * kh * kw * cin * xp.dtype.itemsize)
     if size == n:
@@ -154,6 +146,20 @@ def _taps(xp, kernel, strides, out_hw):
     b, c = xp.shape[0], xp.shape[-1]
     return [lax.slice(xp, (0, i, j, 0), (b, i + (ho - 1) * sh + 1, j + (wo - 1) * sw + 1, c),
                       (1, sh, sw, 1)) for i in range(kh) for j in range(kw)]
+
+
+def _patches_matmul(xp, w, strides, out_hw, precision=None):
+    """The padded input's kh*kw taps concatenated along channels (row (i*kw + j)*C + c meets
+    row (i, j, c) of the HWIO kernel) @ the kernel: an ungrouped convolution."""
+    kh, kw, cin, cout = w.shape
+    return jnp.dot(jnp.concatenate(_taps(xp, (kh, kw), strides, out_hw), -1),
+                   w.reshape(kh * kw * cin, cout), precision=precision)
+
+
+# Bytes of one block's patch matrix (`_conv_forward`, `_kernel_grad`): a few MiB, so that
+# each block's patches are written and read back while they are still in cache (4, 8 and
+# 16 MiB measured on ResNet-18 steps at batch 50 and 256: 8 was the fastest).
+_BLOCK_BYTES = 8 << 20
 
 
 def _image_blocks(n, per_image_bytes):
@@ -186,11 +192,6 @@ def _conv_nhwc_bwd(strides, pads, groups, precision, res, dy):
 
 
 _conv_nhwc.defvjp(_conv_nhwc_fwd, _conv_nhwc_bwd)
-
-# Bytes of one block's patch matrix (`_conv_forward`, `_kernel_grad`): a few MiB, so that
-# each block's patches are written and read back while they are still in cache (4, 8 and
-# 16 MiB measured on ResNet-18 steps at batch 50 and 256: 8 was the fastest).
-_BLOCK_BYTES = 8 << 20
 
 
 def _kernel_grad(xp, dy, kernel, strides, groups, precision):
