@@ -81,8 +81,9 @@ def loop_safe_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dil
     training loop). On the CPU backend, for 2-D NHWC/HWIO convolutions without dilation,
     the convolution is therefore written by hand (`_conv_nhwc`): the forward pass as
     patches @ kernel over blocks of images (`_conv_forward`), the input gradient as that
-    forward convolution of the stride-dilated output gradient with the flipped kernel, the
-    kernel gradient as patches @ output gradient over the same blocks (`_kernel_grad`).
+    forward convolution of the output gradient with the flipped kernel (for strides > 1 one
+    per stride phase, with the phase's sub-kernel: `_strided_input_grad`), the kernel
+    gradient as patches @ output gradient over the same blocks (`_kernel_grad`).
     Other backends, layouts and dilations go to `lax.conv_general_dilated` unchanged."""
     plain = dict(lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
                  dimension_numbers=dimension_numbers, feature_group_count=feature_group_count,
@@ -174,21 +175,58 @@ def _conv_nhwc_fwd(x, w, strides, pads, groups, precision):
 
 def _conv_nhwc_bwd(strides, pads, groups, precision, res, dy):
     x, w = res
-    (kh, kw, cg, cout), (h, wd) = w.shape, x.shape[1:3]
-    ho, wo = dy.shape[1:3]
-    og = cout // groups
-    zero = jnp.zeros((), dy.dtype)
-    # dx: correlate the output gradient, zero-dilated by the stride and padded so that the
-    # result has x's size, with the spatially flipped kernel, in/out channels swapped per group.
-    sizes = ((h, kh, ho), (wd, kw, wo))
-    dy_pad = lax.pad(dy, zero, [(0, 0, 0)] + [
-        (k - 1 - lo, size + lo - (o - 1) * s - 1, s - 1)
-        for (size, k, o), s, (lo, _) in zip(sizes, strides, pads)] + [(0, 0, 0)])
-    w_t = (w[::-1, ::-1].reshape(kh, kw, cg, groups, og).transpose(0, 1, 4, 3, 2)
-           .reshape(kh, kw, og, groups * cg))
-    dx = _conv_forward(dy_pad, w_t, (1, 1), ((0, 0), (0, 0)), groups, precision)
+    kh, kw, cg, cout = w.shape
+    if strides == (1, 1):
+        # dx: correlate the output gradient, padded so that the result has x's size, with
+        # the spatially flipped kernel, in/out channels swapped per group.
+        (h, wd), (ho, wo) = x.shape[1:3], dy.shape[1:3]
+        dy_pad = lax.pad(dy, jnp.zeros((), dy.dtype), [(0, 0, 0)] + [
+            (k - 1 - lo, size + lo - o, 0)
+            for (size, k, o), (lo, _) in zip(((h, kh, ho), (wd, kw, wo)), pads)] + [(0, 0, 0)])
+        dx = _conv_forward(dy_pad, _transposed_kernel(w, groups), (1, 1), ((0, 0), (0, 0)),
+                           groups, precision)
+    else:
+        dx = _strided_input_grad(dy, w, x.shape, strides, pads, groups, precision)
     dw = _kernel_grad(_pad_hw(x, pads), dy, (kh, kw), strides, groups, precision)
     return dx.astype(x.dtype), dw.reshape(kh, kw, cg, cout).astype(w.dtype)
+
+
+def _transposed_kernel(w, groups):
+    """The kernel of the input gradient: spatially flipped, in/out channels swapped per group."""
+    kh, kw, cg, cout = w.shape
+    og = cout // groups
+    return (w[::-1, ::-1].reshape(kh, kw, cg, groups, og).transpose(0, 1, 4, 3, 2)
+            .reshape(kh, kw, og, groups * cg))
+
+
+def _strided_input_grad(dy, w, x_shape, strides, pads, groups, precision):
+    """dx of a strided convolution, one stride phase at a time (no multiplications by the
+    zeros of a stride-dilated output gradient, which cost s*s x the FLOPs: 4x for the
+    stride-2 convolutions of a ResNet).
+
+    In padded input coordinates, row u = q*s + a receives dy[q - t] * w[a + s*t] for
+    t < ceil((k - a) / s): for each phase (a, b), a stride-1 forward convolution of dy with
+    the sub-kernel w[a::s, b::s], flipped. The phases are interleaved and the padding cropped."""
+    (sh, sw), (kh, kw, _, _), (n, h, wd, cin) = strides, w.shape, x_shape
+    ho, wo = dy.shape[1:3]
+    hp, wp = h + sum(pads[0]), wd + sum(pads[1])
+    q, r = -(-hp // sh), -(-wp // sw)          # rows / columns of every phase
+    zero = jnp.zeros((), dy.dtype)
+    phases = []
+    for a in range(sh):
+        for b in range(sw):
+            ta, tb = -(-(kh - a) // sh), -(-(kw - b) // sw)
+            if ta <= 0 or tb <= 0:             # no kernel tap lands on this phase
+                phases.append(jnp.zeros((n, q, r, cin), dy.dtype))
+                continue
+            dy_pad = lax.pad(dy, zero, [(0, 0, 0), (ta - 1, q - ho, 0), (tb - 1, r - wo, 0),
+                                        (0, 0, 0)])
+            phases.append(_conv_forward(dy_pad, _transposed_kernel(w[a::sh, b::sw], groups),
+                                        (1, 1), ((0, 0), (0, 0)), groups, precision))
+    dxp = (jnp.stack(phases).reshape(sh, sw, n, q, r, cin).transpose(2, 3, 0, 4, 1, 5)
+           .reshape(n, q * sh, r * sw, cin))
+    (lh, _), (lw, _) = pads
+    return dxp[:, lh:lh + h, lw:lw + wd]
 
 
 _conv_nhwc.defvjp(_conv_nhwc_fwd, _conv_nhwc_bwd)
