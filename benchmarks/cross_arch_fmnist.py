@@ -1,8 +1,8 @@
 """Cross-architecture Fashion-MNIST table (issue #14): distilled IPC-10 sets trained on the
 references' architectures, next to a random real subset of the same size.
 
-    python benchmarks/cross_arch_fmnist.py [--sets random,dm,mtt] [--ipc 10] [--seeds 3]
-        [--models convnet,lenet,alexnet,vgg11,resnet18_ap] [--protocol cpu] [--redo]
+    python benchmarks/cross_arch_fmnist.py [--sets random,dm,mtt,mtt@0.01] [--ipc 10]
+        [--seeds 3] [--models convnet,lenet,alexnet,vgg11,resnet18_ap] [--protocol cpu] [--redo]
 
 Each set is made once with the CLI, as a user would (`jaxdd baseline random`, or
 `jaxdd distill --config <the method's cpu preset> --no-eval`), in
@@ -14,7 +14,9 @@ git under benchmarks/results/cross_arch/<set>/, and evaluated as
 run here one model per command, so that a long run resumes model by model
 
 (every network from the same seed keys, on the same set, at the set's learned lr if it has
-one, as MTT's `--eval_mode M` does). The kept sets and each model's evaluation
+one, as MTT's `--eval_mode M` does; `SET@LR`: the same set trained at LR instead,
+`jaxdd evaluate --lr LR`, e.g. `mtt@0.01`, the protocol's lr, for the networks that the
+learned lr, tuned on the ConvNet, makes diverge). The kept sets and each model's evaluation
 (benchmarks/results/cross_arch/<set>.<protocol>.s<seeds>.<model>.json) are committed, so a
 run resumes model by model in a later session on another machine, on the very same images;
 --redo starts a set again. All kept results are collected
@@ -47,6 +49,14 @@ SETS = {
 
 def _load_avg() -> float:
     return round(os.getloadavg()[0], 2)
+
+
+def _split(name: str) -> tuple[str, str | None]:
+    """'mtt@0.01' -> ('mtt', '0.01'); 'mtt' -> ('mtt', None)."""
+    base, _, lr = name.partition("@")
+    if lr:
+        float(lr)   # a number, or a ValueError naming it
+    return base, lr or None
 
 
 def make_set(name: str, ipc: int, redo: bool) -> dict:
@@ -85,6 +95,8 @@ def evaluate_set(name: str, made: dict, models: str, protocol: str, seeds: int,
     """One `jaxdd evaluate --models M` per model (each kept in its own file, so a long run
     resumes model by model), merged into one table."""
     per_model = [evaluate_model(name, made, m, protocol, seeds, redo) for m in models.split(",")]
+    for pm in per_model:
+        pm["table"].setdefault("lr_source", "learned" if pm["table"].get("lr") else None)
     table = dict(per_model[0]["table"], rows=[r for pm in per_model for r in pm["table"]["rows"]])
     return {"set": name, "models": models, "made": made,
             "commands": [pm["command"] for pm in per_model], "table": table,
@@ -94,12 +106,16 @@ def evaluate_set(name: str, made: dict, models: str, protocol: str, seeds: int,
 
 def evaluate_model(name: str, made: dict, model: str, protocol: str, seeds: int,
                    redo: bool) -> dict:
-    out = os.path.join(KEPT, f"{name}.{protocol}.s{seeds}.{model}.json")
+    base, lr = _split(name)
+    tag = "" if lr is None else f".lr{lr}"
+    out = os.path.join(KEPT, f"{base}.{protocol}.s{seeds}{tag}.{model}.json")
     if os.path.exists(out) and not redo:
         with open(out) as f:
             return json.load(f)
     argv = ["evaluate", os.path.join(ROOT, made["artefact"]), "--protocol", protocol,
             "--seeds", str(seeds), "--models", model, "--quiet"]
+    if lr is not None:
+        argv += ["--lr", lr]
     load0 = _load_avg()
     res, sec = run_cli(*argv)
     result = {"command": "jaxdd " + " ".join(argv).replace(ROOT + "/", ""), "table": res,
@@ -118,10 +134,15 @@ def markdown(results: list[dict], models: list[str]) -> str:
         by = {row["model"]: row for row in r["table"]["rows"]}
         cells = [f"{100 * by[m]['accuracy_mean']:.1f} ± {100 * by[m]['accuracy_std']:.1f}"
                  if m in by else "-" for m in models]
-        lines.append(f"| {r['set']} | " + " | ".join(cells) + " |")
+        lr = r["table"].get("lr")
+        how = "" if lr is None else f" (lr {lr:.4g}, {r['table'].get('lr_source')})"
+        lines.append(f"| {r['set'].split('@')[0]}{how} | " + " | ".join(cells) + " |")
     params = {row["model"]: row["params"] for row in results[0]["table"]["rows"]}
     lines += ["", "Parameters: " + ", ".join(f"{m} {params[m]:,}" for m in models if m in params),
-              "", "Sets: " + "; ".join(f"{r['set']}: `{r['made']['command']}`" for r in results)]
+              "", "Sets: " + "; ".join(f"{r['set']}: `{r['made']['command']}`" for r in results
+                                     if "@" not in r["set"]),
+              "", "lr: learned = the set's own (MTT's learned lr, as `--eval_mode M` trains "
+                  "every network); --lr = `jaxdd evaluate --lr`; none: the protocol's 0.01."]
     return "\n".join(lines) + "\n"
 
 
@@ -135,10 +156,11 @@ def main(argv=None) -> int:
     p.add_argument("--redo", action="store_true")
     a = p.parse_args(argv)
     names = [s for s in a.sets.split(",") if s]
-    unknown = sorted(set(names) - set(SETS))
+    unknown = sorted({_split(n)[0] for n in names} - set(SETS))
     if unknown:
-        raise SystemExit(f"cross_arch_fmnist: error: unknown set(s) {unknown}; use {sorted(SETS)}")
-    made = {name: make_set(name, a.ipc, a.redo) for name in names}
+        raise SystemExit(f"cross_arch_fmnist: error: unknown set(s) {unknown}; use {sorted(SETS)}"
+                         f", each optionally @LR")
+    made = {name: make_set(_split(name)[0], a.ipc, a.redo) for name in names}
     models = a.models.split(",")
     for i, model in enumerate(models):  # model by model over every set: cheap nets first
         for name in names:

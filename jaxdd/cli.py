@@ -97,6 +97,9 @@ def _evaluate_models(path: str, protocol: str, seeds: int, models: list[str | No
     art = artefact.load(path)
     proto = get_protocol(protocol, augment=augment,
                          **{k: v for k, v in overrides.items() if v is not None})
+    # --lr replaces the artefact's learned lr as well as the protocol's
+    lr, lr_source = ((overrides["lr"], "--lr") if overrides.get("lr") is not None
+                     else (art.lr, None if art.lr is None else "learned"))
     named = [m for m in models if m is not None]
     if named:
         check_models(named, art.num_classes, tuple(art.x_syn_NHWC.shape[1:]))
@@ -107,14 +110,14 @@ def _evaluate_models(path: str, protocol: str, seeds: int, models: list[str | No
     for model in models:
         label = f"evaluate {protocol}" + (f" {model}" if len(models) > 1 else "")
         res = evaluate_set(jax.random.key(seed), art.x_syn_NHWC, art.y_syn, data, proto, seeds,
-                           lr=art.lr, model_name=model,
+                           lr=lr, model_name=model,
                            progress=Progress(label, enabled=not quiet), soup=soup,
                            init_variables=inits[model][0] if inits else None,
                            init_name=init)
         if inits:
             res["init_selection"] = inits[model][1]
         res.update(method=art.meta["method"], dataset=art.meta["dataset"], ipc=art.meta["ipc"],
-                   eval_seed=seed)
+                   eval_seed=seed, lr_source=lr_source)
         results.append(res)
     return results, art
 
@@ -142,7 +145,7 @@ def _weight_selection_inits(init: str | None, models: list[str | None], proto, a
 
 def cmd_evaluate(args) -> int:
     from jaxdd import artefact
-    overrides = {"epochs": args.epochs, "batch_size": args.batch_size}
+    overrides = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr}
     if args.models is None:
         res = _evaluate_artefact(args.dir, args.protocol, args.seeds, args.model, args.seed,
                                  overrides, args.quiet, augment=not args.no_aug, soup=args.soup,
@@ -708,6 +711,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--epochs", type=POS, default=None, help="override the protocol's epochs")
     sp.add_argument("--batch-size", type=POS, default=None,
                     help="override the protocol's batch size (DATM evaluates with 128)")
+    sp.add_argument("--lr", type=_positive_float, default=None,
+                    help="train at this lr instead of the set's learned lr (MTT's) or the "
+                         "protocol's 0.01 (e.g. a learned lr too large for another "
+                         "architecture)")
     sp.add_argument("--no-aug", action="store_true",
                     help="train without augmentation (the protocol's DSA off)")
     sp.add_argument("--init", default=None, metavar="weight-selection:TEACHER_DIR",

@@ -136,3 +136,40 @@ def test_evaluate_models_cross_architecture_table(tiny_npz, tmp_path, capsys):
     code, o, _ = _run(capsys, *argv, "--models", "mlp_w16")
     assert code == 0 and "| mlp_w16 |" in o and "wrote" in o
     assert len(json.load(open(os.path.join(art, "cross_arch.json")))["tables"]) == 2
+
+
+def test_evaluate_lr_replaces_the_learned_lr(tiny_npz, tmp_path, capsys):
+    """--lr trains at the given lr instead of the set's learned one (MTT's), recorded as
+    such; given the learned value it reproduces the plain run exactly; a bad value is one
+    argparse line and writes nothing."""
+    from conftest import snapshot
+    rand = str(tmp_path / "rand")
+    assert _run(capsys, "baseline", "random", "--dataset", f"npz:{tiny_npz}", "--ipc", "3",
+                "--out", rand, "--quiet")[0] == 0
+    a = artefact.load(rand)
+    art = str(tmp_path / "learned")
+    artefact.save(art, a.x_syn_NHWC, a.y_syn, preprocess=a.preprocess, method="mtt",
+                  dataset=a.meta["dataset"], num_classes=a.num_classes, ipc=3, seed=0, lr=0.05)
+    argv = ["evaluate", art, "--protocol", "smoke", "--seeds", "2", "--epochs", "3",
+            "--quiet", "--json"]
+
+    def run(*extra):
+        code, o, e = _run(capsys, *argv, *extra)
+        assert code == 0, e
+        return json.loads(o.strip().splitlines()[-1])
+
+    learned, same, other = run(), run("--lr", "0.05"), run("--lr", "0.005")
+    assert learned["lr"] == pytest.approx(0.05) and learned["lr_source"] == "learned"
+    assert same["lr_source"] == "--lr" and same["accuracies"] == learned["accuracies"]
+    assert other["lr"] == pytest.approx(0.005) and other["lr_source"] == "--lr"
+    assert (other["accuracies"], other["val_accuracy_mean"]) != (
+        learned["accuracies"], learned["val_accuracy_mean"])   # the lr reached training
+    table = run("--lr", "0.005", "--models", "mlp_w16")
+    assert table["lr"] == pytest.approx(0.005) and table["lr_source"] == "--lr"
+    assert "lr 0.005 (--lr)" in open(os.path.join(art, "cross_arch.md")).read()
+    before = snapshot(art)
+    for bad in ("0", "-1", "nan", "fast"):
+        with pytest.raises(SystemExit) as ex:
+            main(["evaluate", art, "--lr", bad])
+        assert ex.value.code == 2 and "--lr" in capsys.readouterr().err
+    assert snapshot(art) == before

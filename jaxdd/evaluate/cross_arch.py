@@ -48,7 +48,7 @@ def make_table(results: list[dict], num_classes: int, image_shape: tuple[int, in
              "accuracy_mean": r["accuracy_mean"], "accuracy_std": r["accuracy_std"],
              "accuracies": r["accuracies"], "train_seconds": r["train_seconds"]}
             for r in results]
-    keys = ("protocol", "seeds", "epochs", "batch_size", "lr", "report", "eval_seed", "method",
+    keys = ("protocol", "seeds", "epochs", "batch_size", "lr", "lr_source", "report", "eval_seed", "method",
             "dataset", "ipc")
     return {**{k: first.get(k) for k in keys}, "rows": rows,
             "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
@@ -56,7 +56,8 @@ def make_table(results: list[dict], num_classes: int, image_shape: tuple[int, in
 
 def table_markdown(table: dict) -> str:
     """A markdown table: model, parameters, test accuracy mean ± std (%), training time."""
-    lr = "" if table.get("lr") is None else f", lr {table['lr']:.4g} (learned)"
+    lr = ("" if table.get("lr") is None
+          else f", lr {table['lr']:.4g} ({table.get('lr_source') or 'learned'})")
     head = (f"## {table.get('method')} {table.get('dataset')} IPC {table.get('ipc')}: protocol "
             f"{table['protocol']}, {table['seeds']} seeds (seed {table.get('eval_seed')}), "
             f"{table['epochs']} epochs, batch {table['batch_size']}{lr}; {table['report']} "
