@@ -91,10 +91,14 @@ def make_set(name: str, ipc: int, redo: bool) -> dict:
 
 
 def evaluate_set(name: str, made: dict, models: str, protocol: str, seeds: int,
-                 redo: bool) -> dict:
+                 redo: bool, collect_only: bool = False) -> dict | None:
     """One `jaxdd evaluate --models M` per model (each kept in its own file, so a long run
     resumes model by model), merged into one table."""
-    per_model = [evaluate_model(name, made, m, protocol, seeds, redo) for m in models.split(",")]
+    per_model = [evaluate_model(name, made, m, protocol, seeds, redo, collect_only)
+                 for m in models.split(",")]
+    per_model = [pm for pm in per_model if pm is not None]
+    if not per_model:
+        return None
     for pm in per_model:
         pm["table"].setdefault("lr_source", "learned" if pm["table"].get("lr") else None)
     table = dict(per_model[0]["table"], rows=[r for pm in per_model for r in pm["table"]["rows"]])
@@ -105,13 +109,16 @@ def evaluate_set(name: str, made: dict, models: str, protocol: str, seeds: int,
 
 
 def evaluate_model(name: str, made: dict, model: str, protocol: str, seeds: int,
-                   redo: bool) -> dict:
+                   redo: bool, collect_only: bool = False) -> dict | None:
+    """The kept result of (set, model), made first if missing (collect_only: None)."""
     base, lr = _split(name)
     tag = "" if lr is None else f".lr{lr}"
     out = os.path.join(KEPT, f"{base}.{protocol}.s{seeds}{tag}.{model}.json")
     if os.path.exists(out) and not redo:
         with open(out) as f:
             return json.load(f)
+    if collect_only:
+        return None
     argv = ["evaluate", os.path.join(ROOT, made["artefact"]), "--protocol", protocol,
             "--seeds", str(seeds), "--models", model, "--quiet"]
     if lr is not None:
@@ -137,7 +144,7 @@ def markdown(results: list[dict], models: list[str]) -> str:
         lr = r["table"].get("lr")
         how = "" if lr is None else f" (lr {lr:.4g}, {r['table'].get('lr_source')})"
         lines.append(f"| {r['set'].split('@')[0]}{how} | " + " | ".join(cells) + " |")
-    params = {row["model"]: row["params"] for row in results[0]["table"]["rows"]}
+    params = {row["model"]: row["params"] for r in results for row in r["table"]["rows"]}
     lines += ["", "Parameters: " + ", ".join(f"{m} {params[m]:,}" for m in models if m in params),
               "", "Sets: " + "; ".join(f"{r['set']}: `{r['made']['command']}`" for r in results
                                      if "@" not in r["set"]),
@@ -154,31 +161,53 @@ def main(argv=None) -> int:
     p.add_argument("--models", default=MODELS)
     p.add_argument("--protocol", default="cpu")
     p.add_argument("--redo", action="store_true")
+    p.add_argument("--collect-only", action="store_true",
+                   help="train nothing: the table from the kept results (missing cells '-')")
     a = p.parse_args(argv)
     names = [s for s in a.sets.split(",") if s]
     unknown = sorted({_split(n)[0] for n in names} - set(SETS))
     if unknown:
         raise SystemExit(f"cross_arch_fmnist: error: unknown set(s) {unknown}; use {sorted(SETS)}"
                          f", each optionally @LR")
-    made = {name: make_set(_split(name)[0], a.ipc, a.redo) for name in names}
     models = a.models.split(",")
+    if a.collect_only:
+        made = {n: _made(n) for n in names if _made(n) is not None}
+        collect(names, made, models, a, models)
+        return 0
+    made = {name: make_set(_split(name)[0], a.ipc, a.redo) for name in names}
     for i, model in enumerate(models):  # model by model over every set: cheap nets first
         for name in names:
             evaluate_model(name, made[name], model, a.protocol, a.seeds, a.redo)
-        done = ",".join(models[:i + 1])
-        results = [evaluate_set(name, made[name], done, a.protocol, a.seeds, False)
-                   for name in names]
-        with open(os.path.join(RESULTS, "cross_arch_fmnist.md"), "w") as f:
-            f.write(markdown(results, models))
-        write("cross_arch_fmnist", {"benchmark": "cross_arch_fmnist", "ipc": a.ipc,
-                                     "protocol": a.protocol, "seeds": a.seeds,
-                                     "models": models, "sets": results,
-                                     "complete": i + 1 == len(models),
-                                     "missing_models": models[i + 1:],
-                                     "timing": "wall seconds on a shared 2-core CPU "
-                                               "(load before/after recorded)",
-                                     "env": environment()})
+        collect(names, made, models, a, models[:i + 1])
     return 0
+
+
+def _made(name: str) -> dict | None:
+    path = os.path.join(KEPT, f"{_split(name)[0]}.made.json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def collect(names: list[str], made: dict, models: list[str], a, done: list[str]) -> None:
+    """cross_arch_fmnist.{md,json} from the kept results of `done` models (missing: '-')."""
+    results = [evaluate_set(n, made[n], ",".join(done), a.protocol, a.seeds, False, True)
+               for n in names if n in made]
+    results = [r for r in results if r is not None]
+    missing = sorted({f"{r['set']}:{m}" for r in results for m in models}
+                     - {f"{r['set']}:{row['model']}" for r in results
+                        for row in r["table"]["rows"]}
+                     | {f"{n}:*" for n in names if n not in {r["set"] for r in results}})
+    with open(os.path.join(RESULTS, "cross_arch_fmnist.md"), "w") as f:
+        f.write(markdown(results, models))
+    write("cross_arch_fmnist", {"benchmark": "cross_arch_fmnist", "ipc": a.ipc,
+                                 "protocol": a.protocol, "seeds": a.seeds,
+                                 "models": models, "sets": results,
+                                 "complete": not missing, "missing": missing,
+                                 "timing": "wall seconds on a shared 2-core CPU "
+                                           "(load before/after recorded)",
+                                 "env": environment()})
 
 
 if __name__ == "__main__":
