@@ -143,7 +143,7 @@ def markdown(results: list[dict], models: list[str]) -> str:
                  if m in by else "-" for m in models]
         lr = r["table"].get("lr")
         how = "" if lr is None else f" (lr {lr:.4g}, {r['table'].get('lr_source')})"
-        lines.append(f"| {r['set'].split('@')[0]}{how} | " + " | ".join(cells) + " |")
+        lines.append(f"| {_split(r['set'])[0]}{how} | " + " | ".join(cells) + " |")
     params = {row["model"]: row["params"] for r in results for row in r["table"]["rows"]}
     lines += ["", "Parameters: " + ", ".join(f"{m} {params[m]:,}" for m in models if m in params),
               "", "Sets: " + "; ".join(f"{r['set']}: `{r['made']['command']}`" for r in results
@@ -171,7 +171,7 @@ def main(argv=None) -> int:
                          f", each optionally @LR")
     models = a.models.split(",")
     if a.collect_only:
-        made = {n: _made(n) for n in names if _made(n) is not None}
+        made = {n: m for n in names if (m := _made(n)) is not None}
         collect(names, made, models, a, models)
         return 0
     made = {name: make_set(_split(name)[0], a.ipc, a.redo) for name in names}
@@ -195,10 +195,8 @@ def collect(names: list[str], made: dict, models: list[str], a, done: list[str])
     results = [evaluate_set(n, made[n], ",".join(done), a.protocol, a.seeds, False, True)
                for n in names if n in made]
     results = [r for r in results if r is not None]
-    missing = sorted({f"{r['set']}:{m}" for r in results for m in models}
-                     - {f"{r['set']}:{row['model']}" for r in results
-                        for row in r["table"]["rows"]}
-                     | {f"{n}:*" for n in names if n not in {r["set"] for r in results}})
+    have = {(r["set"], row["model"]) for r in results for row in r["table"]["rows"]}
+    missing = [f"{n}:{m}" for n in names for m in models if (n, m) not in have]
     with open(os.path.join(RESULTS, "cross_arch_fmnist.md"), "w") as f:
         f.write(markdown(results, models))
     write("cross_arch_fmnist", {"benchmark": "cross_arch_fmnist", "ipc": a.ipc,
