@@ -43,10 +43,12 @@ a gradient component is tiny. A mismatch exits non-zero.
 Timing: --warmup untimed runs, then --repeats runs alternating jaxdd and PyTorch, medians.
 jaxdd is jitted (compile reported apart); FLOPs of the compiled jaxdd stage come from XLA's
 cost analysis (`jax.jit(f).lower(...).compile().cost_analysis()["flops"]`), and
-achieved = flops / jaxdd seconds. XLA counts a while loop's body once: a training stage's count
-is scaled by its loop's trip count (an estimate, flagged; the minibatch step dominates), and
-DC, whose inner training loop does not dominate its step, reports none (flops_xla, the raw
-count, is a lower bound). The same FLOP count is used for PyTorch's achieved rate (the
+achieved = flops / jaxdd seconds. XLA counts a while loop's body once: the count is taken on a
+loop-free form of the same math (`count_flops`: classes vmapped, one block of images in
+`loop_safe_conv`), a training stage's count is scaled by its loop's trip count (an estimate,
+flagged; the minibatch step dominates), and DC, whose inner training loop does not dominate its
+step, reports none (flops_xla, the raw count, is a lower bound). `--recount` redoes the counts
+of a kept result file without timing anything. The same FLOP count is used for PyTorch's achieved rate (the
 same math). Peak fp32 of the CPU = cores x clock x FLOPs/cycle, with
   cores  = usable cores (sched_getaffinity; 2 here, 1 thread per core per lscpu),
   clock  = the nominal "cpu MHz" of /proc/cpuinfo (2599.998 MHz here; turbo ignored),
@@ -99,6 +101,9 @@ def parse_args(argv=None):
     p.add_argument("--out", default=None)
     p.add_argument("--resume", action="store_true",
                    help="keep the stages already in --out (an interrupted run's) and run the rest")
+    p.add_argument("--recount", action="store_true",
+                   help="recount the FLOPs of the stages in --out and redo their FLOP/s and "
+                        "fractions of peak from its kept times (no timing: safe on a busy machine)")
     args = p.parse_args(argv)
     args.stage_list = [s for s in args.stages.split(",") if s]
     for s in args.stage_list:
@@ -133,6 +138,7 @@ from jaxdd.methods import matching  # noqa: E402
 from jaxdd.methods.matching import hard_labels  # noqa: E402
 from jaxdd.methods.statistics.recover import RecoverConfig, make_recover  # noqa: E402
 from jaxdd.models import Model, get_model  # noqa: E402
+from jaxdd.models import layers  # noqa: E402
 from jaxdd.models.convert import flax_to_torchvision  # noqa: E402
 from jaxdd.train.loop import (TrainConfig, accuracy, steps_per_epoch, train_epochs,  # noqa: E402
                               train_init)
@@ -665,33 +671,55 @@ def block(out):
     return jax.block_until_ready(out)
 
 
-def run_stage(name, sz, dev, args, peak):
-    st = build(name, sz, jnp.float32, torch.float32, dev)
-    t0 = time.perf_counter()
-    compiled = jax.jit(st.jstep).lower(*st.jargs).compile()
-    compile_s = time.perf_counter() - t0
-    # FLOPs of the same math as a loop-free im2col program: XLA counts a loop body once (the
-    # matchers map over the classes on one CPU device) and does not count lax.conv on XLA:CPU
-    # (their real branches' forward-only layout), so both are switched off for the count.
-    matching.CLASS_LOOP, forward_only = "vmap", Model.forward_only
-    Model.forward_only = lambda self: self
+def count_flops(st) -> dict:
+    """XLA's FLOP count of a stage's math, as a loop-free program where the code allows it.
+
+    XLA's cost analysis counts a loop body once, whatever its trip count, and does not count
+    `lax.conv` on XLA:CPU. So for the count (not for the timing) the matchers map over the
+    classes with vmap instead of a loop, the real branches run the im2col layout instead of
+    the forward-only `lax.conv` one, and `loop_safe_conv` takes one block of images instead of
+    a `lax.map`/`scan` over cache-sized blocks (`layers._BLOCK_BYTES`); a training loop's
+    count is then scaled by its trips (an estimate: the body dominates), and DC's, whose inner
+    training loop does not dominate its step, is not reported (flops_xla is a lower bound)."""
+    saved = matching.CLASS_LOOP, Model.forward_only, layers._BLOCK_BYTES
+    matching.CLASS_LOOP, Model.forward_only = "vmap", (lambda self: self)
+    layers._BLOCK_BYTES = 1 << 62
     try:
         flops_xla = flops_of(jax.jit(lambda *a: (st.loop_part or st.jstep)(*a)).lower(*st.jargs)
                              .compile())  # a fresh trace
         flops_once = (flops_of(jax.jit(st.once).lower(*st.jargs).compile()) or 0.0
                       if st.once is not None and flops_xla is not None else None)
     finally:
-        matching.CLASS_LOOP, Model.forward_only = None, forward_only
-    # XLA's cost analysis counts a while loop's body once, whatever its trip count. Loop-free
-    # stages (up to the RNG's small loops) are counted as they are; a training loop's count is
-    # scaled by its trips (an estimate: the body dominates); DC's is a lower bound only.
+        matching.CLASS_LOOP, Model.forward_only, layers._BLOCK_BYTES = saved
     flops = (None if flops_xla is None or st.trips is None
              else flops_xla * st.trips + (flops_once or 0.0))
-    flops_note = ("XLA cost analysis" if st.trips == 1 else
-                  f"estimate: XLA's count (training-loop body once) x {st.trips} trips"
-                  + (" + the test accuracy's forward passes, counted loop-free" if st.once else "")
-                  if st.trips else "not reported: XLA counts the inner training loop once "
-                  "(flops_xla is a lower bound)")
+    note = ("XLA cost analysis" if st.trips == 1 else
+            f"estimate: XLA's count (training-loop body once) x {st.trips} trips"
+            + (" + the test accuracy's forward passes, counted loop-free" if st.once else "")
+            if st.trips else "not reported: XLA counts the inner training loop once "
+            "(flops_xla is a lower bound)")
+    return {"flops": flops, "flops_xla": flops_xla, "flops_note": note}
+
+
+def rates(row, peak) -> dict:
+    """Achieved FLOP/s of both sides and their fractions of the fp32 peak, from row's
+    flops and median seconds (the same FLOP count for PyTorch: the same math)."""
+    f, j, t = row["flops"], row["jaxdd_s"], row["torch_s"]
+    out = {"jaxdd_flops_per_s": None if f is None else f / j,
+           "torch_flops_per_s": None if f is None or t is None else f / t}
+    if peak and f:
+        out["jaxdd_fraction_of_peak"] = round(f / j / peak, 4)
+        if t:
+            out["torch_fraction_of_peak"] = round(f / t / peak, 4)
+    return out
+
+
+def run_stage(name, sz, dev, args, peak):
+    st = build(name, sz, jnp.float32, torch.float32, dev)
+    t0 = time.perf_counter()
+    compiled = jax.jit(st.jstep).lower(*st.jargs).compile()
+    compile_s = time.perf_counter() - t0
+    flops = count_flops(st)
     times = {"jaxdd": [], "torch": []}
     for rep in range(args.warmup + args.repeats):
         t0 = time.perf_counter()
@@ -711,21 +739,16 @@ def run_stage(name, sz, dev, args, peak):
     t = statistics.median(times["torch"]) if times["torch"] else None
     row = {"stage": name, "jaxdd_s": round(j, 5), "torch_s": None if t is None else round(t, 5),
            "ratio_jaxdd_over_torch": None if t is None else round(j / t, 3),
-           "jaxdd_compile_s": round(compile_s, 2), "flops": flops,
-           "flops_xla": flops_xla, "flops_note": flops_note,
-           "jaxdd_flops_per_s": None if flops is None else flops / j,
-           "torch_flops_per_s": None if flops is None or t is None else flops / t,
+           "jaxdd_compile_s": round(compile_s, 2), **flops,
            "jaxdd_times_s": [round(v, 4) for v in times["jaxdd"]],
            "torch_times_s": [round(v, 4) for v in times["torch"]]}
-    if peak and flops:
-        row["jaxdd_fraction_of_peak"] = round(flops / j / peak, 4)
-        if t:
-            row["torch_fraction_of_peak"] = round(flops / t / peak, 4)
+    row.update(rates(row, peak))
     if st.note:
         row["note"] = st.note
+    rate = row["jaxdd_flops_per_s"]
     print(f"# {name:14s} jaxdd {j:.4f}s torch {t if t is None else round(t, 4)}s "
           f"ratio {row['ratio_jaxdd_over_torch']} (compile {compile_s:.1f}s, "
-          f"{'?' if flops is None else f'{flops / j / 1e9:.1f}'} GFLOP/s)", file=sys.stderr, flush=True)
+          f"{'?' if rate is None else f'{rate / 1e9:.1f}'} GFLOP/s)", file=sys.stderr, flush=True)
     return row
 
 
@@ -766,6 +789,9 @@ def main(args):
             raise SystemExit(f"--resume: {args.out} was run with other sizes; drop --resume")
         rows = [r for r in kept["results"] if r["stage"] in args.stage_list]
         load0 = kept.get("loadavg_1_5_15_start", load0)
+    if args.recount:
+        recount(args.out, sz)
+        return
     done = {r["stage"] for r in rows}
     for i, name in enumerate(args.stage_list):
         if name in done:
@@ -779,6 +805,24 @@ def main(args):
         if i + 1 < len(args.stage_list):   # finished stages survive an interrupted run
             _write_quiet(result(False), args.out)
     write("stages_vs_torch", result(True), args.out)
+
+
+def recount(path, sz):
+    """--recount: the FLOP counts of path's stages again (count_flops), its times kept."""
+    with open(path) as f:
+        kept = json.load(f)
+    if kept.get("sizes") != json.loads(json.dumps(dataclasses.asdict(sz))):
+        raise SystemExit(f"--recount: {path} was run with other sizes; give the same sizes")
+    for row in kept["results"]:
+        for k in ("jaxdd_fraction_of_peak", "torch_fraction_of_peak"):
+            row.pop(k, None)
+        row.update(count_flops(build(row["stage"], sz, jnp.float32, torch.float32,
+                                     torch.device(kept["device"]))))
+        row.update(rates(row, kept["peak"]["peak_fp32_flops"]))
+        print(f"# {row['stage']:14s} {row['flops']} FLOPs ({row['flops_note']})",
+              file=sys.stderr, flush=True)
+    kept["recounted"] = environment()["date"]
+    write("stages_vs_torch", kept, path)
 
 
 def _write_quiet(result, path):
