@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import os
@@ -36,6 +37,18 @@ def environment() -> dict:
             "device": getattr(dev, "device_kind", str(dev)), "device_count": jax.device_count(),
             "cpu_count": os.cpu_count(), "machine": platform.machine(), "cpu": cpu_model(),
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+
+
+@contextlib.contextmanager
+def one_conv_block():
+    """For a FLOP count: `loop_safe_conv` takes all images as one block instead of a
+    `lax.map`/`scan` over cache-sized blocks, whose bodies XLA's cost analysis counts once."""
+    from jaxdd.models import layers
+    saved, layers._BLOCK_BYTES = layers._BLOCK_BYTES, 1 << 62
+    try:
+        yield
+    finally:
+        layers._BLOCK_BYTES = saved
 
 
 def write(name: str, result: dict, path: str | None = None) -> str:

@@ -128,7 +128,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from _common import environment, write  # noqa: E402
+from _common import environment, one_conv_block, write  # noqa: E402
 from tm_vs_torch import NUM_CLASSES, device_name, rel, torch_layout  # noqa: E402
 from jaxdd.labels import relabel as jrelabel  # noqa: E402
 from jaxdd.methods.datadam import DataDAMConfig, make_datadam  # noqa: E402
@@ -138,7 +138,6 @@ from jaxdd.methods import matching  # noqa: E402
 from jaxdd.methods.matching import hard_labels  # noqa: E402
 from jaxdd.methods.statistics.recover import RecoverConfig, make_recover  # noqa: E402
 from jaxdd.models import Model, get_model  # noqa: E402
-from jaxdd.models import layers  # noqa: E402
 from jaxdd.models.convert import flax_to_torchvision  # noqa: E402
 from jaxdd.train.loop import (TrainConfig, accuracy, steps_per_epoch, train_epochs,  # noqa: E402
                               train_init)
@@ -678,19 +677,19 @@ def count_flops(st) -> dict:
     `lax.conv` on XLA:CPU. So for the count (not for the timing) the matchers map over the
     classes with vmap instead of a loop, the real branches run the im2col layout instead of
     the forward-only `lax.conv` one, and `loop_safe_conv` takes one block of images instead of
-    a `lax.map`/`scan` over cache-sized blocks (`layers._BLOCK_BYTES`); a training loop's
+    a `lax.map`/`scan` over cache-sized blocks (`one_conv_block`); a training loop's
     count is then scaled by its trips (an estimate: the body dominates), and DC's, whose inner
     training loop does not dominate its step, is not reported (flops_xla is a lower bound)."""
-    saved = matching.CLASS_LOOP, Model.forward_only, layers._BLOCK_BYTES
+    saved = matching.CLASS_LOOP, Model.forward_only
     matching.CLASS_LOOP, Model.forward_only = "vmap", (lambda self: self)
-    layers._BLOCK_BYTES = 1 << 62
     try:
-        flops_xla = flops_of(jax.jit(lambda *a: (st.loop_part or st.jstep)(*a)).lower(*st.jargs)
-                             .compile())  # a fresh trace
-        flops_once = (flops_of(jax.jit(st.once).lower(*st.jargs).compile()) or 0.0
-                      if st.once is not None and flops_xla is not None else None)
+        with one_conv_block():
+            flops_xla = flops_of(jax.jit(lambda *a: (st.loop_part or st.jstep)(*a))
+                                 .lower(*st.jargs).compile())  # a fresh trace
+            flops_once = (flops_of(jax.jit(st.once).lower(*st.jargs).compile()) or 0.0
+                          if st.once is not None and flops_xla is not None else None)
     finally:
-        matching.CLASS_LOOP, Model.forward_only, layers._BLOCK_BYTES = saved
+        matching.CLASS_LOOP, Model.forward_only = saved
     flops = (None if flops_xla is None or st.trips is None
              else flops_xla * st.trips + (flops_once or 0.0))
     note = ("XLA cost analysis" if st.trips == 1 else
@@ -783,10 +782,7 @@ def main(args):
         return [n for n in STAGES if n not in {r["stage"] for r in rows}]
 
     if args.resume and os.path.exists(args.out):
-        with open(args.out) as f:
-            kept = json.load(f)
-        if kept.get("sizes") != json.loads(json.dumps(dataclasses.asdict(sz))):
-            raise SystemExit(f"--resume: {args.out} was run with other sizes; drop --resume")
+        kept = load_kept(args.out, sz, "--resume", "drop --resume")
         rows = [r for r in kept["results"] if r["stage"] in args.stage_list]
         load0 = kept.get("loadavg_1_5_15_start", load0)
     if args.recount:
@@ -807,12 +803,18 @@ def main(args):
     write("stages_vs_torch", result(True), args.out)
 
 
-def recount(path, sz):
-    """--recount: the FLOP counts of path's stages again (count_flops), its times kept."""
+def load_kept(path, sz, flag, fix):
+    """A kept result file, refused (one line, exit) when it was run with other sizes."""
     with open(path) as f:
         kept = json.load(f)
     if kept.get("sizes") != json.loads(json.dumps(dataclasses.asdict(sz))):
-        raise SystemExit(f"--recount: {path} was run with other sizes; give the same sizes")
+        raise SystemExit(f"{flag}: {path} was run with other sizes; {fix}")
+    return kept
+
+
+def recount(path, sz):
+    """--recount: the FLOP counts of path's stages again (count_flops), its times kept."""
+    kept = load_kept(path, sz, "--recount", "give the sizes it was run with")
     for row in kept["results"]:
         for k in ("jaxdd_fraction_of_peak", "torch_fraction_of_peak"):
             row.pop(k, None)
