@@ -129,3 +129,24 @@ def test_distill_records_attempts_and_an_unrecorded_resume(tmp_path, monkeypatch
     rec = ft.distill("dm", 1, str(tmp_path), ["iterations=60"], str(tmp_path / "log"))
     assert rec["distill_attempts"] == 2 and rec["distill_wall_seconds"] == 14.0
     assert not rec["distill_resumed_unrecorded"]
+
+
+def test_frepo_cells_take_its_own_protocols_and_count_for_the_goals(tmp_path):
+    q = ft.queue(["dm", "frepo"], [1], ["cpu", "mtt"])
+    assert q == [("dm", 1, "cpu"), ("frepo", 1, "frepo_cpu"), ("dm", 1, "mtt"), ("frepo", 1, "frepo")]
+    assert ft.SEEDS["frepo"] == 5 and ft.SEEDS["frepo_cpu"] == 3
+    _write(tmp_path, _cell("dm", 1, "mtt", 0.712))
+    _write(tmp_path, _cell("frepo", 1, "frepo", 0.765, budget={
+        "model": "convnet_d3_w128_bn", "iterations": 500, "batch_real": 1024, "pool_size": 10}))
+    _write(tmp_path, _cell("frepo", 1, "frepo_cpu", 0.99, seeds=3))   # reduced: no goal
+    md = ft.markdown(ft.collect_cells(str(tmp_path)))
+    rows = {tuple(r.split(" | ")[:2]): r for r in md.splitlines() if r.startswith("| ")}
+    assert "500 it, convnet_d3_w128_bn, real batch 1024, pool 10" in rows[("| frepo", "frepo")]
+    assert "75.6 / 86.2 / 89.6" in rows[("| frepo", "frepo")]
+    assert "IPC 1: goal ≥ 80.0: best `frepo` row frepo 76.5 (missed by 3.5)" in md
+    assert "frepo IPC 1: published 75.6, jaxdd `frepo` 76.5 (met)" in md
+    # the preset resolves and its budget is what the table prints
+    from jaxdd.configs import load_config
+    cfg = load_config(os.path.join(ft.ROOT, ft.METHODS["frepo"][0]), 10, [])
+    assert ft.budget_of(cfg, "frepo") == {"model": "convnet_d3_w128_bn", "iterations": 500,
+                                          "batch_real": 1024, "pool_size": 10}
