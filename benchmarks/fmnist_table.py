@@ -214,6 +214,27 @@ def budget_text(b: dict) -> str:
     return ", ".join(p for p in parts if p)
 
 
+def _attempt(cmd: list[str], log: str, results_dir: str, att_path: str, ckpt_root: str):
+    """Run a resumable command once more. Earlier attempts (a queue stopped mid-run; the
+    command resumes from its checkpoints under `ckpt_root`) keep their wall time in
+    `att_path`. Returns (rc, stdout, every attempt, whether checkpoints existed that no
+    recorded attempt explains: the queue was killed before it could record one)."""
+    attempts = (load_json(att_path) or {}).get("attempts", [])
+    resumed = bool(glob.glob(os.path.join(ckpt_root, "**", "checkpoints", "*"), recursive=True))
+    rc, out, wall, load = _run(cmd, log, results_dir)
+    attempts.append({"rc": rc, "wall_seconds": wall, "load": load, "resumed": resumed})
+    os.makedirs(os.path.dirname(att_path), exist_ok=True)
+    _write_json(att_path, {"attempts": attempts})
+    return rc, out, attempts, resumed
+
+
+def _loads(attempts: list[dict]) -> dict:
+    """The last attempt's load summary, under load and load_max over every attempt."""
+    return {**attempts[-1]["load"],
+            "under_load": any(a["load"]["under_load"] for a in attempts),
+            "load_max": max(a["load"]["load_max"] for a in attempts)}
+
+
 def distill(method: str, ipc: int, results_dir: str, sets: list[str], log: str) -> dict | None:
     """The artefact of (method, IPC): made once, reused by every protocol. Returns its record."""
     preset, _, how = METHODS[method]
@@ -241,16 +262,8 @@ def distill(method: str, ipc: int, results_dir: str, sets: list[str], log: str) 
                "--json", "--quiet"] + [a for s in sets for a in ("--set", s)]
         if how != "relabel":
             cmd.append("--no-eval")
-    # Earlier attempts (a queue stopped mid-run): `jaxdd distill` resumes from the run's
-    # checkpoints; their wall time is kept in DIR/runs/<run>.attempts.json and added.
-    att_path = run_dir + ".attempts.json"
-    attempts = (load_json(att_path) or {}).get("attempts", [])
-    # checkpoints of an attempt this file did not record (its queue was killed mid-run)
-    resumed = bool(glob.glob(os.path.join(run_dir, "**", "checkpoints", "*"), recursive=True))
-    rc, out, wall, load = _run(cmd, log, results_dir)
-    attempts.append({"rc": rc, "wall_seconds": wall, "load": load, "resumed": resumed})
-    os.makedirs(os.path.dirname(att_path), exist_ok=True)
-    _write_json(att_path, {"attempts": attempts})
+    rc, out, attempts, resumed = _attempt(cmd, log, results_dir, run_dir + ".attempts.json",
+                                          run_dir)
     res = _last_json(out) if rc == 0 else {}
     if how == "baseline" and rc == 0:   # the selection's own seconds, kept in the artefact
         meta = load_json(os.path.join(run_dir, "artefact", "meta.json")) or {}
@@ -264,8 +277,7 @@ def distill(method: str, ipc: int, results_dir: str, sets: list[str], log: str) 
            "distill_attempts": len(attempts), "compile_seconds": res.get("compile_seconds"),
            # True: some earlier attempt's seconds may be missing from the sums
            "distill_resumed_unrecorded": bool(resumed and len(attempts) == 1),
-           "distill_load": {**load, "under_load": any(a["load"]["under_load"] for a in attempts),
-                            "load_max": max(a["load"]["load_max"] for a in attempts)},
+           "distill_load": _loads(attempts),
            "run_dir": run_dir,
            "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     _write_json(rec_path, rec)
@@ -281,10 +293,14 @@ def evaluate(method: str, ipc: int, protocol: str, rec: dict, results_dir: str, 
     if how == "relabel":   # RDED's students learn from the teacher (KD), on P's student model
         cmd = [sys.executable, "-m", "jaxdd.cli", "relabel", run_dir, "--protocol", protocol,
                "--seeds", str(seeds), "--json", "--quiet"]
-    else:
+    else:   # resumable: the students' training is checkpointed in the run directory
         cmd = [sys.executable, "-m", "jaxdd.cli", "evaluate", os.path.join(run_dir, art_name),
-               "--protocol", protocol, "--seeds", str(seeds), "--json", "--quiet"]
-    rc, out, wall, load = _run(cmd, log, results_dir)
+               "--protocol", protocol, "--seeds", str(seeds), "--json", "--quiet",
+               "--checkpoint-dir", os.path.join(run_dir, f"eval-{protocol}-s{seeds}")]
+    rc, out, attempts, resumed = _attempt(cmd, log, results_dir,
+                                          os.path.join(run_dir, f"eval-{protocol}.attempts.json"),
+                                          os.path.join(run_dir, f"eval-{protocol}-s{seeds}"))
+    wall = attempts[-1]["wall_seconds"]
     if rc != 0:
         print(f"[fmnist] {method} IPC {ipc} {protocol}: evaluation failed (exit {rc}); see {log}",
               file=sys.stderr)
@@ -300,7 +316,13 @@ def evaluate(method: str, ipc: int, protocol: str, rec: dict, results_dir: str, 
         "eval_model": r.get("model"), "accuracy_mean": r["accuracy_mean"],
         "accuracy_std": r["accuracy_std"], "accuracies": r.get("accuracies"),
         "seeds": r.get("seeds", seeds), "report": r.get("report", "final epoch"),
-        "eval_seconds": r.get("seconds", wall), "eval_wall_seconds": wall, "eval_load": load,
+        # resumed: every attempt's wall seconds (the command reports its last attempt's only)
+        "eval_seconds": (r.get("seconds", wall) if len(attempts) == 1
+                         else sum(a["wall_seconds"] for a in attempts)),
+        "eval_wall_seconds": round(sum(a["wall_seconds"] for a in attempts), 1),
+        "eval_attempts": len(attempts),
+        "eval_resumed_unrecorded": bool(resumed and len(attempts) == 1),
+        "eval_load": _loads(attempts),
         "preset": rec["preset"], "overrides": rec["overrides"], "budget": rec["budget"],
         "distill_seconds": (rec["distill_seconds"] if rec.get("distill_attempts", 1) == 1
                             else rec["distill_wall_seconds"]),   # resumed: all attempts' wall
@@ -308,7 +330,8 @@ def evaluate(method: str, ipc: int, protocol: str, rec: dict, results_dir: str, 
         "distill_attempts": rec.get("distill_attempts", 1),
         "distill_resumed_unrecorded": rec.get("distill_resumed_unrecorded", False),
         "distill_load": rec["distill_load"],
-        "timed_under_load": bool(rec["distill_load"]["under_load"] or load["under_load"]),
+        "timed_under_load": bool(rec["distill_load"]["under_load"]
+                                 or _loads(attempts)["under_load"]),
         "reduced": bool(rec["overrides"]) or p.reduced,
         "commit": code_commit(),
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -420,6 +443,10 @@ def format_cell(c: dict | None) -> str:
         flags.append(f"distilled in {c['distill_attempts']} attempts: wall seconds summed")
     if c.get("distill_resumed_unrecorded"):
         flags.append("resumed from an unrecorded attempt: distill seconds incomplete")
+    if c.get("eval_attempts", 1) > 1:
+        flags.append(f"evaluated in {c['eval_attempts']} attempts: wall seconds summed")
+    if c.get("eval_resumed_unrecorded"):
+        flags.append("evaluation resumed from an unrecorded attempt: eval seconds incomplete")
     return (f"**{_acc(c)}**<br>{c['seeds']} seeds, {c['protocol']}<br>"
             f"{budget_text(c.get('budget', {}))}<br>distill {_secs(c.get('distill_seconds'))} s "
             f"(wall {_secs(c.get('distill_wall_seconds'))} s), eval {_secs(c.get('eval_seconds'))} s"

@@ -7,6 +7,7 @@ input; with --json the last stdout line is one JSON object.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -74,16 +75,38 @@ def _load(name: str, seed: int = 0):
 
 def _evaluate_artefact(path: str, protocol: str, seeds: int, model: str | None, seed: int,
                        overrides: dict, quiet: bool, augment: bool = True,
-                       soup: str | None = None, init: str | None = None) -> dict:
+                       soup: str | None = None, init: str | None = None,
+                       checkpoint_dir: str | None = None) -> dict:
     """`overrides`: TrainConfig fields replacing the protocol's (None values are ignored);
-    `augment=False`: the protocol without augmentation; `soup`, `init`: see cmd_evaluate."""
+    `augment=False`: the protocol without augmentation; `soup`, `init`, `checkpoint_dir`:
+    see cmd_evaluate."""
     return _evaluate_models(path, protocol, seeds, [model], seed, overrides, quiet,
-                            augment, soup, init)[0][0]
+                            augment, soup, init, checkpoint_dir)[0][0]
+
+
+def _checkpoint_dirs(top: str | None, models: list[str | None]) -> list[str | None]:
+    """Where each model's students are checkpointed: `top` itself for one model, `top/<name>`
+    for a cross-architecture list; each must be new, empty or an earlier evaluation's."""
+    from jaxdd import safeio
+    if top is None:
+        return [None] * len(models)
+    dirs = [top] if len(models) == 1 else [os.path.join(top, m) for m in models]
+    if len(models) > 1:
+        if os.path.exists(top) and not os.path.isdir(top):
+            raise safeio.OutputError(f"--checkpoint-dir {top} is an existing file; choose a new "
+                                     f"directory path")
+        if safeio.is_run_dir(top):
+            raise safeio.OutputError(f"--checkpoint-dir {top} holds one model's evaluation; "
+                                     f"use another directory for --models")
+    for d in dirs:
+        safeio.check_run_out(d, "--checkpoint-dir")
+    return dirs
 
 
 def _evaluate_models(path: str, protocol: str, seeds: int, models: list[str | None], seed: int,
                      overrides: dict, quiet: bool, augment: bool = True,
-                     soup: str | None = None, init: str | None = None):
+                     soup: str | None = None, init: str | None = None,
+                     checkpoint_dir: str | None = None):
     """(one result per model (None: the protocol's), all with the same seed keys; the
     artefact). The names are checked against the artefact's images before the dataset loads."""
     from jaxdd.evaluate import soups
@@ -103,17 +126,22 @@ def _evaluate_models(path: str, protocol: str, seeds: int, models: list[str | No
     named = [m for m in models if m is not None]
     if named:
         check_models(named, art.num_classes, tuple(art.x_syn_NHWC.shape[1:]))
+    from jaxdd import safeio
+    ck_dirs = _checkpoint_dirs(checkpoint_dir, models)
     inits = _weight_selection_inits(init, models, proto, art, seed)   # before any training
     ds = _load(art.meta["dataset"])
     data = eval_data(ds, art.preprocess)
     results = []
-    for model in models:
+    for model, ck in zip(models, ck_dirs):
         label = f"evaluate {protocol}" + (f" {model}" if len(models) > 1 else "")
-        res = evaluate_set(jax.random.key(seed), art.x_syn_NHWC, art.y_syn, data, proto, seeds,
-                           lr=lr, model_name=model,
-                           progress=Progress(label, enabled=not quiet), soup=soup,
-                           init_variables=inits[model][0] if inits else None,
-                           init_name=init)
+        with contextlib.ExitStack() as stack:
+            if ck is not None:
+                stack.enter_context(safeio.RunLock(ck, "--checkpoint-dir"))
+            res = evaluate_set(jax.random.key(seed), art.x_syn_NHWC, art.y_syn, data, proto,
+                               seeds, lr=lr, model_name=model,
+                               progress=Progress(label, enabled=not quiet), soup=soup,
+                               init_variables=inits[model][0] if inits else None,
+                               init_name=init, checkpoint_dir=ck)
         if inits:
             res["init_selection"] = inits[model][1]
         res.update(method=art.meta["method"], dataset=art.meta["dataset"], ipc=art.meta["ipc"],
@@ -149,7 +177,7 @@ def cmd_evaluate(args) -> int:
     if args.models is None:
         res = _evaluate_artefact(args.dir, args.protocol, args.seeds, args.model, args.seed,
                                  overrides, args.quiet, augment=not args.no_aug, soup=args.soup,
-                                 init=args.init)
+                                 init=args.init, checkpoint_dir=args.checkpoint_dir)
         human = f"{args.dir}: {_fmt_acc(res)}"
         if "init_selection" in res:
             sel = res["init_selection"]
@@ -168,7 +196,8 @@ def cmd_evaluate(args) -> int:
     from jaxdd.evaluate import cross_arch
     names = cross_arch.parse_models(args.models)
     results, art = _evaluate_models(args.dir, args.protocol, args.seeds, names, args.seed,
-                                    overrides, args.quiet, not args.no_aug, init=args.init)
+                                    overrides, args.quiet, not args.no_aug, init=args.init,
+                                    checkpoint_dir=args.checkpoint_dir)
     table = cross_arch.make_table(results, art.num_classes, tuple(art.x_syn_NHWC.shape[1:]))
     files = [os.path.join(args.dir, n) for n in (cross_arch.JSON_NAME, cross_arch.MD_NAME)]
     _emit({**table, "files": files}, args.json,
@@ -723,6 +752,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--soup", default=None, choices=["uniform", "greedy"],
                     help="also average the students' weights (model soup; greedy selects on "
                          "the validation split); the students then share one init")
+    sp.add_argument("--checkpoint-dir", default=None, metavar="DIR",
+                    help="save the students' training in DIR after every tenth of the "
+                         "epochs and resume from it when run again (a killed evaluation "
+                         "continues bit-exactly); DIR is new, empty or an earlier run of this "
+                         "same evaluation (--models: one subdirectory per model)")
     sp.add_argument("--seed", type=NONNEG, default=0)
     common(sp)
     sp.set_defaults(fn=cmd_evaluate)

@@ -165,15 +165,16 @@ def is_run_dir(path: str) -> bool:
             or os.path.isfile(os.path.join(path, "run", "run.json")))
 
 
-def check_run_out(path: str) -> None:
-    """`--out` of a run: absent, empty, or a jaxdd run directory; anything else is refused."""
+def check_run_out(path: str, flag: str = "--out") -> None:
+    """`--out` (or `flag`) of a run: absent, empty, or a jaxdd run directory; anything else is
+    refused."""
     if not os.path.exists(path):
         return
     if not os.path.isdir(path):
-        raise OutputError(f"--out {path} is an existing file; choose a new directory path")
+        raise OutputError(f"{flag} {path} is an existing file; choose a new directory path")
     entries = [e for e in os.listdir(path) if e != LOCK_NAME]
     if entries and not is_run_dir(path):
-        raise OutputError(f"--out {path} exists and is not a jaxdd run directory ({len(entries)} "
+        raise OutputError(f"{flag} {path} exists and is not a jaxdd run directory ({len(entries)} "
                           f"entries, e.g. {sorted(entries)[0]!r}); choose a new or empty directory")
 
 
@@ -200,8 +201,9 @@ class RunLock:
     included), so a stale lock file is simply taken over.
     """
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, flag: str = "--out"):
         self.path = path
+        self.flag = flag   # the option that named the directory, for the error message
         self.fd: int | None = None
 
     def __enter__(self) -> "RunLock":
@@ -218,7 +220,7 @@ class RunLock:
             holder = os.pread(fd, 256, 0).decode(errors="replace").strip() or "another process"
             os.close(fd)
             raise OutputError(f"{self.path} is in use by {holder}; wait for it to finish or "
-                              f"choose another --out") from None
+                              f"choose another {self.flag}") from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"jaxdd pid {os.getpid()} on {socket.gethostname()} since "
                       f"{time.strftime('%Y-%m-%d %H:%M:%S')}".encode(), 0)
@@ -235,9 +237,10 @@ class RunLock:
                 _remove_if_unused(self.path)
 
 
-def claim_run(run_dir: str, config: dict) -> None:
+def claim_run(run_dir: str, config: dict, flag: str = "--out") -> None:
     """Write RUN_DIR/run.json (the config and its fingerprint), or refuse a directory that
-    was started with a different config, naming the fields that changed."""
+    was started with a different config, naming the fields that changed (and `flag`, the
+    option that chose the directory)."""
     makedirs(run_dir)
     path = os.path.join(run_dir, "run.json")
     fp = fingerprint(config)
@@ -246,13 +249,13 @@ def claim_run(run_dir: str, config: dict) -> None:
             with open(path) as f:
                 old = json.load(f)
         except (OSError, ValueError):
-            raise OutputError(f"{path} is unreadable; choose another --out") from None
+            raise OutputError(f"{path} is unreadable; choose another {flag}") from None
         if old.get("fingerprint") != fp:
             stored = old.get("config", {})
             new = json.loads(json.dumps(config, default=str))
             changed = sorted(k for k in set(stored) | set(new) if stored.get(k) != new.get(k))
             raise OutputError(f"{run_dir} holds a run with a different config (changed: "
-                              f"{', '.join(changed) or 'unknown'}); use another --out or the "
+                              f"{', '.join(changed) or 'unknown'}); use another {flag} or the "
                               f"original config")
         return
     write_json(path, {"fingerprint": fp, "config": config})

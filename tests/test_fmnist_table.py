@@ -150,3 +150,29 @@ def test_frepo_cells_take_its_own_protocols_and_count_for_the_goals(tmp_path):
     cfg = load_config(os.path.join(ft.ROOT, ft.METHODS["frepo"][0]), 10, [])
     assert ft.budget_of(cfg, "frepo") == {"model": "convnet_d3_w128_bn", "iterations": 500,
                                           "batch_real": 1024, "pool_size": 10}
+
+
+def test_evaluation_is_resumable_and_its_attempts_are_summed(tmp_path, monkeypatch):
+    """The cell's evaluation runs with --checkpoint-dir in the run directory; a second attempt
+    (the first killed) sums both attempts' wall seconds and says so in the table."""
+    load = {"load_max": 1.0, "load_mean": 1.0, "cores": 2, "under_load": False}
+    cmds, rcs = [], iter([137, 0])
+
+    def fake_run(cmd, log, cwd):
+        cmds.append(cmd)
+        return next(rcs), '{"accuracy_mean": 0.8, "accuracy_std": 0.01, "seconds": 30.0}\n', 40.0, load
+
+    monkeypatch.setattr(ft, "_run", fake_run)
+    run = tmp_path / "runs" / "dm-ipc1"
+    rec = {"method": "dm", "ipc": 1, "preset": "p.py", "overrides": [], "budget": {},
+           "distill_seconds": 1.0, "distill_wall_seconds": 1.0, "run_dir": str(run),
+           "distill_load": {"under_load": False, "load_max": 1.0}}
+    assert ft.evaluate("dm", 1, "mtt", rec, str(tmp_path), str(tmp_path / "log")) is None
+    ck = cmds[0][cmds[0].index("--checkpoint-dir") + 1]
+    assert ck == str(run / "eval-mtt-s5")
+    (run / "eval-mtt-s5" / "checkpoints" / "300").mkdir(parents=True)   # the killed one's
+    cell = ft.evaluate("dm", 1, "mtt", rec, str(tmp_path), str(tmp_path / "log"))
+    assert cmds[1] == cmds[0]
+    assert cell["eval_attempts"] == 2 and cell["eval_seconds"] == 80.0
+    assert cell["eval_wall_seconds"] == 80.0 and not cell["eval_resumed_unrecorded"]
+    assert "evaluated in 2 attempts: wall seconds summed" in ft.format_cell(cell)

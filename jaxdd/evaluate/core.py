@@ -4,11 +4,16 @@ The K runs are one `vmap` over seed keys of the compiled training loop, run in a
 chunks of epochs so long evaluations can report progress with an ETA. On a mesh the seeds
 are split over the `data` axis (when K divides by its size; else every device runs all),
 so 8 devices train 8 seeds side by side with the same program as one device.
+
+With a checkpoint directory (`jaxdd evaluate --checkpoint-dir`) the seeds' training state
+is saved after every chunk and a rerun resumes from the last one, bit-exactly: long
+evaluations (the `mtt` protocol at IPC 50 takes hours on a CPU) survive a killed process.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import time
 from typing import Callable, NamedTuple
 
@@ -77,10 +82,14 @@ def _seed_sharding(mesh: jax.sharding.Mesh, seeds: int, axis: str = "data"):
 def train_seeds(keys: jax.Array, model: Model, cfg: TrainConfig, x_NHWC, y_target,
                 lr=None, progress: Progress | None = None,
                 mesh: jax.sharding.Mesh | None = None,
-                init_variables: Variables | None = None):
+                init_variables: Variables | None = None,
+                checkpoint: tuple[str, dict] | None = None):
     """Train len(keys) networks at once (vmap over keys, seeds split over the mesh's `data`
     axis); returns stacked variables. `init_variables`: one network every seed starts from
-    (the seeds then differ in data order and augmentation only); None = a fresh init each."""
+    (the seeds then differ in data order and augmentation only); None = a fresh init each.
+    `checkpoint`: (directory, config): the state is saved there after every chunk of epochs
+    and training resumes from the latest save; a directory claimed by another config (the
+    fingerprint in its run.json) is refused."""
     mesh = mesh or jmesh.make_mesh()
     repl = jmesh.replicated(mesh)
     x_NHWC = jmesh.put(np.asarray(x_NHWC, np.float32), repl)
@@ -95,12 +104,39 @@ def train_seeds(keys: jax.Array, model: Model, cfg: TrainConfig, x_NHWC, y_targe
                            in_axes=(0, None, None)), donate_argnums=(0,))
     state = init(keys, lr, init_variables)
     state = jax.device_put(state, _seed_sharding(mesh, len(keys)))
-    for done in range(0, cfg.epochs, chunk):
-        state = run(state, x_NHWC, y_target)
-        if progress is not None:
-            jax.block_until_ready(state.epoch)
-            progress(done + chunk, cfg.epochs)
+    ckpt, start = None, 0
+    if checkpoint is not None:
+        from jaxdd.run.checkpoint import Checkpointer
+        # synchronous saves: the next chunk donates the state's buffers
+        ckpt = Checkpointer(checkpoint[0], checkpoint[1], every=chunk, keep=2,
+                            async_save=False, flag="--checkpoint-dir")
+        restored = ckpt.restore(_raw_keys(state))
+        if restored is not None:
+            start, raw = restored
+            typed = jnp.issubdtype(state.key.dtype, jax.dtypes.prng_key)
+            state = raw._replace(key=jax.random.wrap_key_data(
+                raw.key, impl=jax.random.key_impl(state.key)) if typed else raw.key)
+            if progress is not None:
+                progress(start, cfg.epochs)
+    try:
+        for done in range(start, cfg.epochs, chunk):
+            state = run(state, x_NHWC, y_target)
+            if ckpt is not None:
+                ckpt.save(done + chunk, _raw_keys(state), force=True)
+            if progress is not None:
+                jax.block_until_ready(state.epoch)
+                progress(done + chunk, cfg.epochs)
+    finally:
+        if ckpt is not None:
+            ckpt.close()
     return state.variables
+
+
+def _raw_keys(state):
+    """The state with typed PRNG keys as raw uint32 data (what a checkpoint stores)."""
+    if jnp.issubdtype(state.key.dtype, jax.dtypes.prng_key):
+        return state._replace(key=jax.random.key_data(state.key))
+    return state
 
 
 # Images through the network at once, over all vmapped seeds together (was 1000 per seed):
@@ -123,7 +159,8 @@ def evaluate_set(key: jax.Array, x_syn_NHWC: np.ndarray, y_syn: np.ndarray, data
                  protocol: Protocol, seeds: int = 5, lr: float | None = None,
                  model_name: str | None = None, progress: Progress | None = None,
                  mesh: jax.sharding.Mesh | None = None, soup: str | None = None,
-                 init_variables: Variables | None = None, init_name: str | None = None) -> dict:
+                 init_variables: Variables | None = None, init_name: str | None = None,
+                 checkpoint_dir: str | None = None) -> dict:
     """Train `seeds` fresh networks on the set and report final test accuracy.
 
     Final-epoch accuracy is reported (no selection on test). Validation accuracy comes
@@ -132,6 +169,9 @@ def evaluate_set(key: jax.Array, x_syn_NHWC: np.ndarray, y_syn: np.ndarray, data
     reports the soup's test accuracy under "soup"; the students then share one init.
     `init_variables`: the network every student starts from (e.g. weight selection, named
     `init_name` in the result); it must fit the student.
+    `checkpoint_dir`: save the students' training there after every chunk of epochs and
+    resume from it (bit-exact); the directory is claimed for this set, protocol, model,
+    seeds, key, lr and init, and refused for any other.
     """
     soups.check_soup(soup)
     if soup == "greedy" and not len(data.y_val):
@@ -145,10 +185,19 @@ def evaluate_set(key: jax.Array, x_syn_NHWC: np.ndarray, y_syn: np.ndarray, data
         check_fits(model, init_variables)
     elif soup is not None:   # one shared init, drawn apart from the seeds' keys
         init_variables = model.init(jax.random.fold_in(key, SHARED_INIT_FOLD))
+    ckpt = None
+    if checkpoint_dir is not None:
+        ckpt = (checkpoint_dir, {
+            "evaluate": "students", "set_sha256": _digest([x_syn_NHWC, y_syn]),
+            "protocol": protocol.name, "train": dataclasses.asdict(protocol.train),
+            "model": model.name, "seeds": seeds, "key": _digest([jax.random.key_data(key)]),
+            "lr": None if lr is None else float(lr), "soup": soup, "init": init_name,
+            "init_sha256": (None if init_variables is None
+                            else _digest(jax.tree.leaves(init_variables)))})
     t0 = time.time()
     variables = train_seeds(jax.random.split(key, seeds), model, protocol.train, x_syn_NHWC,
                             label_targets(y_syn, data.num_classes, protocol.train.loss), lr,
-                            progress, mesh, init_variables)
+                            progress, mesh, init_variables, ckpt)
     jax.block_until_ready(variables)
     t_train = time.time() - t0
     test = accuracies(model, variables, data.x_test, data.y_test)
@@ -171,6 +220,16 @@ def evaluate_set(key: jax.Array, x_syn_NHWC: np.ndarray, y_syn: np.ndarray, data
         "protocol_train": dataclasses.asdict(protocol.train), "protocol_reduced": protocol.reduced,
         "protocol_description": protocol.description,
     }
+
+
+def _digest(arrays) -> str:
+    """sha256 of arrays' dtypes, shapes and bytes (what a checkpoint directory is claimed for)."""
+    h = hashlib.sha256()
+    for a in arrays:
+        a = np.ascontiguousarray(np.asarray(a))
+        h.update(f"{a.dtype}{a.shape}".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
 
 
 def check_fits(model: Model, variables: Variables) -> None:

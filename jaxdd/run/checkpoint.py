@@ -33,11 +33,12 @@ class Checkpointer:
     """Thin wrapper over `ocp.CheckpointManager` for one run directory."""
 
     def __init__(self, run_dir: str, config: dict, every: int, keep: int = 3,
-                 async_save: bool = True):
+                 async_save: bool = True, flag: str = "--out"):
         self.run_dir = os.path.abspath(run_dir)
         self.every = every
+        self.flag = flag   # the option that named run_dir, for error messages
         if jax.process_index() == 0:
-            safeio.claim_run(self.run_dir, config)
+            safeio.claim_run(self.run_dir, config, flag)
         self.manager = ocp.CheckpointManager(
             os.path.join(self.run_dir, "checkpoints"),
             # A save killed half-way leaves `<step>.orbax-checkpoint-tmp-<n>` (Orbax writes
@@ -72,7 +73,8 @@ class Checkpointer:
         except Exception as e:  # noqa: BLE001 - any failure here means an unusable checkpoint
             prev = [s for s in steps if s < step]
             hint = (f"resume from the previous good one with --resume-step {prev[-1]}"
-                    if prev else "start a new run with another --out")
+                    if prev and self.flag == "--out"   # distill's; evaluate has no --resume-step
+                    else f"start a new run with another {self.flag}")
             raise CheckpointError(
                 f"checkpoint {os.path.join(self.run_dir, 'checkpoints', str(step))} is unreadable "
                 f"({_reason(e)}); {hint}. Nothing was deleted.") from None
