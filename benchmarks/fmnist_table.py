@@ -85,11 +85,14 @@ def cell_path(results_dir: str, method: str, ipc: int, protocol: str) -> str:
     return os.path.join(results_dir, f"{CELL_PREFIX}{method}_ipc{ipc}_{protocol}.json")
 
 
-def queue(methods, ipcs, protocols) -> list[tuple[str, int, str]]:
+def queue(methods, ipcs, protocols, per_method: bool = False) -> list[tuple[str, int, str]]:
     """Cheapest first: per IPC (ascending), per protocol (cpu before mtt), every method (FRePo
-    under its own protocols, OWN_PROTOCOL)."""
-    return [(m, i, OWN_PROTOCOL.get(m, {}).get(p, p))
-            for i in sorted(ipcs) for p in protocols for m in methods]
+    under its own protocols, OWN_PROTOCOL). `per_method`: per IPC, each method's every
+    protocol before the next method (a finished distillation is evaluated at once)."""
+    own = lambda m, p: OWN_PROTOCOL.get(m, {}).get(p, p)  # noqa: E731
+    if per_method:
+        return [(m, i, own(m, p)) for i in sorted(ipcs) for m in methods for p in protocols]
+    return [(m, i, own(m, p)) for i in sorted(ipcs) for p in protocols for m in methods]
 
 
 def load_cell(path: str) -> dict | None:
@@ -579,6 +582,8 @@ def main(argv=None) -> int:
     ap.add_argument("--set", action="append", default=[], metavar="[METHOD:]KEY=VALUE",
                     help="config override for every preset (or one method's); marks the cells reduced")
     ap.add_argument("--seeds", type=int, default=None, help="evaluation seeds (default: per protocol)")
+    ap.add_argument("--per-method", action="store_true",
+                    help="per IPC, finish each method under every protocol before the next")
     ap.add_argument("--collect-only", action="store_true", help="only regenerate the table")
     args = ap.parse_args(argv)
     from jaxdd.evaluate.protocols import PROTOCOLS as KNOWN
@@ -589,7 +594,8 @@ def main(argv=None) -> int:
     if not args.collect_only:
         os.makedirs(rd, exist_ok=True)
         with QueueLock(rd):
-            run_queue(queue(args.methods, args.ipcs, args.protocols), rd, args.set, args.seeds)
+            run_queue(queue(args.methods, args.ipcs, args.protocols, args.per_method), rd,
+                      args.set, args.seeds)
     print(f"wrote {write_table(rd)}", file=sys.stderr)
     return 0
 

@@ -30,6 +30,9 @@ def test_queue_is_cheapest_first():
     q = ft.queue(["dm", "mtt"], [10, 1], ["cpu", "mtt"])
     assert q[:4] == [("dm", 1, "cpu"), ("mtt", 1, "cpu"), ("dm", 1, "mtt"), ("mtt", 1, "mtt")]
     assert q[4] == ("dm", 10, "cpu") and len(q) == 8
+    q = ft.queue(["dm", "mtt"], [10, 1], ["cpu", "mtt"], per_method=True)
+    assert q[:4] == [("dm", 1, "cpu"), ("dm", 1, "mtt"), ("mtt", 1, "cpu"), ("mtt", 1, "mtt")]
+    assert q[4] == ("dm", 10, "cpu") and len(q) == 8
 
 
 def test_method_sets_apply_to_all_or_to_one_method():
