@@ -16,7 +16,10 @@ preset (width 32, batch_real 64; benchmarks/results/classic_dm_ipc*.json, load 5
 0.5-1.3 s/iteration, so 6000 iterations take ~0.9-2.2 h at that load (estimated; slower
 under heavier load). batch_real 64 instead of 256 buys 4x the iterations (DataDAM's own
 value).
-Expected: not yet measured; see benchmarks/results/fashion_mnist.md. No published DM
+Measured since (fmnist_table queue, IPC 1, idle 2-core EPYC, 2026-12-02): 6000 iterations
+in 698 s (0.116 s/iteration), 71.9 % under `mtt`: the estimates above were taken under load
+13-18 and are 5-10x too high; at IPC 1 the reference's 20000 iterations fit (~40 min).
+Expected: see benchmarks/results/fashion_mnist.md. No published DM
 Fashion-MNIST number in ../shared/reference-numbers.md.
 Evaluation: `mtt` (ConvNet-D3 width 128, 1000 epochs, DSA, 5 seeds); the table also gives `cpu`.
 """
