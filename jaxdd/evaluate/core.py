@@ -132,11 +132,14 @@ def train_seeds(keys: jax.Array, model: Model, cfg: TrainConfig, x_NHWC, y_targe
     return state.variables
 
 
+def _raw(key: jax.Array) -> jax.Array:
+    """Typed PRNG keys as their raw uint32 data (legacy raw keys as they are)."""
+    return jax.random.key_data(key) if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) else key
+
+
 def _raw_keys(state):
-    """The state with typed PRNG keys as raw uint32 data (what a checkpoint stores)."""
-    if jnp.issubdtype(state.key.dtype, jax.dtypes.prng_key):
-        return state._replace(key=jax.random.key_data(state.key))
-    return state
+    """The state with raw key data (what a checkpoint stores)."""
+    return state._replace(key=_raw(state.key))
 
 
 # Images through the network at once, over all vmapped seeds together (was 1000 per seed):
@@ -190,7 +193,7 @@ def evaluate_set(key: jax.Array, x_syn_NHWC: np.ndarray, y_syn: np.ndarray, data
         ckpt = (checkpoint_dir, {
             "evaluate": "students", "set_sha256": _digest([x_syn_NHWC, y_syn]),
             "protocol": protocol.name, "train": dataclasses.asdict(protocol.train),
-            "model": model.name, "seeds": seeds, "key": _digest([jax.random.key_data(key)]),
+            "model": model.name, "seeds": seeds, "key": _digest([_raw(key)]),
             "lr": None if lr is None else float(lr), "soup": soup, "init": init_name,
             "init_sha256": (None if init_variables is None
                             else _digest(jax.tree.leaves(init_variables)))})
