@@ -85,14 +85,20 @@ def cell_path(results_dir: str, method: str, ipc: int, protocol: str) -> str:
     return os.path.join(results_dir, f"{CELL_PREFIX}{method}_ipc{ipc}_{protocol}.json")
 
 
+def own_protocol(method: str, protocol: str) -> str:
+    """The protocol `method`'s cells use in place of `protocol` (OWN_PROTOCOL; else itself)."""
+    return OWN_PROTOCOL.get(method, {}).get(protocol, protocol)
+
+
 def queue(methods, ipcs, protocols, per_method: bool = False) -> list[tuple[str, int, str]]:
     """Cheapest first: per IPC (ascending), per protocol (cpu before mtt), every method (FRePo
     under its own protocols, OWN_PROTOCOL). `per_method`: per IPC, each method's every
     protocol before the next method (a finished distillation is evaluated at once)."""
-    own = lambda m, p: OWN_PROTOCOL.get(m, {}).get(p, p)  # noqa: E731
+    own = own_protocol
     if per_method:
         return [(m, i, own(m, p)) for i in sorted(ipcs) for m in methods for p in protocols]
     return [(m, i, own(m, p)) for i in sorted(ipcs) for p in protocols for m in methods]
+
 
 
 def load_cell(path: str) -> dict | None:
@@ -293,17 +299,19 @@ def evaluate(method: str, ipc: int, protocol: str, rec: dict, results_dir: str, 
     _, art_name, how = METHODS[method]
     seeds = seeds or SEEDS.get(protocol, 3)
     run_dir = rec["run_dir"]
+    ck_dir = os.path.join(run_dir, f"eval-{protocol}-s{seeds}")   # students' checkpoints
     if how == "relabel":   # RDED's students learn from the teacher (KD), on P's student model
         cmd = [sys.executable, "-m", "jaxdd.cli", "relabel", run_dir, "--protocol", protocol,
                "--seeds", str(seeds), "--json", "--quiet"]
     else:   # resumable: the students' training is checkpointed in the run directory
         cmd = [sys.executable, "-m", "jaxdd.cli", "evaluate", os.path.join(run_dir, art_name),
                "--protocol", protocol, "--seeds", str(seeds), "--json", "--quiet",
-               "--checkpoint-dir", os.path.join(run_dir, f"eval-{protocol}-s{seeds}")]
+               "--checkpoint-dir", ck_dir]
     rc, out, attempts, resumed = _attempt(cmd, log, results_dir,
                                           os.path.join(run_dir, f"eval-{protocol}.attempts.json"),
-                                          os.path.join(run_dir, f"eval-{protocol}-s{seeds}"))
-    wall = attempts[-1]["wall_seconds"]
+                                          ck_dir)
+    wall = round(sum(a["wall_seconds"] for a in attempts), 1)   # every attempt's
+    load = _loads(attempts)
     if rc != 0:
         print(f"[fmnist] {method} IPC {ipc} {protocol}: evaluation failed (exit {rc}); see {log}",
               file=sys.stderr)
@@ -320,12 +328,10 @@ def evaluate(method: str, ipc: int, protocol: str, rec: dict, results_dir: str, 
         "accuracy_std": r["accuracy_std"], "accuracies": r.get("accuracies"),
         "seeds": r.get("seeds", seeds), "report": r.get("report", "final epoch"),
         # resumed: every attempt's wall seconds (the command reports its last attempt's only)
-        "eval_seconds": (r.get("seconds", wall) if len(attempts) == 1
-                         else sum(a["wall_seconds"] for a in attempts)),
-        "eval_wall_seconds": round(sum(a["wall_seconds"] for a in attempts), 1),
-        "eval_attempts": len(attempts),
+        "eval_seconds": r.get("seconds", wall) if len(attempts) == 1 else wall,
+        "eval_wall_seconds": wall, "eval_attempts": len(attempts),
         "eval_resumed_unrecorded": bool(resumed and len(attempts) == 1),
-        "eval_load": _loads(attempts),
+        "eval_load": load,
         "preset": rec["preset"], "overrides": rec["overrides"], "budget": rec["budget"],
         "distill_seconds": (rec["distill_seconds"] if rec.get("distill_attempts", 1) == 1
                             else rec["distill_wall_seconds"]),   # resumed: all attempts' wall
@@ -333,8 +339,7 @@ def evaluate(method: str, ipc: int, protocol: str, rec: dict, results_dir: str, 
         "distill_attempts": rec.get("distill_attempts", 1),
         "distill_resumed_unrecorded": rec.get("distill_resumed_unrecorded", False),
         "distill_load": rec["distill_load"],
-        "timed_under_load": bool(rec["distill_load"]["under_load"]
-                                 or _loads(attempts)["under_load"]),
+        "timed_under_load": bool(rec["distill_load"]["under_load"] or load["under_load"]),
         "reduced": bool(rec["overrides"]) or p.reduced,
         "commit": code_commit(),
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -473,7 +478,7 @@ def goals(cells) -> list[str]:
                    f"{best['method']} {a:.1f} "
                    f"({'met' if a >= GOAL[j] else f'missed by {GOAL[j] - a:.1f}'})")
     for m, pub in PUBLISHED.items():
-        full = OWN_PROTOCOL.get(m, {}).get("mtt", "mtt")
+        full = own_protocol(m, "mtt")
         for j, ipc in enumerate(IPCS):
             c = cells.get((m, ipc, full))
             if c is not None and not c.get("overrides"):

@@ -113,7 +113,7 @@ def _evaluate_models(path: str, protocol: str, seeds: int, models: list[str | No
     soups.check_soup(soup)
     import jax
 
-    from jaxdd import artefact
+    from jaxdd import artefact, safeio
     from jaxdd.evaluate import eval_data, evaluate_set, get_protocol
     from jaxdd.evaluate.cross_arch import check_models
     from jaxdd.run.progress import Progress
@@ -126,7 +126,6 @@ def _evaluate_models(path: str, protocol: str, seeds: int, models: list[str | No
     named = [m for m in models if m is not None]
     if named:
         check_models(named, art.num_classes, tuple(art.x_syn_NHWC.shape[1:]))
-    from jaxdd import safeio
     ck_dirs = _checkpoint_dirs(checkpoint_dir, models)
     inits = _weight_selection_inits(init, models, proto, art, seed)   # before any training
     ds = _load(art.meta["dataset"])

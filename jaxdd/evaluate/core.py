@@ -109,7 +109,7 @@ def train_seeds(keys: jax.Array, model: Model, cfg: TrainConfig, x_NHWC, y_targe
         from jaxdd.run.checkpoint import Checkpointer
         # synchronous saves: the next chunk donates the state's buffers
         ckpt = Checkpointer(checkpoint[0], checkpoint[1], every=chunk, keep=2,
-                            async_save=False, flag="--checkpoint-dir")
+                            async_save=False, flag="--checkpoint-dir", resume_flag=None)
         restored = ckpt.restore(_raw_keys(state))
         if restored is not None:
             start, raw = restored

@@ -33,10 +33,12 @@ class Checkpointer:
     """Thin wrapper over `ocp.CheckpointManager` for one run directory."""
 
     def __init__(self, run_dir: str, config: dict, every: int, keep: int = 3,
-                 async_save: bool = True, flag: str = "--out"):
+                 async_save: bool = True, flag: str = "--out",
+                 resume_flag: str | None = "--resume-step"):
         self.run_dir = os.path.abspath(run_dir)
         self.every = every
         self.flag = flag   # the option that named run_dir, for error messages
+        self.resume_flag = resume_flag   # the option that picks an earlier step (None: none)
         if jax.process_index() == 0:
             safeio.claim_run(self.run_dir, config, flag)
         self.manager = ocp.CheckpointManager(
@@ -72,8 +74,8 @@ class Checkpointer:
             state = self.manager.restore(step, args=ocp.args.StandardRestore(target))
         except Exception as e:  # noqa: BLE001 - any failure here means an unusable checkpoint
             prev = [s for s in steps if s < step]
-            hint = (f"resume from the previous good one with --resume-step {prev[-1]}"
-                    if prev and self.flag == "--out"   # distill's; evaluate has no --resume-step
+            hint = (f"resume from the previous good one with {self.resume_flag} {prev[-1]}"
+                    if prev and self.resume_flag
                     else f"start a new run with another {self.flag}")
             raise CheckpointError(
                 f"checkpoint {os.path.join(self.run_dir, 'checkpoints', str(step))} is unreadable "
