@@ -8,8 +8,10 @@ cells (method, IPC, protocol) and the markdown table made from their JSON files.
 A cell distils once per (method, IPC) with the method's `configs/*/..fashion_mnist.py`
 preset into DIR/runs/<method>-ipc<N> (resumable: `jaxdd distill` resumes from its
 checkpoints), then evaluates that artefact under each protocol with `jaxdd evaluate
---protocol P` (RDED: `jaxdd relabel --protocol P`, its KD students; FRePo: its own
-protocols, `frepo` for `mtt` and `frepo_cpu` for `cpu`, on its learned labels), and writes
+--protocol P --checkpoint-dir` (RDED: `jaxdd relabel --protocol P --checkpoint-dir`, its KD
+students; FRePo: its own protocols, `frepo` for `mtt` and `frepo_cpu` for `cpu`, on its
+learned labels; both resumable: a killed evaluation continues from its students' last
+save in the run directory), and writes
 DIR/fmnist_<method>_ipc<N>_<protocol>.json at once. A cell whose JSON exists is skipped,
 so the queue fills the table over several sessions; a second protocol reuses the artefact.
 Cells run cheapest first: IPC 1 of every method under `cpu`, then under `mtt`, then IPC 10
@@ -194,7 +196,7 @@ def budget_of(cfg: dict, method: str) -> dict:
     elif method in ("dm", "datadam", "frepo"):
         b.update(batch_real=cfg.get(method, {}).get("batch_real"))
         if method == "frepo":
-            b.update(pool_size=cfg["frepo"].get("pool_size"))
+            b.update(pool_size=cfg["frepo"].get("pool_size"), lr_syn=cfg["frepo"].get("lr_syn"))
     elif method in ("mtt", "datm", "ftd"):
         e, m = cfg.get("experts", {}), cfg.get("mtt", {})
         b.update(experts=e.get("num_experts"), expert_epochs_trained=e.get("epochs"),
@@ -217,7 +219,8 @@ def budget_text(b: dict) -> str:
     if "experts" in b:
         parts.append(f"{b['experts']}x{b['expert_epochs_trained']} ep experts, N={b.get('syn_steps')}")
     elif "pool_size" in b:   # FRePo: one real batch of all classes, a pool of online models
-        parts.append(f"real batch {b.get('batch_real')}, pool {b['pool_size']}")
+        parts.append(f"real batch {b.get('batch_real')}, pool {b['pool_size']}"
+                     + (f", lr_syn {b['lr_syn']:g}" if "lr_syn" in b else ""))
     elif "batch_real" in b:
         parts.append(f"real {b['batch_real']}/class")
     return ", ".join(p for p in parts if p)
@@ -300,13 +303,13 @@ def evaluate(method: str, ipc: int, protocol: str, rec: dict, results_dir: str, 
     seeds = seeds or SEEDS.get(protocol, 3)
     run_dir = rec["run_dir"]
     ck_dir = os.path.join(run_dir, f"eval-{protocol}-s{seeds}")   # students' checkpoints
+    # resumable: the students' training is checkpointed in the run directory
     if how == "relabel":   # RDED's students learn from the teacher (KD), on P's student model
-        cmd = [sys.executable, "-m", "jaxdd.cli", "relabel", run_dir, "--protocol", protocol,
-               "--seeds", str(seeds), "--json", "--quiet"]
-    else:   # resumable: the students' training is checkpointed in the run directory
+        cmd = [sys.executable, "-m", "jaxdd.cli", "relabel", run_dir, "--protocol", protocol]
+    else:
         cmd = [sys.executable, "-m", "jaxdd.cli", "evaluate", os.path.join(run_dir, art_name),
-               "--protocol", protocol, "--seeds", str(seeds), "--json", "--quiet",
-               "--checkpoint-dir", ck_dir]
+               "--protocol", protocol]
+    cmd += ["--seeds", str(seeds), "--json", "--quiet", "--checkpoint-dir", ck_dir]
     rc, out, attempts, resumed = _attempt(cmd, log, results_dir,
                                           os.path.join(run_dir, f"eval-{protocol}.attempts.json"),
                                           ck_dir)

@@ -574,6 +574,7 @@ def cmd_recover(args) -> int:
 
 
 def cmd_relabel(args) -> int:
+    from jaxdd import safeio
     from jaxdd.pipelines import sre2l as sm
     over = {"recipe": args.recipe, "mode": args.mode, "epochs": args.epochs, "top_k": args.top_k,
             "protocol": args.protocol, "model": args.model, "seeds": args.seeds,
@@ -587,7 +588,12 @@ def cmd_relabel(args) -> int:
             "body_rank": args.body_rank, "fit_epochs": args.fit_epochs, "fit_lr": args.fit_lr,
             "label_dtype": args.label_dtype, "top_k_rest": args.top_k_rest,
             "label_epochs": args.label_epochs}
-    res = sm.relabel(args.dir, args.teacher, over, args.quiet)
+    with contextlib.ExitStack() as stack:
+        if args.checkpoint_dir is not None:
+            safeio.check_run_out(args.checkpoint_dir, "--checkpoint-dir")
+            stack.enter_context(safeio.RunLock(args.checkpoint_dir, "--checkpoint-dir"))
+        res = sm.relabel(args.dir, args.teacher, over, args.quiet,
+                         checkpoint_dir=args.checkpoint_dir)
     lab = (f"; labels {res['label_bytes']:,d} B in {res['labels_file']}"
            if res["mode"] in ("stored", "static")
            else f"; stored labels would take {res['label_bytes_if_stored']:,d} B")
@@ -1004,6 +1010,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="MixUp Beta(a, a) of the images; 0: off (sre2l_cifar: 0.8)")
     sp.add_argument("--shuffle-patches", type=POS, default=None,
                     help="shuffle each image's F x F patches (RDED); 1: off")
+    sp.add_argument("--checkpoint-dir", default=None, metavar="DIR",
+                    help="train the students in segments (of --eval-every epochs with --report "
+                         "best, else a tenth of the epochs), save them in DIR after each and "
+                         "resume from it when run again (bit-exact); DIR is new, empty or an "
+                         "earlier run of this same relabel")
     sp.add_argument("--report", default=None, choices=["last", "best"],
                     help="last (final epoch, default) | best: also the best of an evaluation "
                          "every --eval-every epochs, reported next to the last")

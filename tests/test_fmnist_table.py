@@ -151,8 +151,10 @@ def test_frepo_cells_take_its_own_protocols_and_count_for_the_goals(tmp_path):
     # the preset resolves and its budget is what the table prints
     from jaxdd.configs import load_config
     cfg = load_config(os.path.join(ft.ROOT, ft.METHODS["frepo"][0]), 10, [])
-    assert ft.budget_of(cfg, "frepo") == {"model": "convnet_d3_w128_bn", "iterations": 500,
-                                          "batch_real": 1024, "pool_size": 10}
+    assert ft.budget_of(cfg, "frepo") == {"model": "convnet_d3_w128_bn", "iterations": 3000,
+                                          "batch_real": 1024, "pool_size": 10, "lr_syn": 3e-3}
+    assert ft.budget_text(ft.budget_of(cfg, "frepo")) == \
+        "3000 it, convnet_d3_w128_bn, real batch 1024, pool 10, lr_syn 0.003"
 
 
 def test_evaluation_is_resumable_and_its_attempts_are_summed(tmp_path, monkeypatch):
@@ -179,3 +181,10 @@ def test_evaluation_is_resumable_and_its_attempts_are_summed(tmp_path, monkeypat
     assert cell["eval_attempts"] == 2 and cell["eval_seconds"] == 80.0
     assert cell["eval_wall_seconds"] == 80.0 and not cell["eval_resumed_unrecorded"]
     assert "evaluated in 2 attempts: wall seconds summed" in ft.format_cell(cell)
+    # RDED's KD students (`jaxdd relabel`) are checkpointed the same way
+    rded = {**rec, "method": "rded", "run_dir": str(tmp_path / "runs" / "rded-ipc1")}
+    rcs = iter([0])
+    assert ft.evaluate("rded", 1, "cpu", rded, str(tmp_path), str(tmp_path / "log"))
+    assert cmds[2][3:5] == ["relabel", rded["run_dir"]]
+    assert cmds[2][cmds[2].index("--checkpoint-dir") + 1] == str(tmp_path / "runs" / "rded-ipc1"
+                                                                  / "eval-cpu-s3")

@@ -49,7 +49,7 @@ def eval_data(ds: jdata.Dataset, pre: jdata.Preprocess) -> EvalData:
                     ds.y_test, ds.num_classes, ds.image_shape)
 
 
-def _chunk_size(epochs: int, target_chunks: int = 10) -> int:
+def chunk_size(epochs: int, target_chunks: int = 10) -> int:
     """Largest divisor of `epochs` giving at least `target_chunks` chunks (one compile)."""
     for d in range(max(1, epochs // target_chunks), 0, -1):
         if epochs % d == 0:
@@ -98,7 +98,7 @@ def train_seeds(keys: jax.Array, model: Model, cfg: TrainConfig, x_NHWC, y_targe
     aug = augment_fn(cfg)
     init = jax.jit(jax.vmap(lambda k, lr, v: train_init(k, model, cfg, x_NHWC.shape[0], lr, v),
                             in_axes=(0, None, None)))
-    chunk = _chunk_size(cfg.epochs)
+    chunk = chunk_size(cfg.epochs)
     # Data are arguments (not closure constants): XLA would otherwise fold them into the program.
     run = jax.jit(jax.vmap(lambda s, x, y: train_epochs(s, model, cfg, x, y, chunk, aug),
                            in_axes=(0, None, None)), donate_argnums=(0,))
@@ -191,12 +191,12 @@ def evaluate_set(key: jax.Array, x_syn_NHWC: np.ndarray, y_syn: np.ndarray, data
     ckpt = None
     if checkpoint_dir is not None:
         ckpt = (checkpoint_dir, {
-            "evaluate": "students", "set_sha256": _digest([x_syn_NHWC, y_syn]),
+            "evaluate": "students", "set_sha256": array_digest([x_syn_NHWC, y_syn]),
             "protocol": protocol.name, "train": dataclasses.asdict(protocol.train),
-            "model": model.name, "seeds": seeds, "key": _digest([_raw(key)]),
+            "model": model.name, "seeds": seeds, "key": array_digest([_raw(key)]),
             "lr": None if lr is None else float(lr), "soup": soup, "init": init_name,
             "init_sha256": (None if init_variables is None
-                            else _digest(jax.tree.leaves(init_variables)))})
+                            else array_digest(jax.tree.leaves(init_variables)))})
     t0 = time.time()
     variables = train_seeds(jax.random.split(key, seeds), model, protocol.train, x_syn_NHWC,
                             label_targets(y_syn, data.num_classes, protocol.train.loss), lr,
@@ -225,7 +225,7 @@ def evaluate_set(key: jax.Array, x_syn_NHWC: np.ndarray, y_syn: np.ndarray, data
     }
 
 
-def _digest(arrays) -> str:
+def array_digest(arrays) -> str:
     """sha256 of arrays' dtypes, shapes and bytes (what a checkpoint directory is claimed for)."""
     h = hashlib.sha256()
     for a in arrays:

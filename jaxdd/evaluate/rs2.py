@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxdd.evaluate.core import EvalData, _chunk_size, _seed_sharding, accuracies, augment_fn
+from jaxdd.evaluate.core import EvalData, chunk_size, _seed_sharding, accuracies, augment_fn
 from jaxdd.evaluate.protocols import Protocol
 from jaxdd.models import Model, get_model
 from jaxdd.run import mesh as jmesh
@@ -61,7 +61,7 @@ def _curve_run(keys, model: Model, cfg: TrainConfig, x, y_onehot, data: EvalData
     cfg_run = dataclasses.replace(cfg, epochs=epochs)
     aug = augment_fn(cfg_run)
     init = jax.jit(jax.vmap(lambda k: train_init(k, model, cfg_run, n_round)))
-    chunk = _chunk_size(epochs)
+    chunk = chunk_size(epochs)
 
     if schedule is None:
         def run(state, x, y, idx_CxM):

@@ -26,7 +26,9 @@ scripts print) or, with `select="val"`, the test accuracy at the epoch of the be
 validation accuracy ("best (val-selected)"). With streamed data the students train in
 segments of `eval_every` epochs resumed from their state (`relabel.train_student_epochs`:
 the same students as one run), and the eval loader makes one pass over the test (and val)
-split between segments.
+split between segments. `jaxdd relabel --checkpoint-dir CK` trains in such segments on any
+data (about a tenth of the epochs each with report="last") and saves the students after
+each one in CK (Orbax): a killed relabel resumes there, bit-exactly.
 
 G-VBSM's conv statistics (`recover.conv_stats`) need dataset targets: computed once per
 teacher over the training split (streamed data: one pass of the eval loader, batches
@@ -78,7 +80,9 @@ from jaxdd.pipelines.spec import Method, RunOptions
 from jaxdd.data import stream
 from jaxdd.run import driver
 from jaxdd.run.mesh import make_mesh, put_replicated, to_host
+from jaxdd.run.checkpoint import Checkpointer, CheckpointError
 from jaxdd.run.progress import Progress
+from jaxdd.evaluate.core import array_digest, chunk_size
 from jaxdd.train.loop import TrainConfig, accuracy, steps_per_epoch
 
 METHODS = ("sre2l", "cda", "gvbsm", "dwa")
@@ -434,13 +438,18 @@ def projector_fields(opts: dict) -> dict:
 
 
 def relabel(art_path: str, teacher_path: str | list[str] | None, overrides: dict | None = None,
-            quiet: bool = False, ds: Any = None) -> dict:
+            quiet: bool = False, ds: Any = None, checkpoint_dir: str | None = None) -> dict:
     """Train `seeds` students on the artefact with soft labels; evaluate; record the result.
 
     All seeds share the augmentation key (hence the same stored labels, as FKD) and differ
     in their initialisation; stored and online labels give the same students. `ds`: the
     evaluation data (default: the artefact's dataset, streamed when its config sets
     image_size); a `StreamedDataset` is evaluated through the loader.
+    `checkpoint_dir` (`jaxdd relabel --checkpoint-dir`): the students train in segments
+    (of `eval_every` epochs with report="best", else about a tenth of the epochs) and their
+    state (and the curve so far) is saved after each; a rerun resumes after the last saved
+    segment and ends with the students of an uninterrupted segmented run, bit for bit. The
+    directory is claimed for this artefact, teacher(s) and relabel options.
     """
     art_path = resolve_artefact_dir(art_path)
     art = artefact.load(art_path)
@@ -524,7 +533,7 @@ def relabel(art_path: str, teacher_path: str | list[str] | None, overrides: dict
     best, select, every = o["report"] == "best", o["select"], int(o["eval_every"])
     if streamed:
         # report="best": the students train in segments of `every` epochs, each followed by
-        # one pass of the eval loader over the test (and val) split (`_streamed_curve`)
+        # one pass of the eval loader over the test (and val) split (`_segments`)
         if best and select == "val" and ds.val is None:
             raise ValueError(f"select='val' needs a validation split, and {ds.name} was opened "
                              f"without one; use select='test' (optimistic) or report='last'")
@@ -557,6 +566,7 @@ def relabel(art_path: str, teacher_path: str | list[str] | None, overrides: dict
               + f" labels, loss {rcfg.loss}"
               + (f", evaluated every {every} epochs" if best else "")
               + (", compiled in segments of the evaluations" if best and streamed
+                 else ", checkpointed segments" if checkpoint_dir is not None
                  else ", one compiled program")
               + (f", batches split over {n_dev} devices" if batch_sharding is not None else ""),
               file=sys.stderr, flush=True)
@@ -615,15 +625,35 @@ def relabel(art_path: str, teacher_path: str | list[str] | None, overrides: dict
         split_acc = lambda split, v: stream.loader_accuracy(  # noqa: E731
             seeds_apply, v, ds.loader(split, batch_size=eval_bs, sharding=ev_sharding,
                                       preprocess=art.preprocess))
-    if streamed and best:
-        variables, curve = _streamed_curve(
+    segmented = (streamed and best) or checkpoint_dir is not None
+    if segmented:
+        if best and streamed:
+            evaluate = lambda v: [split_acc("test", v)] + (  # noqa: E731
+                [split_acc("val", v)] if select == "val" else [])
+        elif best:
+            seeds_acc = jax.jit(jax.vmap(lambda v, xe, ye: accuracy(student, v, xe, ye),
+                                         in_axes=(0, None, None)))
+            evaluate = lambda v: [to_host(seeds_acc(v, *xy)) for xy in eval_sets]  # noqa: E731
+        else:
+            evaluate = None
+        ckpt = None
+        if checkpoint_dir is not None:
+            ckpt = Checkpointer(checkpoint_dir, {
+                "relabel": "students",
+                "set_sha256": array_digest([art.x_syn_NHWC, art.y_syn]),
+                "teachers_sha256": array_digest(jax.tree.leaves(   # the host copies
+                    [vl for _, vl, _, _ in teachers] if o["ensemble"] else vlist[0])),
+                "student": student_name, "options": {k: o[k] for k in sorted(o)}},
+                every=1, keep=2, async_save=False, flag="--checkpoint-dir", resume_flag=None)
+        variables, curve = _segments(
             lambda c, e0, num, la, x, y, ak: jrelabel.train_student_epochs(
                 c, ak, student, tcfg, rcfg, x, e0, num, y_syn=y, batch_sharding=batch_sharding,
                 **label_kw(la)),
             jax.jit(jax.vmap(lambda k: jrelabel.init_student(k, student, tcfg, rcfg)))(keys),
-            (label_args, x, y, aug_key), jrelabel.eval_epochs(tcfg.epochs, every),
-            lambda v: [split_acc("test", v)] + ([split_acc("val", v)] if select == "val" else []),
-            Progress("relabel", enabled=not quiet and is_main))
+            (label_args, x, y, aug_key),
+            jrelabel.eval_epochs(tcfg.epochs, every if best else chunk_size(tcfg.epochs)),
+            evaluate, (1 + (select == "val")) if best else 0,
+            Progress("relabel", enabled=not quiet and is_main), ckpt)
     else:
         train = jax.jit(jax.vmap(lambda k, la, *a: fit(k, *a, **label_kw(la)),
                                  in_axes=(0,) + (None,) * 5))
@@ -691,28 +721,55 @@ def relabel(art_path: str, teacher_path: str | list[str] | None, overrides: dict
     return {**res, "artefact": art_path}
 
 
-def _streamed_curve(segment_fn, carry, args: tuple, epochs_R: list[int], evaluate,
-                    progress: Progress) -> tuple[Any, np.ndarray]:
-    """report="best" on streamed data: the seeds' students trained in segments ending at
-    epochs_R, `evaluate(variables)` (a list of (seeds,) accuracies, test first) after each.
+def _segments(segment_fn, carry, args: tuple, epochs_R: list[int], evaluate, cols: int,
+              progress: Progress, ckpt: Checkpointer | None = None) -> tuple[Any, Any]:
+    """The seeds' students trained in segments ending at epochs_R, `evaluate(variables)` (a
+    list of `cols` (seeds,) accuracies, test first; None: no curve) after each.
 
     segment_fn(carry, first_epoch, num_epochs, *args) -> carry is one student's
     `train_student_epochs`; it is vmapped over the seeds' carries and compiled once per
-    segment length (the carry is donated). Returns (final variables, curve (seeds, R, cols)),
-    the curve in `train_student_evals`' layout."""
+    segment length (the carry is donated). `ckpt`: the carry and the curve so far are saved
+    (synchronously: the next segment donates them) at step = epochs done after every
+    segment, and training resumes after the latest save. Returns (final variables, curve
+    (seeds, R, cols) in `train_student_evals`' layout, or None)."""
+    seeds = jax.tree.leaves(carry)[0].shape[0]
+    curve = np.full((seeds, len(epochs_R), cols), np.nan) if evaluate else None
+    pack = lambda c, cv: {"carry": c, **({"curve": cv} if cv is not None else {})}  # noqa: E731
+    done, r0 = 0, 0
+    if ckpt is not None:
+        restored = ckpt.restore(pack(carry, curve))
+        if restored is not None:
+            done, state = restored
+            if done not in epochs_R:
+                raise CheckpointError(f"checkpoint step {done} in {ckpt.run_dir} is not a "
+                                      f"segment end ({epochs_R}); use a new --checkpoint-dir")
+            carry, r0 = state["carry"], epochs_R.index(done) + 1
+            if curve is not None:
+                curve = np.array(state["curve"], np.float64)
+            progress(r0, len(epochs_R), f"resumed after epoch {done}")
     segments = {}
-    rows, done = [], 0
-    for r, e in enumerate(epochs_R):
-        num = e - done
-        if num not in segments:
-            segments[num] = jax.jit(jax.vmap(
-                lambda c, e0, *a, num=num: segment_fn(c, e0, num, *a),
-                in_axes=(0, None) + (None,) * len(args)), donate_argnums=0)
-        carry = segments[num](carry, jnp.asarray(done, jnp.int32), *args)
-        done = e
-        rows.append(np.stack([np.asarray(a, np.float64) for a in evaluate(carry[0])], axis=-1))
-        progress(r + 1, len(epochs_R), f"epoch {e}: test {100 * rows[-1][:, 0].mean():.2f} %")
-    return carry[0], np.stack(rows, axis=1)
+    try:
+        for r in range(r0, len(epochs_R)):
+            e = epochs_R[r]
+            num = e - done
+            if num not in segments:
+                segments[num] = jax.jit(jax.vmap(
+                    lambda c, e0, *a, num=num: segment_fn(c, e0, num, *a),
+                    in_axes=(0, None) + (None,) * len(args)), donate_argnums=0)
+            carry = segments[num](carry, jnp.asarray(done, jnp.int32), *args)
+            done = e
+            extra = ""
+            if curve is not None:
+                curve[:, r] = np.stack([np.asarray(a, np.float64) for a in evaluate(carry[0])],
+                                       axis=-1)
+                extra = f"epoch {e}: test {100 * curve[:, r, 0].mean():.2f} %"
+            if ckpt is not None:
+                ckpt.save(e, pack(carry, curve), force=True)
+            progress(r + 1, len(epochs_R), extra)
+    finally:
+        if ckpt is not None:
+            ckpt.close()
+    return carry[0], curve
 
 
 def _fit_projector(o: dict, art_path: str, teacher_path: str, model, teacher_vars,
