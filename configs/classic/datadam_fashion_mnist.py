@@ -7,14 +7,14 @@ Reference (DataDistillation/DataDAM main_DataDAM.py, as configs/classic/datadam_
 20000 iterations, lr_img 1, batch_real 64, real init, DSA, BatchNorm ConvNet-D3 width 128.
 Kept: lr_img 1, batch_real 64, real init, DSA with flip (below),
 BatchNorm in the matching network.
-Budget here, and why: BatchNorm ConvNet-D3 width 32 and 10000 iterations (50 % of
-20000). Measured (10 iterations, IPC 10, estimated under load: load average 13-18 on the
-2 cores): width 128 with BatchNorm took 19.9 s/iteration, i.e. 4.6 days for 20000 and
-~360 iterations in 2 h. The `cpu` preset (width 32, instance norm, batch_real 64;
-benchmarks/results/classic_datadam_ipc*.json, load 5-12) ran 0.4-0.6 s/iteration, so
-10000 iterations take ~1.1-1.7 h at that load (estimated; slower under heavier load).
-Measured since (fmnist_table queue, IPC 1, idle 2-core EPYC, 2026-12-02): 10000 iterations
-in 1333 s (0.13 s/iteration), 72.7 % under `mtt`: at IPC 1 the reference's 20000 fit (~45 min).
+Budget here, and why: the reference's 20000 iterations, with a BatchNorm ConvNet-D3 of
+width 32 (reference width 128). Measured (fmnist_table queue, IPC 1, idle 2-core EPYC,
+2026-12-02): 0.13 s/iteration (10000 in 1333 s), so 20000 take ~45 min at IPC 1; the real
+batches (64 per class) dominate the step, so IPC 10 / 50 cost about as much (~1-1.5 h,
+estimated). Width 128 with BatchNorm took 19.9 s/iteration (10 iterations at IPC 10, under
+load 13-18; several times too high by the idle figure above, still days for 20000).
+Earlier cells (benchmarks/results/fmnist_datadam_*.json with budget "10000 it") ran the
+previous budget, 10000 iterations, sized from those loaded estimates.
 Expected: see benchmarks/results/fashion_mnist.md. No published DataDAM
 Fashion-MNIST number in ../shared/reference-numbers.md.
 Evaluation: `mtt` (ConvNet-D3 width 128, 1000 epochs, DSA, 5 seeds); the table also gives
@@ -33,8 +33,8 @@ def get_config():
     return family_base(
         __file__, method="datadam",
         model="convnet_d3_w32_bn",    # matching network (reference: width 128 with BatchNorm)
-        iterations=10000,             # distiller steps (reference 20000; see above)
-        ckpt_every=250,
+        iterations=20000,             # distiller steps (the reference's; see above)
+        ckpt_every=500,
         datadam=dict(lr_img=1.0, batch_real=64, dsa_strategy="color_crop_cutout_flip_scale_rotate"),
         eval=dict(protocol="mtt", seeds=5),
     )

@@ -8,17 +8,19 @@ Reference (VICO-UoE/DatasetCondensation main_DM.py, readme; as configs/classic/d
 Kept: lr_img 1, real init, DSA color_crop_cutout_flip_scale_rotate (main_DM.py:28; readme.md:113
 keeps flip for FashionMNIST, drops it only for MNIST / SVHN; before issue #14 this preset
 dropped it: `--set dm.dsa_strategy=color_crop_cutout_scale_rotate` reproduces earlier cells).
-Budget here, and why: ConvNet-D3 width 32, batch_real 64 and 6000 iterations (30 % of
-20000). Measured (10 iterations, IPC 10, estimated under load: load average 13-18 on the
-2 cores): at batch_real 256, width 128 took 33 s/iteration (7.5 GB of memory), width 32
-10.5 s: 20000 iterations would take 8 days (width 128) or 2.4 days (width 32). The `cpu`
-preset (width 32, batch_real 64; benchmarks/results/classic_dm_ipc*.json, load 5-12) ran
-0.5-1.3 s/iteration, so 6000 iterations take ~0.9-2.2 h at that load (estimated; slower
-under heavier load). batch_real 64 instead of 256 buys 4x the iterations (DataDAM's own
-value).
-Measured since (fmnist_table queue, IPC 1, idle 2-core EPYC, 2026-12-02): 6000 iterations
-in 698 s (0.116 s/iteration), 71.9 % under `mtt`: the estimates above were taken under load
-13-18 and are 5-10x too high; at IPC 1 the reference's 20000 iterations fit (~40 min).
+Budget here, and why: the reference's 20000 iterations, with ConvNet-D3 width 32 and
+batch_real 64 (reference width 128, batch_real 256). Measured (fmnist_table queue,
+2026-12-02): 0.116 s/iteration at IPC 1 on the idle 2-core EPYC (6000 in 698 s), 0.256
+s/iteration at IPC 10 with the test suite sharing the cores (6000 in 1534 s); the real
+batches (64 per class) dominate, so the cost hardly grows with the IPC: 20000 iterations take
+~40 min (IPC 1) to ~1.4 h (IPC 10 / 50 at the loaded rate). The reference's batch_real 256
+is ~4x the work per iteration (~0.46 s at IPC 1 by the idle figure: 20000 iterations ~2.6 h,
+over the 2 h budget), and width 128 ~3x more again (10 iterations at IPC 10, batch_real 256,
+under load 13-18: width 128 33 s/iteration, width 32 10.5 s). batch_real 64 is DataDAM's
+own value. Earlier cells (benchmarks/results/fmnist_dm_*.json with budget
+"6000 it") ran the previous budget, 6000 iterations, chosen from estimates taken under load
+13-18 that were 5-10x too high; under `cpu`, 500 -> 6000 iterations gained +0.2 points at
+IPC 1 (71.2 -> 71.4) and +2.1 at IPC 10 (78.8 -> 80.9).
 Expected: see benchmarks/results/fashion_mnist.md. No published DM
 Fashion-MNIST number in ../shared/reference-numbers.md.
 Evaluation: `mtt` (ConvNet-D3 width 128, 1000 epochs, DSA, 5 seeds); the table also gives `cpu`.
@@ -30,8 +32,8 @@ from jaxdd.configs import family_base
 def get_config():
     return family_base(
         __file__, method="dm",
-        iterations=6000,              # distiller steps (reference 20000; see above)
-        ckpt_every=250,
+        iterations=20000,             # distiller steps (the reference's; see above)
+        ckpt_every=500,
         dm=dict(lr_img=1.0, batch_real=64,   # reference batch_real 256 (see above)
                 dsa_strategy="color_crop_cutout_flip_scale_rotate"),  # readme.md:113
         eval=dict(protocol="mtt", seeds=5),
