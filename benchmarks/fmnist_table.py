@@ -442,12 +442,25 @@ def _secs(x) -> str:
     return "?" if x is None else f"{float(x):.0f}"
 
 
+def preset_budget(method: str, ipc: int) -> dict | None:
+    """The budget `method`'s preset gives at `ipc` today (None: no preset)."""
+    preset, _, how = METHODS[method]
+    if how == "baseline":
+        return None
+    from jaxdd.configs import load_config
+    return budget_of(load_config(os.path.join(ROOT, preset), ipc, []), method)
+
+
 def format_cell(c: dict | None) -> str:
     if c is None:
         return "–"
     flags = []
     if c.get("overrides"):
         flags.append("reduced: " + " ".join(c["overrides"]))
+    else:
+        now = preset_budget(c["method"], int(c["ipc"]))
+        if now is not None and now != c.get("budget"):
+            flags.append(f"the preset's earlier budget; now {budget_text(now)}")
     if c.get("timed_under_load"):
         flags.append("timed under load")
     if c.get("distill_attempts", 1) > 1:
@@ -510,7 +523,9 @@ def markdown(cells, old_cells: dict | None = None, old_md=None,
         "regression targets with its own protocols (`frepo`: ConvNet-D3 width 128 without norm, "
         "Adam, MSE, 1000 epochs, 5 seeds, in place of `mtt`; `frepo_cpu`: width 32, 300 epochs, "
         "3 seeds, in place of `cpu`). A cell marked \"reduced: …\" ran with "
-        "`--set` overrides below its preset's budget.", "",
+        "`--set` overrides below its preset's budget; one marked \"the preset's earlier budget\" "
+        "ran the budget its preset had then (printed in the cell), and names the preset's budget "
+        "now.", "",
         "| method | protocol | IPC 1 | IPC 10 | IPC 50 | published IPC 1 / 10 / 50 |",
         "|---|---|---|---|---|---|"]
     methods = [m for m in ORDER if any(k[0] == m for k in cells)]

@@ -188,3 +188,17 @@ def test_evaluation_is_resumable_and_its_attempts_are_summed(tmp_path, monkeypat
     assert cmds[2][3:5] == ["relabel", rded["run_dir"]]
     assert cmds[2][cmds[2].index("--checkpoint-dir") + 1] == str(tmp_path / "runs" / "rded-ipc1"
                                                                   / "eval-cpu-s3")
+
+
+def test_cells_from_an_earlier_preset_budget_are_marked():
+    """A cell whose budget is not what its preset gives today says so and names the current
+    budget; a cell at the preset's budget, a reduced cell and the random row carry no mark."""
+    now = ft.preset_budget("dm", 10)
+    assert now["iterations"] == 20000 and ft.preset_budget("random", 10) is None
+    assert "earlier budget" not in ft.format_cell(_cell("dm", 10, "mtt", 0.8, budget=now))
+    old = ft.format_cell(_cell("dm", 10, "mtt", 0.8, budget={**now, "iterations": 6000}))
+    assert "6000 it" in old and f"the preset's earlier budget; now {ft.budget_text(now)}" in old
+    assert "earlier budget" not in ft.format_cell(_cell("dm", 10, "mtt", 0.8,
+                                                        overrides=["iterations=5"]))
+    assert "earlier budget" not in ft.format_cell(_cell("random", 10, "mtt", 0.7,
+                                                        budget={"selection": "random", "seed": 0}))
