@@ -625,15 +625,16 @@ def relabel(art_path: str, teacher_path: str | list[str] | None, overrides: dict
         split_acc = lambda split, v: stream.loader_accuracy(  # noqa: E731
             seeds_apply, v, ds.loader(split, batch_size=eval_bs, sharding=ev_sharding,
                                       preprocess=art.preprocess))
+    # every seed's accuracy on an in-memory split
+    acc = jax.jit(jax.vmap(lambda v, xe, ye: accuracy(student, v, xe, ye),
+                           in_axes=(0, None, None)))
     segmented = (streamed and best) or checkpoint_dir is not None
     if segmented:
         if best and streamed:
             evaluate = lambda v: [split_acc("test", v)] + (  # noqa: E731
                 [split_acc("val", v)] if select == "val" else [])
         elif best:
-            seeds_acc = jax.jit(jax.vmap(lambda v, xe, ye: accuracy(student, v, xe, ye),
-                                         in_axes=(0, None, None)))
-            evaluate = lambda v: [to_host(seeds_acc(v, *xy)) for xy in eval_sets]  # noqa: E731
+            evaluate = lambda v: [to_host(acc(v, *xy)) for xy in eval_sets]  # noqa: E731
         else:
             evaluate = None
         ckpt = None
@@ -667,8 +668,6 @@ def relabel(art_path: str, teacher_path: str | list[str] | None, overrides: dict
         test = split_acc("test", variables)
         val = np.array([np.nan])  # the val split is cut from train by labels: a full pass
     else:
-        acc = jax.jit(jax.vmap(lambda v, xe, ye: accuracy(student, v, xe, ye),
-                               in_axes=(0, None, None)))
         if best:  # the curve's last row is the final student
             curve = np.asarray(to_host(curve), np.float64)     # (seeds, evaluations, 1 or 2)
             test = curve[:, -1, 0]
