@@ -42,13 +42,16 @@ def environment() -> dict:
 @contextlib.contextmanager
 def one_conv_block():
     """For a FLOP count: `loop_safe_conv` takes all images as one block instead of a
-    `lax.map`/`scan` over cache-sized blocks, whose bodies XLA's cost analysis counts once."""
+    `lax.map`/`scan` over cache-sized blocks, whose bodies XLA's cost analysis counts once,
+    and computes its forwards as patches @ kernel (XLA:CPU's cost analysis does not count a
+    `lax.conv`, the forward on AVX-512 CPUs)."""
     from jaxdd.models import layers
-    saved, layers._BLOCK_BYTES = layers._BLOCK_BYTES, 1 << 62
+    saved = layers._BLOCK_BYTES, layers._FORWARD_IMPL
+    layers._BLOCK_BYTES, layers._FORWARD_IMPL = 1 << 62, "patches"
     try:
         yield
     finally:
-        layers._BLOCK_BYTES = saved
+        layers._BLOCK_BYTES, layers._FORWARD_IMPL = saved
 
 
 def write(name: str, result: dict, path: str | None = None) -> str:

@@ -11,8 +11,10 @@ noise of CIFAR-10's shape, 10 classes: a stage's cost does not depend on pixel c
   dm            DM step: fresh net, class-mean embeddings of real vs synthetic, SGD step.
   datadam       DataDAM step: attention maps of the first blocks + embeddings, SGD step.
   expert_epoch  one epoch of an MTT expert (plain SGD 0.01, batch 256) on --train-images.
-  experts_K     the same epoch for --experts K experts: jaxdd vmapped (`group_mode="vmap"`),
-                PyTorch one after another (as the reference's buffer.py loop).
+  experts_K     the same epoch for --experts K experts: jaxdd as `jaxdd buffer` trains a group
+                (`population.train.group_step`, one compiled program; --group-mode, default
+                the buffer's own `ExpertConfig.group_mode`, "unroll"; "vmap" batches the
+                experts' kernels), PyTorch one after another (as the reference's buffer.py loop).
   teacher_epoch one epoch of the statistics teacher: ResNet-18 (CIFAR stem, BN), SGD 0.1,
                 momentum 0.9, wd 5e-4, cosine over 200 epochs.
   recover       one SRe2L recover step: ResNet-18 BN teacher, 100 images, CE + BN-statistic
@@ -92,6 +94,9 @@ def parse_args(argv=None):
     p.add_argument("--ipc", type=int, default=10)
     p.add_argument("--train-images", type=int, default=5000, help="images of an expert/teacher epoch")
     p.add_argument("--experts", type=int, default=4, help="K of experts_K")
+    p.add_argument("--group-mode", choices=("unroll", "vmap"), default=None,
+                   help="how experts_K's jaxdd program runs its experts (default: the buffer's, "
+                        "ExpertConfig.group_mode)")
     p.add_argument("--seeds", type=int, default=5, help="evaluation seeds")
     p.add_argument("--eval-epochs", type=int, default=300, help="epochs of each evaluation network")
     p.add_argument("--repeats", type=int, default=3)
@@ -139,6 +144,11 @@ from jaxdd.methods.matching import hard_labels  # noqa: E402
 from jaxdd.methods.statistics.recover import RecoverConfig, make_recover  # noqa: E402
 from jaxdd.models import Model, get_model  # noqa: E402
 from jaxdd.models.convert import flax_to_torchvision  # noqa: E402
+from jaxdd.population.experts import ExpertConfig  # noqa: E402
+from jaxdd.population.train import group_step, stack_members  # noqa: E402
+from jaxdd.run.mesh import make_mesh  # noqa: E402
+
+ARGS.group_mode = ARGS.group_mode or ExpertConfig().group_mode
 from jaxdd.train.loop import (TrainConfig, accuracy, steps_per_epoch, train_epochs,  # noqa: E402
                               train_init)
 
@@ -162,11 +172,13 @@ class Sizes:
     dc_loops: tuple[int, int]
     recover_images: int
     relabel_batch: int
+    group_mode: str = "unroll"
 
 
 def full_sizes(a) -> Sizes:
     return Sizes(32, 3, a.width, a.ipc, 256, 64, a.train_images, 256, a.experts, a.seeds,
-                 a.eval_epochs, 2000, (10, 50) if a.ipc == 10 else (1, 1), 100, 50)
+                 a.eval_epochs, 2000, (10, 50) if a.ipc == 10 else (1, 1), 100, 50,
+                 a.group_mode)
 
 
 TINY = Sizes(8, 1, 4, 1, 3, 3, 12, 6, 2, 2, 3, 20, (2, 2), 8, 4)  # batches divide: see train_stage
@@ -419,8 +431,10 @@ def train_stage(kind, sz, jdt, tdt, dev, seed=0):
         jargs = (states[0], x, y)
         jstep = lambda s, x, y: train_epochs(s, model, cfg, x, y, 1).variables
     else:
-        jargs = (jax.tree.map(lambda *a: jnp.stack(a), *states), x, y)
-        jstep = jax.vmap(lambda s, x, y: train_epochs(s, model, cfg, x, y, 1).variables, in_axes=(0, None, None))
+        jargs = (stack_members(states), x, y)
+        group = group_step(lambda s, x, y: train_epochs(s, model, cfg, x, y, 1),
+                           make_mesh(devices=jax.devices()[:1]), sz.group_mode)
+        jstep = lambda s, x, y: group(s, x, y).variables
     tx, ty = nchw(x, tdt, dev), torch.as_tensor(np.asarray(y), device=dev).long()
     total = cfg.epochs * steps_per_epoch(n, bs)
 
@@ -759,7 +773,7 @@ def main(args):
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False
         jax.config.update("jax_default_matmul_precision", "highest")
-    sz = TINY if args.tiny else full_sizes(args)
+    sz = dataclasses.replace(TINY, group_mode=args.group_mode) if args.tiny else full_sizes(args)
     peak = cpu_peak(cores) if args.device == "cpu" else {"peak_fp32_flops": None}
     checks, rows = {}, []
     load0 = [round(v, 2) for v in os.getloadavg()]
@@ -807,7 +821,9 @@ def load_kept(path, sz, flag, fix):
     """A kept result file, refused (one line, exit) when it was run with other sizes."""
     with open(path) as f:
         kept = json.load(f)
-    if kept.get("sizes") != json.loads(json.dumps(dataclasses.asdict(sz))):
+    # Files from before --group-mode ran experts_K vmapped.
+    sizes = {"group_mode": "vmap", **kept.get("sizes", {})}
+    if sizes != json.loads(json.dumps(dataclasses.asdict(sz))):
         raise SystemExit(f"{flag}: {path} was run with other sizes; {fix}")
     return kept
 

@@ -13,18 +13,22 @@ pytest.importorskip("torchvision")
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 
 
-@pytest.mark.parametrize("stages", [
-    "dm,datadam,dc", "expert_epoch,experts_K,eval_seeds",
-    pytest.param("teacher_epoch,recover,relabel_epoch", marks=pytest.mark.slow)])  # ResNet-18 compiles
-def test_stages_equal_torch_in_float64(stages, tmp_path):
-    """--tiny runs the float64 checks (exit 2 on a mismatch) and one smoke timing per stage."""
+@pytest.mark.parametrize("stages,extra", [
+    ("dm,datadam,dc", []), ("expert_epoch,experts_K,eval_seeds", []),
+    ("experts_K", ["--group-mode", "vmap"]),       # default: the buffer's "unroll"
+    pytest.param("teacher_epoch,recover,relabel_epoch", [],
+                 marks=pytest.mark.slow)])  # ResNet-18 compiles
+def test_stages_equal_torch_in_float64(stages, extra, tmp_path):
+    """--tiny runs the float64 checks (exit 2 on a mismatch) and one smoke timing per stage;
+    experts_K in both group modes of `jaxdd buffer`."""
     out = tmp_path / "stages.json"
     env = {**os.environ, "PYTHONPATH": ROOT, "JAX_PLATFORMS": "cpu"}
     r = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "stages_vs_torch.py"),
-                        "--tiny", "--stages", stages, "--out", str(out)],
+                        "--tiny", "--stages", stages, "--out", str(out), *extra],
                        env=env, capture_output=True, text=True, timeout=1800)
     assert r.returncode == 0, r.stderr[-3000:]
     import json
     rows = json.loads(out.read_text())["results"]
     assert [row["stage"] for row in rows] == stages.split(",")
     assert all(row["check_float64"]["ok"] and row["torch_s"] > 0 for row in rows)
+    assert json.loads(out.read_text())["sizes"]["group_mode"] == (extra[1] if extra else "unroll")

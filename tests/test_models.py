@@ -36,9 +36,10 @@ LOOP_SAFE_CASES = [(3, 1, [(1, 1), (1, 1)], 1), (3, 2, [(1, 1), (1, 1)], 1), (1,
                    (2, 2, [(0, 1), (1, 0)], 1)]
 
 
-@pytest.mark.parametrize("block_bytes", [None, 1, 100_000])
+@pytest.mark.parametrize("forward,block_bytes", [("patches", None), ("patches", 1),
+                                                 ("patches", 100_000), ("lax", 1)])
 @pytest.mark.parametrize("k,stride,pad,groups", LOOP_SAFE_CASES)
-def test_loop_safe_conv_is_lax_conv_to_second_order(k, stride, pad, groups, block_bytes,
+def test_loop_safe_conv_is_lax_conv_to_second_order(k, stride, pad, groups, forward, block_bytes,
                                                      monkeypatch):
     """The hand-written convolution (forward as patches @ kernel, dx as that forward conv of
     the dilated output gradient, dw as patches @ dy per group, each over blocks of images)
@@ -46,11 +47,14 @@ def test_loop_safe_conv_is_lax_conv_to_second_order(k, stride, pad, groups, bloc
     gradient of an input-gradient norm w.r.t. the kernel), also when the conv is the body
     of a scan (where XLA:CPU's own kernel gradient is slow). block_bytes: the whole batch
     of 4 images in one block (None), one image per block (1), blocks of 2 images for most
-    cases (100,000 bytes: 38,880 bytes of float64 patches per image for a 3x3 kernel)."""
+    cases (100,000 bytes: 38,880 bytes of float64 patches per image for a 3x3 kernel).
+    forward: how forwards and input gradients are computed (`_FORWARD_IMPL`, chosen by the
+    CPU: both are tested on every machine); kernel gradients are patches either way."""
     from jax import lax
 
     from jaxdd.models import layers
     from jaxdd.models.layers import loop_safe_conv
+    monkeypatch.setattr(layers, "_FORWARD_IMPL", forward)
     if block_bytes is not None:
         monkeypatch.setattr(layers, "_BLOCK_BYTES", block_bytes)
     dn = lax.conv_dimension_numbers((1, 1, 1, 1), (1, 1, 1, 1), ("NHWC", "HWIO", "NHWC"))
@@ -68,6 +72,24 @@ def test_loop_safe_conv_is_lax_conv_to_second_order(k, stride, pad, groups, bloc
         for a, b in [(ref(x, w), new(x, w)), (jax.vjp(ref, x, w)[1](dy), jax.vjp(new, x, w)[1](dy)),
                      (second(ref), second(new)), (in_scan(ref), jax.jit(lambda: in_scan(new))())]:
             jax.tree.map(lambda p, q: np.testing.assert_allclose(q, p, rtol=1e-12, atol=1e-12), a, b)
+
+
+def test_cpu_conv_forward_follows_the_cpu_and_the_environment(monkeypatch):
+    """`_default_forward_impl`: $JAXDD_CPU_CONV_FORWARD wins; a bad value is refused by name;
+    unset, "lax" exactly when /proc/cpuinfo lists avx512f."""
+    from jaxdd.models import layers
+    for v in ("lax", "patches"):
+        monkeypatch.setenv("JAXDD_CPU_CONV_FORWARD", v)
+        assert layers._default_forward_impl() == v
+    monkeypatch.setenv("JAXDD_CPU_CONV_FORWARD", "oneDNN")
+    with pytest.raises(ValueError, match="JAXDD_CPU_CONV_FORWARD"):
+        layers._default_forward_impl()
+    monkeypatch.delenv("JAXDD_CPU_CONV_FORWARD")
+    try:
+        flags = open("/proc/cpuinfo").read()
+    except OSError:
+        flags = ""
+    assert layers._default_forward_impl() == ("lax" if " avx512f" in flags else "patches")
 
 
 def test_resnet_and_zoo_convs_are_loop_safe():

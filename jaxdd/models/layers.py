@@ -4,12 +4,15 @@ XLA:CPU runs the backward pass of `lax.conv` inside loops on a slow fallback pat
 (../shared/notes/cpu-performance.md), so the ConvNet's 3x3 convolution defaults to patches +
 one matmul ("im2col"): same parameters (HWIO kernel), same result, a far better-tuned op.
 Every other conv (ResNets, the zoo) is a `flax.linen.Conv` whose forward and gradient on
-CPU are written by hand (`loop_safe_conv`: patches @ matrix over cache-sized image blocks).
+CPU are written by hand (`loop_safe_conv`: kernel gradients as patches @ matrix over
+cache-sized image blocks; forwards and input gradients the same way, or `lax.conv` on CPUs
+with AVX-512, where it is faster: `_default_forward_impl`).
 """
 
 from __future__ import annotations
 
 import math
+import os
 from functools import partial
 
 import flax.linen as nn
@@ -109,15 +112,20 @@ def _conv_nhwc(x, w, strides, pads, groups, precision):
 
 
 def _conv_forward(x, w, strides, pads, groups, precision):
-    """The forward convolution on XLA:CPU: ungrouped, as patches @ kernel over blocks of
-    images (`_image_blocks`); grouped (depthwise), `lax.conv`.
+    """The forward convolution on XLA:CPU (also the input gradient's): `lax.conv` when
+    `_FORWARD_IMPL` is "lax" or the conv is grouped (depthwise); otherwise patches @ kernel
+    over blocks of images (`_image_blocks`).
 
     XLA:CPU's own convolution reaches ~50 GFLOP/s on a ResNet's 32x32x64 maps at batch 256
     (380 ms; PyTorch/oneDNN 200 ms) and one patch matrix of the whole batch is no faster;
     blocks of patches that stay in cache run the same layer in ~240 ms (a ResNet-18 training
     step of 256 CIFAR images: 12.4 -> 8.5 s with `_kernel_grad`; VGG11 on 100 Fashion-MNIST
-    images: 5.7 -> 1.0 s)."""
-    if groups != 1:
+    images: 5.7 -> 1.0 s). On an AVX-512 Xeon the opposite holds (issue #15, measured with
+    `benchmarks/stages_vs_torch.py`): `lax.conv` forwards and input gradients run a ResNet-18
+    relabel epoch 3.31 -> 2.92 s and a recover step 1.64 -> 1.34 s, the teacher epoch alike
+    (27.6 vs 28.0 s); a ResNet-18 forward of 256 images in a scan 6.45 -> 5.44 s. Hence
+    `_FORWARD_IMPL` (below) follows the CPU's vector width."""
+    if groups != 1 or _FORWARD_IMPL == "lax":
         return lax.conv_general_dilated(x, w, strides, pads, dimension_numbers=_NHWC,
                                         feature_group_count=groups, precision=precision)
     kh, kw, cin, cout = w.shape
@@ -161,6 +169,28 @@ def _patches_matmul(xp, w, strides, out_hw, precision=None):
 # each block's patches are written and read back while they are still in cache (4, 8 and
 # 16 MiB measured on ResNet-18 steps at batch 50 and 256: 8 was the fastest).
 _BLOCK_BYTES = 8 << 20
+
+
+def _default_forward_impl() -> str:
+    """How `loop_safe_conv` computes forward convolutions and input gradients on XLA:CPU:
+    $JAXDD_CPU_CONV_FORWARD ("lax" | "patches") if set, else "lax" on a CPU with AVX-512
+    (XLA's own convolution was the faster one there) and "patches" otherwise (on a 2-core
+    AVX2 EPYC the blocked patches were: one ResNet layer at batch 256, 240 vs 380 ms).
+    Kernel gradients are blocked patches either way (XLA's is the slow fallback in loops)."""
+    impl = os.environ.get("JAXDD_CPU_CONV_FORWARD", "")
+    if impl:
+        if impl not in ("lax", "patches"):
+            raise ValueError(f"JAXDD_CPU_CONV_FORWARD={impl!r}; use lax or patches")
+        return impl
+    try:
+        with open("/proc/cpuinfo") as f:
+            avx512 = any(line.startswith("flags") and " avx512f" in line for line in f)
+    except OSError:
+        avx512 = False
+    return "lax" if avx512 else "patches"
+
+
+_FORWARD_IMPL = _default_forward_impl()
 
 
 def _image_blocks(n, per_image_bytes):
