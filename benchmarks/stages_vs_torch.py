@@ -147,10 +147,10 @@ from jaxdd.models.convert import flax_to_torchvision  # noqa: E402
 from jaxdd.population.experts import ExpertConfig  # noqa: E402
 from jaxdd.population.train import group_step, stack_members  # noqa: E402
 from jaxdd.run.mesh import make_mesh  # noqa: E402
-
-ARGS.group_mode = ARGS.group_mode or ExpertConfig().group_mode
 from jaxdd.train.loop import (TrainConfig, accuracy, steps_per_epoch, train_epochs,  # noqa: E402
                               train_init)
+
+ARGS.group_mode = ARGS.group_mode or ExpertConfig().group_mode
 
 K = NUM_CLASSES  # tm_vs_torch's torch_layout is written for 10 classes
 
