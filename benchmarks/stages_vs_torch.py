@@ -144,6 +144,7 @@ from jaxdd.methods.matching import hard_labels  # noqa: E402
 from jaxdd.methods.statistics.recover import RecoverConfig, make_recover  # noqa: E402
 from jaxdd.models import Model, get_model  # noqa: E402
 from jaxdd.models.convert import flax_to_torchvision  # noqa: E402
+from jaxdd.models.layers import cpu_flags  # noqa: E402
 from jaxdd.population.experts import ExpertConfig  # noqa: E402
 from jaxdd.population.train import group_step, stack_members  # noqa: E402
 from jaxdd.run.mesh import make_mesh  # noqa: E402
@@ -172,7 +173,7 @@ class Sizes:
     dc_loops: tuple[int, int]
     recover_images: int
     relabel_batch: int
-    group_mode: str = "unroll"
+    group_mode: str               # experts_K: "unroll" | "vmap" (--group-mode)
 
 
 def full_sizes(a) -> Sizes:
@@ -181,7 +182,8 @@ def full_sizes(a) -> Sizes:
                  a.group_mode)
 
 
-TINY = Sizes(8, 1, 4, 1, 3, 3, 12, 6, 2, 2, 3, 20, (2, 2), 8, 4)  # batches divide: see train_stage
+TINY = Sizes(8, 1, 4, 1, 3, 3, 12, 6, 2, 2, 3, 20, (2, 2), 8, 4,  # batches divide: see train_stage
+             ARGS.group_mode)
 
 
 @dataclasses.dataclass
@@ -666,13 +668,12 @@ def flops_of(compiled) -> float | None:
 
 def cpu_peak(cores) -> dict:
     """cores x nominal clock x FLOPs/cycle (module docstring)."""
-    mhz, flags = None, set()
+    mhz, flags = None, cpu_flags()
     with open("/proc/cpuinfo") as f:
         for line in f:
-            if line.startswith("cpu MHz") and mhz is None:
+            if line.startswith("cpu MHz"):
                 mhz = float(line.split(":")[1])
-            elif line.startswith("flags") and not flags:
-                flags = set(line.split(":")[1].split())
+                break
     per_cycle = 64 if "avx512f" in flags else 32 if {"avx2", "fma"} <= flags else 8
     peak = cores * mhz * 1e6 * per_cycle if mhz else None
     return {"peak_fp32_flops": peak, "cores": cores, "mhz": mhz, "flops_per_cycle": per_cycle,
@@ -773,7 +774,7 @@ def main(args):
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False
         jax.config.update("jax_default_matmul_precision", "highest")
-    sz = dataclasses.replace(TINY, group_mode=args.group_mode) if args.tiny else full_sizes(args)
+    sz = TINY if args.tiny else full_sizes(args)
     peak = cpu_peak(cores) if args.device == "cpu" else {"peak_fp32_flops": None}
     checks, rows = {}, []
     load0 = [round(v, 2) for v in os.getloadavg()]

@@ -28,7 +28,8 @@ def test_stages_equal_torch_in_float64(stages, extra, tmp_path):
                        env=env, capture_output=True, text=True, timeout=1800)
     assert r.returncode == 0, r.stderr[-3000:]
     import json
-    rows = json.loads(out.read_text())["results"]
+    result = json.loads(out.read_text())
+    rows = result["results"]
     assert [row["stage"] for row in rows] == stages.split(",")
     assert all(row["check_float64"]["ok"] and row["torch_s"] > 0 for row in rows)
-    assert json.loads(out.read_text())["sizes"]["group_mode"] == (extra[1] if extra else "unroll")
+    assert result["sizes"]["group_mode"] == (extra[1] if extra else "unroll")

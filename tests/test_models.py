@@ -1,4 +1,5 @@
 import os
+import platform
 
 import jax
 import jax.numpy as jnp
@@ -76,7 +77,7 @@ def test_loop_safe_conv_is_lax_conv_to_second_order(k, stride, pad, groups, forw
 
 def test_cpu_conv_forward_follows_the_cpu_and_the_environment(monkeypatch):
     """`_default_forward_impl`: $JAXDD_CPU_CONV_FORWARD wins; a bad value is refused by name;
-    unset, "lax" exactly when /proc/cpuinfo lists avx512f."""
+    unset, "lax" exactly when the CPU's flags hold avx512f; `cpu_flags` reads this machine's."""
     from jaxdd.models import layers
     for v in ("lax", "patches"):
         monkeypatch.setenv("JAXDD_CPU_CONV_FORWARD", v)
@@ -85,11 +86,13 @@ def test_cpu_conv_forward_follows_the_cpu_and_the_environment(monkeypatch):
     with pytest.raises(ValueError, match="JAXDD_CPU_CONV_FORWARD"):
         layers._default_forward_impl()
     monkeypatch.delenv("JAXDD_CPU_CONV_FORWARD")
-    try:
-        flags = open("/proc/cpuinfo").read()
-    except OSError:
-        flags = ""
-    assert layers._default_forward_impl() == ("lax" if " avx512f" in flags else "patches")
+    for flags, impl in [({"fma", "avx2", "avx512f"}, "lax"), ({"fma", "avx2", "avx512fp16"}, "patches"),
+                        (set(), "patches")]:
+        monkeypatch.setattr(layers, "cpu_flags", lambda: frozenset(flags))
+        assert layers._default_forward_impl() == impl
+    monkeypatch.undo()
+    if platform.system() == "Linux" and platform.machine() == "x86_64":
+        assert {"fpu", "sse2"} <= layers.cpu_flags()
 
 
 def test_resnet_and_zoo_convs_are_loop_safe():

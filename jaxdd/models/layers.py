@@ -182,12 +182,19 @@ def _default_forward_impl() -> str:
         if impl not in ("lax", "patches"):
             raise ValueError(f"JAXDD_CPU_CONV_FORWARD={impl!r}; use lax or patches")
         return impl
+    return "lax" if "avx512f" in cpu_flags() else "patches"
+
+
+def cpu_flags() -> frozenset[str]:
+    """The host CPU's feature flags (/proc/cpuinfo's first "flags" line; empty elsewhere)."""
     try:
         with open("/proc/cpuinfo") as f:
-            avx512 = any(line.startswith("flags") and " avx512f" in line for line in f)
+            for line in f:
+                if line.startswith("flags"):
+                    return frozenset(line.split(":", 1)[1].split())
     except OSError:
-        avx512 = False
-    return "lax" if avx512 else "patches"
+        pass
+    return frozenset()
 
 
 _FORWARD_IMPL = _default_forward_impl()
