@@ -22,8 +22,10 @@ noise of CIFAR-10's shape, 10 classes: a stage's cost does not depend on pixel c
   relabel_epoch one KD epoch of a ResNet-18 student on the 100 images, online teacher logits,
                 KL at T = 20, AdamW 1e-3 (no decay on 1-D parameters), batch 50.
   eval_seeds    evaluation: --seeds ConvNets trained --eval-epochs epochs on the 100-image set
-                (SGD momentum 0.9, wd 5e-4, x0.1 at half) + test accuracy; jaxdd vmaps the
-                seeds, PyTorch trains them one after another (evaluate_synset's loop).
+                (SGD momentum 0.9, wd 5e-4, x0.1 at half) + test accuracy; jaxdd as
+                `train_seeds` runs them (--seed-mode, default its "auto": on CPU "rounds",
+                one seed's compiled program called per seed; "vmap", one program of all),
+                PyTorch one after another (evaluate_synset's loop).
 The MTT outer step is benchmarks/tm_vs_torch.py (its helpers are reused here).
 
 No augmentation in any compared stage (random draws cannot be matched across libraries),
@@ -98,6 +100,9 @@ def parse_args(argv=None):
                    help="how experts_K's jaxdd program runs its experts (default: the buffer's, "
                         "ExpertConfig.group_mode)")
     p.add_argument("--seeds", type=int, default=5, help="evaluation seeds")
+    p.add_argument("--seed-mode", choices=("rounds", "vmap"), default=None,
+                   help="how eval_seeds' jaxdd side runs its seeds (default: train_seeds' own "
+                        "choice for the device)")
     p.add_argument("--eval-epochs", type=int, default=300, help="epochs of each evaluation network")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--warmup", type=int, default=1)
@@ -145,6 +150,7 @@ from jaxdd.methods.statistics.recover import RecoverConfig, make_recover  # noqa
 from jaxdd.models import Model, get_model  # noqa: E402
 from jaxdd.models.convert import flax_to_torchvision  # noqa: E402
 from jaxdd.models.layers import cpu_flags  # noqa: E402
+from jaxdd.evaluate.core import resolve_seed_mode  # noqa: E402
 from jaxdd.population.experts import ExpertConfig  # noqa: E402
 from jaxdd.population.train import group_step, stack_members  # noqa: E402
 from jaxdd.run.mesh import make_mesh  # noqa: E402
@@ -152,6 +158,7 @@ from jaxdd.train.loop import (TrainConfig, accuracy, steps_per_epoch, train_epoc
                               train_init)
 
 ARGS.group_mode = ARGS.group_mode or ExpertConfig().group_mode
+ARGS.seed_mode = ARGS.seed_mode or resolve_seed_mode("auto", make_mesh())
 
 K = NUM_CLASSES  # tm_vs_torch's torch_layout is written for 10 classes
 
@@ -174,16 +181,17 @@ class Sizes:
     recover_images: int
     relabel_batch: int
     group_mode: str               # experts_K: "unroll" | "vmap" (--group-mode)
+    seed_mode: str                # eval_seeds: "rounds" | "vmap" (--seed-mode)
 
 
 def full_sizes(a) -> Sizes:
     return Sizes(32, 3, a.width, a.ipc, 256, 64, a.train_images, 256, a.experts, a.seeds,
                  a.eval_epochs, 2000, (10, 50) if a.ipc == 10 else (1, 1), 100, 50,
-                 a.group_mode)
+                 a.group_mode, a.seed_mode)
 
 
 TINY = Sizes(8, 1, 4, 1, 3, 3, 12, 6, 2, 2, 3, 20, (2, 2), 8, 4,  # batches divide: see train_stage
-             ARGS.group_mode)
+             ARGS.group_mode, ARGS.seed_mode)
 
 
 @dataclasses.dataclass
@@ -205,6 +213,14 @@ class Stage:
     # chunk and seed loops, which XLA would count once each). None: count jstep.
     loop_part: object = None
     once: object = None
+    # When the timed jaxdd side is several compiled programs (eval_seeds under "rounds"):
+    # jcompile() compiles them and returns a callable of jargs with jstep's outputs.
+    jcompile: object = None
+
+
+def compiled_step(st):
+    """The timed jaxdd side of a stage, compiled: st.jcompile() or jstep's one program."""
+    return st.jcompile() if st.jcompile else jax.jit(st.jstep).lower(*st.jargs).compile()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -576,12 +592,18 @@ def eval_stage(sz, jdt, tdt, dev, seed=0):
     y_test = jax.random.randint(jax.random.key(seed + 2), (sz.test_images,), 0, K)
     keys = jax.random.split(jax.random.key(seed + 3), sz.seeds)
 
-    def jstep(keys, x, y, x_test, y_test):
-        def one(k):  # = train_network, with the initial state in the images' dtype (float64 check)
-            s = cast(train_init(k, model, cfg, n), x.dtype)
-            v = train_epochs(s, model, cfg, x, y, cfg.epochs).variables
-            return v, accuracy(model, v, x_test, y_test)
-        return jax.vmap(one)(keys)
+    def one(k, x, y, x_test, y_test):  # = train_network, the initial state in the images' dtype
+        s = cast(train_init(k, model, cfg, n), x.dtype)
+        v = train_epochs(s, model, cfg, x, y, cfg.epochs).variables
+        return v, accuracy(model, v, x_test, y_test)
+
+    def jstep(keys, x, y, x_test, y_test):   # seed_mode "vmap" (and the FLOP count)
+        return jax.vmap(one, in_axes=(0, None, None, None, None))(keys, x, y, x_test, y_test)
+
+    def rounds():   # seed_mode "rounds" on one device: one seed's program, called per seed
+        c = jax.jit(one).lower(keys[0], x, y, x_test, y_test).compile()
+        return lambda keys, *data: jax.tree.map(lambda *o: jnp.stack(o),
+                                                *[c(k, *data) for k in keys])
 
     inits = [cast(train_init(k, model, cfg, n).variables["params"], jdt) for k in keys]
     tx, ty = nchw(x, tdt, dev), torch.as_tensor(np.asarray(y), device=dev).long()
@@ -617,7 +639,8 @@ def eval_stage(sz, jdt, tdt, dev, seed=0):
 
     return Stage(jstep, (keys, x, y, x_test, y_test), jview, tstep, tview,
                  note="one full batch per epoch (100 images < 256): the order does not matter",
-                 trips=cfg.epochs * spe, loop_part=loop_part, once=once)
+                 trips=cfg.epochs * spe, loop_part=loop_part, once=once,
+                 jcompile=rounds if sz.seed_mode == "rounds" else None)
 
 
 def build(name, sz, jdt, tdt, dev, check=False):
@@ -645,7 +668,7 @@ def check_float64(name, dev):
         st = build(name, TINY, jnp.float64, torch.float64, dev, check=True)
         if st.tstep is None:
             return {"skipped": st.note}
-        jout = [np.asarray(a) for a in st.jview(jax.jit(st.jstep)(*st.jargs))]
+        jout = [np.asarray(a) for a in st.jview(compiled_step(st)(*st.jargs))]
         tout = st.tview(st.tstep())
     finally:
         jax.config.update("jax_enable_x64", prev)
@@ -731,7 +754,7 @@ def rates(row, peak) -> dict:
 def run_stage(name, sz, dev, args, peak):
     st = build(name, sz, jnp.float32, torch.float32, dev)
     t0 = time.perf_counter()
-    compiled = jax.jit(st.jstep).lower(*st.jargs).compile()
+    compiled = compiled_step(st)
     compile_s = time.perf_counter() - t0
     flops = count_flops(st)
     times = {"jaxdd": [], "torch": []}
@@ -822,8 +845,8 @@ def load_kept(path, sz, flag, fix):
     """A kept result file, refused (one line, exit) when it was run with other sizes."""
     with open(path) as f:
         kept = json.load(f)
-    # Files from before --group-mode ran experts_K vmapped.
-    sizes = {"group_mode": "vmap", **kept.get("sizes", {})}
+    # Files from before --group-mode (--seed-mode) ran experts_K (eval_seeds) vmapped.
+    sizes = {"group_mode": "vmap", "seed_mode": "vmap", **kept.get("sizes", {})}
     if sizes != json.loads(json.dumps(dataclasses.asdict(sz))):
         raise SystemExit(f"{flag}: {path} was run with other sizes; {fix}")
     return kept

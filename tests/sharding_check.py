@@ -58,8 +58,11 @@ CASES = {"mtt": mtt_case, "dm": dm_case, "recover": recover_case}
 
 
 def evaluate_check(meshes):
-    """evaluate_set with 8 seeds: seeds split over the 8-device mesh vs one device."""
-    from jaxdd.evaluate import EvalData, evaluate_set, get_protocol
+    """evaluate_set with 8 seeds: seeds split over the 8-device mesh vs one device; and the
+    trained variables of train_seeds, 8 and 5 seeds (5: padded rounds / replicated vmap), under
+    each seed mode, against the same seeds on one device."""
+    from jaxdd.evaluate import EvalData, evaluate_set, get_protocol, train_seeds
+    from jaxdd.models import get_model
     rng = np.random.default_rng(0)
     x = rng.normal(size=(12, 8, 8, 1)).astype(np.float32)
     y = np.arange(12) % 4
@@ -69,8 +72,20 @@ def evaluate_check(meshes):
     res = {m: evaluate_set(jax.random.key(0), x, y, data, proto, 8, model_name="convnet_d2_w4",
                            mesh=mesh) for m, mesh in meshes.items()}
     ref = np.asarray(res["1"]["accuracies"])
-    return {m: {"maxdiff": float(np.abs(np.asarray(r["accuracies"]) - ref).max()),
-                "spread": float(ref.max() - ref.min())} for m, r in res.items()}
+    out = {m: {"maxdiff": float(np.abs(np.asarray(r["accuracies"]) - ref).max()),
+               "spread": float(ref.max() - ref.min())} for m, r in res.items()}
+    model = get_model("convnet_d2_w4", 4, (8, 8, 1))
+    target = np.eye(4, dtype=np.float32)[y]
+    for mode in ("rounds", "vmap"):
+        for seeds in (8, 5):
+            keys = jax.random.split(jax.random.key(1), seeds)
+            got = {m: train_seeds(keys, model, proto.train, x, target, mesh=mesh, seed_mode=mode)
+                   for m, mesh in meshes.items()}
+            for m, v in got.items():
+                out[f"{m}_{mode}_{seeds}"] = {"maxdiff": max(
+                    float(np.abs(np.asarray(a) - np.asarray(b)).max())
+                    for a, b in zip(jax.tree.leaves(v), jax.tree.leaves(got["1"]), strict=True))}
+    return out
 
 
 def experts_check():

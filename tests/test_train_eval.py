@@ -27,6 +27,30 @@ def test_vmapped_seeds_equal_sequential_runs():
             np.testing.assert_allclose(a, b[i], rtol=2e-5, atol=2e-6)
 
 
+def test_seed_modes_agree_and_a_rounds_seed_ignores_its_company():
+    """"rounds" (one seed's program per round) and "vmap" train the same networks within
+    batched kernels' rounding; under "rounds" a seed's network is bit-identical whether it is
+    trained alone or among others, and "auto" is "rounds" on this CPU."""
+    m = get_model("convnet_d2_w4", 3, (8, 8, 1))
+    cfg = TrainConfig(epochs=2, batch_size=10, dsa="crop_flip")
+    x, y = _toy()
+    t = jax.nn.one_hot(y, 3)
+    keys = jax.random.split(jax.random.key(4), 3)
+    rounds = train_seeds(keys, m, cfg, x, t, seed_mode="rounds")
+    vmapped = train_seeds(keys, m, cfg, x, t, seed_mode="vmap")
+    alone = train_seeds(keys[1:2], m, cfg, x, t, seed_mode="rounds")
+    auto = train_seeds(keys, m, cfg, x, t)
+    for r, v, a, u in zip(*map(jax.tree.leaves, (rounds, vmapped, alone, auto)), strict=True):
+        assert r.shape[0] == 3 and a.shape[0] == 1
+        np.testing.assert_allclose(r, v, rtol=2e-5, atol=2e-6)
+        np.testing.assert_array_equal(r[1], a[0])
+        np.testing.assert_array_equal(r, u)
+    assert float(jnp.abs(rounds["params"]["TorchDense_0"]["Dense_0"]["kernel"][0]
+                         - rounds["params"]["TorchDense_0"]["Dense_0"]["kernel"][1]).max()) > 1e-3  # seeds differ
+    with pytest.raises(ValueError, match="unknown seed mode 'loop'"):
+        train_seeds(keys, m, cfg, x, t, seed_mode="loop")
+
+
 def test_seed_accuracies_in_small_chunks_equal_each_seed_alone(monkeypatch):
     """`accuracies` splits ~EVAL_IMAGES_PER_CHUNK images over the vmapped seeds (memory of the
     5-seed width-128 evaluation); the counts equal each network's own full pass."""
