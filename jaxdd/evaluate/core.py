@@ -99,7 +99,7 @@ def resolve_seed_mode(mode: str, mesh: jax.sharding.Mesh) -> str:
 
 
 class SeedRounds:
-    """K seeds' stacked training state as rounds of `width` seeds, each round one call of
+    """K seeds' stacked training state as rounds of seeds, each round one call of
     `step`: "vmap" = one round of all K (vmapped, split over `data` when K divides);
     "rounds" = one seed per device per round (the one-seed program under shard_map)."""
 
@@ -107,13 +107,11 @@ class SeedRounds:
                  axis: str = "data"):
         """`one(state, *data)`: one seed's program; data are replicated arguments."""
         P = jax.sharding.PartitionSpec
-        self.seeds, self.mode = seeds, resolve_seed_mode(mode, mesh)
-        if self.mode == "vmap":
-            self.width, self.sharding = seeds, _seed_sharding(mesh, seeds, axis)
+        if resolve_seed_mode(mode, mesh) == "vmap":
+            w, sharding = seeds, _seed_sharding(mesh, seeds, axis)
             self.step = jax.jit(jax.vmap(one, in_axes=(0, None, None)), donate_argnums=(0,))
         else:
-            self.width = mesh.shape[axis]
-            self.sharding = jax.sharding.NamedSharding(mesh, P(axis))
+            w, sharding = mesh.shape[axis], jax.sharding.NamedSharding(mesh, P(axis))
 
             def local(state_1, *data):   # this device's one seed
                 out = one(jax.tree.map(lambda a: a[0], state_1), *data)
@@ -122,24 +120,16 @@ class SeedRounds:
             self.step = jax.jit(jax.shard_map(local, mesh=mesh, in_specs=(P(axis), P(), P()),
                                               out_specs=P(axis), check_vma=False),
                                 donate_argnums=(0,))
-        self.rounds = -(-seeds // self.width)
+        rounds = -(-seeds // w)
+        pad = rounds * w - seeds
 
-    def split(self, state_K):
-        """The stacked state of K seeds -> the rounds (padded with repeats of seed 0)."""
-        pad = self.rounds * self.width - self.seeds
-        w = self.width
-
-        def cut(state):
+        def split(state):   # padded with repeats of seed 0
             state = jax.tree.map(lambda a: jnp.concatenate([a] + [a[:1]] * pad), state)
-            return [jax.tree.map(lambda a: a[r * w:(r + 1) * w], state)
-                    for r in range(self.rounds)]
+            return [jax.tree.map(lambda a: a[r * w:(r + 1) * w], state) for r in range(rounds)]
 
-        return jax.jit(cut, out_shardings=self.sharding)(state_K)
-
-    def join(self, rounds):
-        """The rounds -> the stacked state of the K seeds (padding dropped)."""
-        return jax.jit(lambda rs: jax.tree.map(lambda *a: jnp.concatenate(a)[:self.seeds], *rs))(
-            rounds)
+        # split: the stacked state of K seeds -> the rounds; join: back (padding dropped)
+        self.split = jax.jit(split, out_shardings=sharding)
+        self.join = jax.jit(lambda rs: jax.tree.map(lambda *a: jnp.concatenate(a)[:seeds], *rs))
 
     def __call__(self, rounds, *data):
         return [self.step(r, *data) for r in rounds]
